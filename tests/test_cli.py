@@ -1,0 +1,147 @@
+"""The CLI through real subprocesses: what a student or an operator sees."""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+import pytest
+import typer
+import typer.core
+import typer.main
+
+from tests.conftest import LOOPBACK, raw_send, start_cli, start_cli_server
+from tests.test_client import BlockingSeedServer
+from udpchat.cli import app, main
+
+
+async def test_seed_session_with_two_clients() -> None:
+    server, port = await start_cli_server()
+    clients = [
+        await start_cli(
+            "send", "--username", name, "--port", str(port), "--count", "3", "--interval", "0.05"
+        )
+        for name in ("user1", "user2")
+    ]
+    outputs = [await client.finish() for client in clients]
+    for (status, stdout, stderr), name in zip(outputs, ("user1", "user2"), strict=True):
+        assert status == 0, stderr
+        assert stdout.splitlines() == [f"Ter kirim: {name}: pesan ke-{n}" for n in (1, 2, 3)]
+    lines = [await server.read_stdout_line() for _ in range(6)]
+    for name in ("user1", "user2"):
+        assert [line for line in lines if f"] {name}:" in line] == [
+            f"[{LOOPBACK}] {name}: pesan ke-{n}" for n in (1, 2, 3)
+        ]
+    server.signal(signal.SIGINT)
+    status, rest, stderr = await server.finish()
+    assert status == 0
+    assert rest == ""
+    assert "Traceback" not in stderr
+
+
+async def test_raw_socket_client_to_cli_server() -> None:
+    server, port = await start_cli_server()
+    raw_send((LOOPBACK, port), b"alice: pesan ke-1", b"hello from nc\n")
+    assert await server.read_stdout_line() == f"[{LOOPBACK}] alice: pesan ke-1"
+    assert await server.read_stdout_line() == f"[{LOOPBACK}] hello from nc"
+    server.signal(signal.SIGTERM)
+    status, _, stderr = await server.finish()
+    assert status == 0
+    assert "Traceback" not in stderr
+
+
+async def test_cli_client_to_blocking_seed_server() -> None:
+    seed = BlockingSeedServer(expected=2)
+    host, port = seed.address
+    client = await start_cli(
+        "send",
+        "--username",
+        "carol",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--count",
+        "2",
+        "--interval",
+        "0",
+    )
+    status, stdout, _ = await client.finish()
+    assert status == 0
+    assert await seed.join() == [b"carol: pesan ke-1", b"carol: pesan ke-2"]
+    assert stdout.splitlines() == ["Ter kirim: carol: pesan ke-1", "Ter kirim: carol: pesan ke-2"]
+
+
+async def test_username_prompt_like_the_seed() -> None:
+    seed = BlockingSeedServer(expected=1)
+    client = await start_cli(
+        "send", "--port", str(seed.address[1]), "--count", "1", stdin=b"user1\n"
+    )
+    status, stdout, _ = await client.finish()
+    assert status == 0
+    assert stdout == "Masukkan username: Ter kirim: user1: pesan ke-1\n"
+    assert await seed.join() == [b"user1: pesan ke-1"]
+
+
+async def test_prompt_without_input_fails_cleanly() -> None:
+    client = await start_cli("send", "--count", "1", stdin=b"")
+    status, _, stderr = await client.finish()
+    assert status == 2
+    assert stderr.strip() == "udpchat: no username given"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_client_stops_cleanly_on_signal(signum: int) -> None:
+    seed = BlockingSeedServer(expected=1)
+    client = await start_cli(
+        "send", "--username", "dave", "--port", str(seed.address[1]), "--interval", "0.05"
+    )
+    assert await client.read_stdout_line() == "Ter kirim: dave: pesan ke-1"
+    client.signal(signum)
+    status, _, stderr = await client.finish()
+    assert status == 0
+    assert "Traceback" not in stderr
+    await seed.join()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this host")
+async def test_ipv6_loopback_end_to_end() -> None:
+    server = await start_cli("serve", "--host", "::1", "--port", "0")
+    port = int((await server.read_stderr_until("listening on")).rsplit(" ", 1)[1])
+    assert await server.read_stdout_line() == "Server menunggu..."
+    client = await start_cli(
+        "send", "--username", "v6", "--host", "::1", "--port", str(port), "--count", "1"
+    )
+    assert (await client.finish())[0] == 0
+    assert await server.read_stdout_line() == "[::1] v6: pesan ke-1"
+    server.signal(signal.SIGINT)
+    assert (await server.finish())[0] == 0
+
+
+async def test_port_in_use_is_one_line_and_exit_3() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((LOOPBACK, 0))
+        port = taken.getsockname()[1]
+        server = await start_cli("serve", "--host", LOOPBACK, "--port", str(port))
+        status, stdout, stderr = await server.finish()
+    assert status == 3
+    assert stdout == ""
+    assert stderr.count("\n") == 1
+    assert stderr.startswith(f"udpchat: cannot listen on {LOOPBACK} port {port}: ")
+
+
+def test_main_returns_exit_codes_without_a_subprocess(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "serve" in capsys.readouterr().out
+    assert main(["serve", "--workers", "0"]) == 2
+    assert main(["send", "--username", "bad name", "--count", "1"]) == 2
+    assert "invalid username" in capsys.readouterr().err
+
+
+def test_every_option_is_described() -> None:
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    for name, command in group.commands.items():
+        for param in command.params:
+            if param.name != "help":
+                assert getattr(param, "help", None), f"{name} --{param.name} has no help"

@@ -1,0 +1,7 @@
+"""``python -m udpchat``."""
+
+import sys
+
+from udpchat.cli import main
+
+sys.exit(main())

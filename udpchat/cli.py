@@ -1,0 +1,207 @@
+"""The ``udpchat`` command line: options map to config fields; the logic lives in the library."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Annotated, NoReturn
+
+import typer
+
+from udpchat import client as client_module
+from udpchat import server as server_module
+from udpchat.client import Client
+from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, run
+from udpchat.server import LinePrinter, Server, ServerConfig
+from udpchat.wire import MAX_USERNAME_LENGTH, is_valid_username
+
+WAITING_LINE = "Server menunggu..."
+USERNAME_PROMPT = "Masukkan username: "
+SENT_PREFIX = "Ter kirim: "
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    STARTUP_FAILURE = 3
+    FORCED = 130
+
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="udpchat: the seed's UDP message server and client, on asyncio with a worker pool.",
+)
+
+LoopOption = Annotated[
+    LoopChoice,
+    typer.Option("--loop", help="Event loop: auto takes uvloop where installed."),
+]
+PortOption = Annotated[int, typer.Option(min=0, max=65535, help="UDP port.")]
+
+
+def fail(message: str, code: ExitCode) -> NoReturn:
+    """One line on stderr, no traceback: how every operator error ends."""
+    print(f"udpchat: {message}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+def describe_error(error: BaseException) -> str:
+    """The OS's own words for an OSError (``Address already in use``), else the exception's text."""
+    if isinstance(error, OSError) and not isinstance(error, socket.gaierror) and error.strerror:
+        return error.strerror
+    return str(error)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to bind; '::' listens on IPv6 and IPv4.")
+    ] = server_module.DEFAULT_HOST,
+    port: PortOption = server_module.DEFAULT_PORT,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, max=1024, help="Threads in the pool that handles messages."),
+    ] = server_module.DEFAULT_WORKERS,
+    max_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Largest datagram accepted, in bytes; larger are dropped.",
+        ),
+    ] = server_module.DEFAULT_MAX_DATAGRAM_SIZE,
+    queue_size: Annotated[
+        int,
+        typer.Option(min=1, help="Messages waiting for a worker, at most; more are dropped."),
+    ] = server_module.DEFAULT_QUEUE_SIZE,
+    loop: LoopOption = LoopChoice.AUTO,
+) -> None:
+    """Receive messages and print each as '\\[ip] text', like the seed's server."""
+    config = ServerConfig(
+        host=host,
+        port=port,
+        workers=workers,
+        max_datagram_size=max_size,
+        queue_size=queue_size,
+    )
+    server = Server(config, LinePrinter(sys.stdout))
+    stop = SignalStop()
+    try:
+        run(serve_until_stopped(server, stop), loop)
+    except LoopUnavailableError as error:
+        fail(str(error), ExitCode.STARTUP_FAILURE)
+    except OSError as error:
+        fail(
+            f"cannot listen on {host} port {port}: {describe_error(error)}",
+            ExitCode.STARTUP_FAILURE,
+        )
+    if stop.forced:
+        print(
+            "udpchat: forced stop; queued messages were abandoned",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(ExitCode.FORCED)  # worker threads may be stuck in a handler: do not join them
+
+
+async def serve_until_stopped(server: Server, stop: SignalStop) -> None:
+    with stop.installed():
+        try:
+            async with server:
+                host, port = server.address
+                print(f"udpchat: listening on {host} port {port}", file=sys.stderr, flush=True)
+                print(WAITING_LINE, flush=True)
+                await stop.requested.wait()
+        except asyncio.CancelledError:
+            if not stop.forced:
+                raise
+
+
+@app.command()
+def send(
+    username: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Name to send as: 1-{MAX_USERNAME_LENGTH} of A-Z a-z 0-9 . _ - (else asked)."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Server address.")] = client_module.DEFAULT_HOST,
+    port: PortOption = client_module.DEFAULT_PORT,
+    interval: Annotated[
+        float, typer.Option(min=0.0, help="Seconds between messages.")
+    ] = client_module.DEFAULT_INTERVAL_S,
+    count: Annotated[
+        int | None,
+        typer.Option(min=1, help="Stop after this many messages (default: until Ctrl-C)."),
+    ] = None,
+    loop: LoopOption = LoopChoice.AUTO,
+) -> None:
+    """Send 'USERNAME: pesan ke-N' every INTERVAL seconds, like the seed's client."""
+    if username is None:
+        try:
+            username = input(USERNAME_PROMPT).strip()
+        except EOFError:
+            fail("no username given", ExitCode.USAGE)
+    if not is_valid_username(username):
+        fail(
+            f"invalid username {username!r}: use 1-{MAX_USERNAME_LENGTH} of A-Z a-z 0-9 . _ -",
+            ExitCode.USAGE,
+        )
+    try:
+        run(
+            send_until_stopped(
+                Client(host, port, on_error=report_send_error),
+                username,
+                interval,
+                count,
+            ),
+            loop,
+        )
+    except LoopUnavailableError as error:
+        fail(str(error), ExitCode.STARTUP_FAILURE)
+    except OSError as error:
+        fail(
+            f"cannot send to {host} port {port}: {describe_error(error)}",
+            ExitCode.FAILURE,
+        )
+
+
+def report_send_error(error: Exception) -> None:
+    print(
+        f"udpchat: send failed: {describe_error(error)}; still sending", file=sys.stderr, flush=True
+    )
+
+
+def print_sent(text: str) -> None:
+    print(f"{SENT_PREFIX}{text}", flush=True)
+
+
+async def send_until_stopped(
+    client: Client, username: str, interval_s: float, count: int | None
+) -> None:
+    stop = SignalStop()
+    with stop.installed():
+        async with client:
+            sending = asyncio.ensure_future(
+                client.send_every(username, interval_s=interval_s, count=count, on_sent=print_sent)
+            )
+            stopping = asyncio.ensure_future(stop.requested.wait())
+            await asyncio.wait({sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (sending, stopping):
+                task.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI as a function: parse ``argv``, run the command, return its exit status."""
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="udpchat")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else ExitCode.FAILURE
+    return ExitCode.OK

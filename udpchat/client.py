@@ -1,0 +1,123 @@
+"""The async client: sends the seed's messages on a steady timer, or single texts on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from types import TracebackType
+
+from udpchat.wire import format_message
+
+logger = logging.getLogger("udpchat.client")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5002
+DEFAULT_INTERVAL_S = 1.0
+
+
+class _SendProtocol(asyncio.DatagramProtocol):
+    """Reports ICMP errors (nothing listening) once per streak, not once per datagram."""
+
+    def __init__(self, on_error: Callable[[Exception], None] | None) -> None:
+        self._on_error = on_error
+        self.send_errors = 0
+        self.in_error = False
+
+    def error_received(self, exc: Exception) -> None:
+        self.send_errors += 1
+        if not self.in_error:
+            self.in_error = True
+            if self._on_error is not None:
+                self._on_error(exc)
+
+
+class Client:
+    """A connected UDP sender: ``async with Client(host, port) as client: client.send(text)``.
+
+    The socket is connected, so the OS reports "nothing listens there" (ICMP port unreachable)
+    to :attr:`send_errors` and ``on_error``, and sending goes on regardless, as UDP does.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.sent = 0
+        self._protocol = _SendProtocol(on_error)
+        self._errors_at_last_send = 0
+        self._transport: asyncio.DatagramTransport | None = None
+
+    @property
+    def send_errors(self) -> int:
+        return self._protocol.send_errors
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(
+            lambda: self._protocol, remote_addr=(self.host, self.port)
+        )
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def send(self, text: str) -> None:
+        """Send one text as one datagram."""
+        if self._transport is None:
+            raise RuntimeError("the client is not open")
+        protocol = self._protocol
+        if protocol.in_error and protocol.send_errors == self._errors_at_last_send:
+            protocol.in_error = False  # the previous send drew no error: the peer is back
+        self._errors_at_last_send = protocol.send_errors
+        self._transport.sendto(text.encode("utf-8"))
+        self.sent += 1
+
+    async def send_every(
+        self,
+        username: str,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        count: int | None = None,
+        on_sent: Callable[[str], None] | None = None,
+    ) -> int:
+        """Send ``username: pesan ke-N`` for N = 1, 2, ... every ``interval_s``; returns how many.
+
+        Send times are fixed on a grid from the start, so the time spent sending does not add
+        up to drift. After a stall longer than one interval the grid restarts instead of bursting.
+        """
+        loop = asyncio.get_running_loop()
+        next_send = loop.time()
+        counter = 0
+        while count is None or counter < count:
+            counter += 1
+            text = format_message(username, counter)
+            self.send(text)
+            if on_sent is not None:
+                on_sent(text)
+            if count is not None and counter >= count:
+                break
+            next_send += interval_s
+            now = loop.time()
+            if now - next_send > interval_s:
+                next_send = now
+            await asyncio.sleep(max(0.0, next_send - now))
+        return counter
+
+    async def __aenter__(self) -> Client:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

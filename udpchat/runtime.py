@@ -1,0 +1,87 @@
+"""Running udpchat as a program: choosing the event loop and turning signals into a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import signal
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopChoice(enum.StrEnum):
+    """``auto`` takes uvloop where it is installed (Linux, macOS) and asyncio's loop elsewhere."""
+
+    AUTO = "auto"
+    ASYNCIO = "asyncio"
+    UVLOOP = "uvloop"
+
+
+class LoopUnavailableError(RuntimeError):
+    """uvloop was asked for by name and is not installed."""
+
+
+def loop_factory(choice: LoopChoice) -> Callable[[], asyncio.AbstractEventLoop]:
+    if choice is LoopChoice.ASYNCIO:
+        return asyncio.new_event_loop
+    try:
+        import uvloop  # noqa: PLC0415 - optional, and absent on some platforms
+    except ImportError:
+        if choice is LoopChoice.UVLOOP:
+            raise LoopUnavailableError("uvloop is not installed on this platform") from None
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run(main: Coroutine[Any, Any, T], choice: LoopChoice = LoopChoice.AUTO) -> T:
+    """Run a coroutine to completion on a new loop of the chosen kind."""
+    with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
+        return runner.run(main)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def capture_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """Call ``on_signal(signum)`` on the loop for SIGINT and SIGTERM; restore old handlers after."""
+    loop = asyncio.get_running_loop()
+
+    def handle(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(on_signal, signum)
+
+    previous = {signum: signal.signal(signum, handle) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class SignalStop:
+    """The first SIGINT or SIGTERM requests a graceful stop; a second one forces it.
+
+    Forcing cancels the task that installed the handlers, which abandons whatever it is
+    waiting for (a drain, a send loop), so that an operator is never stuck.
+    """
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.forced = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[SignalStop]:
+        task = asyncio.current_task()
+
+        def on_signal(signum: int) -> None:
+            if not self.requested.is_set():
+                self.requested.set()
+            elif task is not None:
+                self.forced = True
+                task.cancel()
+
+        with capture_signals(on_signal):
+            yield self

@@ -1,0 +1,72 @@
+"""Counters for everything the server receives, handles and refuses, and their snapshot.
+
+Every datagram read from the socket is counted once as ``received`` and ends in exactly one
+of ``handled`` or one drop reason, so that ``received == handled + sum(dropped)`` once idle.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class DropReason(enum.Enum):
+    """Why a received datagram was not handed to the handler."""
+
+    EMPTY = "empty"
+    OVERSIZE = "oversize"
+    QUEUE_FULL = "queue_full"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    """A consistent-enough copy of a server's counters, safe to keep and compare."""
+
+    received: int
+    handled: int
+    handler_errors: int
+    dropped: Mapping[str, int]
+    problems: Mapping[str, int] = field(default_factory=dict)
+    queue_depth: int = 0
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+class ServerCounters:
+    """The server's counts.
+
+    Receive-side counts are written only by the event-loop thread, so they need no lock;
+    worker-side counts are merged under a lock once per batch, off the per-message path.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.dropped = dict.fromkeys(DropReason, 0)
+        self._lock = threading.Lock()
+        self._handled = 0
+        self._handler_errors = 0
+        self._problems: dict[str, int] = {}
+
+    def add_handled(self, handled: int, handler_errors: int, problems: Mapping[str, int]) -> None:
+        """Merge what one worker batch did; called from pool threads."""
+        with self._lock:
+            self._handled += handled
+            self._handler_errors += handler_errors
+            for name, count in problems.items():
+                self._problems[name] = self._problems.get(name, 0) + count
+
+    def snapshot(self, queue_depth: int = 0) -> StatsSnapshot:
+        with self._lock:
+            return StatsSnapshot(
+                received=self.received,
+                handled=self._handled,
+                handler_errors=self._handler_errors,
+                dropped={reason.value: count for reason, count in self.dropped.items()},
+                problems=dict(self._problems),
+                queue_depth=queue_depth,
+            )

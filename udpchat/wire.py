@@ -1,0 +1,111 @@
+"""The seed's wire format: one UTF-8 text message per datagram, ``{username}: pesan ke-{counter}``.
+
+Pure functions only: no sockets, no asyncio, no printing. Everything that reaches a
+terminal or a log goes through :func:`sanitize` first, because the datagram is untrusted.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+MESSAGE_SEPARATOR = ": pesan ke-"
+"""What stands between the username and the counter in the seed's format."""
+
+MAX_USERNAME_LENGTH = 32
+MAX_COUNTER = 2**63 - 1
+"""Counters above this are not numbers we account for: they are counted as unparsed."""
+
+_USERNAME_PATTERN = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_USERNAME_LENGTH}}}\Z")
+_DIGITS_PATTERN = re.compile(r"[0-9]{1,19}\Z")
+
+# Every C0 control, DEL and every C1 control; the Unicode line and paragraph separators,
+# which some terminals and log viewers treat as line breaks; and the bidirectional
+# overrides, which can make a line display as something other than what it says.
+_UNSAFE_PATTERN = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedText:
+    """The username and counter of a text in the seed's format."""
+
+    username: str
+    counter: int
+
+
+class TextProblem(enum.Enum):
+    """Why a text is not in the seed's format; each is counted under its value."""
+
+    UNPARSED = "unparsed"
+    INVALID_USERNAME = "invalid_username"
+    INVALID_COUNTER = "invalid_counter"
+
+
+def is_valid_username(username: str) -> bool:
+    """1-32 ASCII letters, digits, ``.``, ``_`` or ``-``: safe in any terminal and log."""
+    return _USERNAME_PATTERN.match(username) is not None
+
+
+def format_message(username: str, counter: int) -> str:
+    """The text the seed's client sends: ``alice: pesan ke-3``."""
+    return f"{username}{MESSAGE_SEPARATOR}{counter}"
+
+
+def parse_text(text: str) -> ParsedText | TextProblem:
+    """Split ``user: pesan ke-N`` into its parts, or say why the text is not in that format.
+
+    A valid username and a counter of 1 to :data:`MAX_COUNTER` in plain decimal are required,
+    so that a hostile text never becomes a sender identity we account for.
+    """
+    username, separator, digits = text.partition(MESSAGE_SEPARATOR)
+    if not separator:
+        return TextProblem.UNPARSED
+    if not is_valid_username(username):
+        return TextProblem.INVALID_USERNAME
+    if not _DIGITS_PATTERN.match(digits):
+        return TextProblem.INVALID_COUNTER
+    counter = int(digits)
+    if counter < 1 or counter > MAX_COUNTER:
+        return TextProblem.INVALID_COUNTER
+    return ParsedText(username, counter)
+
+
+def decode(data: bytes) -> tuple[str, bool]:
+    """Decode a datagram as UTF-8, invalid bytes as ``\\xNN`` escapes; returns (text, was_valid).
+
+    One trailing newline (``\\n`` or ``\\r\\n``) is dropped, because ``nc -u`` and ``socat``
+    send a typed line with its newline and the seed's format has none.
+    """
+    try:
+        text, valid = data.decode("utf-8"), True
+    except UnicodeDecodeError:
+        text, valid = data.decode("utf-8", "backslashreplace"), False
+    if text.endswith("\n"):
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text, valid
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def sanitize(text: str) -> str:
+    """Escape control characters so that one message is always one harmless output line.
+
+    Printable text, the seed's messages included, comes back unchanged.
+    """
+    if text.isprintable():
+        return text
+    return _UNSAFE_PATTERN.sub(_escape, text)
+
+
+def format_line(ip: str, text: str) -> str:
+    """The server's console line, as the seed prints it: ``[127.0.0.1] alice: pesan ke-1``."""
+    return f"[{ip}] {sanitize(text)}"
