@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -66,6 +67,16 @@ async def running_server(collector: Collector) -> AsyncIterator[Server]:
         yield server
 
 
+async def eventually(predicate: Callable[[], bool], timeout_s: float = EVENT_TIMEOUT_S) -> None:
+    """Yield to the event loop until ``predicate()`` holds: for state the loop itself changes."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
 def raw_send(address: tuple[str, int], *payloads: bytes) -> None:
     """Send datagrams from a plain blocking socket, as the seed's client does."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -103,7 +114,11 @@ class CliProcess:
         """Wait for exit; returns (exit status, rest of stdout, rest of stderr)."""
         stdout, stderr = await asyncio.wait_for(self.process.communicate(), timeout_s)
         assert self.process.returncode is not None
-        return self.process.returncode, stdout.decode(), stderr.decode()
+        return (
+            self.process.returncode,
+            stdout.decode() if stdout else "",
+            stderr.decode() if stderr else "",
+        )
 
 
 async def start_cli(*args: str, stdin: bytes | None = None) -> CliProcess:
@@ -126,10 +141,17 @@ async def start_cli(*args: str, stdin: bytes | None = None) -> CliProcess:
     return CliProcess(process)
 
 
+async def read_port(cli: CliProcess) -> int:
+    """The port from the server's ``listening on HOST port N`` status line."""
+    listening = await cli.read_stderr_until("listening on")
+    match = re.search(r" port (\d+)", listening)
+    assert match, listening
+    return int(match.group(1))
+
+
 async def start_cli_server(*args: str) -> tuple[CliProcess, int]:
     """Start ``udpchat serve`` on a free loopback port; returns once it prints the seed's banner."""
     cli = await start_cli("serve", "--host", LOOPBACK, "--port", "0", *args)
-    listening = await cli.read_stderr_until("listening on")
-    port = int(listening.rsplit(" ", 1)[1])
+    port = await read_port(cli)
     assert await cli.read_stdout_line() == "Server menunggu..."
     return cli, port

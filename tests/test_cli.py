@@ -10,7 +10,7 @@ import typer
 import typer.core
 import typer.main
 
-from tests.conftest import LOOPBACK, raw_send, start_cli, start_cli_server
+from tests.conftest import LOOPBACK, raw_send, read_port, start_cli, start_cli_server
 from tests.test_client import BlockingSeedServer
 from udpchat.cli import app, main
 
@@ -107,7 +107,7 @@ async def test_client_stops_cleanly_on_signal(signum: int) -> None:
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this host")
 async def test_ipv6_loopback_end_to_end() -> None:
     server = await start_cli("serve", "--host", "::1", "--port", "0")
-    port = int((await server.read_stderr_until("listening on")).rsplit(" ", 1)[1])
+    port = await read_port(server)
     assert await server.read_stdout_line() == "Server menunggu..."
     client = await start_cli(
         "send", "--username", "v6", "--host", "::1", "--port", str(port), "--count", "1"

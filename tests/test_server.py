@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import LOOPBACK, Collector, raw_send
+from tests.conftest import LOOPBACK, Collector, eventually, raw_send
 from udpchat import LinePrinter, Message, Server, ServerConfig
 
 
@@ -99,8 +99,7 @@ async def start_blocked_server(drain_timeout_s: float) -> tuple[Server, Blocking
     raw_send(server.address, b"a: pesan ke-1")
     await asyncio.to_thread(handler.started.wait, 10)
     raw_send(server.address, b"a: pesan ke-2")
-    while server.stats().received < 2:
-        await asyncio.sleep(0)
+    await eventually(lambda: server.stats().received == 2)
     return server, handler
 
 

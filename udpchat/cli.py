@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import os
 import socket
 import sys
@@ -14,9 +15,11 @@ import typer
 
 from udpchat import client as client_module
 from udpchat import server as server_module
+from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
 from udpchat.client import Client
 from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, run
 from udpchat.server import LinePrinter, Server, ServerConfig
+from udpchat.stats import format_summary
 from udpchat.wire import MAX_USERNAME_LENGTH, is_valid_username
 
 WAITING_LINE = "Server menunggu..."
@@ -47,7 +50,7 @@ PortOption = Annotated[int, typer.Option(min=0, max=65535, help="UDP port.")]
 
 def fail(message: str, code: ExitCode) -> NoReturn:
     """One line on stderr, no traceback: how every operator error ends."""
-    print(f"udpchat: {message}", file=sys.stderr, flush=True)
+    report(message)
     raise typer.Exit(code)
 
 
@@ -71,15 +74,37 @@ def serve(
     max_size: Annotated[
         int,
         typer.Option(
-            min=1,
-            max=65535,
-            help="Largest datagram accepted, in bytes; larger are dropped.",
+            min=1, max=65507, help="Largest datagram accepted, in bytes; larger are dropped."
         ),
     ] = server_module.DEFAULT_MAX_DATAGRAM_SIZE,
     queue_size: Annotated[
         int,
         typer.Option(min=1, help="Messages waiting for a worker, at most; more are dropped."),
     ] = server_module.DEFAULT_QUEUE_SIZE,
+    rcvbuf: Annotated[
+        int,
+        typer.Option(min=0, help="Socket receive buffer to ask for, in bytes (0: OS default)."),
+    ] = server_module.DEFAULT_RCVBUF,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(help="Accept only this network (CIDR or address); repeatable."),
+    ] = None,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Messages a second per source address; more are refused."),
+    ] = None,
+    rate_burst: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="Burst allowed above --rate-limit (default: 1 s worth)."),
+    ] = None,
+    max_sources: Annotated[
+        int,
+        typer.Option(min=1, help="Source addresses remembered for --rate-limit/--allow, at most."),
+    ] = DEFAULT_MAX_SOURCES,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(min=0.0, help="Seconds to finish queued messages on Ctrl-C or SIGTERM."),
+    ] = server_module.DEFAULT_DRAIN_TIMEOUT_S,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Receive messages and print each as '\\[ip] text', like the seed's server."""
@@ -89,6 +114,12 @@ def serve(
         workers=workers,
         max_datagram_size=max_size,
         queue_size=queue_size,
+        drain_timeout_s=drain_timeout,
+        rcvbuf=rcvbuf or None,
+        allow=tuple(parse_allow(text) for text in allow or ()),
+        rate_limit_per_s=rate_limit,
+        rate_burst=rate_burst,
+        max_sources=max_sources,
     )
     server = Server(config, LinePrinter(sys.stdout))
     stop = SignalStop()
@@ -101,14 +132,26 @@ def serve(
             f"cannot listen on {host} port {port}: {describe_error(error)}",
             ExitCode.STARTUP_FAILURE,
         )
+    stats = server.stats()
+    report(format_summary(stats))
     if stop.forced:
-        print(
-            "udpchat: forced stop; queued messages were abandoned",
-            file=sys.stderr,
-            flush=True,
-        )
-        sys.stdout.flush()
-        os._exit(ExitCode.FORCED)  # worker threads may be stuck in a handler: do not join them
+        report("forced stop: queued messages were abandoned")
+        os._exit(ExitCode.FORCED)  # a worker may be stuck in a write: neither join nor flush
+    if stats.queue_depth:
+        report(f"{stats.queue_depth} messages still in a stuck handler after --drain-timeout")
+        os._exit(ExitCode.OK)
+
+
+def parse_allow(text: str) -> IPNetwork:
+    try:
+        return parse_network(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="'--allow'") from None
+
+
+def report(line: str) -> None:
+    """Status for the operator: stderr, so that stdout stays the seed's message stream."""
+    print(f"udpchat: {line}", file=sys.stderr, flush=True)
 
 
 async def serve_until_stopped(server: Server, stop: SignalStop) -> None:
@@ -116,9 +159,16 @@ async def serve_until_stopped(server: Server, stop: SignalStop) -> None:
         try:
             async with server:
                 host, port = server.address
-                print(f"udpchat: listening on {host} port {port}", file=sys.stderr, flush=True)
+                report(
+                    f"listening on {host} port {port}, "
+                    f"receive buffer {server.receive_buffer_bytes} bytes"
+                )
                 print(WAITING_LINE, flush=True)
                 await stop.requested.wait()
+                report(
+                    f"stopping: finishing {server.stats().queue_depth} queued messages "
+                    "(a second Ctrl-C forces)"
+                )
         except asyncio.CancelledError:
             if not stop.forced:
                 raise
@@ -200,6 +250,7 @@ async def send_until_stopped(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI as a function: parse ``argv``, run the command, return its exit status."""
+    logging.basicConfig(level=logging.WARNING, format="udpchat: %(message)s", stream=sys.stderr)
     try:
         app(args=list(argv) if argv is not None else None, prog_name="udpchat")
     except SystemExit as exit_:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from types import TracebackType
 
@@ -58,9 +59,15 @@ class Client:
         return self._protocol.send_errors
 
     async def open(self) -> None:
+        # Resolved here rather than by the loop, so that every loop reports the same errors.
+        family, _, _, _, address = (
+            await asyncio.to_thread(
+                socket.getaddrinfo, self.host, self.port, type=socket.SOCK_DGRAM
+            )
+        )[0]
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: self._protocol, remote_addr=(self.host, self.port)
+            lambda: self._protocol, remote_addr=(str(address[0]), int(address[1])), family=family
         )
 
     def close(self) -> None:

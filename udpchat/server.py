@@ -19,6 +19,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TextIO
 
+from udpchat.admission import (
+    DEFAULT_MAX_SOURCES,
+    Admission,
+    IPNetwork,
+    RateLimiter,
+    SourceFilter,
+)
+from udpchat.sockets import bind_udp_socket, kernel_drop_count, receive_buffer_size
 from udpchat.stats import DropReason, ServerCounters, StatsSnapshot
 from udpchat.wire import ParsedText, decode, format_line, parse_text
 
@@ -32,6 +40,11 @@ DEFAULT_MAX_DATAGRAM_SIZE = 1024
 DEFAULT_QUEUE_SIZE = 65536
 """Messages waiting for a worker, at most."""
 DEFAULT_DRAIN_TIMEOUT_S = 5.0
+DEFAULT_RCVBUF = 4 * 1024 * 1024
+"""Bytes asked for the socket's receive buffer, so that bursts wait in the kernel, not drop."""
+HANDLER_ERROR_LOG_INTERVAL_S = 10.0
+MAX_READS_AT_STOP = 100_000
+MAX_UDP_PAYLOAD = 65535
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,23 +99,26 @@ class ServerConfig:
     max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE
     queue_size: int = DEFAULT_QUEUE_SIZE
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    rcvbuf: int | None = DEFAULT_RCVBUF
+    """Receive buffer to ask for, in bytes; None keeps the OS default."""
+    allow: tuple[IPNetwork, ...] = ()
+    """Accept only these source networks; empty accepts every source."""
+    rate_limit_per_s: float | None = None
+    """Messages a second per source address (token bucket); None for no limit."""
+    rate_burst: float | None = None
+    """Bucket size; defaults to one second's worth of ``rate_limit_per_s``."""
+    max_sources: int = DEFAULT_MAX_SOURCES
+    """Per-source table entries (rate limiter, allow-list cache), at most."""
 
-
-def _bind_socket(host: str, port: int) -> socket.socket:
-    """A bound, non-blocking UDP socket; ``::`` also accepts IPv4 where the OS allows dual-stack."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(address)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    def admission(self) -> Admission | None:
+        """The allow-list and rate limiter this config asks for; None when it asks for neither."""
+        if not self.allow and self.rate_limit_per_s is None:
+            return None
+        source_filter = SourceFilter(self.allow, self.max_sources) if self.allow else None
+        limiter = None
+        if self.rate_limit_per_s is not None:
+            limiter = RateLimiter(self.rate_limit_per_s, self.rate_burst, self.max_sources)
+        return Admission(source_filter, limiter, time.monotonic)
 
 
 def _plain_ip(ip: str) -> str:
@@ -111,6 +127,27 @@ def _plain_ip(ip: str) -> str:
 
 
 _Batch = list[tuple[bytes, Any]]
+
+
+class _HandlerErrorLog:
+    """Logs a failing handler's first error, then at most one line per interval with a count,
+    so that a handler failing on every message of a flood cannot flood the log too."""
+
+    def __init__(self, interval_s: float = HANDLER_ERROR_LOG_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._last_logged = -interval_s
+        self._suppressed = 0
+
+    def record(self, ip: str, error: Exception) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_logged < self._interval_s:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._last_logged = self._suppressed, 0, now
+        more = f" ({suppressed} more failures since the last report)" if suppressed else ""
+        logger.error("handler failed on a message from %s: %r%s", ip, error, more)
 
 
 class _Dispatcher:
@@ -127,6 +164,7 @@ class _Dispatcher:
         self._queued_lock = threading.Lock()
         self.queued = 0
         self._in_flight: dict[concurrent.futures.Future[None], int] = {}
+        self._error_log = _HandlerErrorLog()
 
     def submit(self, batch: _Batch, received_at: float) -> None:
         """Called on the loop thread: keep what fits in the queue, drop and count the rest."""
@@ -173,16 +211,18 @@ class _Dispatcher:
                 handler(message)
             except Exception as error:
                 handler_errors += 1
-                if handler_errors == 1:
-                    logger.error("handler failed on a message from %s: %r", message.ip, error)
+                self._error_log.record(message.ip, error)
         if self._flush is not None:
             self._flush()
         with self._queued_lock:
             self.queued -= len(batch)
         self._counters.add_handled(len(batch), handler_errors, problems)
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait for queued batches; after the timeout, cancel those not started and count them."""
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait for queued batches; after the timeout, cancel those not started and count them.
+
+        Returns False when some batch is still running in a worker (a stuck handler).
+        """
         pending = list(self._in_flight.items())
         if pending:
             await asyncio.wait([asyncio.wrap_future(f) for f, _ in pending], timeout=timeout_s)
@@ -192,6 +232,7 @@ class _Dispatcher:
                 with self._queued_lock:
                     self.queued -= size
         self._executor.shutdown(wait=False)
+        return self.queued == 0
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -199,6 +240,7 @@ class _Receiver(asyncio.DatagramProtocol):
 
     def __init__(self, config: ServerConfig, dispatcher: _Dispatcher, counters: ServerCounters):
         self._max_size = config.max_datagram_size
+        self._admission = config.admission()
         self._dispatcher = dispatcher
         self._counters = counters
         self._batch: _Batch = []
@@ -212,6 +254,10 @@ class _Receiver(asyncio.DatagramProtocol):
             counters.dropped[DropReason.EMPTY] += 1
         elif size > self._max_size:
             counters.dropped[DropReason.OVERSIZE] += 1
+        elif self._admission is not None and (
+            refusal := self._admission.refusal(_plain_ip(addr[0]))
+        ):
+            counters.dropped[refusal] += 1
         else:
             self._batch.append((data, addr))
             if len(self._batch) == 1:
@@ -240,6 +286,8 @@ class Server:
         self._transport: asyncio.DatagramTransport | None = None
         self._receiver: _Receiver | None = None
         self._dispatcher: _Dispatcher | None = None
+        self._socket: socket.socket | None = None
+        self._kernel_drops_at_stop: int | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -252,26 +300,57 @@ class Server:
     async def start(self) -> None:
         if self._transport is not None:
             raise RuntimeError("the server is already started")
-        sock = _bind_socket(self.config.host, self.config.port)
+        sock = bind_udp_socket(self.config.host, self.config.port, rcvbuf=self.config.rcvbuf)
         self._dispatcher = _Dispatcher(self.config, self._handler, self._counters)
         receiver = _Receiver(self.config, self._dispatcher, self._counters)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: receiver, sock=sock)
-        self._transport, self._receiver = transport, receiver
+        self._transport, self._receiver, self._socket = transport, receiver, sock
         logger.info("listening on %s port %d", *self.address)
 
-    async def stop(self) -> None:
-        """Stop receiving, hand over the last batch, and drain the pool within the timeout."""
+    async def stop(self) -> bool:
+        """Stop receiving, hand over the last batch, and drain the pool within the timeout.
+
+        Returns False when a handler was still running at the timeout; its messages stay in
+        ``stats().queue_depth``, so that ``received == handled + dropped + queue_depth``.
+        """
         if self._transport is None or self._receiver is None or self._dispatcher is None:
-            return
+            return True
+        self._read_what_the_kernel_holds()
+        self._kernel_drops_at_stop = self.kernel_drops()
         self._transport.close()
         self._receiver.dispatch()
-        await self._dispatcher.drain(self.config.drain_timeout_s)
+        idle = await self._dispatcher.drain(self.config.drain_timeout_s)
         self._transport = None
+        return idle
+
+    def _read_what_the_kernel_holds(self) -> None:
+        """Take in the datagrams already in the socket's buffer, so that none vanish uncounted
+        at close; bounded, because a flood may still be arriving."""
+        assert self._socket is not None and self._receiver is not None
+        for _ in range(MAX_READS_AT_STOP):
+            try:
+                data, address = self._socket.recvfrom(MAX_UDP_PAYLOAD)
+            except OSError:
+                return
+            self._receiver.datagram_received(data, address)
+
+    @property
+    def receive_buffer_bytes(self) -> int:
+        """The receive buffer the OS granted (Linux reports twice the asked size)."""
+        if self._socket is None:
+            raise RuntimeError("the server is not started")
+        return receive_buffer_size(self._socket)
+
+    def kernel_drops(self) -> int | None:
+        """Datagrams the kernel dropped before we could read them; None where the OS cannot say."""
+        if self._transport is None or self._socket is None:
+            return self._kernel_drops_at_stop
+        return kernel_drop_count(self._socket)
 
     def stats(self) -> StatsSnapshot:
         queued = self._dispatcher.queued if self._dispatcher else 0
-        return self._counters.snapshot(queue_depth=queued)
+        return self._counters.snapshot(queue_depth=queued, kernel_drops=self.kernel_drops())
 
     async def __aenter__(self) -> Server:
         await self.start()

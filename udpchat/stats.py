@@ -17,6 +17,8 @@ class DropReason(enum.Enum):
 
     EMPTY = "empty"
     OVERSIZE = "oversize"
+    NOT_ALLOWED = "not_allowed"
+    RATE_LIMITED = "rate_limited"
     QUEUE_FULL = "queue_full"
     SHUTDOWN = "shutdown"
 
@@ -30,11 +32,33 @@ class StatsSnapshot:
     handler_errors: int
     dropped: Mapping[str, int]
     problems: Mapping[str, int] = field(default_factory=dict)
+    """Handled messages that were not clean seed text: invalid_utf8, unparsed, and so on."""
     queue_depth: int = 0
+    kernel_drops: int | None = None
+    """Dropped by the kernel before udpchat could read them; None where the OS cannot say."""
 
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+
+def format_summary(stats: StatsSnapshot) -> str:
+    """One line of totals, ``key=value`` so that both people and scripts can read it."""
+    dropped = " ".join(f"{reason}={count}" for reason, count in stats.dropped.items() if count)
+    problems = " ".join(f"{name}={count}" for name, count in sorted(stats.problems.items()))
+    parts = [
+        f"received={stats.received}",
+        f"handled={stats.handled}",
+        f"dropped={stats.dropped_total}" + (f" ({dropped})" if dropped else ""),
+        f"handler_errors={stats.handler_errors}",
+    ]
+    if problems:
+        parts.append(problems)
+    if stats.queue_depth:
+        parts.append(f"queued={stats.queue_depth}")
+    if stats.kernel_drops is not None:
+        parts.append(f"kernel_drops={stats.kernel_drops}")
+    return "summary: " + " ".join(parts)
 
 
 class ServerCounters:
@@ -60,7 +84,7 @@ class ServerCounters:
             for name, count in problems.items():
                 self._problems[name] = self._problems.get(name, 0) + count
 
-    def snapshot(self, queue_depth: int = 0) -> StatsSnapshot:
+    def snapshot(self, queue_depth: int = 0, kernel_drops: int | None = None) -> StatsSnapshot:
         with self._lock:
             return StatsSnapshot(
                 received=self.received,
@@ -69,4 +93,5 @@ class ServerCounters:
                 dropped={reason.value: count for reason, count in self.dropped.items()},
                 problems=dict(self._problems),
                 queue_depth=queue_depth,
+                kernel_drops=kernel_drops,
             )

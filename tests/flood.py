@@ -1,0 +1,38 @@
+"""A bounded loopback flood from its own process.
+
+Usage: ``python tests/flood.py HOST PORT SIZE COUNT SECONDS``.
+
+Prints how many datagrams it sent. Stops at COUNT datagrams or after SECONDS, whichever is first.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+BATCH = 256
+
+
+def flood(host: str, port: int, size: int, count: int, seconds: float) -> int:
+    if not (host.startswith("127.") or host == "::1"):
+        raise SystemExit("flood only targets loopback")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    payload = (b"flood: pesan ke-1 " + b"x" * size)[:size]
+    sent = 0
+    deadline = time.monotonic() + seconds
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, port))
+        while sent < count and time.monotonic() < deadline:
+            for _ in range(min(BATCH, count - sent)):
+                try:
+                    sock.send(payload)
+                except ConnectionRefusedError:
+                    continue
+                sent += 1
+    return sent
+
+
+if __name__ == "__main__":
+    host, port, size, count, seconds = sys.argv[1:6]
+    print(flood(host, int(port), int(size), int(count), float(seconds)))

@@ -1,0 +1,180 @@
+"""Operator errors, unreachable peers, floods and shutdown, through the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LOOPBACK, CliProcess, read_port, start_cli
+from tests.test_client import free_udp_port
+from udpchat.cli import main
+
+FLOOD_SCRIPT = Path(__file__).with_name("flood.py")
+BASE_RSS_BYTES = 64 * 1024 * 1024
+"""Peak RSS bound of a server, beyond what its queue may hold: the interpreter and libraries."""
+QUEUED_MESSAGE_OVERHEAD_BYTES = 512
+
+
+def summary_counts(stderr: str) -> dict[str, int]:
+    (line,) = [line for line in stderr.splitlines() if line.startswith("udpchat: summary:")]
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
+
+
+@pytest.mark.parametrize(
+    ("argv", "mentions"),
+    [
+        (["serve", "--port", "70000"], "--port"),
+        (["serve", "--workers", "0"], "--workers"),
+        (["serve", "--queue-size", "0"], "--queue-size"),
+        (["serve", "--allow", "10.0.0.300/8"], "--allow"),
+        (["send", "--username", "u", "--interval", "-1"], "--interval"),
+        (["send", "--username", "u", "--count", "0"], "--count"),
+    ],
+)
+def test_invalid_option_values_are_refused(
+    argv: list[str], mentions: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert mentions in capsys.readouterr().err
+
+
+def test_unknown_host_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resolution is faked: a real lookup would send a DNS query off this machine."""
+
+    def no_such_host(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    assert main(["send", "--username", "u", "--host", "nowhere.invalid", "--count", "1"]) == 1
+    assert main(["serve", "--host", "nowhere.invalid"]) == 3
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "udpchat: cannot send to nowhere.invalid port 5002: [Errno -2] Name or service not known",
+        "udpchat: cannot listen on nowhere.invalid port 5002: [Errno -2] Name or service not known",
+    ]
+
+
+async def test_address_not_on_this_host_is_one_line() -> None:
+    server = await start_cli("serve", "--host", "192.0.2.1", "--port", "0")
+    status, _, stderr = await server.finish()
+    assert status == 3
+    assert stderr == "udpchat: cannot listen on 192.0.2.1 port 0: Cannot assign requested address\n"
+
+
+async def test_client_reports_refusal_once_and_reaches_a_late_server() -> None:
+    port = free_udp_port()
+    client = await start_cli(
+        "send", "--username", "early", "--port", str(port), "--interval", "0.02"
+    )
+    await client.read_stderr_until("send failed: Connection refused; still sending")
+    server = await start_cli("serve", "--host", LOOPBACK, "--port", str(port))
+    await read_port(server)
+    assert await server.read_stdout_line() == "Server menunggu..."
+    line = await server.read_stdout_line()
+    assert re.fullmatch(rf"\[{LOOPBACK}\] early: pesan ke-\d+", line)
+    client.signal(signal.SIGINT)
+    status, _, client_stderr = await client.finish()
+    assert status == 0
+    assert "send failed" not in client_stderr  # the first report was the only one
+    server.signal(signal.SIGINT)
+    assert (await server.finish())[0] == 0
+
+
+async def flood(port: int, size: int, count: int, seconds: float) -> int:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(FLOOD_SCRIPT),
+        LOOPBACK,
+        str(port),
+        str(size),
+        str(count),
+        str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await process.communicate()
+    return int(stdout)
+
+
+def peak_rss_bytes(cli: CliProcess) -> int:
+    status = Path(f"/proc/{cli.process.pid}/status").read_text()
+    (kilobytes,) = re.findall(r"VmHWM:\s+(\d+) kB", status)
+    return int(kilobytes) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+async def test_flood_memory_is_bounded_and_every_datagram_is_accounted(tmp_path: Path) -> None:
+    queue_size, max_size = 4096, 1024
+    with (tmp_path / "messages.log").open("w") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0",
+            "--queue-size", str(queue_size), "--max-size", str(max_size),
+            stdout=log, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        server = CliProcess(process)
+        port = await read_port(server)
+        sent = await flood(port, size=1000, count=3_000_000, seconds=3.0)
+        peak = peak_rss_bytes(server)
+        server.signal(signal.SIGINT)
+        status, _, stderr = await server.finish(timeout_s=30)
+    assert status == 0, stderr
+    counts = summary_counts(stderr)
+    assert counts["received"] == counts["handled"] + counts["dropped"]
+    assert sent == counts["received"] + counts["kernel_drops"]
+    assert peak < BASE_RSS_BYTES + queue_size * (max_size + QUEUED_MESSAGE_OVERHEAD_BYTES)
+    logged = (tmp_path / "messages.log").read_text().count("\n")
+    assert logged == counts["handled"] + 1  # and the banner
+
+
+async def start_server_with_unread_stdout(*args: str) -> tuple[CliProcess, int, int]:
+    """A server whose stdout is a pipe nobody reads, as with a terminal that stopped scrolling.
+
+    Returns the process, its port, and the pipe's read end (for the caller to close).
+    """
+    read_end, write_end = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0", *args,
+        stdout=write_end, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write_end)
+    server = CliProcess(process)
+    return server, await read_port(server), read_end
+
+
+async def test_stuck_output_drains_within_the_timeout_then_exits_0() -> None:
+    server, port, unread = await start_server_with_unread_stdout(
+        "--drain-timeout", "0.5", "--queue-size", "1000"
+    )
+    await flood(port, size=1000, count=5000, seconds=5.0)
+    server.signal(signal.SIGTERM)
+    status, _, stderr = await server.finish(timeout_s=30)
+    os.close(unread)
+    assert status == 0
+    counts = summary_counts(stderr)
+    assert counts["queued"] > 0  # stuck in a write to the full pipe
+    assert counts["received"] == counts["handled"] + counts["dropped"] + counts["queued"]
+    assert "still in a stuck handler" in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_second_signal_forces_exit() -> None:
+    server, port, unread = await start_server_with_unread_stdout(
+        "--drain-timeout", "60", "--queue-size", "1000"
+    )
+    await flood(port, size=1000, count=5000, seconds=5.0)
+    server.signal(signal.SIGINT)
+    await server.read_stderr_until("stopping")
+    server.signal(signal.SIGINT)
+    status, _, stderr = await server.finish(timeout_s=30)
+    os.close(unread)
+    assert status == 130
+    assert "forced stop" in stderr
+    assert "Traceback" not in stderr

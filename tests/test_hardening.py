@@ -1,0 +1,170 @@
+"""Bad input, refusals and overload: every datagram gets a defined outcome and a count."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import socket
+
+import pytest
+
+from tests.conftest import LOOPBACK, Collector, eventually, raw_send
+from udpchat import LinePrinter, Message, Server, ServerConfig
+from udpchat.admission import parse_network
+from udpchat.stats import StatsSnapshot
+
+
+async def run_through_printer(
+    *payloads: bytes, config: ServerConfig | None = None
+) -> tuple[list[str], list[Message], StatsSnapshot]:
+    """Send payloads to a fresh server that prints lines; returns lines, messages and stats."""
+    stream = io.StringIO()
+    collector = Collector(LinePrinter(stream))
+    server = Server(config or ServerConfig(host=LOOPBACK, port=0), collector)
+    await server.start()
+    raw_send(server.address, *payloads)
+    await server.stop()
+    return stream.getvalue().splitlines(keepends=True), collector.messages, server.stats()
+
+
+def assert_balanced(stats: StatsSnapshot) -> None:
+    assert stats.received == stats.handled + stats.dropped_total + stats.queue_depth
+
+
+async def test_empty_datagram_is_dropped_and_counted() -> None:
+    lines, _, stats = await run_through_printer(b"")
+    assert lines == []
+    assert stats.dropped["empty"] == 1
+    assert_balanced(stats)
+
+
+async def test_oversize_is_rejected_not_truncated() -> None:
+    config = ServerConfig(host=LOOPBACK, port=0, max_datagram_size=1024)
+    _, messages, stats = await run_through_printer(b"a" * 1024, b"b" * 1025, config=config)
+    assert [m.text for m in messages] == ["a" * 1024]
+    assert stats.dropped["oversize"] == 1
+    assert_balanced(stats)
+
+
+async def test_invalid_utf8_is_shown_escaped_and_counted() -> None:
+    lines, messages, stats = await run_through_printer(b"caf\xe9 \xff")
+    assert lines == [f"[{LOOPBACK}] caf\\xe9 \\xff\n"]
+    assert messages[0].username is None
+    assert stats.problems["invalid_utf8"] == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b"hello there", "unparsed"),
+        (b"alice: pesan ke-x", "invalid_counter"),
+        (b"alice: pesan ke-99999999999999999999999", "invalid_counter"),
+        (b"alice: pesan ke-0", "invalid_counter"),
+        (b"al ice: pesan ke-1", "invalid_username"),
+        (b"\x1b[31mred\x1b[0m: pesan ke-1", "invalid_username"),
+        ("Ωmega: pesan ke-1".encode(), "invalid_username"),
+    ],
+)
+async def test_text_outside_the_seed_format_is_shown_and_counted(
+    payload: bytes, problem: str
+) -> None:
+    lines, messages, stats = await run_through_printer(payload)
+    assert len(lines) == 1
+    assert (messages[0].username, messages[0].counter) == (None, None)
+    assert stats.problems == {problem: 1}
+    assert stats.handled == 1
+
+
+async def test_terminal_controls_never_reach_the_output_raw() -> None:
+    hostile = b"x\x1b[2J\x1b]0;pwned\x07\r\nfake line\x00\x9b\xe2\x80\xae"
+    lines, _, _ = await run_through_printer(hostile)
+    assert lines == [f"[{LOOPBACK}] x\\x1b[2J\\x1b]0;pwned\\x07\\r\\nfake line\\x00\\x9b\\u202e\n"]
+    assert all(ch.isprintable() for ch in lines[0][:-1])
+
+
+async def test_failing_handler_is_logged_once_counted_and_the_server_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen = Collector()
+
+    def handler(message: Message) -> None:
+        seen(message)
+        if message.text.startswith("boom"):
+            raise ValueError(f"cannot handle {message.text}")
+
+    async with Server(ServerConfig(host=LOOPBACK, port=0), handler) as server:
+        with caplog.at_level(logging.ERROR, logger="udpchat.server"):
+            raw_send(server.address, b"boom 1", b"boom 2", b"ok: pesan ke-1")
+            await seen.wait_for(3)
+    stats = server.stats()
+    assert (stats.handled, stats.handler_errors) == (3, 2)
+    errors = [r.getMessage() for r in caplog.records]
+    assert len(errors) == 1
+    assert "cannot handle boom 1" in errors[0]
+
+
+async def test_allow_list_refuses_other_sources() -> None:
+    config = ServerConfig(host=LOOPBACK, port=0, allow=(parse_network("127.0.0.2/32"),))
+    collector = Collector()
+    async with Server(config, collector) as server:
+        raw_send(server.address, b"stranger: pesan ke-1")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as trusted:
+            trusted.bind(("127.0.0.2", 0))
+            trusted.sendto(b"friend: pesan ke-1", server.address)
+        (message,) = await collector.wait_for(1)
+    assert message.username == "friend"
+    stats = server.stats()
+    assert stats.dropped["not_allowed"] == 1
+    assert_balanced(stats)
+
+
+async def test_rate_limit_per_source() -> None:
+    config = ServerConfig(host=LOOPBACK, port=0, rate_limit_per_s=0.01, rate_burst=3)
+    _, messages, stats = await run_through_printer(
+        *(f"u: pesan ke-{n}".encode() for n in range(1, 11)), config=config
+    )
+    assert [m.counter for m in messages] == [1, 2, 3]
+    assert stats.dropped["rate_limited"] == 7
+    assert_balanced(stats)
+
+
+async def test_queue_full_drops_are_counted_and_memory_is_not_used() -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def blocked(message: Message) -> None:
+        loop.call_soon_threadsafe(started.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
+
+    config = ServerConfig(host=LOOPBACK, port=0, workers=1, queue_size=5)
+    async with Server(config, blocked) as server:
+        raw_send(server.address, b"u: pesan ke-1")
+        await started.wait()
+        raw_send(server.address, *(f"u: pesan ke-{n}".encode() for n in range(2, 21)))
+        await eventually(lambda: server.stats().received == 20)
+        assert server.stats().queue_depth == 5
+        release.set()
+    stats = server.stats()
+    assert stats.handled == 5
+    assert stats.dropped["queue_full"] == 15
+    assert_balanced(stats)
+
+
+async def test_kernel_drops_reconcile_what_was_sent() -> None:
+    """With the loop blocked, a burst overflows a small receive buffer; nothing goes uncounted."""
+    config = ServerConfig(host=LOOPBACK, port=0, rcvbuf=4096)
+    server = Server(config, Collector())
+    await server.start()
+    if server.kernel_drops() is None:
+        await server.stop()
+        pytest.skip("this OS does not report per-socket drops")
+    sent = 2000
+    raw_send(server.address, *(f"u: pesan ke-{n}".encode() for n in range(1, sent + 1)))
+    await server.stop()
+    stats = server.stats()
+    assert stats.kernel_drops is not None
+    assert stats.kernel_drops > 0
+    assert stats.received + stats.kernel_drops == sent
+    assert_balanced(stats)

@@ -1,0 +1,110 @@
+"""Who may reach the handler: an allow-list of networks and a per-source token bucket.
+
+Pure logic with bounded tables; the event-loop thread calls :meth:`Admission.refusal` for each
+datagram before it is queued, so refused floods never take queue space from legitimate senders.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+
+from udpchat.stats import DropReason
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_MAX_SOURCES = 65536
+"""Sources remembered by the rate limiter and the allow-list cache, at most."""
+
+
+def parse_network(text: str) -> IPNetwork:
+    """``10.0.0.0/8``, ``::1/128`` or a bare address (one host); ValueError says what is wrong."""
+    return ipaddress.ip_network(text.strip(), strict=False)
+
+
+class SourceFilter:
+    """Accepts sources inside any of the allowed networks; decisions are cached per address."""
+
+    def __init__(
+        self, networks: Sequence[IPNetwork], max_cached: int = DEFAULT_MAX_SOURCES
+    ) -> None:
+        self._networks = tuple(networks)
+        self._cache: dict[str, bool] = {}
+        self._max_cached = max_cached
+
+    def allows(self, ip: str) -> bool:
+        allowed = self._cache.get(ip)
+        if allowed is None:
+            try:
+                address = ipaddress.ip_address(ip.split("%", 1)[0])
+            except ValueError:
+                return False
+            allowed = any(address in network for network in self._networks)
+            if len(self._cache) >= self._max_cached:
+                self._cache.clear()
+            self._cache[ip] = allowed
+        return allowed
+
+
+class RateLimiter:
+    """A token bucket per source: ``rate_per_s`` messages a second, bursts of ``burst``.
+
+    At most ``max_sources`` buckets are kept; when full, the oldest is evicted (counted in
+    :attr:`evicted`) and that source starts again with a full bucket, so spoofed sources can
+    cost us a bounded table and nothing more.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: float | None = None,
+        max_sources: int = DEFAULT_MAX_SOURCES,
+    ) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate must be positive")
+        self.rate_per_s = rate_per_s
+        self.burst = burst if burst is not None else max(1.0, rate_per_s)
+        self.max_sources = max_sources
+        self.evicted = 0
+        self._buckets: dict[str, list[float]] = {}
+
+    def allow(self, source: str, now: float) -> bool:
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            if len(self._buckets) >= self.max_sources:
+                del self._buckets[next(iter(self._buckets))]
+                self.evicted += 1
+            self._buckets[source] = [self.burst - 1.0, now]
+            return True
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate_per_s)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+    @property
+    def sources(self) -> int:
+        return len(self._buckets)
+
+
+class Admission:
+    """The allow-list, then the rate limit; says why a datagram is refused, or None to admit it."""
+
+    def __init__(
+        self,
+        source_filter: SourceFilter | None,
+        rate_limiter: RateLimiter | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._filter = source_filter
+        self._limiter = rate_limiter
+        self._clock = clock
+
+    def refusal(self, ip: str) -> DropReason | None:
+        if self._filter is not None and not self._filter.allows(ip):
+            return DropReason.NOT_ALLOWED
+        if self._limiter is not None and not self._limiter.allow(ip, self._clock()):
+            return DropReason.RATE_LIMITED
+        return None

@@ -1,0 +1,92 @@
+"""What the OS knows about our UDP socket: binding it, its receive buffer, and its drop count.
+
+Kept apart from the server so that the platform-specific parts (``SO_RCVBUFFORCE``,
+``/proc/net/udp``) sit in one place and degrade to "unknown" where the OS lacks them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+PROC_UDP_TABLES = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
+_DROPS_COLUMN = 12
+_INODE_COLUMN = 9
+
+
+def bind_udp_socket(
+    host: str, port: int, *, rcvbuf: int | None = None, reuse_port: bool = False
+) -> socket.socket:
+    """A bound, non-blocking UDP socket.
+
+    ``::`` also accepts IPv4 where the OS allows dual-stack. ``reuse_port`` lets several
+    processes share the port (Linux spreads datagrams across them by source).
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if rcvbuf is not None:
+            set_receive_buffer(sock, rcvbuf)
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for a receive buffer of ``size`` bytes; returns what the OS granted.
+
+    Privileged processes on Linux may exceed ``net.core.rmem_max`` with ``SO_RCVBUFFORCE``;
+    others get at most that limit. Linux reports double the asked size (its bookkeeping).
+    """
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return receive_buffer_size(sock)
+
+
+def receive_buffer_size(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def kernel_drop_count(sock: socket.socket) -> int | None:
+    """Datagrams the kernel dropped for this socket (receive buffer full), or None if unknown.
+
+    Linux lists it in the ``drops`` column of ``/proc/net/udp`` and ``/proc/net/udp6``, on the
+    row whose inode is the socket's.
+    """
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+    except OSError:
+        return None
+    for table in PROC_UDP_TABLES:
+        try:
+            rows = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        drops = find_drops(rows, inode)
+        if drops is not None:
+            return drops
+    return None
+
+
+def find_drops(rows: list[str], inode: str) -> int | None:
+    """The drops column of the ``/proc/net/udp`` row for ``inode``; pure, for testing."""
+    for row in rows:
+        columns = row.split()
+        if len(columns) > _DROPS_COLUMN and columns[_INODE_COLUMN] == inode:
+            return int(columns[_DROPS_COLUMN])
+    return None
