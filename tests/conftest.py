@@ -43,6 +43,11 @@ class Collector:
             self.threads.add(threading.current_thread().name)
         self._loop.call_soon_threadsafe(self._changed.set)
 
+    def flush(self) -> None:
+        flush = getattr(self.inner, "flush", None)
+        if flush is not None:
+            flush()
+
     async def wait_for(self, count: int, timeout_s: float = EVENT_TIMEOUT_S) -> list[Message]:
         async def reached() -> None:
             while len(self.messages) < count:

@@ -159,9 +159,9 @@ async def test_stuck_output_drains_within_the_timeout_then_exits_0() -> None:
     os.close(unread)
     assert status == 0
     counts = summary_counts(stderr)
-    assert counts["queued"] > 0  # stuck in a write to the full pipe
-    assert counts["received"] == counts["handled"] + counts["dropped"] + counts["queued"]
-    assert "still in a stuck handler" in stderr
+    assert counts["received"] == counts["handled"] + counts["dropped"] + counts.get("queued", 0)
+    assert counts["dropped"] > 0
+    assert "a worker was still stuck in its handler or output" in stderr
     assert "Traceback" not in stderr
 
 

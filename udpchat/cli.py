@@ -124,7 +124,7 @@ def serve(
     server = Server(config, LinePrinter(sys.stdout))
     stop = SignalStop()
     try:
-        run(serve_until_stopped(server, stop), loop)
+        drained = run(serve_until_stopped(server, stop), loop)
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
     except OSError as error:
@@ -137,9 +137,9 @@ def serve(
     if stop.forced:
         report("forced stop: queued messages were abandoned")
         os._exit(ExitCode.FORCED)  # a worker may be stuck in a write: neither join nor flush
-    if stats.queue_depth:
-        report(f"{stats.queue_depth} messages still in a stuck handler after --drain-timeout")
-        os._exit(ExitCode.OK)
+    if not drained:
+        report("a worker was still stuck in its handler or output after --drain-timeout")
+        os._exit(ExitCode.OK)  # joining it would hang
 
 
 def parse_allow(text: str) -> IPNetwork:
@@ -154,24 +154,30 @@ def report(line: str) -> None:
     print(f"udpchat: {line}", file=sys.stderr, flush=True)
 
 
-async def serve_until_stopped(server: Server, stop: SignalStop) -> None:
+async def serve_until_stopped(server: Server, stop: SignalStop) -> bool:
+    """Serve until a signal; returns False when a worker was still stuck at the drain timeout."""
     with stop.installed():
+        await server.start()
         try:
-            async with server:
-                host, port = server.address
-                report(
-                    f"listening on {host} port {port}, "
-                    f"receive buffer {server.receive_buffer_bytes} bytes"
-                )
-                print(WAITING_LINE, flush=True)
-                await stop.requested.wait()
-                report(
-                    f"stopping: finishing {server.stats().queue_depth} queued messages "
-                    "(a second Ctrl-C forces)"
-                )
-        except asyncio.CancelledError:
-            if not stop.forced:
-                raise
+            host, port = server.address
+            report(
+                f"listening on {host} port {port}, "
+                f"receive buffer {server.receive_buffer_bytes} bytes"
+            )
+            print(WAITING_LINE, flush=True)
+            await stop.requested.wait()
+            report(
+                f"stopping: finishing {server.stats().queue_depth} queued messages "
+                "(a second Ctrl-C forces)"
+            )
+        finally:
+            try:
+                drained = await server.stop()
+            except asyncio.CancelledError:
+                if not stop.forced:
+                    raise
+                drained = False
+    return drained
 
 
 @app.command()

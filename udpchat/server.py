@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,7 +29,7 @@ from udpchat.admission import (
 )
 from udpchat.sockets import bind_udp_socket, kernel_drop_count, receive_buffer_size
 from udpchat.stats import DropReason, ServerCounters, StatsSnapshot
-from udpchat.wire import ParsedText, decode, format_line, parse_text
+from udpchat.wire import TextProblem, decode, format_line, parse_text, split_seed
 
 logger = logging.getLogger("udpchat.server")
 
@@ -44,12 +45,19 @@ DEFAULT_RCVBUF = 4 * 1024 * 1024
 """Bytes asked for the socket's receive buffer, so that bursts wait in the kernel, not drop."""
 HANDLER_ERROR_LOG_INTERVAL_S = 10.0
 MAX_READS_AT_STOP = 100_000
+BACKLOG_BATCHES_PER_JOB = 8
+"""Batches waiting per running job beyond which the dispatcher starts another job."""
+MAX_PENDING_LINES = 1024
+"""Lines a printer keeps per thread before it writes them, whatever the batch size."""
 MAX_UDP_PAYLOAD = 65535
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """One received datagram, as the handler sees it."""
+    """One received datagram, as the handler sees it. Treat it as read-only.
+
+    Not a frozen dataclass: one is built per datagram, and frozen ones cost four times as much.
+    """
 
     sender: tuple[str, int]
     """The source (ip, port). Unauthenticated: anyone can forge it."""
@@ -68,24 +76,44 @@ class Message:
 
 
 Handler = Callable[[Message], None]
-"""Called once per message in a pool thread. May also have a ``flush()`` method, which the
-worker calls after each batch, so that output can be written in one system call."""
+"""Called once per message in a pool thread. May also have a ``flush()`` method, which a worker
+calls when it runs out of queued messages, so that output can be written in few system calls."""
 
 
 class LinePrinter:
-    """The seed's handler: one ``[ip] text`` line per message; whole lines, whatever the workers."""
+    """The seed's handler: one ``[ip] text`` line per message; whole lines, whatever the workers.
+
+    Each worker thread collects its lines and :meth:`flush` writes them in one go (at the
+    latest every :data:`MAX_PENDING_LINES`), so output costs one write per burst, not per message.
+    """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._pending = threading.local()
+
+    def _lines(self) -> list[str]:
+        try:
+            lines: list[str] = self._pending.lines
+        except AttributeError:
+            lines = self._pending.lines = []
+        return lines
 
     def __call__(self, message: Message) -> None:
-        line = format_line(message.sender[0], message.text) + "\n"
-        with self._lock:
-            self._stream.write(line)
+        lines = self._lines()
+        lines.append(format_line(message.sender[0], message.text))
+        if len(lines) >= MAX_PENDING_LINES:
+            self.flush()
 
     def flush(self) -> None:
+        """Write this thread's pending lines; a worker calls it when the queue runs dry."""
+        lines = self._lines()
+        if not lines:
+            return
+        text = "\n".join(lines) + "\n"
+        lines.clear()
         with self._lock:
+            self._stream.write(text)
             self._stream.flush()
 
 
@@ -126,6 +154,11 @@ def _plain_ip(ip: str) -> str:
     return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
+def _ipv6_sender(address: tuple[str, int, int, int]) -> tuple[str, int]:
+    """(ip, port) from an IPv6 socket's 4-tuple; IPv4 sockets give (ip, port) already."""
+    return _plain_ip(address[0]), address[1]
+
+
 _Batch = list[tuple[bytes, Any]]
 
 
@@ -151,19 +184,36 @@ class _HandlerErrorLog:
 
 
 class _Dispatcher:
-    """Runs batches of datagrams through the handler in the pool, within the queue bound."""
+    """Hands batches of datagrams to the pool, within the queue bound.
 
-    def __init__(self, config: ServerConfig, handler: Handler | None, counters: ServerCounters):
+    Batches wait in a deque and pool jobs take them in arrival order until it is empty. Another
+    job starts only when none runs or a backlog shows the running ones are behind, up to
+    ``workers``: a CPU-bound handler then runs on one thread instead of fighting the others
+    for the GIL, and a handler that blocks still gets every worker.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        handler: Handler | None,
+        counters: ServerCounters,
+        ipv6_socket: bool,
+    ):
         self._handler = handler
+        self._plain_sender = _ipv6_sender if ipv6_socket else None
         self._flush: Callable[[], None] | None = getattr(handler, "flush", None)
         self._counters = counters
         self._queue_size = config.queue_size
+        self._max_jobs = config.workers
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix="udpchat-worker"
         )
-        self._queued_lock = threading.Lock()
+        self._lock = threading.Lock()
+        """Guards ``queued``, the job count and the deque's order of taking."""
+        self._batches: deque[tuple[_Batch, float]] = deque()
+        self._jobs = 0
+        self._job_futures: set[concurrent.futures.Future[None]] = set()
         self.queued = 0
-        self._in_flight: dict[concurrent.futures.Future[None], int] = {}
         self._error_log = _HandlerErrorLog()
 
     def submit(self, batch: _Batch, received_at: float) -> None:
@@ -174,37 +224,54 @@ class _Dispatcher:
             batch = batch[: max(room, 0)]
             if not batch:
                 return
-        with self._queued_lock:
+        with self._lock:
             self.queued += len(batch)
-        future = self._executor.submit(self._run_batch, batch, received_at)
-        self._in_flight[future] = len(batch)
-        future.add_done_callback(self._forget)
+            self._batches.append((batch, received_at))
+            start_job = self._jobs < self._max_jobs and (
+                self._jobs == 0 or len(self._batches) > BACKLOG_BATCHES_PER_JOB * self._jobs
+            )
+            if start_job:
+                self._jobs += 1
+        if start_job:
+            future = self._executor.submit(self._run_job)
+            self._job_futures.add(future)
+            future.add_done_callback(self._job_futures.discard)
 
-    def _forget(self, future: concurrent.futures.Future[None]) -> None:
-        self._in_flight.pop(future, None)
+    def _take(self) -> tuple[_Batch, float] | None:
+        with self._lock:
+            if self._batches:
+                return self._batches.popleft()
+            self._jobs -= 1
+            return None
+
+    def _run_job(self) -> None:
+        while (item := self._take()) is not None:
+            self._run_batch(*item)
+        if self._flush is not None:
+            self._flush()
 
     def _run_batch(self, batch: _Batch, received_at: float) -> None:
         handler = self._handler
         handler_errors = 0
         problems: dict[str, int] = {}
+        plain_sender = self._plain_sender
         for data, address in batch:
             text, valid_utf8 = decode(data)
             if not valid_utf8:
                 problems["invalid_utf8"] = problems.get("invalid_utf8", 0) + 1
-            parsed = parse_text(text)
             username: str | None = None
             counter: int | None = None
-            if isinstance(parsed, ParsedText):
-                username, counter = parsed.username, parsed.counter
+            fields = split_seed(text)
+            if fields is not None:
+                username, counter = fields
             else:
-                problems[parsed.value] = problems.get(parsed.value, 0) + 1
-            message = Message(
-                (_plain_ip(address[0]), address[1]),
-                text,
-                username,
-                counter,
-                received_at,
-            )
+                problem = parse_text(text)
+                if isinstance(problem, TextProblem):
+                    problems[problem.value] = problems.get(problem.value, 0) + 1
+                else:
+                    username, counter = problem
+            sender = address if plain_sender is None else plain_sender(address)
+            message = Message(sender, text, username, counter, received_at)
             if handler is None:
                 continue
             try:
@@ -212,27 +279,25 @@ class _Dispatcher:
             except Exception as error:
                 handler_errors += 1
                 self._error_log.record(message.ip, error)
-        if self._flush is not None:
-            self._flush()
-        with self._queued_lock:
+        with self._lock:
             self.queued -= len(batch)
         self._counters.add_handled(len(batch), handler_errors, problems)
 
     async def drain(self, timeout_s: float) -> bool:
-        """Wait for queued batches; after the timeout, cancel those not started and count them.
+        """Wait for the queued batches; after the timeout, drop and count those not started.
 
-        Returns False when some batch is still running in a worker (a stuck handler).
+        Returns False when a job is still running in a worker (a stuck handler or flush).
         """
-        pending = list(self._in_flight.items())
-        if pending:
-            await asyncio.wait([asyncio.wrap_future(f) for f, _ in pending], timeout=timeout_s)
-        for future, size in pending:
-            if future.cancel():
-                self._counters.dropped[DropReason.SHUTDOWN] += size
-                with self._queued_lock:
-                    self.queued -= size
+        jobs = [asyncio.wrap_future(future) for future in list(self._job_futures)]
+        if jobs:
+            await asyncio.wait(jobs, timeout=timeout_s)
+        with self._lock:
+            abandoned = sum(len(batch) for batch, _ in self._batches)
+            self._batches.clear()
+            self.queued -= abandoned
+        self._counters.dropped[DropReason.SHUTDOWN] += abandoned
         self._executor.shutdown(wait=False)
-        return self.queued == 0
+        return all(future.done() for future in list(self._job_futures))
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -301,7 +366,8 @@ class Server:
         if self._transport is not None:
             raise RuntimeError("the server is already started")
         sock = bind_udp_socket(self.config.host, self.config.port, rcvbuf=self.config.rcvbuf)
-        self._dispatcher = _Dispatcher(self.config, self._handler, self._counters)
+        ipv6_socket = sock.family == socket.AF_INET6
+        self._dispatcher = _Dispatcher(self.config, self._handler, self._counters, ipv6_socket)
         receiver = _Receiver(self.config, self._dispatcher, self._counters)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: receiver, sock=sock)
@@ -311,8 +377,9 @@ class Server:
     async def stop(self) -> bool:
         """Stop receiving, hand over the last batch, and drain the pool within the timeout.
 
-        Returns False when a handler was still running at the timeout; its messages stay in
-        ``stats().queue_depth``, so that ``received == handled + dropped + queue_depth``.
+        Returns False when a worker was still busy at the timeout (a stuck handler or output);
+        messages it still holds stay in ``stats().queue_depth``, so that
+        ``received == handled + dropped + queue_depth``.
         """
         if self._transport is None or self._receiver is None or self._dispatcher is None:
             return True

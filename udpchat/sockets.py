@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 PROC_UDP_TABLES = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
 _DROPS_COLUMN = 12
 _INODE_COLUMN = 9
+SO_RCVBUFFORCE: int | None = getattr(
+    socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None
+)
+"""Linux's option number; Python's socket module does not export it."""
 
 
 def bind_udp_socket(
@@ -48,7 +53,7 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
     Privileged processes on Linux may exceed ``net.core.rmem_max`` with ``SO_RCVBUFFORCE``;
     others get at most that limit. Linux reports double the asked size (its bookkeeping).
     """
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    force = SO_RCVBUFFORCE
     try:
         if force is None:
             raise PermissionError

@@ -1,0 +1,201 @@
+"""A load generator: seed-format messages from K simulated users at a target rate, for a while.
+
+On Linux it batches with ``sendmmsg(2)`` through ctypes, so that one system call carries up to
+:data:`BATCH_SIZE` datagrams and the generator is not the bottleneck on a machine it shares with
+the server; elsewhere it falls back to one ``send`` per datagram. Loopback only by default.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import ipaddress
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from udpchat.wire import format_message
+
+BATCH_SIZE = 64
+"""Datagrams per system call (and per pacing step)."""
+PACING_STEP_S = 0.001
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = (
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(_IoVec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    )
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
+
+
+def _load_sendmmsg() -> Callable[..., int] | None:
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return None
+    try:
+        libc = ctypes.CDLL(library, use_errno=True)
+        function = libc.sendmmsg
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.POINTER(_MMsgHdr), ctypes.c_uint, ctypes.c_int)
+    function.restype = ctypes.c_int
+    return function
+
+
+_SENDMMSG = _load_sendmmsg()
+
+
+class BatchSender:
+    """Sends lists of datagrams on a connected UDP socket, with sendmmsg where the OS has it."""
+
+    def __init__(self, sock: socket.socket, use_sendmmsg: bool = True) -> None:
+        self._sock = sock
+        self._sendmmsg = _SENDMMSG if use_sendmmsg else None
+        self._iovecs = (_IoVec * BATCH_SIZE)()
+        self._headers = (_MMsgHdr * BATCH_SIZE)()
+        for index in range(BATCH_SIZE):
+            header = self._headers[index].msg_hdr
+            header.msg_iov = ctypes.pointer(self._iovecs[index])
+            header.msg_iovlen = 1
+
+    @property
+    def batched(self) -> bool:
+        return self._sendmmsg is not None
+
+    def send(self, payloads: list[bytes]) -> int:
+        """Send up to BATCH_SIZE payloads; returns how many the kernel took (refusals skipped)."""
+        if self._sendmmsg is None:
+            return self._send_one_by_one(payloads)
+        buffer = b"".join(payloads)
+        base = ctypes.cast(ctypes.c_char_p(buffer), ctypes.c_void_p).value or 0
+        offset = 0
+        iovecs = self._iovecs
+        for index, payload in enumerate(payloads):
+            iovecs[index].iov_base = base + offset
+            iovecs[index].iov_len = len(payload)
+            offset += len(payload)
+        sent: int = self._sendmmsg(self._sock.fileno(), self._headers, len(payloads), 0)
+        if sent < 0:
+            error = ctypes.get_errno()
+            if error in (errno.ECONNREFUSED, errno.EAGAIN, errno.ENOBUFS):
+                return 0
+            raise OSError(error, os.strerror(error))
+        return sent
+
+    def _send_one_by_one(self, payloads: list[bytes]) -> int:
+        sent = 0
+        for payload in payloads:
+            try:
+                self._sock.send(payload)
+            except (ConnectionRefusedError, BlockingIOError):
+                continue
+            sent += 1
+        return sent
+
+
+class NotLoopbackError(ValueError):
+    """The target is not a loopback address and remote targets were not explicitly allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    host: str = "127.0.0.1"
+    port: int = 5002
+    users: int = 10
+    """Simulated users, each with its own socket (source port), username and counter."""
+    rate_per_s: float = 10_000.0
+    """Target messages a second over all users; 0 sends as fast as possible."""
+    duration_s: float = 5.0
+    count: int | None = None
+    """Stop after this many messages, if that comes before ``duration_s``."""
+    use_sendmmsg: bool = True
+    allow_remote: bool = False
+    username_prefix: str = "load"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    sent: int
+    elapsed_s: float
+    batched: bool
+
+    @property
+    def rate_per_s(self) -> float:
+        return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def resolve_target(config: LoadConfig) -> tuple[int, tuple[str, int]]:
+    """(family, address) of the target; refuses anything but loopback unless allowed."""
+    family, _, _, _, address = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_DGRAM)[
+        0
+    ]
+    if not config.allow_remote and not ipaddress.ip_address(address[0]).is_loopback:
+        raise NotLoopbackError(f"{config.host} is not a loopback address")
+    return family, (str(address[0]), int(address[1]))
+
+
+def run_load(
+    config: LoadConfig, on_progress: Callable[[int, float], None] | None = None
+) -> LoadResult:
+    """Send until ``duration_s`` or ``count``; ``on_progress(sent, elapsed_s)`` every 0.1 s."""
+    family, address = resolve_target(config)
+    sockets = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(config.users)]
+    try:
+        for sock in sockets:
+            sock.connect(address)
+        senders = [BatchSender(sock, config.use_sendmmsg) for sock in sockets]
+        prefixes = [
+            f"{format_message(f'{config.username_prefix}{index}', 0)[:-1]}".encode()
+            for index in range(config.users)
+        ]
+        counters = [0] * config.users
+        limit = config.count if config.count is not None else 2**63
+        sent = 0
+        user = 0
+        start = time.monotonic()
+        next_progress = start
+        while True:
+            now = time.monotonic()
+            elapsed = now - start
+            if elapsed >= config.duration_s or sent >= limit:
+                break
+            if on_progress is not None and now >= next_progress:
+                on_progress(sent, elapsed)
+                next_progress = now + 0.1
+            batch = min(BATCH_SIZE, limit - sent)
+            if config.rate_per_s > 0:
+                due = int(config.rate_per_s * elapsed) - sent
+                if due <= 0:
+                    time.sleep(PACING_STEP_S)
+                    continue
+                batch = min(batch, due)
+            first = counters[user] + 1
+            prefix = prefixes[user]
+            payloads = [b"%s%d" % (prefix, n) for n in range(first, first + batch)]
+            taken = senders[user].send(payloads)
+            counters[user] += batch
+            sent += taken
+            user = (user + 1) % config.users
+        elapsed = time.monotonic() - start
+        if on_progress is not None:
+            on_progress(sent, elapsed)
+        return LoadResult(sent, elapsed, senders[0].batched)
+    finally:
+        for sock in sockets:
+            sock.close()
