@@ -24,5 +24,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# Designs side by side in one run (ratios, not absolute figures), then handler latency.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.latency
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

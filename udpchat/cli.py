@@ -17,9 +17,12 @@ from udpchat import client as client_module
 from udpchat import server as server_module
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
 from udpchat.client import Client
+from udpchat.load import LoadConfig, NotLoopbackError, run_load
+from udpchat.processes import serve_processes
+from udpchat.progress import LoadProgress
 from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, run
 from udpchat.server import LinePrinter, Server, ServerConfig
-from udpchat.stats import format_summary
+from udpchat.stats import StatsSnapshot, combine, format_summary
 from udpchat.wire import MAX_USERNAME_LENGTH, is_valid_username
 
 WAITING_LINE = "Server menunggu..."
@@ -105,9 +108,19 @@ def serve(
         float,
         typer.Option(min=0.0, help="Seconds to finish queued messages on Ctrl-C or SIGTERM."),
     ] = server_module.DEFAULT_DRAIN_TIMEOUT_S,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Server processes sharing the port (Linux SO_REUSEPORT), each with its own pool.",
+        ),
+    ] = 1,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Receive messages and print each as '\\[ip] text', like the seed's server."""
+    if processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        fail("--processes needs SO_REUSEPORT, which this OS lacks", ExitCode.USAGE)
     config = ServerConfig(
         host=host,
         port=port,
@@ -121,10 +134,14 @@ def serve(
         rate_burst=rate_burst,
         max_sources=max_sources,
     )
-    server = Server(config, LinePrinter(sys.stdout))
     stop = SignalStop()
     try:
-        drained = run(serve_until_stopped(server, stop), loop)
+        if processes == 1:
+            server = Server(config, LinePrinter(sys.stdout))
+            drained = run(serve_until_stopped(server, stop), loop)
+            per_process = [server.stats()]
+        else:
+            per_process, drained = run(serve_in_processes(config, processes, loop, stop), loop)
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
     except OSError as error:
@@ -132,14 +149,37 @@ def serve(
             f"cannot listen on {host} port {port}: {describe_error(error)}",
             ExitCode.STARTUP_FAILURE,
         )
-    stats = server.stats()
-    report(format_summary(stats))
     if stop.forced:
         report("forced stop: queued messages were abandoned")
         os._exit(ExitCode.FORCED)  # a worker may be stuck in a write: neither join nor flush
+    summary = format_summary(combine(per_process))
+    if processes > 1:
+        received = ", ".join(str(stats.received) for stats in per_process)
+        summary += f" processes={processes} (received {received})"
+    report(summary)
     if not drained:
         report("a worker was still stuck in its handler or output after --drain-timeout")
         os._exit(ExitCode.OK)  # joining it would hang
+
+
+def announce(address: tuple[str, int], receive_buffer_bytes: int | None = None) -> None:
+    """The status line on stderr, then the seed's banner on stdout."""
+    host, port = address
+    buffer = f", receive buffer {receive_buffer_bytes} bytes" if receive_buffer_bytes else ""
+    report(f"listening on {host} port {port}{buffer}")
+    print(WAITING_LINE, flush=True)
+
+
+async def serve_in_processes(
+    config: ServerConfig, processes: int, loop: LoopChoice, stop: SignalStop
+) -> tuple[list[StatsSnapshot], bool]:
+    sys.stdout.flush()
+    try:
+        return await serve_processes(config, processes, loop, sys.stdout.buffer, stop, announce)
+    except asyncio.CancelledError:
+        if not stop.forced:
+            raise
+        return [], False
 
 
 def parse_allow(text: str) -> IPNetwork:
@@ -252,6 +292,61 @@ async def send_until_stopped(
             await asyncio.wait({sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
             for task in (sending, stopping):
                 task.cancel()
+
+
+@app.command()
+def load(
+    host: Annotated[str, typer.Option(help="Server address (loopback unless --allow-remote).")] = (
+        client_module.DEFAULT_HOST
+    ),
+    port: PortOption = client_module.DEFAULT_PORT,
+    users: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Simulated users, each with its own socket.")
+    ] = 10,
+    rate: Annotated[
+        float,
+        typer.Option(min=0.0, help="Messages a second over all users; 0: as fast as possible."),
+    ] = 10_000.0,
+    duration: Annotated[
+        float, typer.Option(min=0.0, max=3600.0, help="Seconds to send for, at most.")
+    ] = 5.0,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="Messages to send, at most (default: no limit).")
+    ] = None,
+    batch: Annotated[
+        bool, typer.Option(help="Batch sends with sendmmsg where the OS has it.")
+    ] = True,
+    allow_remote: Annotated[
+        bool, typer.Option(help="Allow a target that is not loopback: only a lab network you own.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Send seed-format messages from USERS users at RATE for DURATION: a bounded load generator."""
+    config = LoadConfig(
+        host=host,
+        port=port,
+        users=users,
+        rate_per_s=rate,
+        duration_s=duration,
+        count=count,
+        use_sendmmsg=batch,
+        allow_remote=allow_remote,
+    )
+    try:
+        if progress:
+            with LoadProgress(config) as bar:
+                result = run_load(config, bar.update)
+        else:
+            result = run_load(config)
+    except NotLoopbackError as error:
+        fail(f"{error}; pass --allow-remote for a lab network you own", ExitCode.USAGE)
+    except OSError as error:
+        fail(f"cannot send to {host} port {port}: {describe_error(error)}", ExitCode.FAILURE)
+    print(
+        f"load: sent={result.sent} elapsed_s={result.elapsed_s:.3f} "
+        f"rate_per_s={result.rate_per_s:.0f} batched={'yes' if result.batched else 'no'}",
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,14 +46,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def capture_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
-    """Call ``on_signal(signum)`` on the loop for SIGINT and SIGTERM; restore old handlers after."""
+def capture_signals(
+    on_signal: Callable[[int], None], signals: tuple[int, ...] = STOP_SIGNALS
+) -> Iterator[None]:
+    """Call ``on_signal(signum)`` on the loop for these signals; restore old handlers after."""
     loop = asyncio.get_running_loop()
 
     def handle(signum: int, frame: object) -> None:
         loop.call_soon_threadsafe(on_signal, signum)
 
-    previous = {signum: signal.signal(signum, handle) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, handle) for signum in signals}
     try:
         yield
     finally:
@@ -68,9 +70,10 @@ class SignalStop:
     waiting for (a drain, a send loop), so that an operator is never stuck.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
         self.requested = asyncio.Event()
         self.forced = False
+        self._signals = signals
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[SignalStop]:
@@ -83,5 +86,5 @@ class SignalStop:
                 self.forced = True
                 task.cancel()
 
-        with capture_signals(on_signal):
+        with capture_signals(on_signal, self._signals):
             yield self

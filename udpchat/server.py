@@ -137,6 +137,8 @@ class ServerConfig:
     """Bucket size; defaults to one second's worth of ``rate_limit_per_s``."""
     max_sources: int = DEFAULT_MAX_SOURCES
     """Per-source table entries (rate limiter, allow-list cache), at most."""
+    reuse_port: bool = False
+    """Share the port with other sockets (``SO_REUSEPORT``): for one server per process."""
 
     def admission(self) -> Admission | None:
         """The allow-list and rate limiter this config asks for; None when it asks for neither."""
@@ -365,7 +367,12 @@ class Server:
     async def start(self) -> None:
         if self._transport is not None:
             raise RuntimeError("the server is already started")
-        sock = bind_udp_socket(self.config.host, self.config.port, rcvbuf=self.config.rcvbuf)
+        sock = bind_udp_socket(
+            self.config.host,
+            self.config.port,
+            rcvbuf=self.config.rcvbuf,
+            reuse_port=self.config.reuse_port,
+        )
         ipv6_socket = sock.family == socket.AF_INET6
         self._dispatcher = _Dispatcher(self.config, self._handler, self._counters, ipv6_socket)
         receiver = _Receiver(self.config, self._dispatcher, self._counters)

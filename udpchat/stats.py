@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -40,6 +40,28 @@ class StatsSnapshot:
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+
+def combine(snapshots: Sequence[StatsSnapshot]) -> StatsSnapshot:
+    """The totals of several servers' snapshots (one per process on a shared port)."""
+
+    def total(mappings: Iterable[Mapping[str, int]]) -> dict[str, int]:
+        summed: dict[str, int] = {}
+        for mapping in mappings:
+            for key, value in mapping.items():
+                summed[key] = summed.get(key, 0) + value
+        return summed
+
+    kernel = [s.kernel_drops for s in snapshots]
+    return StatsSnapshot(
+        received=sum(s.received for s in snapshots),
+        handled=sum(s.handled for s in snapshots),
+        handler_errors=sum(s.handler_errors for s in snapshots),
+        dropped=total(s.dropped for s in snapshots),
+        problems=total(s.problems for s in snapshots),
+        queue_depth=sum(s.queue_depth for s in snapshots),
+        kernel_drops=None if None in kernel else sum(k or 0 for k in kernel),
+    )
 
 
 def format_summary(stats: StatsSnapshot) -> str:
