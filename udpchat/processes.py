@@ -62,7 +62,7 @@ def _child_main(
             return await server.stop()
 
     drained = run(serve(), loop)
-    control.send(("done", dataclasses.asdict(server.stats()), drained))
+    control.send(("done", server.stats(), drained))
     output.close()
     os._exit(0)  # a stuck worker must not keep the child alive
 
@@ -136,5 +136,5 @@ async def serve_processes(
             for process, _ in children:
                 if process.is_alive():
                     process.kill()
-    snapshots = [StatsSnapshot(**fields) for _, fields, _ in reports]
+    snapshots: list[StatsSnapshot] = [snapshot for _, snapshot, _ in reports]
     return snapshots, all(drained for _, _, drained in reports)

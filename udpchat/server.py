@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import socket
 import threading
 import time
@@ -20,6 +21,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TextIO
 
+from udpchat.accounting import (
+    DEFAULT_MAX_SENDERS,
+    DeliveryAccounting,
+    DeliveryTotals,
+    SenderStats,
+    Verdict,
+)
 from udpchat.admission import (
     DEFAULT_MAX_SOURCES,
     Admission,
@@ -28,8 +36,13 @@ from udpchat.admission import (
     SourceFilter,
 )
 from udpchat.sockets import bind_udp_socket, kernel_drop_count, receive_buffer_size
-from udpchat.stats import DropReason, ServerCounters, StatsSnapshot
-from udpchat.wire import TextProblem, decode, format_line, parse_text, split_seed
+from udpchat.stats import (
+    LATENCY_BOUNDS_S,
+    DropReason,
+    ServerCounters,
+    StatsSnapshot,
+)
+from udpchat.wire import TextProblem, decode, format_line, parse_text, split_seed_datagram
 
 logger = logging.getLogger("udpchat.server")
 
@@ -69,6 +82,9 @@ class Message:
     """The counter where the text is in the seed's format, else None."""
     received_at: float
     """``time.time()`` when the event loop read the datagram's batch."""
+    verdict: Verdict | None = None
+    """Where the counter stands in its sender's sequence (new, duplicate, reordered, late);
+    None where the text is not in the seed's format."""
 
     @property
     def ip(self) -> str:
@@ -137,6 +153,8 @@ class ServerConfig:
     """Bucket size; defaults to one second's worth of ``rate_limit_per_s``."""
     max_sources: int = DEFAULT_MAX_SOURCES
     """Per-source table entries (rate limiter, allow-list cache), at most."""
+    max_senders: int = DEFAULT_MAX_SENDERS
+    """Senders (address + username) whose counters are tracked for loss, at most."""
     reuse_port: bool = False
     """Share the port with other sockets (``SO_REUSEPORT``): for one server per process."""
 
@@ -217,6 +235,9 @@ class _Dispatcher:
         self._job_futures: set[concurrent.futures.Future[None]] = set()
         self.queued = 0
         self._error_log = _HandlerErrorLog()
+        self._order_lock = threading.Lock()
+        """Held while a batch is taken and accounted; never taken by the event-loop thread."""
+        self._accounting = DeliveryAccounting(config.max_senders)
 
     def submit(self, batch: _Batch, received_at: float) -> None:
         """Called on the loop thread: keep what fits in the queue, drop and count the rest."""
@@ -247,43 +268,81 @@ class _Dispatcher:
             return None
 
     def _run_job(self) -> None:
-        while (item := self._take()) is not None:
-            self._run_batch(*item)
+        while True:
+            # Taken and accounted under one lock, so that batches are accounted in arrival
+            # order even though several workers take them; the handlers then run in parallel.
+            with self._order_lock:
+                item = self._take()
+                if item is None:
+                    break
+                batch, received_at = item
+                messages, problems = self._prepare(batch, received_at)
+            self._handle(messages, problems, received_at)
         if self._flush is not None:
             self._flush()
 
-    def _run_batch(self, batch: _Batch, received_at: float) -> None:
-        handler = self._handler
-        handler_errors = 0
+    def _prepare(self, batch: _Batch, received_at: float) -> tuple[list[Message], dict[str, int]]:
+        """Decode, parse and account a batch: the messages and the problems counted."""
         problems: dict[str, int] = {}
         plain_sender = self._plain_sender
+        record = self._accounting.record
+        messages: list[Message] = []
+        append = messages.append
         for data, address in batch:
-            text, valid_utf8 = decode(data)
-            if not valid_utf8:
-                problems["invalid_utf8"] = problems.get("invalid_utf8", 0) + 1
-            username: str | None = None
-            counter: int | None = None
-            fields = split_seed(text)
-            if fields is not None:
-                username, counter = fields
-            else:
-                problem = parse_text(text)
-                if isinstance(problem, TextProblem):
-                    problems[problem.value] = problems.get(problem.value, 0) + 1
-                else:
-                    username, counter = problem
             sender = address if plain_sender is None else plain_sender(address)
-            message = Message(sender, text, username, counter, received_at)
-            if handler is None:
-                continue
-            try:
-                handler(message)
-            except Exception as error:
-                handler_errors += 1
-                self._error_log.record(message.ip, error)
+            seed_fields = split_seed_datagram(data)
+            if seed_fields is not None:
+                text, username, counter = seed_fields
+            else:
+                text, valid_utf8 = decode(data)
+                if not valid_utf8:
+                    problems["invalid_utf8"] = problems.get("invalid_utf8", 0) + 1
+                parsed = parse_text(text)
+                if isinstance(parsed, TextProblem):
+                    problems[parsed.value] = problems.get(parsed.value, 0) + 1
+                    append(Message(sender, text, None, None, received_at))
+                    continue
+                username, counter = parsed
+            verdict = record((sender, username), counter, received_at)
+            append(Message(sender, text, username, counter, received_at, verdict))
+        return messages, problems
+
+    def _handle(
+        self, messages: list[Message], problems: dict[str, int], received_at: float
+    ) -> None:
+        """Run the handler once per message and time each one from the batch's receipt."""
+        handler = self._handler
+        handler_errors = 0
+        latency_counts = [0] * (len(LATENCY_BOUNDS_S) + 1)
+        latency_sum_s = 0.0
+        # The batch shares one receipt time and the clock only moves on, so each message's
+        # bucket is the previous one's or a later one: no search per message.
+        deadlines = [received_at + bound for bound in LATENCY_BOUNDS_S] + [math.inf]
+        bucket, deadline = 0, deadlines[0]
+        clock = time.time
+        for message in messages:
+            if handler is not None:
+                try:
+                    handler(message)
+                except Exception as error:
+                    handler_errors += 1
+                    self._error_log.record(message.ip, error)
+            done = clock()
+            while done > deadline:
+                bucket += 1
+                deadline = deadlines[bucket]
+            latency_counts[bucket] += 1
+            latency_sum_s += done - received_at
         with self._lock:
-            self.queued -= len(batch)
-        self._counters.add_handled(len(batch), handler_errors, problems)
+            self.queued -= len(messages)
+        self._counters.add_handled(
+            len(messages), handler_errors, problems, latency_counts, latency_sum_s
+        )
+
+    def delivery(self, include_senders: bool) -> tuple[DeliveryTotals, tuple[SenderStats, ...]]:
+        with self._order_lock:
+            senders = self._accounting.senders() if include_senders else ()
+            return self._accounting.totals(), senders
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait for the queued batches; after the timeout, drop and count those not started.
@@ -303,7 +362,7 @@ class _Dispatcher:
 
 
 class _Receiver(asyncio.DatagramProtocol):
-    """The hot path on the event-loop thread: count, size-check, append to the next batch."""
+    """The hot path on the event-loop thread: size-check and append to the next batch."""
 
     def __init__(self, config: ServerConfig, dispatcher: _Dispatcher, counters: ServerCounters):
         self._max_size = config.max_datagram_size
@@ -314,25 +373,39 @@ class _Receiver(asyncio.DatagramProtocol):
         self._loop = asyncio.get_running_loop()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        counters = self._counters
-        counters.received += 1
+        if self._admission is None and 0 < len(data) <= self._max_size:
+            batch = self._batch
+            batch.append((data, addr))
+            if len(batch) == 1:
+                self._loop.call_soon(self.dispatch)
+        else:
+            self._admit_or_drop(data, addr)
+
+    def _admit_or_drop(self, data: bytes, addr: Any) -> None:
+        """The path for datagrams that may be refused: counted here when dropped."""
         size = len(data)
         if size == 0:
-            counters.dropped[DropReason.EMPTY] += 1
+            refusal: DropReason | None = DropReason.EMPTY
         elif size > self._max_size:
-            counters.dropped[DropReason.OVERSIZE] += 1
-        elif self._admission is not None and (
-            refusal := self._admission.refusal(_plain_ip(addr[0]))
-        ):
-            counters.dropped[refusal] += 1
+            refusal = DropReason.OVERSIZE
+        elif self._admission is not None:
+            refusal = self._admission.refusal(_plain_ip(addr[0]))
         else:
+            refusal = None
+        if refusal is None:
             self._batch.append((data, addr))
             if len(self._batch) == 1:
                 self._loop.call_soon(self.dispatch)
+        else:
+            self._counters.received += 1
+            self._counters.dropped[refusal] += 1
 
     def dispatch(self) -> None:
+        """Hand the datagrams read in this loop iteration to the pool; they count as received
+        from here, so that ``received == handled + dropped + queue_depth`` at every moment."""
         batch, self._batch = self._batch, []
         if batch:
+            self._counters.received += len(batch)
             self._dispatcher.submit(batch, time.time())
 
     def error_received(self, exc: Exception) -> None:
@@ -422,9 +495,17 @@ class Server:
             return self._kernel_drops_at_stop
         return kernel_drop_count(self._socket)
 
-    def stats(self) -> StatsSnapshot:
-        queued = self._dispatcher.queued if self._dispatcher else 0
-        return self._counters.snapshot(queue_depth=queued, kernel_drops=self.kernel_drops())
+    def stats(self, include_senders: bool = True) -> StatsSnapshot:
+        """The counters now; ``include_senders=False`` skips the per-sender table (cheaper)."""
+        if self._dispatcher is None:
+            return self._counters.snapshot()
+        delivery, senders = self._dispatcher.delivery(include_senders)
+        return self._counters.snapshot(
+            queue_depth=self._dispatcher.queued,
+            kernel_drops=self.kernel_drops(),
+            delivery=delivery,
+            senders=senders,
+        )
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -11,6 +11,13 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from udpchat.accounting import DeliveryTotals, SenderStats, sum_totals
+
+LATENCY_BOUNDS_S = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+"""Upper bounds of the handler-latency histogram's buckets, in seconds (one more for +Inf)."""
+
 
 class DropReason(enum.Enum):
     """Why a received datagram was not handed to the handler."""
@@ -21,6 +28,24 @@ class DropReason(enum.Enum):
     RATE_LIMITED = "rate_limited"
     QUEUE_FULL = "queue_full"
     SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyHistogram:
+    """Time from the event loop reading a datagram to its handler returning."""
+
+    counts: tuple[int, ...] = (0,) * (len(LATENCY_BOUNDS_S) + 1)
+    """Messages per bucket (not cumulative); the last bucket is above every bound."""
+    sum_s: float = 0.0
+    bounds_s: tuple[float, ...] = LATENCY_BOUNDS_S
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def __add__(self, other: LatencyHistogram) -> LatencyHistogram:
+        counts = tuple(a + b for a, b in zip(self.counts, other.counts, strict=True))
+        return LatencyHistogram(counts, self.sum_s + other.sum_s, self.bounds_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +61,11 @@ class StatsSnapshot:
     queue_depth: int = 0
     kernel_drops: int | None = None
     """Dropped by the kernel before udpchat could read them; None where the OS cannot say."""
+    delivery: DeliveryTotals = field(default_factory=DeliveryTotals)
+    """Loss, duplicates and reordering read from the senders' counters, over all senders."""
+    senders: tuple[SenderStats, ...] = ()
+    """Per-sender figures; empty when the snapshot was taken without them."""
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     @property
     def dropped_total(self) -> int:
@@ -61,6 +91,9 @@ def combine(snapshots: Sequence[StatsSnapshot]) -> StatsSnapshot:
         problems=total(s.problems for s in snapshots),
         queue_depth=sum(s.queue_depth for s in snapshots),
         kernel_drops=None if None in kernel else sum(k or 0 for k in kernel),
+        delivery=sum_totals(s.delivery for s in snapshots),
+        senders=tuple(sender for s in snapshots for sender in s.senders),
+        latency=sum((s.latency for s in snapshots), LatencyHistogram()),
     )
 
 
@@ -97,16 +130,34 @@ class ServerCounters:
         self._handled = 0
         self._handler_errors = 0
         self._problems: dict[str, int] = {}
+        self._latency_counts = [0] * (len(LATENCY_BOUNDS_S) + 1)
+        self._latency_sum_s = 0.0
 
-    def add_handled(self, handled: int, handler_errors: int, problems: Mapping[str, int]) -> None:
+    def add_handled(
+        self,
+        handled: int,
+        handler_errors: int,
+        problems: Mapping[str, int],
+        latency_counts: Sequence[int],
+        latency_sum_s: float,
+    ) -> None:
         """Merge what one worker batch did; called from pool threads."""
         with self._lock:
             self._handled += handled
             self._handler_errors += handler_errors
             for name, count in problems.items():
                 self._problems[name] = self._problems.get(name, 0) + count
+            for bucket, count in enumerate(latency_counts):
+                self._latency_counts[bucket] += count
+            self._latency_sum_s += latency_sum_s
 
-    def snapshot(self, queue_depth: int = 0, kernel_drops: int | None = None) -> StatsSnapshot:
+    def snapshot(
+        self,
+        queue_depth: int = 0,
+        kernel_drops: int | None = None,
+        delivery: DeliveryTotals | None = None,
+        senders: tuple[SenderStats, ...] = (),
+    ) -> StatsSnapshot:
         with self._lock:
             return StatsSnapshot(
                 received=self.received,
@@ -116,4 +167,7 @@ class ServerCounters:
                 problems=dict(self._problems),
                 queue_depth=queue_depth,
                 kernel_drops=kernel_drops,
+                delivery=delivery or DeliveryTotals(),
+                senders=senders,
+                latency=LatencyHistogram(tuple(self._latency_counts), self._latency_sum_s),
             )

@@ -1,0 +1,136 @@
+"""Delivery accounting: exact figures for skipped, duplicated, reordered and restarted counters."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from udpchat.accounting import (
+    MAX_GAPS_PER_SENDER,
+    DeliveryAccounting,
+    DeliveryTotals,
+    SenderKey,
+    SenderStats,
+    Verdict,
+    sum_totals,
+)
+
+ALICE = (("127.0.0.1", 40000), "alice")
+
+
+def feed(counters: list[int], key: SenderKey = ALICE) -> tuple[DeliveryAccounting, list[Verdict]]:
+    accounting = DeliveryAccounting()
+    verdicts = [accounting.record(key, counter, float(i)) for i, counter in enumerate(counters)]
+    return accounting, verdicts
+
+
+def only_sender(accounting: DeliveryAccounting) -> SenderStats:
+    (sender,) = accounting.senders()
+    return sender
+
+
+def test_in_order_counts_nothing_wrong() -> None:
+    accounting, verdicts = feed([1, 2, 3, 4])
+    assert verdicts == [Verdict.NEW] * 4
+    sender = only_sender(accounting)
+    assert (sender.received, sender.lost, sender.duplicates, sender.reordered) == (4, 0, 0, 0)
+    assert sender.highest_counter == 4
+
+
+def test_a_skip_is_lost_until_it_arrives() -> None:
+    accounting, verdicts = feed([1, 2, 5, 6])
+    assert verdicts == [Verdict.NEW] * 4
+    assert only_sender(accounting).lost == 2
+    assert accounting.totals().lost == 2
+    assert only_sender(accounting).loss_ratio == 2 / 6
+
+
+def test_a_small_swap_is_reordered_and_a_straggler_is_late() -> None:
+    accounting, verdicts = feed([1, 3, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 20, 13])
+    assert verdicts[2] is Verdict.REORDERED
+    assert verdicts[-1] is Verdict.LATE  # 7 behind the highest (20)
+    sender = only_sender(accounting)
+    assert (sender.reordered, sender.late, sender.lost) == (1, 1, 6)  # 14..19 still missing
+
+
+def test_duplicates() -> None:
+    accounting, verdicts = feed([1, 2, 2, 3, 2])
+    assert verdicts == [Verdict.NEW, Verdict.NEW, Verdict.DUPLICATE, Verdict.NEW, Verdict.DUPLICATE]
+    assert only_sender(accounting).duplicates == 2
+    assert only_sender(accounting).loss_ratio == 0.0
+
+
+def test_counter_back_to_one_is_a_restart_not_thousands_of_reorders() -> None:
+    accounting, verdicts = feed([*range(1, 1001), 1, 2, 3])
+    assert verdicts[-3:] == [Verdict.NEW] * 3
+    sender = only_sender(accounting)
+    assert (sender.restarts, sender.reordered, sender.duplicates, sender.lost) == (1, 0, 0, 0)
+    assert sender.received == 1003
+
+
+def test_a_swap_at_the_very_start_is_not_a_restart() -> None:
+    accounting, verdicts = feed([2, 1, 3])
+    assert verdicts == [Verdict.NEW, Verdict.REORDERED, Verdict.NEW]
+    sender = only_sender(accounting)
+    assert (sender.restarts, sender.lost, sender.reordered) == (0, 0, 1)
+
+
+def test_joining_mid_stream_counts_nothing_lost_before() -> None:
+    accounting, _ = feed([500, 501, 502])
+    assert only_sender(accounting).lost == 0
+
+
+def test_senders_are_told_apart_by_address_and_username() -> None:
+    accounting = DeliveryAccounting()
+    for key in [ALICE, (("127.0.0.1", 40001), "alice"), (("127.0.0.1", 40000), "bob")]:
+        assert accounting.record(key, 1, 0.0) is Verdict.NEW
+    assert accounting.totals().senders == 3
+
+
+def test_the_table_is_bounded_and_evictions_are_counted() -> None:
+    accounting = DeliveryAccounting(max_senders=10)
+    for port in range(25):
+        accounting.record((("10.0.0.1", port), "spoofed"), 1, float(port))
+    totals = accounting.totals()
+    assert totals.senders <= 10
+    assert totals.senders + totals.evicted == 25
+    assert {sender.port for sender in accounting.senders()} >= {24}  # the newest stays
+
+
+def test_gaps_per_sender_are_bounded() -> None:
+    counters = [2 * n + 1 for n in range(MAX_GAPS_PER_SENDER + 10)]  # every other one lost
+    accounting, _ = feed([*counters, 2])
+    sender = only_sender(accounting)
+    assert sender.lost == MAX_GAPS_PER_SENDER + 9  # the straggler 2 was given up on
+    assert sender.late == 1
+
+
+def test_jitter_is_zero_for_a_steady_sender_and_grows_with_uneven_arrivals() -> None:
+    steady = DeliveryAccounting()
+    uneven = DeliveryAccounting()
+    for counter in range(1, 50):
+        steady.record(ALICE, counter, counter * 0.1)
+        uneven.record(ALICE, counter, counter * 0.1 + (0.03 if counter % 2 else 0.0))
+    assert only_sender(steady).jitter_s < 1e-9
+    assert only_sender(uneven).jitter_s > 0.01
+
+
+def test_totals_add_up() -> None:
+    first = DeliveryTotals(senders=1, lost=2, duplicates=3)
+    second = DeliveryTotals(senders=2, reordered=1, late=4)
+    assert sum_totals([first, second]) == DeliveryTotals(
+        senders=3, lost=2, duplicates=3, reordered=1, late=4
+    )
+
+
+@given(st.lists(st.integers(min_value=2, max_value=200), max_size=300))
+def test_figures_stay_consistent_for_any_arrival_order(counters: list[int]) -> None:
+    accounting, verdicts = feed(counters)
+    totals = accounting.totals()
+    assert totals.lost >= 0
+    assert len(verdicts) == len(counters)
+    if counters:
+        sender = only_sender(accounting)
+        unique = len(set(counters))
+        assert sender.received - sender.duplicates - sender.late <= unique
+        assert sender.lost == totals.lost

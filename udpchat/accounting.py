@@ -1,0 +1,303 @@
+"""Delivery accounting: what the network did to each sender's messages, read from the counter.
+
+The seed's ``pesan ke-N`` numbers each sender's messages, so the server can tell, per sender
+(address + username), how many were lost so far, duplicated, reordered or late, and how
+unevenly they arrived (jitter). Pure logic, no I/O and no locks: the server calls
+:meth:`DeliveryAccounting.record` for each message in arrival order from one thread at a time.
+
+Rules, per sender:
+
+- the first counter seen starts a session; counters before it are not counted as lost (we may
+  have joined mid-stream);
+- a counter above the highest so far is ``new``; the counters it skips become a gap, lost until
+  they arrive;
+- a counter that fills a gap is ``reordered`` when it is at most :data:`REORDER_WINDOW` behind
+  the highest (a small swap on the way), ``late`` when further behind (a straggler);
+- a counter already seen is a ``duplicate``;
+- a ``pesan ke-1`` that fills no gap is the client restarting: a new session, not a reorder.
+
+At most :data:`MAX_GAPS_PER_SENDER` gaps stay open per sender; a counter from a gap given up on
+counts as late and leaves ``lost`` as it was (it may be a straggler or a duplicate).
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+REORDER_WINDOW = 3
+"""How far behind the highest counter a gap filler may be and still count as reordered, not
+late: like TCP's duplicate-ACK threshold, three positions."""
+MAX_GAPS_PER_SENDER = 64
+"""Open gaps remembered per sender; beyond it the oldest is closed, its messages lost for good."""
+DEFAULT_MAX_SENDERS = 10_000
+"""Senders tracked at once; when full, the least recently heard from are evicted and counted."""
+EVICTION_FRACTION = 0.1
+"""Share of the table evicted at once when it is full, so that eviction is rare and cheap."""
+JITTER_GAIN = 1 / 16
+"""RFC 3550's smoothing gain for the interarrival jitter estimate."""
+
+
+class Verdict(enum.Enum):
+    """Where a message stands in its sender's sequence."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    REORDERED = "reordered"
+    LATE = "late"
+
+
+SenderKey = tuple[tuple[str, int], str]
+"""((ip, port), username): one sending client."""
+
+
+@dataclass(frozen=True, slots=True)
+class SenderStats:
+    """One sender's delivery figures, over all its sessions."""
+
+    ip: str
+    port: int
+    username: str
+    received: int
+    highest_counter: int
+    lost: int
+    """Counters skipped and not (yet) arrived."""
+    duplicates: int
+    reordered: int
+    late: int
+    restarts: int
+    jitter_s: float
+    """Smoothed deviation of arrival gaps from the sender's mean interval (RFC 3550 style)."""
+
+    @property
+    def loss_ratio(self) -> float:
+        """Lost over expected, where expected is every counter the sessions spanned."""
+        expected = self.received - self.duplicates + self.lost
+        return self.lost / expected if expected > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTotals:
+    """Delivery figures summed over every sender, evicted ones included."""
+
+    senders: int = 0
+    """Senders tracked now."""
+    evicted: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+    late: int = 0
+    restarts: int = 0
+
+    def __add__(self, other: DeliveryTotals) -> DeliveryTotals:
+        return DeliveryTotals(
+            senders=self.senders + other.senders,
+            evicted=self.evicted + other.evicted,
+            lost=self.lost + other.lost,
+            duplicates=self.duplicates + other.duplicates,
+            reordered=self.reordered + other.reordered,
+            late=self.late + other.late,
+            restarts=self.restarts + other.restarts,
+        )
+
+
+class _Sequence:
+    """One sender's state. Gaps are kept as sorted, disjoint ``[start, end)`` ranges."""
+
+    __slots__ = (
+        "duplicates",
+        "first_arrival",
+        "first_counter",
+        "forgotten_below",
+        "gap_ends",
+        "gap_starts",
+        "highest",
+        "jitter_s",
+        "last_arrival",
+        "last_arrival_counter",
+        "late",
+        "lost",
+        "received",
+        "reordered",
+        "restarts",
+        "session_base",
+    )
+
+    def __init__(self, counter: int, arrival: float) -> None:
+        self.received = 0
+        self.lost = 0
+        self.duplicates = 0
+        self.reordered = 0
+        self.late = 0
+        self.restarts = 0
+        self.jitter_s = 0.0
+        self.start_session(counter, arrival)
+
+    def start_session(self, counter: int, arrival: float) -> None:
+        self.session_base = counter
+        self.highest = counter
+        self.gap_starts: list[int] = []
+        self.gap_ends: list[int] = []
+        self.forgotten_below = counter
+        self.first_counter = counter
+        self.first_arrival = arrival
+        self.last_arrival = arrival
+        self.last_arrival_counter = counter
+
+    def fill_gap(self, counter: int) -> bool:
+        """Remove ``counter`` from the gaps; False when it was in none."""
+        index = bisect.bisect_right(self.gap_starts, counter) - 1
+        if index < 0 or counter >= self.gap_ends[index]:
+            return False
+        start, end = self.gap_starts[index], self.gap_ends[index]
+        if start == counter and end == counter + 1:
+            del self.gap_starts[index], self.gap_ends[index]
+        elif start == counter:
+            self.gap_starts[index] = counter + 1
+        elif end == counter + 1:
+            self.gap_ends[index] = counter
+        else:
+            self.gap_ends[index] = counter
+            self.gap_starts.insert(index + 1, counter + 1)
+            self.gap_ends.insert(index + 1, end)
+        return True
+
+    def sample_jitter(self, counter: int, arrival: float) -> None:
+        """RFC 3550's J += (|D| - J) / 16, where D is how far the time since the last arrival
+        is from what the sender's mean interval predicts for the counters it advanced.
+
+        Sampled once per arrival time: messages read in one batch share it, and their spacing
+        says nothing about the network.
+        """
+        mean_interval = (arrival - self.first_arrival) / (counter - self.first_counter)
+        advanced = counter - self.last_arrival_counter
+        deviation = arrival - self.last_arrival - advanced * mean_interval
+        self.jitter_s += (abs(deviation) - self.jitter_s) * JITTER_GAIN
+        self.last_arrival = arrival
+        self.last_arrival_counter = counter
+
+    def open_gap(self, start: int, end: int) -> None:
+        """Counters ``start`` to ``end - 1`` did not arrive (yet)."""
+        index = bisect.bisect_left(self.gap_starts, start)
+        self.gap_starts.insert(index, start)
+        self.gap_ends.insert(index, end)
+        if len(self.gap_starts) > MAX_GAPS_PER_SENDER:
+            self.forgotten_below = self.gap_ends[0]
+            del self.gap_starts[0], self.gap_ends[0]
+        self.lost += end - start
+
+
+class DeliveryAccounting:
+    """Per-sender sequence accounting, bounded to ``max_senders`` senders."""
+
+    def __init__(self, max_senders: int = DEFAULT_MAX_SENDERS) -> None:
+        if max_senders < 1:
+            raise ValueError("max_senders must be at least 1")
+        self._max_senders = max_senders
+        self._senders: dict[SenderKey, _Sequence] = {}
+        self._evicted = 0
+        self._lost = 0
+        self._duplicates = 0
+        self._reordered = 0
+        self._late = 0
+        self._restarts = 0
+
+    def record(self, key: SenderKey, counter: int, arrival: float) -> Verdict:  # noqa: PLR0911
+        """Account one message and say where it stands; ``arrival`` in seconds, any epoch.
+
+        One return per rule of the module docstring, in its order."""
+        sequence = self._senders.get(key)
+        if sequence is None:
+            if len(self._senders) >= self._max_senders:
+                self._evict()
+            sequence = self._senders[key] = _Sequence(counter, arrival)
+            sequence.received = 1
+            return Verdict.NEW
+        sequence.received += 1
+        highest = sequence.highest
+        if counter > highest:
+            if counter > highest + 1:
+                sequence.open_gap(highest + 1, counter)
+                self._lost += counter - highest - 1
+            sequence.highest = counter
+            if arrival != sequence.last_arrival:
+                sequence.sample_jitter(counter, arrival)
+            return Verdict.NEW
+        if sequence.fill_gap(counter):
+            sequence.lost -= 1
+            self._lost -= 1
+            if highest - counter <= REORDER_WINDOW:
+                sequence.reordered += 1
+                self._reordered += 1
+                return Verdict.REORDERED
+            sequence.late += 1
+            self._late += 1
+            return Verdict.LATE
+        base = sequence.session_base
+        if counter < base and base - counter <= REORDER_WINDOW:
+            # The session's first messages were themselves swapped: extend it downwards.
+            if base - counter > 1:
+                sequence.open_gap(counter + 1, base)
+                self._lost += base - counter - 1
+            if sequence.forgotten_below == base:
+                sequence.forgotten_below = counter
+            sequence.session_base = counter
+            sequence.reordered += 1
+            self._reordered += 1
+            return Verdict.REORDERED
+        if counter < sequence.forgotten_below and counter >= base:
+            # In a gap given up on: a straggler or a duplicate, no telling; lost stays as it is.
+            sequence.late += 1
+            self._late += 1
+            return Verdict.LATE
+        if counter == 1:
+            sequence.restarts += 1
+            self._restarts += 1
+            sequence.start_session(counter, arrival)
+            return Verdict.NEW
+        sequence.duplicates += 1
+        self._duplicates += 1
+        return Verdict.DUPLICATE
+
+    def _evict(self) -> None:
+        """Forget the least recently heard-from senders; their figures stay in the totals."""
+        count = max(1, int(self._max_senders * EVICTION_FRACTION))
+        by_last_arrival = sorted(self._senders.items(), key=lambda item: item[1].last_arrival)
+        for key, _ in by_last_arrival[:count]:
+            del self._senders[key]
+        self._evicted += count
+
+    def totals(self) -> DeliveryTotals:
+        return DeliveryTotals(
+            senders=len(self._senders),
+            evicted=self._evicted,
+            lost=self._lost,
+            duplicates=self._duplicates,
+            reordered=self._reordered,
+            late=self._late,
+            restarts=self._restarts,
+        )
+
+    def senders(self) -> tuple[SenderStats, ...]:
+        return tuple(
+            SenderStats(
+                ip=ip,
+                port=port,
+                username=username,
+                received=sequence.received,
+                highest_counter=sequence.highest,
+                lost=sequence.lost,
+                duplicates=sequence.duplicates,
+                reordered=sequence.reordered,
+                late=sequence.late,
+                restarts=sequence.restarts,
+                jitter_s=sequence.jitter_s,
+            )
+            for ((ip, port), username), sequence in self._senders.items()
+        )
+
+
+def sum_totals(totals: Iterable[DeliveryTotals]) -> DeliveryTotals:
+    return sum(totals, DeliveryTotals())
