@@ -15,14 +15,17 @@ import typer
 
 from udpchat import client as client_module
 from udpchat import server as server_module
+from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
 from udpchat.client import Client
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
+from udpchat.metrics import DEFAULT_METRICS_HOST, MetricsServer
+from udpchat.output import OutputFormat, OutputSettings
 from udpchat.processes import serve_processes
 from udpchat.progress import LoadProgress
-from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, run
-from udpchat.server import LinePrinter, Server, ServerConfig
-from udpchat.stats import StatsSnapshot, combine, format_summary
+from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, periodically, run
+from udpchat.server import Server, ServerConfig
+from udpchat.stats import StatsSnapshot, combine, format_sender_table, format_summary
 from udpchat.wire import MAX_USERNAME_LENGTH, is_valid_username
 
 WAITING_LINE = "Server menunggu..."
@@ -116,11 +119,39 @@ def serve(
             help="Server processes sharing the port (Linux SO_REUSEPORT), each with its own pool.",
         ),
     ] = 1,
+    max_senders: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Senders tracked for loss and reordering, at most; oldest evicted."
+        ),
+    ] = DEFAULT_MAX_SENDERS,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="Message lines: the seed's text, or one JSON object each."),
+    ] = OutputFormat.TEXT,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No per-message lines; counts and summary only.")
+    ] = False,
+    stats_interval: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Print a status line on stderr every this many seconds."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Serve Prometheus metrics over HTTP on this TCP port (0: any)."
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address for --metrics-port.")
+    ] = DEFAULT_METRICS_HOST,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Receive messages and print each as '\\[ip] text', like the seed's server."""
     if processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
         fail("--processes needs SO_REUSEPORT, which this OS lacks", ExitCode.USAGE)
+    if processes > 1 and metrics_port is not None:
+        fail("--metrics-port serves one process: use it without --processes", ExitCode.USAGE)
     config = ServerConfig(
         host=host,
         port=port,
@@ -133,16 +164,21 @@ def serve(
         rate_limit_per_s=rate_limit,
         rate_burst=rate_burst,
         max_sources=max_sources,
+        max_senders=max_senders,
     )
+    output = OutputSettings(None if quiet else output_format, stats_interval)
     stop = SignalStop()
     try:
         if processes == 1:
-            server = Server(config, LinePrinter(sys.stdout))
-            drained = run(serve_until_stopped(server, stop), loop)
+            server = Server(config, output.printer(sys.stdout))
+            metrics = None if metrics_port is None else (metrics_host, metrics_port)
+            drained = run(serve_until_stopped(server, stop, output, metrics), loop)
             per_process = [server.stats()]
         else:
-            per_process, drained = run(serve_in_processes(config, processes, loop, stop), loop)
-    except LoopUnavailableError as error:
+            per_process, drained = run(
+                serve_in_processes(config, processes, loop, stop, output), loop
+            )
+    except (LoopUnavailableError, MetricsStartError) as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
     except OSError as error:
         fail(
@@ -152,7 +188,12 @@ def serve(
     if stop.forced:
         report("forced stop: queued messages were abandoned")
         os._exit(ExitCode.FORCED)  # a worker may be stuck in a write: neither join nor flush
-    summary = format_summary(combine(per_process))
+    totals = combine(per_process)
+    if totals.senders:
+        report("senders:")
+        for row in format_sender_table(totals.senders):
+            print(f"  {row}", file=sys.stderr)
+    summary = format_summary(totals)
     if processes > 1:
         received = ", ".join(str(stats.received) for stats in per_process)
         summary += f" processes={processes} (received {received})"
@@ -171,11 +212,13 @@ def announce(address: tuple[str, int], receive_buffer_bytes: int | None = None) 
 
 
 async def serve_in_processes(
-    config: ServerConfig, processes: int, loop: LoopChoice, stop: SignalStop
+    config: ServerConfig, processes: int, loop: LoopChoice, stop: SignalStop, output: OutputSettings
 ) -> tuple[list[StatsSnapshot], bool]:
     sys.stdout.flush()
     try:
-        return await serve_processes(config, processes, loop, sys.stdout.buffer, stop, announce)
+        return await serve_processes(
+            config, processes, loop, sys.stdout.buffer, stop, announce, output
+        )
     except asyncio.CancelledError:
         if not stop.forced:
             raise
@@ -194,18 +237,43 @@ def report(line: str) -> None:
     print(f"udpchat: {line}", file=sys.stderr, flush=True)
 
 
-async def serve_until_stopped(server: Server, stop: SignalStop) -> bool:
+class MetricsStartError(OSError):
+    """The metrics endpoint could not listen."""
+
+
+def start_metrics(server: Server, address: tuple[str, int]) -> MetricsServer:
+    host, port = address
+    try:
+        metrics = MetricsServer(lambda: server.stats(include_senders=False), host, port)
+    except OSError as error:
+        raise MetricsStartError(
+            f"cannot serve metrics on {host} port {port}: {describe_error(error)}"
+        ) from None
+    report("metrics on http://{}:{}/metrics".format(*metrics.address))
+    return metrics
+
+
+async def serve_until_stopped(
+    server: Server,
+    stop: SignalStop,
+    output: OutputSettings,
+    metrics_address: tuple[str, int] | None,
+) -> bool:
     """Serve until a signal; returns False when a worker was still stuck at the drain timeout."""
     with stop.installed():
         await server.start()
+        metrics = None
         try:
             host, port = server.address
             report(
                 f"listening on {host} port {port}, "
                 f"receive buffer {server.receive_buffer_bytes} bytes"
             )
+            if metrics_address is not None:
+                metrics = start_metrics(server, metrics_address)
             print(WAITING_LINE, flush=True)
-            await stop.requested.wait()
+            async with periodically(output.stats_interval_s, output.status_reporter(server, "")):
+                await stop.requested.wait()
             report(
                 f"stopping: finishing {server.stats().queue_depth} queued messages "
                 "(a second Ctrl-C forces)"
@@ -217,6 +285,8 @@ async def serve_until_stopped(server: Server, stop: SignalStop) -> bool:
                 if not stop.forced:
                     raise
                 drained = False
+            if metrics is not None:
+                metrics.close()
     return drained
 
 
@@ -292,6 +362,7 @@ async def send_until_stopped(
             await asyncio.wait({sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
             for task in (sending, stopping):
                 task.cancel()
+    report(f"summary: sent={client.sent} send_errors={client.send_errors}")
 
 
 @app.command()

@@ -20,8 +20,9 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import BinaryIO
 
-from udpchat.runtime import LoopChoice, SignalStop, run
-from udpchat.server import LinePrinter, Server, ServerConfig
+from udpchat.output import OutputSettings
+from udpchat.runtime import LoopChoice, SignalStop, periodically, run
+from udpchat.server import Server, ServerConfig
 from udpchat.sockets import bind_udp_socket
 from udpchat.stats import StatsSnapshot
 
@@ -43,11 +44,16 @@ class _ConnectionWriter(io.StringIO):
 
 
 def _child_main(
-    config: ServerConfig, loop: LoopChoice, control: Connection, output: Connection
+    config: ServerConfig,
+    settings: OutputSettings,
+    label: str,
+    loop: LoopChoice,
+    control: Connection,
+    output: Connection,
 ) -> None:
     """One child: serve until the parent's SIGTERM, then report counters and leave."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which decides
-    server = Server(config, LinePrinter(_ConnectionWriter(output)))
+    server = Server(config, settings.printer(_ConnectionWriter(output)))
     stop = SignalStop(signals=(signal.SIGTERM,))
 
     async def serve() -> bool:
@@ -58,7 +64,10 @@ def _child_main(
                 control.send(("error", error.strerror or str(error)))
                 return True
             control.send(("ready", server.address))
-            await stop.requested.wait()
+            async with periodically(
+                settings.stats_interval_s, settings.status_reporter(server, label)
+            ):
+                await stop.requested.wait()
             return await server.stop()
 
     drained = run(serve(), loop)
@@ -81,6 +90,7 @@ async def serve_processes(
     out: BinaryIO,
     stop: SignalStop,
     on_ready: Callable[[tuple[str, int]], None],
+    settings: OutputSettings,
 ) -> tuple[list[StatsSnapshot], bool]:
     """Run ``processes`` children until ``stop``; returns each one's stats, and whether all
     drained."""
@@ -103,11 +113,20 @@ async def serve_processes(
                     out.write(chunk)
                     out.flush()
 
-    for _ in range(processes):
+    for index in range(processes):
         control, control_child = context.Pipe()
         output, output_child = context.Pipe(duplex=False)
         child = context.Process(
-            target=_child_main, args=(child_config, loop, control_child, output_child), daemon=True
+            target=_child_main,
+            args=(
+                child_config,
+                settings,
+                f"process {index + 1}: ",
+                loop,
+                control_child,
+                output_child,
+            ),
+            daemon=True,
         )
         child.start()
         control_child.close()

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import enum
 import signal
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -88,3 +88,28 @@ class SignalStop:
 
         with capture_signals(on_signal, self._signals):
             yield self
+
+
+@contextlib.asynccontextmanager
+async def periodically(interval_s: float | None, action: Callable[[], None]) -> AsyncIterator[None]:
+    """Call ``action`` every ``interval_s`` on a fixed grid while the block runs; None: never."""
+    if interval_s is None:
+        yield
+        return
+    period_s = interval_s
+
+    async def repeat() -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += period_s
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            action()
+
+    task = asyncio.create_task(repeat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any
 
 from udpchat.accounting import (
     DEFAULT_MAX_SENDERS,
@@ -42,7 +42,7 @@ from udpchat.stats import (
     ServerCounters,
     StatsSnapshot,
 )
-from udpchat.wire import TextProblem, decode, format_line, parse_text, split_seed_datagram
+from udpchat.wire import TextProblem, decode, parse_text, split_seed_datagram
 
 logger = logging.getLogger("udpchat.server")
 
@@ -60,8 +60,6 @@ HANDLER_ERROR_LOG_INTERVAL_S = 10.0
 MAX_READS_AT_STOP = 100_000
 BACKLOG_BATCHES_PER_JOB = 8
 """Batches waiting per running job beyond which the dispatcher starts another job."""
-MAX_PENDING_LINES = 1024
-"""Lines a printer keeps per thread before it writes them, whatever the batch size."""
 MAX_UDP_PAYLOAD = 65535
 
 
@@ -94,43 +92,6 @@ class Message:
 Handler = Callable[[Message], None]
 """Called once per message in a pool thread. May also have a ``flush()`` method, which a worker
 calls when it runs out of queued messages, so that output can be written in few system calls."""
-
-
-class LinePrinter:
-    """The seed's handler: one ``[ip] text`` line per message; whole lines, whatever the workers.
-
-    Each worker thread collects its lines and :meth:`flush` writes them in one go (at the
-    latest every :data:`MAX_PENDING_LINES`), so output costs one write per burst, not per message.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._pending = threading.local()
-
-    def _lines(self) -> list[str]:
-        try:
-            lines: list[str] = self._pending.lines
-        except AttributeError:
-            lines = self._pending.lines = []
-        return lines
-
-    def __call__(self, message: Message) -> None:
-        lines = self._lines()
-        lines.append(format_line(message.sender[0], message.text))
-        if len(lines) >= MAX_PENDING_LINES:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write this thread's pending lines; a worker calls it when the queue runs dry."""
-        lines = self._lines()
-        if not lines:
-            return
-        text = "\n".join(lines) + "\n"
-        lines.clear()
-        with self._lock:
-            self._stream.write(text)
-            self._stream.flush()
 
 
 @dataclass(frozen=True, slots=True)

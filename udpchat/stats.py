@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from udpchat.accounting import DeliveryTotals, SenderStats, sum_totals
@@ -97,10 +98,15 @@ def combine(snapshots: Sequence[StatsSnapshot]) -> StatsSnapshot:
     )
 
 
-def format_summary(stats: StatsSnapshot) -> str:
-    """One line of totals, ``key=value`` so that both people and scripts can read it."""
+MAX_TABLE_SENDERS = 50
+"""Rows of the per-sender table at most; the totals still count every sender."""
+
+
+def format_counts(stats: StatsSnapshot) -> str:
+    """Totals as ``key=value`` pairs, so that both people and scripts can read them."""
     dropped = " ".join(f"{reason}={count}" for reason, count in stats.dropped.items() if count)
     problems = " ".join(f"{name}={count}" for name, count in sorted(stats.problems.items()))
+    delivery = stats.delivery
     parts = [
         f"received={stats.received}",
         f"handled={stats.handled}",
@@ -109,11 +115,94 @@ def format_summary(stats: StatsSnapshot) -> str:
     ]
     if problems:
         parts.append(problems)
-    if stats.queue_depth:
-        parts.append(f"queued={stats.queue_depth}")
+    parts.append(f"queued={stats.queue_depth}")
     if stats.kernel_drops is not None:
         parts.append(f"kernel_drops={stats.kernel_drops}")
-    return "summary: " + " ".join(parts)
+    parts.append(
+        f"senders={delivery.senders} lost={delivery.lost} duplicates={delivery.duplicates} "
+        f"reordered={delivery.reordered} late={delivery.late} restarts={delivery.restarts}"
+    )
+    if delivery.evicted:
+        parts.append(f"senders_evicted={delivery.evicted}")
+    return " ".join(parts)
+
+
+def format_summary(stats: StatsSnapshot) -> str:
+    """The final line of totals."""
+    return f"summary: {format_counts(stats)}"
+
+
+def format_status(stats: StatsSnapshot, rate_per_s: float) -> str:
+    """The periodic status line: the rate handled since the last one, then the totals."""
+    return f"status: rate={rate_per_s:.0f}/s {format_counts(stats)}"
+
+
+class StatusLine:
+    """Makes the periodic status line, with the rate handled since the previous one."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last_time = clock()
+        self._last_handled = 0
+
+    def __call__(self, stats: StatsSnapshot) -> str:
+        now = self._clock()
+        elapsed = now - self._last_time
+        rate = (stats.handled - self._last_handled) / elapsed if elapsed > 0 else 0.0
+        self._last_time, self._last_handled = now, stats.handled
+        return format_status(stats, rate)
+
+
+def format_sender_table(
+    senders: Sequence[SenderStats], limit: int = MAX_TABLE_SENDERS
+) -> list[str]:
+    """Per-sender delivery as aligned rows, the worst loss first; at most ``limit`` rows."""
+    ranked = sorted(
+        senders,
+        key=lambda s: (-s.lost, -s.duplicates - s.reordered - s.late, s.ip, s.port, s.username),
+    )
+    rows = [
+        (
+            "sender",
+            "username",
+            "received",
+            "lost",
+            "loss",
+            "duplicates",
+            "reordered",
+            "late",
+            "restarts",
+            "jitter_ms",
+        ),
+    ]
+    rows.extend(
+        (
+            f"{sender.ip}:{sender.port}"
+            if ":" not in sender.ip
+            else f"[{sender.ip}]:{sender.port}",
+            sender.username,
+            str(sender.received),
+            str(sender.lost),
+            f"{sender.loss_ratio:.2%}",
+            str(sender.duplicates),
+            str(sender.reordered),
+            str(sender.late),
+            str(sender.restarts),
+            f"{sender.jitter_s * 1000:.3f}",
+        )
+        for sender in ranked[:limit]
+    )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if column < 2 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+    if len(ranked) > limit:
+        lines.append(f"... {len(ranked) - limit} more senders (the totals include them)")
+    return lines
 
 
 class ServerCounters:
