@@ -66,10 +66,11 @@ async def test_cli_client_to_blocking_seed_server() -> None:
         "--interval",
         "0",
     )
-    status, stdout, _ = await client.finish()
+    status, stdout, stderr = await client.finish()
     assert status == 0
     assert await seed.join() == [b"carol: pesan ke-1", b"carol: pesan ke-2"]
     assert stdout.splitlines() == ["Ter kirim: carol: pesan ke-1", "Ter kirim: carol: pesan ke-2"]
+    assert stderr.splitlines() == ["udpchat: summary: sent=2 send_errors=0"]
 
 
 async def test_username_prompt_like_the_seed() -> None:
@@ -134,6 +135,8 @@ def test_main_returns_exit_codes_without_a_subprocess(capsys: pytest.CaptureFixt
     assert main(["--help"]) == 0
     assert "serve" in capsys.readouterr().out
     assert main(["serve", "--workers", "0"]) == 2
+    assert main(["serve", "--processes", "2", "--metrics-port", "0"]) == 2
+    assert main(["serve", "--format", "xml"]) == 2
     assert main(["send", "--username", "bad name", "--count", "1"]) == 2
     assert "invalid username" in capsys.readouterr().err
 

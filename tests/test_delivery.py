@@ -1,0 +1,156 @@
+"""Delivery accounting and observability end to end: a raw sender skips, duplicates and
+reorders counters, and the server's snapshot, JSON lines, summary and metrics say exactly so."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import urllib.request
+
+from tests.conftest import LOOPBACK, Collector, raw_send, start_cli_server
+from udpchat import Server, ServerConfig, Verdict
+
+# 3 arrives after 4, then again; 5 arrives after 8 (6 and 7 never do).
+ALICE_COUNTERS = [1, 2, 4, 3, 3, 8, 5, 9]
+ALICE_VERDICTS = ["new", "new", "new", "reordered", "duplicate", "new", "reordered", "new"]
+# ALICE: received 8, lost 2 (6, 7), duplicates 1, reordered 2; loss 2 / (8 - 1 + 2).
+
+
+def send_counters(address: tuple[str, int], username: str, counters: list[int]) -> int:
+    """Send from one socket, so that every datagram has one source; returns its port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        for counter in counters:
+            sock.sendto(f"{username}: pesan ke-{counter}".encode(), address)
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_snapshot_and_verdicts_from_a_misbehaving_sender() -> None:
+    collector = Collector()
+    async with Server(ServerConfig(host=LOOPBACK, port=0), collector) as server:
+        alice_port = send_counters(server.address, "alice", ALICE_COUNTERS)
+        bob_port = send_counters(server.address, "bob", [1, 2, 3, 4, 5, 1, 2])  # a restart
+        messages = await collector.wait_for(15)
+        stats = server.stats()
+    alice = [m for m in messages if m.username == "alice"]
+    assert [m.verdict.value for m in alice if m.verdict] == ALICE_VERDICTS
+    senders = {sender.username: sender for sender in stats.senders}
+    assert (senders["alice"].port, senders["bob"].port) == (alice_port, bob_port)
+    figures = {
+        name: (s.received, s.lost, s.duplicates, s.reordered, s.late, s.restarts)
+        for name, s in senders.items()
+    }
+    assert figures == {"alice": (8, 2, 1, 2, 0, 0), "bob": (7, 0, 0, 0, 0, 1)}
+    assert senders["alice"].loss_ratio == 2 / 9
+    assert (stats.delivery.lost, stats.delivery.duplicates, stats.delivery.reordered) == (2, 1, 2)
+    assert stats.delivery.restarts == 1
+    assert stats.latency.count == stats.handled == 15
+
+
+async def test_unparsed_text_has_no_verdict_and_no_sender() -> None:
+    collector = Collector()
+    async with Server(ServerConfig(host=LOOPBACK, port=0), collector) as server:
+        raw_send(server.address, b"just chatting")
+        (message,) = await collector.wait_for(1)
+        assert message.verdict is None
+        assert server.stats().delivery.senders == 0
+
+
+async def test_sender_table_is_bounded() -> None:
+    collector = Collector()
+    config = ServerConfig(host=LOOPBACK, port=0, max_senders=5)
+    async with Server(config, collector) as server:
+        for _ in range(12):
+            send_counters(server.address, "spoof", [1])  # a new source port each time
+        await collector.wait_for(12)
+        delivery = server.stats().delivery
+    assert delivery.senders <= 5
+    assert delivery.senders + delivery.evicted == 12
+    assert all(message.verdict is Verdict.NEW for message in collector.messages)
+
+
+async def test_json_lines_and_the_shutdown_table() -> None:
+    cli, port = await start_cli_server("--format", "json")
+    alice_port = await asyncio.to_thread(send_counters, (LOOPBACK, port), "alice", ALICE_COUNTERS)
+    records = [json.loads(await cli.read_stdout_line()) for _ in ALICE_COUNTERS]
+    assert [r["verdict"] for r in records] == ALICE_VERDICTS
+    assert [r["counter"] for r in records] == ALICE_COUNTERS
+    assert {(r["ip"], r["port"], r["username"]) for r in records} == {
+        (LOOPBACK, alice_port, "alice")
+    }
+    assert records[0]["text"] == "alice: pesan ke-1"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", records[0]["time"])
+    cli.signal()
+    status, _, stderr = await cli.finish()
+    assert status == 0
+    table = stderr[stderr.index("udpchat: senders:") :].splitlines()
+    assert table[1].split() == [
+        *("sender", "username", "received", "lost", "loss", "duplicates", "reordered", "late"),
+        *("restarts", "jitter_ms"),
+    ]
+    assert table[2].split()[:9] == [
+        f"{LOOPBACK}:{alice_port}", "alice", "8", "2", "22.22%", "1", "2", "0", "0"
+    ]  # fmt: skip
+    assert "senders=1 lost=2 duplicates=1 reordered=2 late=0 restarts=0" in table[-1]
+
+
+async def test_json_escapes_control_characters() -> None:
+    cli, port = await start_cli_server("--format", "json")
+    raw_send((LOOPBACK, port), b"\x1b[2J\x07evil\r\n\x00")
+    line = await cli.read_stdout_line()
+    assert json.loads(line)["text"] == "\x1b[2J\x07evil\r\n\x00"
+    assert all(0x20 <= ord(char) < 0x7F for char in line)
+    cli.signal()
+    assert (await cli.finish())[0] == 0
+
+
+async def test_quiet_with_periodic_status() -> None:
+    cli, port = await start_cli_server("--quiet", "--stats-interval", "0.2")
+    send_counters((LOOPBACK, port), "carol", [1, 2, 4])
+    status_line = await cli.read_stderr_until(" handled=3 ")
+    assert re.search(r"udpchat: status: rate=\d+/s received=3 handled=3 dropped=0 ", status_line)
+    assert "senders=1 lost=1 " in status_line
+    cli.signal()
+    status, stdout, _ = await cli.finish()
+    assert status == 0
+    assert stdout == ""  # no message lines after the banner
+
+
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+async def test_prometheus_metrics_over_http() -> None:
+    cli, port = await start_cli_server("--metrics-port", "0")
+    metrics_line = await cli.read_stderr_until("metrics on ")
+    url = metrics_line.split("metrics on ", 1)[1]
+    assert url.startswith(f"http://{LOOPBACK}:")
+    send_counters((LOOPBACK, port), "alice", ALICE_COUNTERS)
+    raw_send((LOOPBACK, port), b"", b"x" * 2000)  # empty and oversize: dropped
+    for _ in ALICE_COUNTERS:
+        await cli.read_stdout_line()
+    samples = await asyncio.to_thread(scrape, url)
+    assert samples["udpchat_messages_handled_total"] == 8
+    assert samples["udpchat_messages_lost"] == 2
+    assert samples["udpchat_duplicates_total"] == 1
+    assert samples["udpchat_reordered_total"] == 2
+    assert samples["udpchat_senders"] == 1
+    assert samples['udpchat_handler_latency_seconds_bucket{le="+Inf"}'] == 8
+    assert samples["udpchat_handler_latency_seconds_count"] == 8
+    assert samples["udpchat_queue_depth"] == 0
+    assert 'udpchat_datagrams_dropped_total{reason="kernel"}' in samples
+    cli.signal()
+    status, _, stderr = await cli.finish()
+    assert status == 0
+    assert "dropped=2 (empty=1 oversize=1)" in stderr
