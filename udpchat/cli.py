@@ -8,8 +8,9 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
-from typing import Annotated, NoReturn
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -17,20 +18,23 @@ from udpchat import client as client_module
 from udpchat import server as server_module
 from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
-from udpchat.client import Client
+from udpchat.client import Client, JoinError
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
 from udpchat.metrics import DEFAULT_METRICS_HOST, MetricsServer
 from udpchat.output import OutputFormat, OutputSettings
 from udpchat.processes import serve_processes
 from udpchat.progress import LoadProgress
+from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, CookieJar, Relay, Room
 from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, periodically, run
 from udpchat.server import Server, ServerConfig
 from udpchat.stats import StatsSnapshot, combine, format_sender_table, format_summary
-from udpchat.wire import MAX_USERNAME_LENGTH, is_valid_username
+from udpchat.wire import MAX_USERNAME_LENGTH, is_valid_username, sanitize
 
 WAITING_LINE = "Server menunggu..."
 USERNAME_PROMPT = "Masukkan username: "
 SENT_PREFIX = "Ter kirim: "
+RECEIVED_PREFIX = "Diterima: "
+"""Before another member's message relayed to this client ("received")."""
 
 
 class ExitCode(enum.IntEnum):
@@ -145,13 +149,24 @@ def serve(
     metrics_host: Annotated[
         str, typer.Option(help="Address for --metrics-port.")
     ] = DEFAULT_METRICS_HOST,
+    relay: Annotated[
+        bool,
+        typer.Option(help="Chat room: relay members' messages to the other members."),
+    ] = False,
+    peer_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds of silence after which a member leaves the room."),
+    ] = DEFAULT_PEER_TIMEOUT_S,
+    max_peers: Annotated[
+        int, typer.Option(min=1, max=1024, help="Members in the room, at most.")
+    ] = DEFAULT_MAX_PEERS,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Receive messages and print each as '\\[ip] text', like the seed's server."""
     if processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
         fail("--processes needs SO_REUSEPORT, which this OS lacks", ExitCode.USAGE)
-    if processes > 1 and metrics_port is not None:
-        fail("--metrics-port serves one process: use it without --processes", ExitCode.USAGE)
+    if processes > 1 and (metrics_port is not None or relay):
+        fail("--metrics-port and --relay need one process: no --processes", ExitCode.USAGE)
     config = ServerConfig(
         host=host,
         port=port,
@@ -170,10 +185,18 @@ def serve(
     stop = SignalStop()
     try:
         if processes == 1:
-            server = Server(config, output.printer(sys.stdout))
+            printer = output.printer(sys.stdout)
+            room = None
+            if relay:
+                room = Relay(Room(max_peers, peer_timeout), CookieJar(), printer)
+            server = Server(config, room or printer)
+            if room is not None:
+                room.attach(server.send_datagram)
             metrics = None if metrics_port is None else (metrics_host, metrics_port)
             drained = run(serve_until_stopped(server, stop, output, metrics), loop)
             per_process = [server.stats()]
+            if room is not None:
+                report(room.summary())
         else:
             per_process, drained = run(
                 serve_in_processes(config, processes, loop, stop, output), loop
@@ -307,9 +330,21 @@ def send(
         int | None,
         typer.Option(min=1, help="Stop after this many messages (default: until Ctrl-C)."),
     ] = None,
+    relay: Annotated[
+        bool,
+        typer.Option(help="Join a 'serve --relay' room and also print the others' messages."),
+    ] = False,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Send 'USERNAME: pesan ke-N' every INTERVAL seconds, like the seed's client."""
+    client = Client(host, port, on_error=report_send_error)
+    run_client(
+        client, send_until_stopped(client, ask_username(username), interval, count, relay), loop
+    )
+
+
+def ask_username(username: str | None) -> str:
+    """The given username, else asked for like the seed; invalid ones end the command."""
     if username is None:
         try:
             username = input(USERNAME_PROMPT).strip()
@@ -320,23 +355,23 @@ def send(
             f"invalid username {username!r}: use 1-{MAX_USERNAME_LENGTH} of A-Z a-z 0-9 . _ -",
             ExitCode.USAGE,
         )
+    return username
+
+
+def run_client(client: Client, main: Coroutine[Any, Any, None], loop: LoopChoice) -> None:
+    """Run a client command; its errors end it with one line, and its counts are reported."""
     try:
-        run(
-            send_until_stopped(
-                Client(host, port, on_error=report_send_error),
-                username,
-                interval,
-                count,
-            ),
-            loop,
-        )
+        run(main, loop)
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
+    except JoinError as error:
+        fail(str(error), ExitCode.FAILURE)
     except OSError as error:
         fail(
-            f"cannot send to {host} port {port}: {describe_error(error)}",
+            f"cannot send to {client.host} port {client.port}: {describe_error(error)}",
             ExitCode.FAILURE,
         )
+    report(f"summary: sent={client.sent} send_errors={client.send_errors}")
 
 
 def report_send_error(error: Exception) -> None:
@@ -349,20 +384,80 @@ def print_sent(text: str) -> None:
     print(f"{SENT_PREFIX}{text}", flush=True)
 
 
+def print_received(text: str) -> None:
+    """Another member's message from the relay, escaped like the server's lines."""
+    print(f"{RECEIVED_PREFIX}{sanitize(text)}", flush=True)
+
+
+async def until_stopped(work: Coroutine[Any, Any, object], stop: SignalStop) -> None:
+    """Run ``work`` until it ends or a stop is requested."""
+    working = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.requested.wait())
+    await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (working, stopping):
+        task.cancel()
+    if working.done() and not working.cancelled():
+        working.result()  # raises what the work raised
+
+
 async def send_until_stopped(
-    client: Client, username: str, interval_s: float, count: int | None
+    client: Client, username: str, interval_s: float, count: int | None, relay: bool
 ) -> None:
     stop = SignalStop()
     with stop.installed():
         async with client:
-            sending = asyncio.ensure_future(
-                client.send_every(username, interval_s=interval_s, count=count, on_sent=print_sent)
+            if relay:
+                await client.join_room(print_received)
+            await until_stopped(
+                client.send_every(username, interval_s=interval_s, count=count, on_sent=print_sent),
+                stop,
             )
-            stopping = asyncio.ensure_future(stop.requested.wait())
-            await asyncio.wait({sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (sending, stopping):
-                task.cancel()
-    report(f"summary: sent={client.sent} send_errors={client.send_errors}")
+            if relay:
+                client.leave_room()
+
+
+@app.command()
+def chat(
+    username: Annotated[
+        str | None,
+        typer.Option(help=f"Name to chat as: 1-{MAX_USERNAME_LENGTH} of A-Z a-z 0-9 . _ -."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Server address.")] = client_module.DEFAULT_HOST,
+    port: PortOption = client_module.DEFAULT_PORT,
+    loop: LoopOption = LoopChoice.AUTO,
+) -> None:
+    """Chat in a 'serve --relay' room: each line typed is sent as 'USERNAME: line', the
+    others' lines appear as they arrive; Ctrl-D or Ctrl-C leaves."""
+    client = Client(host, port, on_error=report_send_error)
+    run_client(client, chat_until_done(client, ask_username(username)), loop)
+
+
+async def chat_until_done(client: Client, username: str) -> None:
+    stop = SignalStop()
+    with stop.installed():
+        async with client:
+            await client.join_room(print_received)
+            report(f"joined the room at {client.host} port {client.port} as {username}")
+            await until_stopped(send_typed_lines(client, username), stop)
+            client.leave_room()
+    report("left the room")
+
+
+async def send_typed_lines(client: Client, username: str) -> None:
+    """Send each line read from stdin as ``USERNAME: line`` until end of input (Ctrl-D)."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read_stdin() -> None:  # a thread: a terminal cannot be read without blocking
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=read_stdin, name="udpchat-stdin", daemon=True).start()
+    while (line := await lines.get()) is not None:
+        text = line.rstrip("\r\n")
+        if text:
+            client.send(f"{username}: {text}")
 
 
 @app.command()

@@ -8,22 +8,36 @@ import socket
 from collections.abc import Callable
 from types import TracebackType
 
-from udpchat.wire import format_message
+from udpchat.relay import COOKIE, JOIN, JOINED, LEAVE, relay_join_request
+from udpchat.wire import decode, format_message
 
 logger = logging.getLogger("udpchat.client")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5002
 DEFAULT_INTERVAL_S = 1.0
+JOIN_ATTEMPTS = 3
+JOIN_TIMEOUT_S = 1.0
+JOIN_QUEUE_SIZE = 16
+
+
+class JoinError(OSError):
+    """The relay server did not answer a join."""
 
 
 class _SendProtocol(asyncio.DatagramProtocol):
-    """Reports ICMP errors (nothing listening) once per streak, not once per datagram."""
+    """Reports ICMP errors (nothing listening) once per streak, not once per datagram, and
+    passes what the server sends back (relayed messages, join answers) to the client."""
 
     def __init__(self, on_error: Callable[[Exception], None] | None) -> None:
         self._on_error = on_error
         self.send_errors = 0
         self.in_error = False
+        self.on_datagram: Callable[[bytes], None] | None = None
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if self.on_datagram is not None:
+            self.on_datagram(data)
 
     def error_received(self, exc: Exception) -> None:
         self.send_errors += 1
@@ -85,6 +99,58 @@ class Client:
         self._errors_at_last_send = protocol.send_errors
         self._transport.sendto(text.encode("utf-8"))
         self.sent += 1
+
+    async def join_room(
+        self,
+        on_text: Callable[[str], None],
+        *,
+        attempts: int = JOIN_ATTEMPTS,
+        timeout_s: float = JOIN_TIMEOUT_S,
+    ) -> None:
+        """Join a ``serve --relay`` room: ask for a cookie, echo it, and from then on pass each
+        relayed text (``[ip] text``, not yet escaped for display) to ``on_text``.
+
+        Raises :class:`JoinError` when the server does not answer, as UDP cannot tell.
+        """
+        answers: asyncio.Queue[str] = asyncio.Queue(maxsize=JOIN_QUEUE_SIZE)
+        joined = False
+
+        def receive(data: bytes) -> None:
+            text, _ = decode(data)
+            if joined and not text.startswith("/"):
+                on_text(text)
+            elif not answers.full():
+                answers.put_nowait(text)
+
+        self._protocol.on_datagram = receive
+        request = relay_join_request()
+        for _ in range(attempts):
+            self.send(request)
+            cookie = await self._answer(answers, COOKIE, timeout_s)
+            if cookie is None:
+                continue
+            self.send(f"{JOIN} {cookie}")
+            if await self._answer(answers, JOINED, timeout_s) is not None:
+                joined = True
+                return
+        raise JoinError(f"no answer to {JOIN} from {self.host} port {self.port}")
+
+    @staticmethod
+    async def _answer(answers: asyncio.Queue[str], command: str, timeout_s: float) -> str | None:
+        """The argument of the next answer that is ``command``; None after the timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    text = await answers.get()
+                    name, _, argument = text.partition(" ")
+                    if name == command:
+                        return argument
+        except TimeoutError:
+            return None
+
+    def leave_room(self) -> None:
+        if self._transport is not None:
+            self.send(LEAVE)
 
     async def send_every(
         self,

@@ -83,6 +83,8 @@ class Message:
     verdict: Verdict | None = None
     """Where the counter stands in its sender's sequence (new, duplicate, reordered, late);
     None where the text is not in the seed's format."""
+    size: int = 0
+    """The datagram's size in bytes."""
 
     @property
     def ip(self) -> str:
@@ -261,11 +263,11 @@ class _Dispatcher:
                 parsed = parse_text(text)
                 if isinstance(parsed, TextProblem):
                     problems[parsed.value] = problems.get(parsed.value, 0) + 1
-                    append(Message(sender, text, None, None, received_at))
+                    append(Message(sender, text, None, None, received_at, None, len(data)))
                     continue
                 username, counter = parsed
             verdict = record((sender, username), counter, received_at)
-            append(Message(sender, text, username, counter, received_at, verdict))
+            append(Message(sender, text, username, counter, received_at, verdict, len(data)))
         return messages, problems
 
     def _handle(
@@ -442,6 +444,20 @@ class Server:
             except OSError:
                 return
             self._receiver.datagram_received(data, address)
+
+    def send_datagram(self, data: bytes, address: tuple[str, int]) -> bool:
+        """Send from the server's own socket (safe from pool threads); False when the socket's
+        buffer is full or the address is unreachable: UDP gives no other guarantee anyway."""
+        if self._socket is None:
+            raise RuntimeError("the server is not started")
+        host, port = address
+        if self._socket.family == socket.AF_INET6 and "." in host and ":" not in host:
+            host = f"::ffff:{host}"  # an IPv4 peer of a dual-stack socket
+        try:
+            self._socket.sendto(data, (host, port))
+        except OSError:
+            return False
+        return True
 
     @property
     def receive_buffer_bytes(self) -> int:

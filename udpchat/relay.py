@@ -1,0 +1,215 @@
+"""``serve --relay``: a chat room in which members see each other's messages.
+
+A source becomes a member only after it proves it receives at its address: it asks with a
+``/join`` line at least as long as the answer, gets a stateless cookie (an HMAC of its address
+and the time under a per-process secret) and sends it back with ``/join COOKIE``. Nothing but
+that one cookie, never larger than the request, goes to an address that has not proven itself,
+so the server cannot be used to reflect or amplify traffic at a forged source.
+
+A member's text goes to every other member as ``[ip] text``: the incoming datagram plus a
+header of at most :data:`MAX_HEADER_BYTES`. Each incoming datagram causes at most ``max_peers``
+outgoing ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+from udpchat.server import Handler, Message
+
+JOIN = "/join"
+COOKIE = "/cookie"
+JOINED = "/joined"
+LEAVE = "/leave"
+DEFAULT_PEER_TIMEOUT_S = 30.0
+DEFAULT_MAX_PEERS = 32
+COOKIE_LIFETIME_S = 60
+COOKIE_MAC_HEX_DIGITS = 32
+MIN_JOIN_REQUEST_BYTES = len(f"{COOKIE} {2**40}.{'0' * COOKIE_MAC_HEX_DIGITS}")
+"""A cookie request must be at least as large as any cookie answer: no amplification."""
+MAX_HEADER_BYTES = len("[") + 39 + len("%") + 15 + len("] ")
+"""What a relayed datagram adds to the member's text, ``[ip] ``: the longest IPv6 address with
+a scope (interface names are at most 15 bytes on Linux)."""
+
+Address = tuple[str, int]
+
+
+def relay_join_request() -> str:
+    """A cookie request padded to :data:`MIN_JOIN_REQUEST_BYTES`, as a client must send it."""
+    return f"{JOIN} ".ljust(MIN_JOIN_REQUEST_BYTES, "-")
+
+
+class CookieJar:
+    """Stateless join cookies: ``TIME.HMAC(secret, ip|port|TIME)``, valid for a minute."""
+
+    def __init__(self, secret: bytes | None = None, clock: Callable[[], float] = time.time):
+        self._secret = secret or secrets.token_bytes(32)
+        self._clock = clock
+
+    def _mac(self, address: Address, issued: int) -> str:
+        text = f"{address[0]}|{address[1]}|{issued}".encode()
+        digest = hmac.new(self._secret, text, hashlib.sha256).hexdigest()
+        return digest[:COOKIE_MAC_HEX_DIGITS]
+
+    def issue(self, address: Address) -> str:
+        issued = int(self._clock())
+        return f"{issued}.{self._mac(address, issued)}"
+
+    def is_valid(self, address: Address, cookie: str) -> bool:
+        issued_text, _, mac = cookie.partition(".")
+        if not issued_text.isdigit() or len(issued_text) > 12:
+            return False
+        issued = int(issued_text)
+        age = self._clock() - issued
+        if not -1 <= age <= COOKIE_LIFETIME_S:
+            return False
+        return hmac.compare_digest(mac, self._mac(address, issued))
+
+
+class Room:
+    """The members: addresses that proved themselves, each expiring after a silence.
+
+    Thread-safe, because pool workers call it concurrently. Bounded by ``max_peers``.
+    """
+
+    def __init__(
+        self,
+        max_peers: int = DEFAULT_MAX_PEERS,
+        peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_peers = max_peers
+        self._timeout_s = peer_timeout_s
+        self._clock = clock
+        self._last_heard: dict[Address, float] = {}
+        self._lock = threading.Lock()
+        self.refused_full = 0
+        self.expired = 0
+
+    def _expire(self, now: float) -> None:
+        stale = [peer for peer, heard in self._last_heard.items() if now - heard > self._timeout_s]
+        for peer in stale:
+            del self._last_heard[peer]
+        self.expired += len(stale)
+
+    def admit(self, peer: Address) -> bool:
+        """Make ``peer`` a member; False when the room is full."""
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            if peer not in self._last_heard and len(self._last_heard) >= self.max_peers:
+                self.refused_full += 1
+                return False
+            self._last_heard[peer] = now
+            return True
+
+    def others(self, peer: Address) -> list[Address] | None:
+        """The other members, refreshing ``peer``; None when ``peer`` is not a member."""
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            if peer not in self._last_heard:
+                return None
+            self._last_heard[peer] = now
+            return [other for other in self._last_heard if other != peer]
+
+    def leave(self, peer: Address) -> None:
+        with self._lock:
+            self._last_heard.pop(peer, None)
+
+    def members(self) -> list[Address]:
+        with self._lock:
+            self._expire(self._clock())
+            return list(self._last_heard)
+
+
+Send = Callable[[bytes, Address], object]
+
+
+class Relay:
+    """A handler that runs the room, then passes members' and others' texts to ``inner``.
+
+    It runs in the pool workers like any handler, so relaying never touches the event loop.
+    Commands (``/join``, ``/leave``) are answered, not printed.
+    """
+
+    def __init__(self, room: Room, cookies: CookieJar, inner: Handler | None) -> None:
+        self.room = room
+        self._cookies = cookies
+        self._inner = inner
+        self._send: Send | None = None
+        self._lock = threading.Lock()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.ignored_joins = 0
+        """Cookie requests smaller than the cookie: answering them would amplify."""
+        self.not_relayed = 0
+
+    def attach(self, send: Send) -> None:
+        """Where answers and relayed datagrams go: the server's socket, once it is bound."""
+        self._send = send
+
+    def _emit(self, data: bytes, peer: Address) -> None:
+        assert self._send is not None, "attach() the relay to a server first"
+        self._send(data, peer)
+        with self._lock:
+            self.bytes_out += len(data)
+
+    def __call__(self, message: Message) -> None:
+        with self._lock:
+            self.bytes_in += message.size
+        text, peer = message.text, message.sender
+        if text.startswith(JOIN):
+            self._join(peer, text[len(JOIN) :].strip(), message.size)
+        elif text == LEAVE:
+            self.room.leave(peer)
+        else:
+            self._forward(message)
+            if self._inner is not None:
+                self._inner(message)
+
+    def _forward(self, message: Message) -> None:
+        """The text as it came, with the sender's address in front; receivers escape it for
+        display. A text that grew in decoding (invalid UTF-8 shown as escapes) is not relayed,
+        so that nothing sent is larger than what came in plus the header."""
+        others = self.room.others(message.sender)
+        if not others:
+            return
+        line = f"[{message.sender[0]}] {message.text}".encode()
+        if len(line) > message.size + MAX_HEADER_BYTES:
+            with self._lock:
+                self.not_relayed += 1
+            return
+        for other in others:
+            self._emit(line, other)
+
+    def _join(self, peer: Address, cookie: str, request_size: int) -> None:
+        if cookie and self._cookies.is_valid(peer, cookie):
+            if self.room.admit(peer):
+                self._emit(JOINED.encode(), peer)
+            return
+        answer = f"{COOKIE} {self._cookies.issue(peer)}".encode()
+        if request_size < len(answer):
+            with self._lock:
+                self.ignored_joins += 1
+            return
+        self._emit(answer, peer)
+
+    def summary(self) -> str:
+        room = self.room
+        return (
+            f"relay: members={len(room.members())} bytes_in={self.bytes_in} "
+            f"bytes_out={self.bytes_out} ignored_joins={self.ignored_joins} "
+            f"not_relayed={self.not_relayed} refused_full={room.refused_full} "
+            f"expired={room.expired}"
+        )
+
+    def flush(self) -> None:
+        flush = getattr(self._inner, "flush", None)
+        if flush is not None:
+            flush()
