@@ -197,12 +197,8 @@ class DeliveryAccounting:
             raise ValueError("max_senders must be at least 1")
         self._max_senders = max_senders
         self._senders: dict[SenderKey, _Sequence] = {}
-        self._evicted = 0
-        self._lost = 0
-        self._duplicates = 0
-        self._reordered = 0
-        self._late = 0
-        self._restarts = 0
+        self._evicted = DeliveryTotals()
+        """What the evicted senders had, so that the totals keep it."""
 
     def record(self, key: SenderKey, counter: int, arrival: float) -> Verdict:  # noqa: PLR0911
         """Account one message and say where it stands; ``arrival`` in seconds, any epoch.
@@ -220,65 +216,50 @@ class DeliveryAccounting:
         if counter > highest:
             if counter > highest + 1:
                 sequence.open_gap(highest + 1, counter)
-                self._lost += counter - highest - 1
             sequence.highest = counter
             if arrival != sequence.last_arrival:
                 sequence.sample_jitter(counter, arrival)
             return Verdict.NEW
         if sequence.fill_gap(counter):
             sequence.lost -= 1
-            self._lost -= 1
             if highest - counter <= REORDER_WINDOW:
                 sequence.reordered += 1
-                self._reordered += 1
                 return Verdict.REORDERED
             sequence.late += 1
-            self._late += 1
             return Verdict.LATE
         base = sequence.session_base
         if counter < base and base - counter <= REORDER_WINDOW:
             # The session's first messages were themselves swapped: extend it downwards.
             if base - counter > 1:
                 sequence.open_gap(counter + 1, base)
-                self._lost += base - counter - 1
             if sequence.forgotten_below == base:
                 sequence.forgotten_below = counter
             sequence.session_base = counter
             sequence.reordered += 1
-            self._reordered += 1
             return Verdict.REORDERED
         if counter < sequence.forgotten_below and counter >= base:
             # In a gap given up on: a straggler or a duplicate, no telling; lost stays as it is.
             sequence.late += 1
-            self._late += 1
             return Verdict.LATE
         if counter == 1:
             sequence.restarts += 1
-            self._restarts += 1
             sequence.start_session(counter, arrival)
             return Verdict.NEW
         sequence.duplicates += 1
-        self._duplicates += 1
         return Verdict.DUPLICATE
 
     def _evict(self) -> None:
         """Forget the least recently heard-from senders; their figures stay in the totals."""
         count = max(1, int(self._max_senders * EVICTION_FRACTION))
         by_last_arrival = sorted(self._senders.items(), key=lambda item: item[1].last_arrival)
+        evicted = [sequence for _, sequence in by_last_arrival[:count]]
         for key, _ in by_last_arrival[:count]:
             del self._senders[key]
-        self._evicted += count
+        self._evicted += _sum_sequences(evicted, senders=0, evicted=len(evicted))
 
     def totals(self) -> DeliveryTotals:
-        return DeliveryTotals(
-            senders=len(self._senders),
-            evicted=self._evicted,
-            lost=self._lost,
-            duplicates=self._duplicates,
-            reordered=self._reordered,
-            late=self._late,
-            restarts=self._restarts,
-        )
+        """Summed over the senders tracked now and those evicted; O(senders), for snapshots."""
+        return self._evicted + _sum_sequences(list(self._senders.values()), len(self._senders), 0)
 
     def senders(self) -> tuple[SenderStats, ...]:
         return tuple(
@@ -297,6 +278,18 @@ class DeliveryAccounting:
             )
             for ((ip, port), username), sequence in self._senders.items()
         )
+
+
+def _sum_sequences(sequences: list[_Sequence], senders: int, evicted: int) -> DeliveryTotals:
+    return DeliveryTotals(
+        senders=senders,
+        evicted=evicted,
+        lost=sum(sequence.lost for sequence in sequences),
+        duplicates=sum(sequence.duplicates for sequence in sequences),
+        reordered=sum(sequence.reordered for sequence in sequences),
+        late=sum(sequence.late for sequence in sequences),
+        restarts=sum(sequence.restarts for sequence in sequences),
+    )
 
 
 def sum_totals(totals: Iterable[DeliveryTotals]) -> DeliveryTotals:
