@@ -126,7 +126,7 @@ class _Sequence:
     )
 
     def __init__(self, counter: int, arrival: float) -> None:
-        self.received = 0
+        self.received = 1
         self.lost = 0
         self.duplicates = 0
         self.reordered = 0
@@ -208,8 +208,7 @@ class DeliveryAccounting:
         if sequence is None:
             if len(self._senders) >= self._max_senders:
                 self._evict()
-            sequence = self._senders[key] = _Sequence(counter, arrival)
-            sequence.received = 1
+            self._senders[key] = _Sequence(counter, arrival)
             return Verdict.NEW
         sequence.received += 1
         highest = sequence.highest

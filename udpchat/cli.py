@@ -186,17 +186,17 @@ def serve(
     try:
         if processes == 1:
             printer = output.printer(sys.stdout)
-            room = None
+            relay_handler = None
             if relay:
-                room = Relay(Room(max_peers, peer_timeout), CookieJar(), printer)
-            server = Server(config, room or printer)
-            if room is not None:
-                room.attach(server.send_datagram)
+                relay_handler = Relay(Room(max_peers, peer_timeout), CookieJar(), printer)
+            server = Server(config, relay_handler or printer)
+            if relay_handler is not None:
+                relay_handler.attach(server.send_datagram)
             metrics = None if metrics_port is None else (metrics_host, metrics_port)
             drained = run(serve_until_stopped(server, stop, output, metrics), loop)
             per_process = [server.stats()]
-            if room is not None:
-                report(room.summary())
+            if relay_handler is not None:
+                report(relay_handler.summary())
         else:
             per_process, drained = run(
                 serve_in_processes(config, processes, loop, stop, output), loop

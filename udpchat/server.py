@@ -336,32 +336,26 @@ class _Receiver(asyncio.DatagramProtocol):
         self._loop = asyncio.get_running_loop()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self._admission is None and 0 < len(data) <= self._max_size:
-            batch = self._batch
-            batch.append((data, addr))
-            if len(batch) == 1:
-                self._loop.call_soon(self.dispatch)
-        else:
-            self._admit_or_drop(data, addr)
+        if self._admission is not None or not 0 < len(data) <= self._max_size:
+            refusal = self._refusal(data, addr)
+            if refusal is not None:
+                self._counters.received += 1
+                self._counters.dropped[refusal] += 1
+                return
+        batch = self._batch
+        batch.append((data, addr))
+        if len(batch) == 1:
+            self._loop.call_soon(self.dispatch)
 
-    def _admit_or_drop(self, data: bytes, addr: Any) -> None:
-        """The path for datagrams that may be refused: counted here when dropped."""
-        size = len(data)
-        if size == 0:
-            refusal: DropReason | None = DropReason.EMPTY
-        elif size > self._max_size:
-            refusal = DropReason.OVERSIZE
-        elif self._admission is not None:
-            refusal = self._admission.refusal(_plain_ip(addr[0]))
-        else:
-            refusal = None
-        if refusal is None:
-            self._batch.append((data, addr))
-            if len(self._batch) == 1:
-                self._loop.call_soon(self.dispatch)
-        else:
-            self._counters.received += 1
-            self._counters.dropped[refusal] += 1
+    def _refusal(self, data: bytes, addr: Any) -> DropReason | None:
+        """Why a datagram that failed the fast checks is dropped; None to take it after all."""
+        if not data:
+            return DropReason.EMPTY
+        if len(data) > self._max_size:
+            return DropReason.OVERSIZE
+        if self._admission is not None:
+            return self._admission.refusal(_plain_ip(addr[0]))
+        return None
 
     def dispatch(self) -> None:
         """Hand the datagrams read in this loop iteration to the pool; they count as received
