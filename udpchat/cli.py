@@ -195,14 +195,19 @@ def serve(
             metrics = None if metrics_port is None else (metrics_host, metrics_port)
             drained = run(serve_until_stopped(server, stop, output, metrics), loop)
             per_process = [server.stats()]
+            output_error = server.output_error
             if relay_handler is not None:
                 report(relay_handler.summary())
         else:
             per_process, drained = run(
                 serve_in_processes(config, processes, loop, stop, output), loop
             )
+            output_error = None
     except (LoopUnavailableError, MetricsStartError) as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
+    except StdoutError as error:
+        silence_stdout()
+        fail(str(error), ExitCode.FAILURE)
     except OSError as error:
         fail(
             f"cannot listen on {host} port {port}: {describe_error(error)}",
@@ -221,9 +226,13 @@ def serve(
         received = ", ".join(str(stats.received) for stats in per_process)
         summary += f" processes={processes} (received {received})"
     report(summary)
+    code = ExitCode.OK if output_error is None else ExitCode.FAILURE
+    if output_error is not None:
+        silence_stdout()
     if not drained:
         report("a worker was still stuck in its handler or output after --drain-timeout")
-        os._exit(ExitCode.OK)  # joining it would hang
+        os._exit(code)  # a worker stuck in a write holds stdout's lock: exit without flushing
+    raise typer.Exit(code)
 
 
 def announce(address: tuple[str, int], receive_buffer_bytes: int | None = None) -> None:
@@ -231,7 +240,37 @@ def announce(address: tuple[str, int], receive_buffer_bytes: int | None = None) 
     host, port = address
     buffer = f", receive buffer {receive_buffer_bytes} bytes" if receive_buffer_bytes else ""
     report(f"listening on {host} port {port}{buffer}")
-    print(WAITING_LINE, flush=True)
+    print_banner()
+
+
+class StdoutError(OSError):
+    """Standard output cannot be written (a broken pipe, a full disk)."""
+
+
+def print_banner() -> None:
+    """The seed's ``Server menunggu...`` on stdout; a stdout that fails is said as such."""
+    try:
+        print(WAITING_LINE, flush=True)
+    except OSError as error:
+        raise StdoutError(f"cannot write to stdout: {describe_error(error)}") from None
+
+
+async def first_of(*waits: Coroutine[Any, Any, object]) -> None:
+    """Wait until the first of ``waits`` finishes, and cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush of a broken pipe does
+    not print a traceback after our own one-line message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 async def serve_in_processes(
@@ -294,13 +333,16 @@ async def serve_until_stopped(
             )
             if metrics_address is not None:
                 metrics = start_metrics(server, metrics_address)
-            print(WAITING_LINE, flush=True)
+            print_banner()
             async with periodically(output.stats_interval_s, output.status_reporter(server, "")):
-                await stop.requested.wait()
-            report(
-                f"stopping: finishing {server.stats().queue_depth} queued messages "
-                "(a second Ctrl-C forces)"
-            )
+                await first_of(stop.requested.wait(), server.failed.wait())
+            if server.output_error is not None:
+                report(f"stopping: {server.output_error}")
+            else:
+                report(
+                    f"stopping: finishing {server.stats().queue_depth} queued messages "
+                    "(a second Ctrl-C forces)"
+                )
         finally:
             try:
                 drained = await server.stop()

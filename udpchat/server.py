@@ -93,6 +93,12 @@ class Server:
         self._dispatcher: Dispatcher | None = None
         self._socket: socket.socket | None = None
         self._kernel_drops_at_stop: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.output_error: OSError | None = None
+        """Why writing messages failed, once it has: the server stops taking work then."""
+        self.failed = asyncio.Event()
+        """Set when output failed for good (a broken pipe, a full disk): a caller serving until
+        a signal should stop, as a Unix filter does when its reader goes away."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -112,6 +118,7 @@ class Server:
             reuse_port=self.config.reuse_port,
         )
         ipv6_socket = sock.family == socket.AF_INET6
+        self._loop = asyncio.get_running_loop()
         self._dispatcher = Dispatcher(
             self._handler,
             self._counters,
@@ -119,6 +126,7 @@ class Server:
             queue_size=self.config.queue_size,
             max_senders=self.config.max_senders,
             ipv6_socket=ipv6_socket,
+            on_output_error=self._output_failed_in_worker,
         )
         receiver = Receiver(
             self._dispatcher,
@@ -147,6 +155,16 @@ class Server:
         idle = await self._dispatcher.drain(self.config.drain_timeout_s)
         self._transport = None
         return idle
+
+    def _output_failed_in_worker(self, error: OSError) -> None:
+        """Called from a pool thread: note the first output failure on the loop."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._note_output_error, error)
+
+    def _note_output_error(self, error: OSError) -> None:
+        if self.output_error is None:
+            self.output_error = error
+            self.failed.set()
 
     def _read_what_the_kernel_holds(self) -> None:
         """Take in the datagrams already in the socket's buffer, so that none vanish uncounted
