@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SERVE_ARGS ?=
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test test-busy lint bench bench-micro clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,15 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-# Designs side by side in one run (ratios, not absolute figures), then handler latency.
+# Designs side by side in one run, trials interleaved and repeated (medians and spreads), then
+# the per-stage micro-benchmark and handler latency. The C generator is built on first use.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.micro
 	$(BIN)/python -m benchmarks.latency
 
+bench-micro: $(STAMP)
+	$(BIN)/python -m benchmarks.micro
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast

@@ -32,8 +32,11 @@ from udpchat.wire import TextProblem, decode, match_clean_seed, parse_text
 logger = logging.getLogger("udpchat.server")
 
 ERROR_LOG_INTERVAL_S = 10.0
-BACKLOG_BATCHES_PER_JOB = 8
-"""Batches waiting per running job beyond which the dispatcher starts another job."""
+STALL_S = 0.02
+"""A running job that has not taken a batch for this long is blocked (in a handler that waits
+on I/O, say): only then does the dispatcher start another one. A job that is merely busy keeps
+the work to itself, because with the GIL a second thread on CPU-bound work only adds
+switching."""
 MAX_BATCH_BYTES = 256 * 1024
 """Datagram bytes in one batch, at most (a batch holds at least one datagram): what one worker
 formats and writes at once, so pending output per worker stays bounded whatever the rate."""
@@ -264,9 +267,9 @@ class Dispatcher:
     """Hands batches of datagrams to the pool, within the queue bound.
 
     Batches wait in a deque and pool jobs take them in arrival order until it is empty. Another
-    job starts only when none runs or a backlog shows the running ones are behind, up to
-    ``workers``: a CPU-bound handler then runs on one thread instead of fighting the others
-    for the GIL, and a handler that blocks still gets every worker.
+    job starts only when none runs or the running ones have taken nothing for
+    :data:`STALL_S`, up to ``workers``: a CPU-bound handler then runs on one thread instead of
+    fighting the others for the GIL, and a handler that blocks still gets every worker.
     """
 
     def __init__(
@@ -297,6 +300,8 @@ class Dispatcher:
         """Guards ``queued``, the job count and the deque's order of taking."""
         self._batches: deque[Batch] = deque()
         self._jobs = 0
+        self._last_take = 0.0
+        """``time.monotonic()`` when a job last took a batch."""
         self._job_futures: set[concurrent.futures.Future[None]] = set()
         self.queued = 0
         self._order_lock = threading.Lock()
@@ -315,10 +320,11 @@ class Dispatcher:
             self.queued += len(datagrams)
             self._batches.append(Batch(received_at, datagrams))
             start_job = self._jobs < self._max_jobs and (
-                self._jobs == 0 or len(self._batches) > BACKLOG_BATCHES_PER_JOB * self._jobs
+                self._jobs == 0 or time.monotonic() - self._last_take > STALL_S
             )
             if start_job:
                 self._jobs += 1
+                self._last_take = time.monotonic()
         if start_job:
             future = self._executor.submit(self._run_job)
             self._job_futures.add(future)
@@ -327,6 +333,7 @@ class Dispatcher:
     def _take(self) -> Batch | None:
         with self._lock:
             if self._batches:
+                self._last_take = time.monotonic()
                 return self._batches.popleft()
             self._jobs -= 1
             return None
