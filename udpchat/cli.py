@@ -25,7 +25,14 @@ from udpchat.output import OutputFormat, OutputSettings
 from udpchat.processes import serve_processes
 from udpchat.progress import LoadProgress
 from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, CookieJar, Relay, Room
-from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, periodically, run
+from udpchat.runtime import (
+    LoopChoice,
+    LoopUnavailableError,
+    SignalStop,
+    periodically,
+    run,
+    tune_for_throughput,
+)
 from udpchat.server import Server, ServerConfig
 from udpchat.stats import StatsSnapshot, combine, format_sender_table, format_summary
 from udpchat.wire import MAX_USERNAME_LENGTH, is_valid_username, sanitize
@@ -182,6 +189,7 @@ def serve(
         max_senders=max_senders,
     )
     output = OutputSettings(None if quiet else output_format, stats_interval)
+    tune_for_throughput()
     stop = SignalStop()
     try:
         if processes == 1:

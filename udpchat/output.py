@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
+from udpchat.fastpath import text_lines
 from udpchat.pipeline import Batch, Message, OutputError
 from udpchat.server import Server
 from udpchat.stats import StatusLine
@@ -103,6 +104,10 @@ class _BinaryOut:
             raise OutputError(f"cannot write messages: {_reason(error)}") from error
 
 
+def _escaped_line(ip: str, text: str) -> bytes:
+    return f"{format_line(ip, text)}\n".encode()
+
+
 def _reason(error: BaseException) -> str:
     return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
@@ -133,26 +138,11 @@ class LinePrinter:
 
     def _text_lines(self, batch: Batch) -> bytes:
         """The batch's seed lines as bytes: clean seed text is copied as it came."""
-        prefixes = self._prefixes
-        if len(prefixes) > MAX_CACHED_PREFIXES:
-            prefixes.clear()
-        texts = batch.texts
-        parts: list[bytes] = []
-        append = parts.append
-        for index, ((data, _), (ip, _)) in enumerate(
-            zip(batch.datagrams, batch.senders, strict=True)
-        ):
-            text = texts.get(index)
-            if text is not None:
-                append(f"{format_line(ip, text)}\n".encode())
-                continue
-            prefix = prefixes.get(ip)
-            if prefix is None:
-                prefix = prefixes[ip] = f"[{ip}] ".encode()
-            append(prefix)
-            append(data)
-            append(b"\n")
-        return b"".join(parts)
+        if len(self._prefixes) > MAX_CACHED_PREFIXES:
+            self._prefixes.clear()
+        return text_lines(
+            batch.datagrams, batch.senders, batch.texts, self._prefixes, _escaped_line
+        )
 
     def _lines(self) -> list[str]:
         try:

@@ -26,8 +26,9 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 from udpchat.accounting import DeliveryAccounting, DeliveryTotals, SeedFields, SenderStats, Verdict
 from udpchat.admission import Admission
+from udpchat.fastpath import clean_seeds
 from udpchat.stats import DropReason, ServerCounters
-from udpchat.wire import TextProblem, decode, match_clean_seed, parse_text
+from udpchat.wire import TextProblem, decode, parse_text
 
 logger = logging.getLogger("udpchat.server")
 
@@ -125,15 +126,10 @@ def parse(batch: Batch, plain_sender: Callable[[Address], tuple[str, int]] | Non
         batch.senders = [address for _, address in datagrams]
     else:
         batch.senders = [plain_sender(address) for _, address in datagrams]
-    seeds = batch.seeds
-    append = seeds.append
-    match = match_clean_seed
-    for index, (data, _) in enumerate(datagrams):
-        found = match(data)
-        if found is not None:
-            append((found[1], int(found[2])))
-            continue
-        append(_parse_other(batch, index, data))
+    seeds, others = clean_seeds(datagrams)
+    batch.seeds = seeds
+    for index in others:
+        seeds[index] = _parse_other(batch, index, datagrams[index][0])
 
 
 def _parse_other(batch: Batch, index: int, data: bytes) -> SeedFields | None:

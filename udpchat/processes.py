@@ -21,7 +21,7 @@ from multiprocessing.process import BaseProcess
 from typing import BinaryIO
 
 from udpchat.output import OutputSettings
-from udpchat.runtime import LoopChoice, SignalStop, periodically, run
+from udpchat.runtime import LoopChoice, SignalStop, periodically, run, tune_for_throughput
 from udpchat.server import Server, ServerConfig
 from udpchat.sockets import bind_udp_socket
 from udpchat.stats import StatsSnapshot
@@ -53,6 +53,7 @@ def _child_main(
 ) -> None:
     """One child: serve until the parent's SIGTERM, then report counters and leave."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which decides
+    tune_for_throughput()
     server = Server(config, settings.printer(_ConnectionWriter(output)))
     stop = SignalStop(signals=(signal.SIGTERM,))
 
