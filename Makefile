@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SERVE_ARGS ?=
 
-.PHONY: serve test test-busy lint bench bench-micro clean
+.PHONY: serve test test-busy lint bench bench-micro bench-memory clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 
 bench-micro: $(STAMP)
 	$(BIN)/python -m benchmarks.micro
+
+# Peak RSS under the worst traffic for memory, against the bound SECURITY.md states.
+bench-memory: $(STAMP)
+	$(BIN)/python -m benchmarks.memory
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast

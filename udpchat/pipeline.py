@@ -38,9 +38,44 @@ STALL_S = 0.02
 on I/O, say): only then does the dispatcher start another one. A job that is merely busy keeps
 the work to itself, because with the GIL a second thread on CPU-bound work only adds
 switching."""
-MAX_BATCH_BYTES = 256 * 1024
+MAX_BATCH_BYTES = 128 * 1024
 """Datagram bytes in one batch, at most (a batch holds at least one datagram): what one worker
 formats and writes at once, so pending output per worker stays bounded whatever the rate."""
+
+BASE_RSS_BYTES = 48 * 2**20
+"""A server process at rest: the interpreter, uvloop, typer, rich, prometheus-client (measured
+44 MiB)."""
+QUEUED_DATAGRAM_OVERHEAD_BYTES = 320
+"""Beside its payload, what a waiting datagram costs: the bytes object's header, its address
+tuple and the batch entry (measured 280)."""
+SENDER_BYTES = 2048
+"""One sender's delivery state with its 64 gaps open, key included (measured 1,620)."""
+OUTPUT_EXPANSION = 20
+"""Bytes held while one batch is formatted, per byte of the batch, at most: a control byte is
+six in JSON (``\u0001``), and the lines, their join and its encoding are alive at once."""
+SOURCE_BYTES = 256
+"""One entry of the admission tables (rate limiter, allow-list cache)."""
+
+
+def memory_bound_bytes(
+    *, queue_size: int, max_datagram_size: int, max_senders: int, workers: int, max_sources: int
+) -> int:
+    """The most memory a server holds for traffic, whatever the traffic: what SECURITY.md
+    states, and what the memory benchmark and the flood test measure against.
+
+    Everything that grows with traffic is here: the queue (in datagrams of at most
+    ``max_datagram_size``), the per-sender accounting, the output being formatted by each
+    worker (and the batch the event loop is filling), and the admission tables.
+    """
+    batch_bytes = max(MAX_BATCH_BYTES, max_datagram_size)  # at least one datagram a batch
+    return (
+        BASE_RSS_BYTES
+        + queue_size * (max_datagram_size + QUEUED_DATAGRAM_OVERHEAD_BYTES)
+        + max_senders * SENDER_BYTES
+        + (workers + 1) * OUTPUT_EXPANSION * batch_bytes
+        + max_sources * SOURCE_BYTES
+    )
+
 
 Address = Any
 """A source address as the socket gives it: (ip, port), or IPv6's (ip, port, flow, scope)."""
