@@ -99,24 +99,13 @@ def run(scenario: Scenario, workdir: Path) -> tuple[int, str]:
         if scenario.gap_senders:
             open_gaps(port, scenario.gap_senders)
             wait_for_line(errors, rf"senders={scenario.gap_senders} ", server)
+        flood = [PYTHON, "tests/flood.py", LOOPBACK, str(port), str(scenario.flood_size)]
+        flood += ["100000000", str(scenario.flood_seconds), "control"]
         floods = [
-            subprocess.Popen(
-                [
-                    PYTHON,
-                    "tests/flood.py",
-                    LOOPBACK,
-                    str(port),
-                    str(scenario.flood_size),
-                    "100000000",
-                    str(scenario.flood_seconds),
-                    "control",
-                ],
-                stdout=subprocess.DEVNULL,
-            )  # fmt: skip
-            for _ in range(FLOOD_PROCESSES)
+            subprocess.Popen(flood, stdout=subprocess.DEVNULL) for _ in range(FLOOD_PROCESSES)
         ]
-        for flood in floods:
-            flood.wait(scenario.flood_seconds + 30)
+        for process in floods:
+            process.wait(scenario.flood_seconds + 30)
         peak = peak_rss_bytes(server.pid)
         server.send_signal(signal.SIGINT)
         server.wait(60)
