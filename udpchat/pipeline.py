@@ -361,6 +361,10 @@ class Dispatcher:
             self._job_futures.add(future)
             future.add_done_callback(self._job_futures.discard)
 
+    @property
+    def full(self) -> bool:
+        return self.queued >= self._queue_size
+
     def _take(self) -> Batch | None:
         with self._lock:
             if self._batches:
@@ -450,7 +454,12 @@ def _ipv6_sender(address: tuple[str, int, int, int]) -> tuple[str, int]:
 
 
 class Receiver(asyncio.DatagramProtocol):
-    """The hot path on the event-loop thread: size-check and append to the next batch."""
+    """The hot path on the event-loop thread: size-check and append to the next batch.
+
+    When the queue is full it sheds load at once: each datagram is counted as ``queue_full``
+    before anything is built for it, until the workers have made room. (uvloop's datagram
+    transport cannot pause reading; this is the cheapest point left.)
+    """
 
     def __init__(
         self,
@@ -467,9 +476,12 @@ class Receiver(asyncio.DatagramProtocol):
         self._counters = counters
         self._batch: list[tuple[bytes, Address]] = []
         self._loop = asyncio.get_running_loop()
+        self._shedding = False
+        self._slow_checks = admission is not None
+        """Admission or shedding: every datagram takes :meth:`_refusal`."""
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self._admission is not None or not 0 < len(data) <= self._max_size:
+        if self._slow_checks or not 0 < len(data) <= self._max_size:
             refusal = self._refusal(data, addr)
             if refusal is not None:
                 self._counters.received += 1
@@ -488,6 +500,11 @@ class Receiver(asyncio.DatagramProtocol):
             return DropReason.EMPTY
         if len(data) > self._max_size:
             return DropReason.OVERSIZE
+        if self._shedding:
+            if self._dispatcher.full:
+                return DropReason.QUEUE_FULL
+            self._shedding = False
+            self._slow_checks = self._admission is not None
         if self._admission is not None:
             return self._admission.refusal(plain_ip(addr[0]))
         return None
@@ -499,6 +516,8 @@ class Receiver(asyncio.DatagramProtocol):
         if batch:
             self._counters.received += len(batch)
             self._dispatcher.submit(batch, time.time())
+            if self._dispatcher.full:
+                self._shedding = self._slow_checks = True
 
     def error_received(self, exc: Exception) -> None:
         logger.warning("socket error: %s", exc)
