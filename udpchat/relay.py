@@ -19,7 +19,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass
 
 from udpchat.pipeline import Handler, Message
 from udpchat.wire import (
@@ -237,12 +237,6 @@ class Relay:
                 bytes_out=self._bytes_out,
                 not_relayed=self._not_relayed,
             )
-
-    def summary(self) -> str:
-        stats = self.stats()
-        return "relay: " + " ".join(
-            f"{field.name}={getattr(stats, field.name)}" for field in fields(stats)
-        )
 
     def flush(self) -> None:
         flush = getattr(self._inner, "flush", None)
