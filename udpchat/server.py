@@ -200,6 +200,11 @@ class Server:
         return sockname[0], sockname[1]
 
     @property
+    def started(self) -> bool:
+        """True from the end of :meth:`start` to the beginning of :meth:`stop`."""
+        return self._transport is not None
+
+    @property
     def metrics_address(self) -> tuple[str, int] | None:
         """The metrics endpoint's bound (host, port); None when the config asks for none."""
         return None if self._metrics is None else self._metrics.address
@@ -320,6 +325,7 @@ class Server:
         finally:
             if self._metrics is not None:
                 await self._metrics.close()
+                self._metrics = None
         if not idle:
             logger.warning(
                 "a worker was still stuck in its handler or output after the drain timeout "

@@ -241,7 +241,13 @@ class Supervisor:
             self._kill_all()
             raise
         assert self.address is not None
-        logger.info("listening on %s port %d (%d processes)", *self.address, self.processes)
+        pids = ", ".join(str(child.process.pid) for child in self._children)
+        logger.info(
+            "listening on %s port %d (%d processes: pids %s)",
+            *self.address,
+            len(self._children),
+            pids,
+        )
         if self._metrics is not None:
             logger.info("metrics on http://%s:%d/metrics", *self._metrics.address)
 
