@@ -32,7 +32,7 @@ from udpchat.runtime import (
     LoopUnavailableError,
     SignalStop,
     hold_stop_signals,
-    restore_signals,
+    release_stop_signals,
     run,
 )
 from udpchat.server import MetricsStartError, Server, ServerConfig
@@ -73,8 +73,13 @@ def print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+SIGNAL_AWARE_COMMANDS = ("serve", "send", "chat")
+"""Commands that take over the stop signals held since start-up; the others get them back."""
+
+
 @app.callback()
 def options(
+    context: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -83,6 +88,8 @@ def options(
     ] = False,
 ) -> None:
     """udpchat: the seed's UDP message server and client, on asyncio with a worker pool."""
+    if context.invoked_subcommand not in SIGNAL_AWARE_COMMANDS:
+        release_stop_signals(deliver=True)
 
 
 PortOption = Annotated[int, typer.Option(min=0, max=65535, help="UDP port.")]
@@ -522,7 +529,7 @@ def load(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI as a function: parse ``argv``, run the command, return its exit status."""
-    held = hold_stop_signals()
+    hold_stop_signals()
     logging.basicConfig(level=logging.WARNING, format="udpchat: %(message)s", stream=sys.stderr)
     library_logger = logging.getLogger("udpchat")
     level = library_logger.level
@@ -533,5 +540,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else ExitCode.FAILURE
     finally:
         library_logger.setLevel(level)
-        restore_signals(held)
+        release_stop_signals(deliver=False)
     return ExitCode.OK
