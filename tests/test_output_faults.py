@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, Collector, raw_send
 from udpchat import LinePrinter, Message, Server, ServerConfig
+from udpchat.pipeline import OutputError
 
 SEED = [f"alice: pesan ke-{n}".encode() for n in range(1, 51)]
 
@@ -77,16 +78,16 @@ class FullDisk(io.StringIO):
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
-async def test_failed_output_is_counted_as_dropped_and_stops_the_server() -> None:
-    config = ServerConfig(host=LOOPBACK, port=0)
-    async with Server(config, LinePrinter(FullDisk())) as server:
-        raw_send(server.address, *SEED[:5])
-        await asyncio.wait_for(server.failed.wait(), EVENT_TIMEOUT_S)
+async def test_failed_output_is_counted_as_dropped_and_ends_serve() -> None:
+    server = Server(ServerConfig(host=LOOPBACK, port=0), LinePrinter(FullDisk()))
+    await server.start()
+    serving = asyncio.create_task(server.serve())
+    raw_send(server.address, *SEED[:5])
+    with pytest.raises(OutputError, match="No space left on device"):
+        await asyncio.wait_for(serving, EVENT_TIMEOUT_S)
     stats = server.stats()
     assert stats.handled == 0
     assert stats.dropped["output_failed"] == stats.received > 0
-    assert isinstance(server.output_error, OSError)
-    assert "No space left on device" in str(server.output_error)
 
 
 @pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])

@@ -1,5 +1,4 @@
-"""What the server writes: one line per message on stdout, as the seed's text or as JSON, and
-status lines on stderr.
+"""What the server writes: one line per message on stdout, as the seed's text or as JSON.
 
 A worker formats a whole batch and writes it with one call, so that concurrent workers never
 interleave or merge lines and a burst costs one system call. Clean seed text is never decoded:
@@ -11,16 +10,12 @@ from __future__ import annotations
 import datetime
 import enum
 import json
-import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
 from udpchat.fastpath import text_lines
 from udpchat.pipeline import Batch, Message, OutputError
-from udpchat.server import Server
-from udpchat.stats import StatusLine
 from udpchat.wire import format_line
 
 MAX_PENDING_BYTES = 256 * 1024
@@ -169,27 +164,3 @@ class LinePrinter:
         lines.clear()
         self._pending.size = 0
         self._out.write(data)
-
-
-@dataclass(frozen=True, slots=True)
-class OutputSettings:
-    """What a server process writes besides its summary: message lines in which format (none
-    when quiet) and how often a status line. Plain data, so that ``--processes`` children get it.
-    """
-
-    output_format: OutputFormat | None = OutputFormat.TEXT
-    """None: no per-message lines (``--quiet``)."""
-    stats_interval_s: float | None = None
-
-    def printer(self, stream: TextIO) -> LinePrinter | None:
-        return None if self.output_format is None else LinePrinter(stream, self.output_format)
-
-    def status_reporter(self, server: Server, label: str) -> Callable[[], None]:
-        """Prints the status line on stderr, ``label`` first (``process 2: `` for children)."""
-        status_line = StatusLine()
-
-        def report() -> None:
-            line = status_line(server.stats(include_senders=False))
-            print(f"udpchat: {label}{line}", file=sys.stderr, flush=True)
-
-        return report
