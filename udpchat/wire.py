@@ -23,7 +23,6 @@ _SEED_PATTERN = re.compile(_SEED_REGEX)
 """The whole valid format in one match."""
 _SEED_BYTES_PATTERN = re.compile(_SEED_REGEX.encode("ascii"))
 """The same on raw bytes: the fast path for every well-formed datagram, before decoding."""
-_USERNAME_PATTERN = re.compile(rf"{_USERNAME_REGEX}\Z")
 _DIGITS_PATTERN = re.compile(r"[0-9]{1,19}\Z")
 
 # Every C0 control, DEL and every C1 control; the Unicode line and paragraph separators,
@@ -48,9 +47,48 @@ class TextProblem(enum.Enum):
     INVALID_COUNTER = "invalid_counter"
 
 
+USERNAME_SEPARATOR = ": "
+"""What ends the username in every text a client sends, so no name may contain it."""
+
+
+class InvalidUsernameError(ValueError):
+    """A name that cannot be sent: its message says what is wrong, for a person to fix."""
+
+
+def username_problem(username: str) -> str | None:
+    """Why ``username`` cannot stand before ``: `` in a text, or None when it can.
+
+    Any printable Unicode of 1 to :data:`MAX_USERNAME_LENGTH` characters, spaces inside: the
+    seed prints whatever name it gets. Control and format characters (bidi overrides) are
+    refused because they change how a line displays, and ``: `` because it ends the name.
+    """
+    if not username:
+        return "it is empty"
+    if len(username) > MAX_USERNAME_LENGTH:
+        return f"it has {len(username)} characters, more than {MAX_USERNAME_LENGTH}"
+    if username != username.strip():
+        return "it starts or ends with a space"
+    if not username.isprintable():
+        unprintable = next(char for char in username if not char.isprintable())
+        return f"it contains U+{ord(unprintable):04X}, a control, format or separator character"
+    if USERNAME_SEPARATOR in username:
+        return f"it contains '{USERNAME_SEPARATOR}', which ends a name in the seed's format"
+    return None
+
+
 def is_valid_username(username: str) -> bool:
-    """1-32 ASCII letters, digits, ``.``, ``_`` or ``-``: safe in any terminal and log."""
-    return _USERNAME_PATTERN.match(username) is not None
+    """1-32 printable characters, no ``: ``, no space at either end: :func:`username_problem`."""
+    return username_problem(username) is None
+
+
+def clean_username(text: str) -> str:
+    """The name as typed at the prompt or given with ``--username``, stripped of the spaces
+    around it; raises :class:`InvalidUsernameError` saying what is wrong."""
+    username = text.strip()
+    problem = username_problem(username)
+    if problem is not None:
+        raise InvalidUsernameError(f"invalid username '{sanitize(username)}': {problem}")
+    return username
 
 
 def format_message(username: str, counter: int) -> str:
@@ -143,3 +181,13 @@ def sanitize(text: str) -> str:
 def format_line(ip: str, text: str) -> str:
     """The server's console line, as the seed prints it: ``[127.0.0.1] alice: pesan ke-1``."""
     return f"[{ip}] {sanitize(text)}"
+
+
+# The relay's membership words, after the join handshake; answers are never larger than
+# what they answer, so that a forged source cannot use them to amplify.
+KEEPALIVE = "/keepalive"
+"""``/keepalive COOKIE``: a member is still here; the cookie it joined with proves the address."""
+EXPIRED = "/expired"
+"""The answer to a keepalive or text from an address that is not (or no longer) a member."""
+ROOM_FULL = "/full"
+"""The answer to a valid join cookie when the room has ``max_peers`` members already."""
