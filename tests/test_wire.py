@@ -95,9 +95,7 @@ def test_format_line_is_the_seed_console_line() -> None:
 def reference_is_valid_username(name: str) -> bool:
     """The rule from the character categories: no control, format, surrogate, private-use,
     unassigned or separator character except the ASCII space, which may not end the name."""
-    printable = all(
-        char == " " or unicodedata.category(char)[0] not in "CZ" for char in name
-    )
+    printable = all(char == " " or unicodedata.category(char)[0] not in "CZ" for char in name)
     return (
         0 < len(name) <= MAX_USERNAME_LENGTH
         and printable
