@@ -11,15 +11,8 @@ import pexpect
 
 from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, Collector, eventually, start_cli_server
 from udpchat import Client, Server, ServerConfig
-from udpchat.relay import (
-    COOKIE,
-    JOIN,
-    MAX_HEADER_BYTES,
-    CookieJar,
-    Relay,
-    Room,
-    relay_join_request,
-)
+from udpchat.relay import CookieJar, Relay, Room
+from udpchat.wire import COOKIE, JOIN, MAX_HEADER_BYTES, relay_join_request
 
 PEER = ("127.0.0.1", 40000)
 
@@ -81,9 +74,13 @@ class Inbox:
 
 async def start_relay(max_peers: int = 8) -> tuple[Server, Relay, Collector]:
     collector = Collector()
-    relay = Relay(Room(max_peers=max_peers), CookieJar(), collector)
+    server: Server
+
+    def send(data: bytes, peer: tuple[str, int]) -> bool:
+        return server.send_datagram(data, peer)
+
+    relay = Relay(Room(max_peers=max_peers), CookieJar(), collector, send)
     server = Server(ServerConfig(host=LOOPBACK, port=0), relay)
-    relay.attach(server.send_datagram)
     await server.start()
     return server, relay, collector
 
@@ -140,7 +137,7 @@ async def test_an_address_that_never_echoes_the_cookie_gets_nothing_more() -> No
                 unexpected = b""
             assert unexpected == b""
             assert ana_inbox.texts == []
-            assert relay.ignored_joins == 1
+            assert relay.stats().ignored_joins == 1
         finally:
             ana.close()
             budi.close()
@@ -157,7 +154,7 @@ async def test_outgoing_bytes_stay_within_the_amplification_bound() -> None:
         for member, inbox in zip(members, inboxes, strict=True):
             await member.open()
             await member.join_room(inbox)
-        joined_in, joined_out = relay.bytes_in, relay.bytes_out
+        joined_in, joined_out = relay.stats().bytes_in, relay.stats().bytes_out
         assert joined_out <= joined_in  # the handshake never sends more than it gets
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spoofer:  # not a member
             for _ in range(flood):
@@ -165,11 +162,11 @@ async def test_outgoing_bytes_stay_within_the_amplification_bound() -> None:
         for counter in range(1, flood + 1):
             members[0].send(f"m0: pesan ke-{counter}")
         await collector.wait_for(flood)
-        await eventually(lambda: relay.ignored_joins == flood)
+        await eventually(lambda: relay.stats().ignored_joins == flood)
         for inbox in inboxes[1:]:
             await inbox.wait_for(flood)
-        bytes_in = relay.bytes_in - joined_in
-        bytes_out = relay.bytes_out - joined_out
+        bytes_in = relay.stats().bytes_in - joined_in
+        bytes_out = relay.stats().bytes_out - joined_out
         largest_in = len(f"m0: pesan ke-{flood}")
         bound = (max_peers - 1) * (largest_in + MAX_HEADER_BYTES) * flood
         assert bytes_out <= bound

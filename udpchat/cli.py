@@ -184,11 +184,14 @@ def serve(
         if processes == 1:
             printer = output.printer(sys.stdout)
             relay_handler = None
+            server: Server
+
+            def send(data: bytes, peer: tuple[str, int]) -> bool:
+                return server.send_datagram(data, peer)
+
             if relay:
-                relay_handler = Relay(Room(max_peers, peer_timeout), CookieJar(), printer)
+                relay_handler = Relay(Room(max_peers, peer_timeout), CookieJar(), printer, send)
             server = Server(config, relay_handler or printer)
-            if relay_handler is not None:
-                relay_handler.attach(server.send_datagram)
             metrics = None if metrics_port is None else (metrics_host, metrics_port)
             drained = run(serve_until_stopped(server, stop, output, metrics), loop)
             per_process = [server.stats()]

@@ -12,8 +12,18 @@ import socket
 from collections.abc import Callable
 from types import TracebackType
 
-from udpchat.relay import COOKIE, JOIN, JOINED, LEAVE, relay_join_request
-from udpchat.wire import EXPIRED, KEEPALIVE, ROOM_FULL, decode, format_message
+from udpchat.wire import (
+    COOKIE,
+    EXPIRED,
+    JOIN,
+    JOINED,
+    KEEPALIVE,
+    LEAVE,
+    ROOM_FULL,
+    decode,
+    format_message,
+    relay_join_request,
+)
 
 logger = logging.getLogger("udpchat.client")
 

@@ -183,8 +183,28 @@ def format_line(ip: str, text: str) -> str:
     return f"[{ip}] {sanitize(text)}"
 
 
-# The relay's membership words, after the join handshake; answers are never larger than
-# what they answer, so that a forged source cannot use them to amplify.
+# The relay room's control words (``serve --relay``), shared by the server and the client.
+
+JOIN = "/join"
+COOKIE = "/cookie"
+JOINED = "/joined"
+LEAVE = "/leave"
+COOKIE_MAC_HEX_DIGITS = 32
+MIN_JOIN_REQUEST_BYTES = len(f"{COOKIE} {2**40}.{'0' * COOKIE_MAC_HEX_DIGITS}")
+"""A cookie request must be at least as large as any cookie answer: no amplification."""
+MAX_HEADER_BYTES = len("[") + 39 + len("%") + 15 + len("] ")
+"""What a relayed datagram adds to the member's text, ``[ip] ``: the longest IPv6 address with
+a scope (interface names are at most 15 bytes on Linux)."""
+
+
+def relay_join_request() -> str:
+    """A cookie request padded to :data:`MIN_JOIN_REQUEST_BYTES`, as a client must send it."""
+    return f"{JOIN} ".ljust(MIN_JOIN_REQUEST_BYTES, "-")
+
+
+# Membership after the join: the answers are never larger than what they answer, so that a
+# forged source cannot use them to amplify.
+
 KEEPALIVE = "/keepalive"
 """``/keepalive COOKIE``: a member is still here; the cookie it joined with proves the address."""
 EXPIRED = "/expired"
