@@ -51,13 +51,13 @@ class Inbox:
 
 
 class Terminal:
-    """A command in its own tmux server (private socket), 100x20, kept on screen after it
-    exits so that its exit status can be read."""
+    """A command in its own tmux server (private socket), 100x20, that shows its exit status
+    on the screen and stays there."""
 
     def __init__(self, command: list[str]) -> None:
         self.socket_name = f"udpchat-test-{os.getpid()}-{next(_sessions)}"
-        self.tmux("new-session", "-d", "-x", "100", "-y", "20", "-s", "chat", shlex.join(command))
-        self.tmux("set-option", "-t", "chat", "remain-on-exit", "on")
+        shell = f'{shlex.join(command)}; echo "exit status $?"; exec sleep 600'
+        self.tmux("new-session", "-d", "-x", "100", "-y", "20", "-s", "chat", shell)
 
     def tmux(self, *args: str) -> str:
         environment = dict(os.environ, TERM="xterm-256color", PYTHONUNBUFFERED="1")
@@ -95,11 +95,12 @@ class Terminal:
         return screen
 
     async def exit_status(self) -> int:
-        def dead(_: list[str]) -> bool:
-            return self.tmux("display-message", "-p", "-t", "chat", "#{pane_dead}").strip() == "1"
+        def exited(screen: list[str]) -> bool:
+            return any(line.startswith("exit status ") for line in screen)
 
-        await self.wait_for(dead)
-        return int(self.tmux("display-message", "-p", "-t", "chat", "#{pane_dead_status}"))
+        screen = await self.wait_for(exited)
+        (line,) = [line for line in screen if line.startswith("exit status ")]
+        return int(line.removeprefix("exit status "))
 
     def close(self) -> None:
         subprocess.run(
@@ -145,9 +146,11 @@ async def test_a_message_arriving_mid_line_leaves_the_typed_half_intact() -> Non
             assert await inbox.wait_for(1) == [f"[{LOOPBACK}] Citra Dewi: sedang mengetik"]
             screen = await terminal.wait_for(has_line("Ter kirim: Citra Dewi: sedang mengetik"))
             assert "Citra Dewi> sedang mengetik" not in screen  # shown once, as sent
+            await terminal.wait_for(has_line("Citra Dewi>"))  # the next prompt is up
             terminal.press("Up")  # history
             await terminal.wait_for(has_line("Citra Dewi> sedang mengetik"))
             terminal.press("C-u")
+            await terminal.wait_for(has_line("Citra Dewi>"))
             terminal.press("C-d")
             assert await terminal.exit_status() == 0
             assert "udpchat: left the room" in terminal.screen()
@@ -175,7 +178,9 @@ async def joined_member(port: int) -> tuple[Client, Inbox]:
 
 
 async def leave(chat: pexpect.spawn) -> None:
-    chat.sendeof()
+    """Ctrl-C: a key to the line editor, or SIGINT from the tty between two prompts; both leave
+    the room cleanly. (Ctrl-D between two prompts would be the tty's, not the editor's.)"""
+    chat.sendintr()
     await expect(chat, "left the room")
     await asyncio.to_thread(chat.expect, pexpect.EOF)
     chat.close()
@@ -216,6 +221,7 @@ async def test_a_member_rejoins_by_itself_after_a_server_restart() -> None:
         await expect(chat, f"Diterima: [{LOOPBACK}] budi: selamat datang kembali")
         chat.sendline("terima kasih")
         assert await inbox.wait_for(1) == [f"[{LOOPBACK}] eka: terima kasih"]
+        await expect(chat, "Ter kirim: eka: terima kasih")
         budi.close()
         await leave(chat)
     finally:
