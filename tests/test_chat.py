@@ -21,6 +21,7 @@ from tests.conftest import (
     EVENT_TIMEOUT_S,
     LOOPBACK,
     CliProcess,
+    Inbox,
     read_port,
     start_cli,
     start_cli_server,
@@ -29,25 +30,6 @@ from udpchat import Client
 
 SCREEN_POLL_S = 0.05
 _sessions = itertools.count()
-
-
-class Inbox:
-    """What one member receives from the relay, awaitable by count."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, text: str) -> None:
-        self.texts.append(text)
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> list[str]:
-        async with asyncio.timeout(EVENT_TIMEOUT_S):
-            while len(self.texts) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.texts
 
 
 class Terminal:

@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, Collector, eventually, start_cli_server
+from tests.conftest import (
+    EVENT_TIMEOUT_S,
+    LOOPBACK,
+    Collector,
+    Inbox,
+    eventually,
+    start_cli_server,
+)
 from udpchat import Client, Server, ServerConfig
 from udpchat.client import JoinError, JoinFailure, RoomEvent
 from udpchat.pipeline import Message
@@ -66,25 +73,6 @@ def test_room_expires_silent_members_and_is_bounded() -> None:
     assert room.expired == 1
     assert room.others(("b", 2)) is None  # no longer a member
     assert room.admit(("c", 3))
-
-
-class Inbox:
-    """What one member receives from the relay, awaitable by count."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, text: str) -> None:
-        self.texts.append(text)
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> list[str]:
-        async with asyncio.timeout(EVENT_TIMEOUT_S):
-            while len(self.texts) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.texts
 
 
 async def start_relay(max_peers: int = 8) -> tuple[Server, Relay, Collector]:

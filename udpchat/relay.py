@@ -135,13 +135,7 @@ class Room:
 
     def refresh(self, peer: Address) -> bool:
         """Note that ``peer`` is still here; False when it is not a member (any more)."""
-        with self._lock:
-            now = self._clock()
-            self._expire(now)
-            if peer not in self._last_heard:
-                return False
-            self._last_heard[peer] = now
-            return True
+        return self.others(peer) is not None
 
     def leave(self, peer: Address) -> None:
         with self._lock:
