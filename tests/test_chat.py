@@ -210,3 +210,16 @@ async def test_a_member_rejoins_by_itself_after_a_server_restart() -> None:
         chat.terminate(force=True)
         server.signal(signal.SIGINT)
         await server.finish()
+
+
+async def test_chat_with_a_server_without_relay_says_to_start_it_with_relay() -> None:
+    server, port = await start_cli_server()
+    try:
+        chat = await start_cli("chat", "--username", "ana", "--port", str(port), stdin=b"")
+        status, _, stderr = await chat.finish()
+        assert status == 1
+        assert f"no answer to /join from {LOOPBACK} port {port}" in stderr
+        assert "'udpchat serve --relay'" in stderr
+    finally:
+        server.signal(signal.SIGINT)
+        await server.finish()

@@ -92,6 +92,7 @@ class _SendProtocol(asyncio.DatagramProtocol):
         self._error_repeat_s = error_repeat_s
         self._last_report = -math.inf
         self.send_errors = 0
+        self.error_seen = asyncio.Event()
         self.on_datagram: Callable[[bytes], None] | None = None
         self.on_refused: Callable[[], None] | None = None
 
@@ -102,6 +103,7 @@ class _SendProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         self.send_errors += 1
+        self.error_seen.set()
         if self.on_refused is not None:
             self.on_refused()
         now = asyncio.get_running_loop().time()
@@ -181,7 +183,8 @@ class Client:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace_s):
                 while self.send_errors < self.sent:
-                    await asyncio.sleep(grace_s / 20)
+                    self._protocol.error_seen.clear()
+                    await self._protocol.error_seen.wait()
 
     async def join_room(
         self,
