@@ -1,0 +1,191 @@
+"""The live view: its rendering from fixed snapshots, and the loop that draws it."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from rich.console import Console
+
+from udpchat.accounting import DeliveryTotals, SenderStats
+from udpchat.dashboard import Dashboard, DashboardSettings, Sample, ScrollingLines, SortKey, render
+from udpchat.stats import StatsSnapshot
+
+NOW_S = 1_000_000.0
+SETTINGS = DashboardSettings(address=("127.0.0.1", 5002), started_at_s=NOW_S - 125)
+
+
+def sender(
+    username: str,
+    port: int,
+    *,
+    received: int = 100,
+    lost: int = 0,
+    jitter_s: float = 0.001,
+    silent_s: float = 1.0,
+) -> SenderStats:
+    return SenderStats(
+        ip="127.0.0.1",
+        port=port,
+        username=username,
+        received=received,
+        highest_counter=received + lost,
+        lost=lost,
+        duplicates=0,
+        reordered=0,
+        late=0,
+        restarts=0,
+        jitter_s=jitter_s,
+        last_heard_s=NOW_S - silent_s,
+    )
+
+
+def snapshot(*senders: SenderStats, received: int = 0, handled: int = 0) -> StatsSnapshot:
+    return StatsSnapshot(
+        received=received,
+        handled=handled,
+        handler_errors=0,
+        dropped={"queue_full": 0, "oversize": 2},
+        kernel_drops=0,
+        delivery=DeliveryTotals(senders=len(senders)),
+        senders=senders,
+    )
+
+
+def text_of(view: object, height: int = 40, width: int = 100) -> list[str]:
+    console = Console(record=True, width=width, height=height, color_system=None)
+    console.print(view)
+    return [line.rstrip() for line in console.export_text().splitlines()]
+
+
+def usernames(lines: list[str]) -> list[str]:
+    return [
+        match.group(1) for line in lines if (match := re.match(r"\s*(?:\d+ )?(user\w*\d) ", line))
+    ]
+
+
+def test_header_shows_address_uptime_rates_and_drops() -> None:
+    previous = Sample((snapshot(received=100, handled=90),), NOW_S - 2)
+    current = Sample((snapshot(sender("user1", 1), received=300, handled=290),), NOW_S)
+    lines = text_of(render(current, previous, SETTINGS))
+    assert "127.0.0.1:5002" in lines[0]
+    assert "up 2m05s" in lines[0]
+    assert "in 100.0/s" in lines[1]
+    assert "handled 100.0/s" in lines[1]
+    assert "senders 1" in lines[1]
+    assert "oversize 2" in lines[2]
+    assert "queue_full" not in lines[2]  # reasons that never happened stay out
+    assert "kernel drops 0" in lines[2]
+
+
+def test_rows_show_each_senders_figures() -> None:
+    current = Sample(
+        (snapshot(sender("user1", 40001, received=98, lost=2, jitter_s=0.0042)),), NOW_S
+    )
+    (row,) = [line for line in text_of(render(current, None, SETTINGS)) if "user1" in line]
+    assert row.split() == [
+        "user1", "127.0.0.1:40001", "98", "2", "2.0%", "0", "0", "0", "0", "4.2ms", "1s", "ago",
+    ]  # fmt: skip
+
+
+def test_worst_loss_first_by_default_and_other_keys() -> None:
+    current = Sample(
+        (
+            snapshot(
+                sender("user1", 1, lost=0, jitter_s=0.009, silent_s=3),
+                sender("user2", 2, lost=5, received=300, silent_s=1),
+                sender("user3", 3, lost=5, received=50, silent_s=7),
+            ),
+        ),
+        NOW_S,
+    )
+    assert usernames(text_of(render(current, None, SETTINGS))) == ["user3", "user2", "user1"]
+    orders = {
+        SortKey.JITTER: ["user1", "user2", "user3"],
+        SortKey.SILENCE: ["user3", "user1", "user2"],
+        SortKey.RECEIVED: ["user2", "user1", "user3"],
+        SortKey.USERNAME: ["user1", "user2", "user3"],
+    }
+    for key, expected in orders.items():
+        settings = DashboardSettings(SETTINGS.address, SETTINGS.started_at_s, sort_key=key)
+        assert usernames(text_of(render(current, None, settings))) == expected, key
+
+
+def test_a_sender_silent_beyond_the_idle_time_is_marked_idle() -> None:
+    current = Sample(
+        (snapshot(sender("userA", 1, silent_s=3), sender("userB", 2, silent_s=12)),), NOW_S
+    )
+    lines = text_of(render(current, None, SETTINGS))
+    assert next(line for line in lines if "userA" in line).endswith("3s ago")
+    assert next(line for line in lines if "userB" in line).endswith("12s idle")
+    relay = DashboardSettings(SETTINGS.address, SETTINGS.started_at_s, idle_after_s=30)
+    lines = text_of(render(current, None, relay))
+    assert next(line for line in lines if "userB" in line).endswith("12s ago")
+
+
+def test_rows_that_do_not_fit_are_counted() -> None:
+    senders = [sender(f"user{index:02d}", index, lost=index) for index in range(30)]
+    current = Sample((snapshot(*senders),), NOW_S)
+    lines = text_of(render(current, None, SETTINGS), height=15)
+    assert len(lines) == 15
+    shown = usernames(lines)
+    assert shown == [f"user{index:02d}" for index in range(29, 29 - len(shown), -1)]
+    assert lines[-1].startswith(f"{30 - len(shown)} more senders")
+    reserved = DashboardSettings(SETTINGS.address, SETTINGS.started_at_s, reserved_lines=5)
+    assert len(text_of(render(current, None, reserved), height=15)) == 10
+
+
+def test_every_row_fits_when_there_is_room() -> None:
+    current = Sample((snapshot(*(sender(f"user{index}", index) for index in range(3))),), NOW_S)
+    lines = text_of(render(current, None, SETTINGS), height=15)
+    assert len(usernames(lines)) == 3
+    assert not any("more" in line for line in lines)
+
+
+def test_several_processes_add_up_with_a_column_for_each_senders_process() -> None:
+    previous = Sample((snapshot(), snapshot()), NOW_S - 1)
+    current = Sample(
+        (
+            snapshot(sender("user1", 1, lost=1), received=10, handled=10),
+            snapshot(sender("user2", 2, lost=3), received=20, handled=20),
+        ),
+        NOW_S,
+    )
+    lines = text_of(render(current, previous, SETTINGS))
+    assert "processes 2" in lines[0]
+    assert "in 30.0/s" in lines[1]
+    assert "senders 2" in lines[1]
+    rows = [line.split() for line in lines if re.search(r"user\d", line)]
+    assert [row[:2] for row in rows] == [["2", "user2"], ["1", "user1"]]
+
+
+def test_the_view_is_plain_text_without_a_colour_terminal() -> None:
+    current = Sample((snapshot(sender("user1", 1, lost=1, silent_s=20)),), NOW_S)
+    console = Console(file=io.StringIO(), width=100, height=20, color_system=None)
+    console.print(render(current, None, SETTINGS))
+    assert "\x1b" not in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_lines_written_while_the_view_is_up_scroll_above_it_then_write_through() -> None:
+    lines = ScrollingLines()
+    lines.write("a\n")
+    lines.write("b\n")
+    assert lines.take() == "a\nb\n"
+    assert lines.take() == ""
+    lines.write("c\n")
+    after = io.StringIO()
+    assert lines.finish(after) == "c\n"
+    lines.write("d\n")
+    assert after.getvalue() == "d\n"
+
+
+def test_the_dashboard_draws_and_leaves_the_last_frame_and_the_waiting_lines() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, width=100, height=20, force_terminal=True, color_system=None)
+    current = snapshot(sender("user1", 1))
+    with Dashboard(lambda: [current], SETTINGS, console, capture_stderr=False) as dashboard:
+        dashboard.lines.write("[127.0.0.1] user1: pesan ke-1\n")
+    output = screen.getvalue()
+    assert "[127.0.0.1] user1: pesan ke-1" in output
+    assert output.rindex("pesan ke-1") < output.rindex("user1 ")  # the line above the view
+    assert output.endswith("\x1b[?25h")  # the cursor shown again
