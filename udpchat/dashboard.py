@@ -9,6 +9,7 @@ also the only thread that writes to the terminal while the view is up, so it nev
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import io
 import sys
@@ -16,9 +17,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, TextIO
+from typing import IO, TextIO, cast
 
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderResult
@@ -54,7 +54,7 @@ class SortKey(enum.StrEnum):
     """By ip:port."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class DashboardSettings:
     """What the view shows besides the counters, and how."""
 
@@ -69,7 +69,7 @@ class DashboardSettings:
     """Terminal lines the view leaves free for message lines scrolling above it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Sample:
     """The counters at one moment: one snapshot per server process, and when (``time.time()``,
     the clock of :attr:`SenderStats.last_heard_s`)."""
@@ -268,12 +268,58 @@ class ScrollingLines(io.TextIOBase):
         return self.take()
 
 
-class Dashboard:
-    """The live view on a thread of its own: ``with Dashboard(source, settings, console):``.
+MESSAGE_LINES = 8
+"""Terminal lines the view leaves free for message lines when they scroll above it."""
 
-    ``source`` returns one snapshot per server process. Lines written to :attr:`lines` (the
-    message printer's stream), and to ``sys.stderr`` with ``capture_stderr`` (when stderr is the
-    view's terminal), scroll above the view while it is up.
+
+class NoTerminalError(RuntimeError):
+    """Neither stdout nor stderr is a terminal: there is nowhere to draw the view."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ViewTerminal:
+    """Where the view draws, and where message lines go while it is up."""
+
+    console: Console
+    lines: ScrollingLines
+    """What scrolls above the view: the message lines when they share its terminal, and
+    stderr when ``capture_stderr``."""
+    message_stream: TextIO
+    """Where the message printer writes: :attr:`lines`, or stdout when it is not the view's."""
+    capture_stderr: bool
+    reserved_lines: int
+
+
+def find_terminal(stdout: TextIO, stderr: TextIO, *, messages: bool) -> ViewTerminal:
+    """The view on stdout when it is a terminal, message lines scrolling above it; else on
+    stderr, message lines going to stdout (a file or a pipe) as without the view.
+
+    ``messages``: whether message lines are printed at all (not ``--quiet``)."""
+    lines = ScrollingLines()
+    if stdout.isatty():
+        return ViewTerminal(
+            Console(file=stdout),
+            lines,
+            message_stream=cast(TextIO, lines),  # a TextIOBase: what a printer calls of TextIO
+            capture_stderr=stderr.isatty(),
+            reserved_lines=MESSAGE_LINES if messages else 0,
+        )
+    if stderr.isatty():
+        return ViewTerminal(
+            Console(file=stderr),
+            lines,
+            message_stream=stdout,
+            capture_stderr=True,
+            reserved_lines=0,
+        )
+    raise NoTerminalError("--dashboard needs a terminal on stdout or stderr; both are redirected")
+
+
+class Dashboard:
+    """The live view on a thread of its own: ``with Dashboard(source, settings, terminal):``.
+
+    ``source`` returns one snapshot per server process. What is written to the terminal's
+    :attr:`~ViewTerminal.lines` (message lines, stderr) scrolls above the view while it is up.
     Leaving the block draws the last frame, prints what is still waiting, and gives the
     terminal back with its cursor shown, so that a summary printed next lands below the view.
     """
@@ -282,26 +328,25 @@ class Dashboard:
         self,
         source: Callable[[], Sequence[StatsSnapshot]],
         settings: DashboardSettings,
-        console: Console,
+        terminal: ViewTerminal,
         *,
-        capture_stderr: bool,
         refresh_per_s: float = REFRESH_PER_S,
     ) -> None:
         self._source = source
-        self._settings = settings
-        self._console = console
+        self._settings = dataclasses.replace(settings, reserved_lines=terminal.reserved_lines)
+        self._terminal = terminal
+        self._console = terminal.console
+        self._lines = terminal.lines
         self._period_s = 1 / refresh_per_s
-        self.lines = ScrollingLines()
         self._samples: deque[Sample] = deque(maxlen=max(2, int(RATE_WINDOW_S * refresh_per_s) + 1))
         self._live = Live(
-            console=console,
+            console=terminal.console,
             auto_refresh=False,
             redirect_stdout=False,
             redirect_stderr=False,
         )
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="udpchat-dashboard", daemon=True)
-        self._capture_stderr = capture_stderr
         self._stderr: TextIO | None = None
 
     def _draw(self, waiting: str) -> None:
@@ -317,13 +362,13 @@ class Dashboard:
 
     def _run(self) -> None:
         while not self._stopping.wait(self._period_s):
-            self._draw(self.lines.take())
+            self._draw(self._lines.take())
 
     def __enter__(self) -> Dashboard:
         self._live.start()
         self._draw("")
-        if self._capture_stderr:
-            self._stderr, sys.stderr = sys.stderr, self.lines
+        if self._terminal.capture_stderr:
+            self._stderr, sys.stderr = sys.stderr, self._lines
         self._thread.start()
         return self
 
@@ -337,5 +382,5 @@ class Dashboard:
         self._thread.join()
         if self._stderr is not None:
             sys.stderr = self._stderr
-        self._draw(self.lines.finish(self._console.file))
+        self._draw(self._lines.finish(self._console.file))
         self._live.stop()
