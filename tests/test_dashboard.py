@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TextIO, cast
 
+import pytest
 from rich.console import Console
 
+from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, start_cli
 from udpchat.accounting import DeliveryTotals, SenderStats
-from udpchat.dashboard import Dashboard, DashboardSettings, Sample, ScrollingLines, SortKey, render
+from udpchat.dashboard import (
+    Dashboard,
+    DashboardSettings,
+    NoTerminalError,
+    Sample,
+    ScrollingLines,
+    SortKey,
+    ViewTerminal,
+    find_terminal,
+    render,
+)
 from udpchat.stats import StatsSnapshot
 
 NOW_S = 1_000_000.0
@@ -182,10 +204,156 @@ def test_lines_written_while_the_view_is_up_scroll_above_it_then_write_through()
 def test_the_dashboard_draws_and_leaves_the_last_frame_and_the_waiting_lines() -> None:
     screen = io.StringIO()
     console = Console(file=screen, width=100, height=20, force_terminal=True, color_system=None)
+    lines = ScrollingLines()
+    terminal = ViewTerminal(
+        console, lines, cast(TextIO, lines), capture_stderr=False, reserved_lines=0
+    )
     current = snapshot(sender("user1", 1))
-    with Dashboard(lambda: [current], SETTINGS, console, capture_stderr=False) as dashboard:
-        dashboard.lines.write("[127.0.0.1] user1: pesan ke-1\n")
+    with Dashboard(lambda: [current], SETTINGS, terminal):
+        lines.write("[127.0.0.1] user1: pesan ke-1\n")
     output = screen.getvalue()
     assert "[127.0.0.1] user1: pesan ke-1" in output
     assert output.rindex("pesan ke-1") < output.rindex("user1 ")  # the line above the view
     assert output.endswith("\x1b[?25h")  # the cursor shown again
+    lines.write("[127.0.0.1] user1: pesan ke-2\n")  # after the view: straight through
+    assert screen.getvalue().endswith("pesan ke-2\n")
+
+
+def test_without_a_terminal_there_is_no_view() -> None:
+    with pytest.raises(NoTerminalError):
+        find_terminal(io.StringIO(), io.StringIO(), messages=True)
+
+
+class Pane:
+    """A real terminal: a tmux pane of a fixed size on a tmux server of the test's own."""
+
+    def __init__(self, command: str, width: int = 110, height: int = 30) -> None:
+        self._tmux = ["tmux", "-L", f"udpchat-test-{os.getpid()}-{id(self)}", "-f", os.devnull]
+        # The shell stays after the command so that its last screen can be read.
+        shell = f"{command}; echo exit=$?; read _"
+        self._run("new-session", "-d", "-x", str(width), "-y", str(height), shell)
+
+    def _run(self, *args: str) -> str:
+        return subprocess.run(
+            [*self._tmux, *args], check=True, capture_output=True, text=True
+        ).stdout
+
+    def screen(self) -> str:
+        """What the pane shows, with the lines that scrolled off it."""
+        return self._run("capture-pane", "-p", "-S", "-")
+
+    def wait_for(self, pattern: str, timeout_s: float = EVENT_TIMEOUT_S) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            screen = self.screen()
+            match = re.search(pattern, screen, re.MULTILINE)
+            if match:
+                return match
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not on the screen:\n{screen}")
+            time.sleep(0.05)  # a polling period, not a guess: the deadline decides
+
+    def send_keys(self, *keys: str) -> None:
+        self._run("send-keys", *keys)
+
+    def cursor_shown(self) -> bool:
+        return self._run("display-message", "-p", "#{cursor_flag}").strip() == "1"
+
+    def close(self) -> None:
+        subprocess.run([*self._tmux, "kill-server"], check=False, capture_output=True)
+
+
+@pytest.fixture
+def pane_factory() -> Iterator[Callable[[str], Pane]]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux drives the real terminal of these tests")
+    panes: list[Pane] = []
+
+    def start(command: str) -> Pane:
+        panes.append(Pane(command))
+        return panes[-1]
+
+    yield start
+    for pane in panes:
+        pane.close()
+
+
+def serve_command(*args: str) -> str:
+    return shlex.join(
+        [sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0", *args]
+    )
+
+
+def row(username: str, received: int, lost: int = 0) -> str:
+    """A sender's row on the view, up to its loss."""
+    return rf"^{username} +127\.0\.0\.1:\d+ +{received} +{lost} "
+
+
+def send_messages(port: int, sockets: dict[str, socket.socket], counters: range) -> None:
+    for username, sock in sockets.items():
+        for counter in counters:
+            if username == "user2" and counter == 5:
+                continue  # lost on the way
+            sock.sendto(f"{username}: pesan ke-{counter}".encode(), (LOOPBACK, port))
+
+
+def test_three_senders_live_then_ctrl_c_restores_the_terminal(
+    pane_factory: Callable[[str], Pane],
+) -> None:
+    pane = pane_factory(serve_command("--dashboard"))
+    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    sockets = {
+        f"user{index}": socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for index in (1, 2, 3)
+    }
+    try:
+        send_messages(port, sockets, range(1, 4))
+        for username in sockets:
+            pane.wait_for(row(username, 3))
+        pane.wait_for(r"^\[127\.0\.0\.1\] user3: pesan ke-3$")  # scrolled above the view
+        send_messages(port, sockets, range(4, 7))
+        first = pane.wait_for(row("user2", 5, lost=1))  # worst loss on top
+        pane.wait_for(row("user1", 6))
+        pane.wait_for(row("user3", 6))
+    finally:
+        for sock in sockets.values():
+            sock.close()
+    assert pane.screen().index(first.group(0)) < pane.screen().index("user1 ")
+    pane.send_keys("C-c")
+    pane.wait_for(r"^exit=0$")
+    screen = pane.screen()
+    assert screen.rindex("summary: received=17 handled=17") > screen.rindex(first.group(0))
+    assert pane.cursor_shown()
+
+
+def test_with_stdout_redirected_the_lines_go_to_the_file_and_the_view_to_stderr(
+    pane_factory: Callable[[str], Pane], tmp_path: Path
+) -> None:
+    log = tmp_path / "messages.log"
+    pane = pane_factory(f"{serve_command('--dashboard')} > {shlex.quote(str(log))}")
+    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"user1: pesan ke-1", (LOOPBACK, port))
+        pane.wait_for(row("user1", 1))
+    pane.send_keys("C-c")
+    pane.wait_for(r"^exit=0$")
+    assert log.read_text() == "Server menunggu...\n[127.0.0.1] user1: pesan ke-1\n"
+    assert "pesan ke-1" not in pane.screen()
+
+
+async def test_without_a_terminal_the_dashboard_is_refused() -> None:
+    cli = await start_cli("serve", "--host", LOOPBACK, "--port", "0", "--dashboard")
+    status, stdout, stderr = await cli.finish()
+    assert status == 2
+    assert stdout == ""
+    assert "--dashboard needs a terminal on stdout or stderr" in stderr
+
+
+def test_quiet_hides_the_message_lines_under_the_view(pane_factory: Callable[[str], Pane]) -> None:
+    pane = pane_factory(serve_command("--dashboard", "--quiet"))
+    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"user1: pesan ke-1", (LOOPBACK, port))
+        pane.wait_for(row("user1", 1))
+    assert "pesan ke-1" not in pane.screen()
+    pane.send_keys("C-c")
+    pane.wait_for(r"^exit=0$")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
 import socket
 import sys
 import threading
-from collections.abc import Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -19,6 +21,15 @@ from udpchat import server as server_module
 from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
 from udpchat.client import Client, JoinError
+from udpchat.dashboard import (
+    DEFAULT_IDLE_AFTER_S,
+    Dashboard,
+    DashboardSettings,
+    NoTerminalError,
+    SortKey,
+    ViewTerminal,
+    find_terminal,
+)
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
 from udpchat.metrics import DEFAULT_METRICS_HOST, MetricsServer
 from udpchat.output import OutputFormat, OutputSettings
@@ -160,13 +171,34 @@ def serve(
     max_peers: Annotated[
         int, typer.Option(min=1, max=1024, help="Members in the room, at most.")
     ] = DEFAULT_MAX_PEERS,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            help="A live view of the senders on the terminal (stdout, else stderr); "
+            "message lines scroll above it."
+        ),
+    ] = False,
+    dashboard_sort: Annotated[
+        SortKey, typer.Option(help="The live view's order: the senders to look at first on top.")
+    ] = SortKey.LOSS,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Receive messages and print each as '\\[ip] text', like the seed's server."""
     if processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
         fail("--processes needs SO_REUSEPORT, which this OS lacks", ExitCode.USAGE)
-    if processes > 1 and (metrics_port is not None or relay):
-        fail("--metrics-port and --relay need one process: no --processes", ExitCode.USAGE)
+    if processes > 1 and (metrics_port is not None or relay or dashboard):
+        fail(
+            "--metrics-port, --relay and --dashboard need one process: no --processes",
+            ExitCode.USAGE,
+        )
+    view, message_stream = None, sys.stdout
+    if dashboard:
+        try:
+            terminal = find_terminal(sys.stdout, sys.stderr, messages=not quiet)
+        except NoTerminalError as error:
+            fail(str(error), ExitCode.USAGE)
+        view = live_view(terminal, dashboard_sort, peer_timeout if relay else DEFAULT_IDLE_AFTER_S)
+        message_stream = terminal.message_stream
     config = ServerConfig(
         host=host,
         port=port,
@@ -185,7 +217,7 @@ def serve(
     stop = SignalStop()
     try:
         if processes == 1:
-            printer = output.printer(sys.stdout)
+            printer = output.printer(message_stream)
             relay_handler = None
             if relay:
                 relay_handler = Relay(Room(max_peers, peer_timeout), CookieJar(), printer)
@@ -193,7 +225,7 @@ def serve(
             if relay_handler is not None:
                 relay_handler.attach(server.send_datagram)
             metrics = None if metrics_port is None else (metrics_host, metrics_port)
-            drained = run(serve_until_stopped(server, stop, output, metrics), loop)
+            drained = run(serve_until_stopped(server, stop, output, metrics, view), loop)
             per_process = [server.stats()]
             if relay_handler is not None:
                 report(relay_handler.summary())
@@ -276,14 +308,26 @@ def start_metrics(server: Server, address: tuple[str, int]) -> MetricsServer:
     return metrics
 
 
+def live_view(
+    terminal: ViewTerminal, sort_key: SortKey, idle_after_s: float
+) -> Callable[[Server], Dashboard]:
+    """The ``--dashboard`` view of a server, made once it listens."""
+    return lambda server: Dashboard(
+        lambda: [server.stats()],
+        DashboardSettings(server.address, time.time(), sort_key, idle_after_s),
+        terminal,
+    )
+
+
 async def serve_until_stopped(
     server: Server,
     stop: SignalStop,
     output: OutputSettings,
     metrics_address: tuple[str, int] | None,
+    view: Callable[[Server], Dashboard] | None = None,
 ) -> bool:
     """Serve until a signal; returns False when a worker was still stuck at the drain timeout."""
-    with stop.installed():
+    with stop.installed(), contextlib.ExitStack() as shown:
         await server.start()
         metrics = None
         try:
@@ -295,6 +339,8 @@ async def serve_until_stopped(
             if metrics_address is not None:
                 metrics = start_metrics(server, metrics_address)
             print(WAITING_LINE, flush=True)
+            if view is not None:
+                shown.enter_context(view(server))
             async with periodically(output.stats_interval_s, output.status_reporter(server, "")):
                 await stop.requested.wait()
             report(
