@@ -77,24 +77,23 @@ class Sample:
     at_s: float
 
 
-_SORT_ORDERS: dict[SortKey, Callable[[tuple[int, SenderStats], float], tuple[object, ...]]] = {
-    SortKey.LOSS: lambda row, now: (-row[1].loss_ratio, -row[1].lost),
-    SortKey.JITTER: lambda row, now: (-row[1].jitter_s,),
-    SortKey.SILENCE: lambda row, now: (row[1].last_heard_s,),
-    SortKey.RECEIVED: lambda row, now: (-row[1].received,),
-    SortKey.USERNAME: lambda row, now: (row[1].username,),
-    SortKey.SENDER: lambda row, now: (),
+_SORT_ORDERS: dict[SortKey, Callable[[SenderStats], tuple[object, ...]]] = {
+    SortKey.LOSS: lambda sender: (-sender.loss_ratio, -sender.lost),
+    SortKey.JITTER: lambda sender: (-sender.jitter_s,),
+    SortKey.SILENCE: lambda sender: (sender.last_heard_s,),
+    SortKey.RECEIVED: lambda sender: (-sender.received,),
+    SortKey.USERNAME: lambda sender: (sender.username,),
+    SortKey.SENDER: lambda sender: (),
 }
 
 
-def _ranked(
-    rows: list[tuple[int, SenderStats]], key: SortKey, now_s: float
-) -> list[tuple[int, SenderStats]]:
-    """Sorted by ``key``, ties by address, username and process, so that rows do not jump."""
+def _ranked(rows: list[tuple[int, SenderStats]], key: SortKey) -> list[tuple[int, SenderStats]]:
+    """(process, sender) rows sorted by ``key``, ties by address, username and process, so
+    that rows do not jump between frames."""
     order = _SORT_ORDERS[key]
     return sorted(
         rows,
-        key=lambda row: (*order(row, now_s), row[1].ip, row[1].port, row[1].username, row[0]),
+        key=lambda row: (*order(row[1]), row[1].ip, row[1].port, row[1].username, row[0]),
     )
 
 
@@ -192,21 +191,20 @@ class View:
             for process, snapshot in enumerate(current.stats, start=1)
             for sender in snapshot.senders
         ]
-        self.senders = _ranked(senders, settings.sort_key, current.at_s)
-        """Every sender, in the table's order."""
+        self._senders = _ranked(senders, settings.sort_key)
 
-    def table(self, rows: int) -> Table:
-        return _table(self.senders[:rows], self._settings, self._now_s, self._processes)
+    def _table(self, rows: int) -> Table:
+        return _table(self._senders[:rows], self._settings, self._now_s, self._processes)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         height = max(1, (options.height or options.max_height) - self._settings.reserved_lines)
         header_lines = len(console.render_lines(self._header, options, pad=False))
-        chrome_lines = len(console.render_lines(self.table(0), options, pad=False))
+        chrome_lines = len(console.render_lines(self._table(0), options, pad=False))
         room = height - header_lines - chrome_lines
-        shown = len(self.senders) if len(self.senders) <= room else max(0, room - 1)
-        parts: list[Text | Table] = [self._header, self.table(shown)]
-        if shown < len(self.senders):
-            more = len(self.senders) - shown
+        shown = len(self._senders) if len(self._senders) <= room else max(0, room - 1)
+        parts: list[Text | Table] = [self._header, self._table(shown)]
+        if shown < len(self._senders):
+            more = len(self._senders) - shown
             parts.append(
                 Text(
                     f"{more} more sender{'s' if more > 1 else ''} (sorted by "
