@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import shlex
@@ -217,6 +218,28 @@ def test_the_dashboard_draws_and_leaves_the_last_frame_and_the_waiting_lines() -
     assert output.endswith("\x1b[?25h")  # the cursor shown again
     lines.write("[127.0.0.1] user1: pesan ke-2\n")  # after the view: straight through
     assert screen.getvalue().endswith("pesan ke-2\n")
+
+
+def test_stderr_and_its_log_handlers_scroll_above_the_view_while_it_is_up() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, width=100, height=20, force_terminal=True, color_system=None)
+    lines = ScrollingLines()
+    terminal = ViewTerminal(console, lines, sys.stdout, capture_stderr=True, reserved_lines=0)
+    stderr = sys.stderr
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(handler)
+    try:
+        with Dashboard(lambda: [snapshot(sender("user1", 1))], SETTINGS, terminal):
+            print("udpchat: a status line", file=sys.stderr)
+            logging.getLogger("udpchat.test").warning("a logged warning")
+        assert sys.stderr is stderr
+        assert handler.stream is stderr
+    finally:
+        logging.getLogger().removeHandler(handler)
+    output = screen.getvalue()
+    assert (
+        output.index("a status line") < output.index("a logged warning") < output.rindex("user1 ")
+    )
 
 
 def test_without_a_terminal_there_is_no_view() -> None:

@@ -9,14 +9,16 @@ also the only thread that writes to the terminal while the view is up, so it nev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import io
+import logging
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TextIO, cast
 
 from rich import box
@@ -312,6 +314,26 @@ def find_terminal(stdout: TextIO, stderr: TextIO, *, messages: bool) -> ViewTerm
     raise NoTerminalError("--dashboard needs a terminal on stdout or stderr; both are redirected")
 
 
+@contextlib.contextmanager
+def _stderr_into(lines: ScrollingLines) -> Iterator[None]:
+    """``sys.stderr``, and the log handlers that write to it, go to ``lines`` meanwhile."""
+    stderr = sys.stderr
+    handlers = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.StreamHandler) and handler.stream is stderr
+    ]
+    sys.stderr = cast(TextIO, lines)
+    for handler in handlers:
+        handler.setStream(lines)
+    try:
+        yield
+    finally:
+        sys.stderr = stderr
+        for handler in handlers:
+            handler.setStream(stderr)
+
+
 class Dashboard:
     """The live view on a thread of its own: ``with Dashboard(source, settings, terminal):``.
 
@@ -344,7 +366,7 @@ class Dashboard:
         )
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="udpchat-dashboard", daemon=True)
-        self._stderr: TextIO | None = None
+        self._captured = contextlib.ExitStack()
 
     def _draw(self, waiting: str) -> None:
         current = Sample(tuple(self._source()), time.time())
@@ -365,14 +387,13 @@ class Dashboard:
         self._live.start()
         self._draw("")
         if self._terminal.capture_stderr:
-            self._stderr, sys.stderr = sys.stderr, self._lines
+            self._captured.enter_context(_stderr_into(self._lines))
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stopping.set()
         self._thread.join()
-        if self._stderr is not None:
-            sys.stderr = self._stderr
+        self._captured.close()
         self._draw(self._lines.finish(self._console.file))
         self._live.stop()
