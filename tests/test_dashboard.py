@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -32,6 +33,7 @@ from udpchat.dashboard import (
     find_terminal,
     render,
 )
+from udpchat.relay import RelayStats
 from udpchat.stats import StatsSnapshot
 
 NOW_S = 1_000_000.0
@@ -99,6 +101,12 @@ def test_header_shows_address_uptime_rates_and_drops() -> None:
     assert "oversize 2" in lines[2]
     assert "queue_full" not in lines[2]  # reasons that never happened stay out
     assert "kernel drops 0" in lines[2]
+
+
+def test_the_header_shows_the_rooms_members_with_the_relay() -> None:
+    relay = dataclasses.replace(snapshot(), relay=RelayStats(members=3))
+    assert "relay members 3" in text_of(render(Sample((relay,), NOW_S), None, SETTINGS))[1]
+    assert "relay" not in "".join(text_of(render(Sample((snapshot(),), NOW_S), None, SETTINGS)))
 
 
 def test_rows_show_each_senders_figures() -> None:
@@ -361,6 +369,27 @@ def test_with_stdout_redirected_the_lines_go_to_the_file_and_the_view_to_stderr(
     pane.wait_for(r"^exit=0$")
     assert log.read_text() == "Server menunggu...\n[127.0.0.1] user1: pesan ke-1\n"
     assert "pesan ke-1" not in pane.screen()
+
+
+def test_with_processes_the_view_adds_them_up_with_a_column_for_each(
+    pane_factory: Callable[[str], Pane],
+) -> None:
+    pane = pane_factory(serve_command("--dashboard", "--processes", "2"))
+    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) +up \S+ +processes 2$").group(1))
+    sockets = {
+        f"user{index}": socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for index in (1, 2, 3)
+    }
+    try:
+        send_messages(port, sockets, range(1, 4))
+        for username in sockets:
+            pane.wait_for(rf"^ +[12] {row(username, 3)[1:]}")
+    finally:
+        for sock in sockets.values():
+            sock.close()
+    pane.wait_for(r"senders 3$")
+    pane.send_keys("C-c")
+    pane.wait_for(r"^exit=0$")
+    assert "summary: received=9 handled=9" in pane.screen()
 
 
 async def test_without_a_terminal_the_dashboard_is_refused() -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, TextIO, cast
+from typing import IO, BinaryIO, TextIO, cast
 
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderResult
@@ -28,7 +28,9 @@ from rich.table import Table
 from rich.text import Text
 
 from udpchat.accounting import SenderStats
+from udpchat.server import Server
 from udpchat.stats import StatsSnapshot, combine
+from udpchat.supervisor import Supervisor
 
 REFRESH_PER_S = 4.0
 """Redraws a second, at most: often enough to look live, rarely enough to cost nothing."""
@@ -132,7 +134,10 @@ def _header(current: Sample, previous: Sample | None, settings: DashboardSetting
     )
     header.append(f"{processes}\n")
     header.append(f"in {received_per_s}  handled {handled_per_s}  queue {stats.queue_depth}  ")
-    header.append(f"senders {stats.delivery.senders}\n")
+    header.append(f"senders {stats.delivery.senders}")
+    if stats.relay is not None:
+        header.append(f"  relay members {stats.relay.members}")
+    header.append("\n")
     header.append("drops ")
     header.append(drops or "none", style="bold red" if drops else "")
     header.append(f"  kernel drops {kernel}  handler errors {stats.handler_errors}")
@@ -233,6 +238,8 @@ class ScrollingLines(io.TextIOBase):
         self._waiting_chars = 0
         self._direct: IO[str] | None = None
         self._changed = threading.Condition()
+        self.buffer = cast(BinaryIO, _DecodingWriter(self))
+        """The same stream for writers of UTF-8 bytes (``--processes`` copies its children's)."""
 
     def writable(self) -> bool:
         return True
@@ -312,6 +319,20 @@ def find_terminal(stdout: TextIO, stderr: TextIO, *, messages: bool) -> ViewTerm
             reserved_lines=0,
         )
     raise NoTerminalError("--dashboard needs a terminal on stdout or stderr; both are redirected")
+
+
+class _DecodingWriter:
+    """Bytes in, text out to ``lines``: each write is whole lines, so no character is split."""
+
+    def __init__(self, lines: ScrollingLines) -> None:
+        self._lines = lines
+
+    def write(self, data: bytes) -> int:
+        self._lines.write(data.decode("utf-8", errors="replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to flush: the lines wait for the next redraw."""
 
 
 @contextlib.contextmanager
@@ -397,3 +418,14 @@ class Dashboard:
         self._captured.close()
         self._draw(self._lines.finish(self._console.file))
         self._live.stop()
+
+
+def watch(terminal: ViewTerminal, sort_key: SortKey, server: Server | Supervisor) -> Dashboard:
+    """The view of a started server, or of a supervisor's children with a column for each."""
+    config = server.config
+    source = (lambda: [server.stats()]) if isinstance(server, Server) else server.per_process
+    address = server.address
+    assert address is not None, "start the server first"
+    idle_after_s = config.peer_timeout_s if config.relay else DEFAULT_IDLE_AFTER_S
+    settings = DashboardSettings(address, time.time(), sort_key, idle_after_s)
+    return Dashboard(source, settings, terminal)
