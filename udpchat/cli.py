@@ -37,7 +37,7 @@ from udpchat.runtime import (
 )
 from udpchat.server import MetricsStartError, Server, ServerConfig
 from udpchat.stats import StatsSnapshot, summary_lines
-from udpchat.supervisor import ChildStartError, Supervisor, SupervisorResult
+from udpchat.supervisor import Supervisor, SupervisorResult
 from udpchat.wire import MAX_USERNAME_LENGTH, is_valid_username, sanitize
 
 WAITING_LINE = "Server menunggu..."
@@ -235,7 +235,7 @@ def serve(
             outcome = run(serve_until_signalled(supervisor, banner), loop)
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
-    except (MetricsStartError, ChildStartError) as error:
+    except MetricsStartError as error:
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)
     except OSError as error:
         fail(
