@@ -250,6 +250,20 @@ def test_stderr_and_its_log_handlers_scroll_above_the_view_while_it_is_up() -> N
     )
 
 
+def test_a_view_that_cannot_draw_gives_the_cursor_back() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, width=100, height=20, force_terminal=True, color_system=None)
+    lines = ScrollingLines()
+    terminal = ViewTerminal(console, lines, sys.stdout, capture_stderr=False, reserved_lines=0)
+
+    def broken() -> list[StatsSnapshot]:
+        raise RuntimeError("no stats")
+
+    with pytest.raises(RuntimeError), Dashboard(broken, SETTINGS, terminal):
+        pass
+    assert screen.getvalue().endswith("\x1b[?25h")
+
+
 def test_without_a_terminal_there_is_no_view() -> None:
     with pytest.raises(NoTerminalError):
         find_terminal(io.StringIO(), io.StringIO(), messages=True)

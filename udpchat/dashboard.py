@@ -406,7 +406,11 @@ class Dashboard:
 
     def __enter__(self) -> Dashboard:
         self._live.start()
-        self._draw("")
+        try:
+            self._draw("")
+        except BaseException:
+            self._live.stop()  # the cursor shown again
+            raise
         if self._terminal.capture_stderr:
             self._captured.enter_context(_stderr_into(self._lines))
         self._thread.start()
