@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
@@ -298,8 +299,10 @@ class Pane:
                 raise AssertionError(f"{pattern!r} not on the screen:\n{screen}")
             time.sleep(0.05)  # a polling period, not a guess: the deadline decides
 
-    def send_keys(self, *keys: str) -> None:
-        self._run("send-keys", *keys)
+    def interrupt(self) -> None:
+        """Ctrl-C, then wait for the command to exit with status 0."""
+        self._run("send-keys", "C-c")
+        self.wait_for(r"^exit=0$")
 
     def cursor_shown(self) -> bool:
         return self._run("display-message", "-p", "#{cursor_flag}").strip() == "1"
@@ -334,6 +337,16 @@ def row(username: str, received: int, lost: int = 0) -> str:
     return rf"^{username} +127\.0\.0\.1:\d+ +{received} +{lost} "
 
 
+@contextlib.contextmanager
+def three_senders() -> Iterator[dict[str, socket.socket]]:
+    """user1, user2 and user3, each on a socket of its own (its own source port)."""
+    with contextlib.ExitStack() as stack:
+        yield {
+            f"user{index}": stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            for index in (1, 2, 3)
+        }
+
+
 def send_messages(port: int, sockets: dict[str, socket.socket], counters: range) -> None:
     for username, sock in sockets.items():
         for counter in counters:
@@ -347,10 +360,7 @@ def test_three_senders_live_then_ctrl_c_restores_the_terminal(
 ) -> None:
     pane = pane_factory(serve_command("--dashboard"))
     port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
-    sockets = {
-        f"user{index}": socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for index in (1, 2, 3)
-    }
-    try:
+    with three_senders() as sockets:
         send_messages(port, sockets, range(1, 4))
         for username in sockets:
             pane.wait_for(row(username, 3))
@@ -359,12 +369,8 @@ def test_three_senders_live_then_ctrl_c_restores_the_terminal(
         first = pane.wait_for(row("user2", 5, lost=1))  # worst loss on top
         pane.wait_for(row("user1", 6))
         pane.wait_for(row("user3", 6))
-    finally:
-        for sock in sockets.values():
-            sock.close()
     assert pane.screen().index(first.group(0)) < pane.screen().index("user1 ")
-    pane.send_keys("C-c")
-    pane.wait_for(r"^exit=0$")
+    pane.interrupt()
     screen = pane.screen()
     assert screen.rindex("summary: received=17 handled=17") > screen.rindex(first.group(0))
     assert pane.cursor_shown()
@@ -379,8 +385,7 @@ def test_with_stdout_redirected_the_lines_go_to_the_file_and_the_view_to_stderr(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(b"user1: pesan ke-1", (LOOPBACK, port))
         pane.wait_for(row("user1", 1))
-    pane.send_keys("C-c")
-    pane.wait_for(r"^exit=0$")
+    pane.interrupt()
     assert log.read_text() == "Server menunggu...\n[127.0.0.1] user1: pesan ke-1\n"
     assert "pesan ke-1" not in pane.screen()
 
@@ -390,19 +395,12 @@ def test_with_processes_the_view_adds_them_up_with_a_column_for_each(
 ) -> None:
     pane = pane_factory(serve_command("--dashboard", "--processes", "2"))
     port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) +up \S+ +processes 2$").group(1))
-    sockets = {
-        f"user{index}": socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for index in (1, 2, 3)
-    }
-    try:
+    with three_senders() as sockets:
         send_messages(port, sockets, range(1, 4))
         for username in sockets:
             pane.wait_for(rf"^ +[12] {row(username, 3)[1:]}")
-    finally:
-        for sock in sockets.values():
-            sock.close()
     pane.wait_for(r"senders 3$")
-    pane.send_keys("C-c")
-    pane.wait_for(r"^exit=0$")
+    pane.interrupt()
     assert "summary: received=9 handled=9" in pane.screen()
 
 
@@ -421,5 +419,4 @@ def test_quiet_hides_the_message_lines_under_the_view(pane_factory: Callable[[st
         sock.sendto(b"user1: pesan ke-1", (LOOPBACK, port))
         pane.wait_for(row("user1", 1))
     assert "pesan ke-1" not in pane.screen()
-    pane.send_keys("C-c")
-    pane.wait_for(r"^exit=0$")
+    pane.interrupt()
