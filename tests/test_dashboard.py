@@ -165,6 +165,9 @@ def test_rows_that_do_not_fit_are_counted() -> None:
     assert lines[-1].startswith(f"{30 - len(shown)} more senders")
     reserved = DashboardSettings(SETTINGS.address, SETTINGS.started_at_s, reserved_lines=5)
     assert len(text_of(render(current, None, reserved), height=15)) == 10
+    narrow = text_of(render(current, None, SETTINGS), height=15, width=40)
+    assert len(narrow) == 15  # the header wraps, and the rows make room for it
+    assert narrow[-1].endswith("…")
 
 
 def test_every_row_fits_when_there_is_room() -> None:

@@ -217,6 +217,8 @@ class View:
                     f"{more} more sender{'s' if more > 1 else ''} (sorted by "
                     f"{self._settings.sort_key.value}; the header counts them all)",
                     style="dim",
+                    no_wrap=True,
+                    overflow="ellipsis",
                 )
             )
         yield Group(*parts)
