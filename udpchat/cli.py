@@ -295,24 +295,21 @@ async def serve_until_signalled(
         report(f"{name}: stopping (a second signal forces)")
         server.request_stop()
 
-    stop = SignalStop(on_first=on_first)
+    stop = SignalStop(on_first=on_first, on_force=server.abandon)
     with stop.installed(), contextlib.ExitStack() as shown:
+        await server.start()
+        print(WAITING_LINE, file=banner, flush=True)
+        if view is not None:
+            shown.enter_context(view(server))
         try:
-            await server.start()
-            print(WAITING_LINE, file=banner, flush=True)
-            if view is not None:
-                shown.enter_context(view(server))
-            try:
-                result = await server.serve()
-            except Exception as error:  # what ended Server.serve() through Server.fail()
-                if not isinstance(server, Server):
-                    raise
-                drained = await server.wait_closed()
-                return Outcome((server.stats(),), drained, error=error)
-        except asyncio.CancelledError:
-            if not stop.forced:
+            result = await server.serve()
+        except Exception as error:  # what ended Server.serve() through Server.fail()
+            if not isinstance(server, Server):
                 raise
-            return Outcome((), drained=False, forced=True)
+            drained = await server.wait_closed()
+            return Outcome((server.stats(),), drained, error=error)
+    if stop.forced:
+        return Outcome((), drained=False, forced=True)
     if isinstance(result, SupervisorResult):
         return Outcome(result.per_process, result.drained, died=result.died)
     assert isinstance(server, Server)

@@ -202,6 +202,7 @@ class Supervisor:
         self._children: list[_Child] = []
         self._threads: list[threading.Thread] = []
         self._should_exit = asyncio.Event()
+        self._abandoned = False
         self._metrics: MetricsServer | None = None
         self.address: tuple[str, int] | None = None
 
@@ -211,13 +212,19 @@ class Supervisor:
 
     def combined(self) -> StatsSnapshot:
         """The children's latest reports added up (each at most :data:`REPORT_INTERVAL_S` old)."""
-        return combine([child.latest for child in self._children if child.latest is not None])
+        return combine(self._reports())
 
     def per_process(self) -> tuple[StatsSnapshot, ...]:
         """Each child's latest report, in the children's order; zeros before the first."""
         return tuple(child.latest or _NO_REPORT for child in self._children)
 
     def request_stop(self) -> None:
+        self._should_exit.set()
+
+    def abandon(self) -> None:
+        """Stop now: kill the children without a drain (an operator's second Ctrl-C)."""
+        self._abandoned = True
+        self._kill_all()
         self._should_exit.set()
 
     async def start(self) -> None:
@@ -331,6 +338,8 @@ class Supervisor:
                 await self._metrics.close()
 
     async def _stop_children(self) -> SupervisorResult:
+        if self._abandoned:
+            return SupervisorResult(self._reports(), drained=False)
         deadline = self.config.drain_timeout_s + CHILD_EXIT_GRACE_S
         dead = [child for child in self._children if child.ended.is_set() and child.done is None]
         died = []
@@ -349,13 +358,15 @@ class Supervisor:
             waiter.cancel()
         for thread in self._threads:
             await asyncio.to_thread(thread.join, deadline)
-        reports = [child.latest for child in self._children if child.latest is not None]
         drained = all(
             child.done is not None and child.done.drained
             for child in self._children
             if child not in dead
         )
-        return SupervisorResult(tuple(reports), drained, tuple(died))
+        return SupervisorResult(self._reports(), drained, tuple(died))
+
+    def _reports(self) -> tuple[StatsSnapshot, ...]:
+        return tuple(child.latest for child in self._children if child.latest is not None)
 
     def _kill_all(self) -> None:
         for child in self._children:
