@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, NoReturn, TextIO
 
 import typer
@@ -22,6 +24,7 @@ from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
 from udpchat.chat import converse, print_received, print_sent
 from udpchat.client import Client, JoinError
+from udpchat.dashboard import Dashboard, NoTerminalError, SortKey, find_terminal, watch
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
 from udpchat.metrics import DEFAULT_METRICS_HOST
 from udpchat.output import OutputFormat
@@ -196,6 +199,16 @@ def serve(
     max_peers: Annotated[
         int, typer.Option(min=1, max=1024, help="Members in the room, at most.")
     ] = DEFAULT_MAX_PEERS,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            help="A live view of the senders on the terminal (stdout, else stderr); "
+            "message lines scroll above it."
+        ),
+    ] = False,
+    dashboard_sort: Annotated[
+        SortKey, typer.Option(help="The live view's order: the senders to look at first on top.")
+    ] = SortKey.LOSS,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Receive messages and print each as '\\[ip] text', like the seed's server."""
@@ -203,6 +216,13 @@ def serve(
         fail("--processes needs SO_REUSEPORT, which this OS lacks", ExitCode.USAGE)
     if processes > 1 and relay:
         fail("--relay needs one process: no --processes", ExitCode.USAGE)
+    view, message_stream = None, sys.stdout
+    if dashboard:
+        try:
+            terminal = find_terminal(sys.stdout, sys.stderr, messages=not quiet)
+        except NoTerminalError as error:
+            fail(str(error), ExitCode.USAGE)
+        view, message_stream = partial(watch, terminal, dashboard_sort), terminal.message_stream
     config = ServerConfig(
         host=host,
         port=port,
@@ -228,11 +248,15 @@ def serve(
     tune_for_throughput()
     try:
         if processes == 1:
-            outcome = run(serve_until_signalled(Server(config), banner), loop)
+            outcome = run(
+                serve_until_signalled(Server(config, output=message_stream), banner, view), loop
+            )
         else:
             sys.stdout.flush()
-            supervisor = Supervisor(config, processes, loop, sys.stdout.buffer)
-            outcome = run(serve_until_signalled(supervisor, banner), loop)
+            supervisor = Supervisor(
+                config, processes, loop, message_stream.buffer, report_senders=dashboard
+            )
+            outcome = run(serve_until_signalled(supervisor, banner, view), loop)
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
     except StdoutError as error:
@@ -259,30 +283,36 @@ class Outcome:
     died: tuple[str, ...] = ()
 
 
-async def serve_until_signalled(server: Server | Supervisor, banner: TextIO) -> Outcome:
-    """Start, print the seed's banner, serve until a stop signal; a second signal forces."""
+async def serve_until_signalled(
+    server: Server | Supervisor,
+    banner: TextIO,
+    view: Callable[[Server | Supervisor], Dashboard] | None = None,
+) -> Outcome:
+    """Start, print the seed's banner, serve until a stop signal; a second signal forces.
+
+    ``view``: the ``--dashboard`` live view, shown from the banner until the server has stopped.
+    """
 
     def on_first(signum: int) -> None:
         name = signal.Signals(signum).name
         report(f"{name}: stopping (a second signal forces)")
         server.request_stop()
 
-    stop = SignalStop(on_first=on_first)
-    with stop.installed():
+    stop = SignalStop(on_first=on_first, on_force=server.abandon)
+    with stop.installed(), contextlib.ExitStack() as shown:
+        await server.start()
+        print_banner(banner)
+        if view is not None:
+            shown.enter_context(view(server))
         try:
-            await server.start()
-            print_banner(banner)
-            try:
-                result = await server.serve()
-            except Exception as error:  # what ended Server.serve() through Server.fail()
-                if not isinstance(server, Server):
-                    raise
-                drained = await server.wait_closed()
-                return Outcome((server.stats(),), drained, error=error)
-        except asyncio.CancelledError:
-            if not stop.forced:
+            result = await server.serve()
+        except Exception as error:  # what ended Server.serve() through Server.fail()
+            if not isinstance(server, Server):
                 raise
-            return Outcome((), drained=False, forced=True)
+            drained = await server.wait_closed()
+            return Outcome((server.stats(),), drained, error=error)
+    if stop.forced:
+        return Outcome((), drained=False, forced=True)
     if isinstance(result, SupervisorResult):
         return Outcome(result.per_process, result.drained, died=result.died)
     assert isinstance(server, Server)

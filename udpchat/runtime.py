@@ -128,21 +128,23 @@ def capture_signals(
 
 class SignalStop:
     """The first stop signal calls ``on_first(signum)`` and sets :attr:`requested`; a second
-    one forces the stop.
+    one forces the stop, so that an operator is never stuck.
 
-    Forcing cancels the task that installed the handlers, which abandons whatever it is
-    waiting for (a drain, a send loop), so that an operator is never stuck.
+    Forcing calls ``on_force()``, or without it cancels the task that installed the handlers,
+    which abandons whatever it is waiting for (a drain, a send loop).
     """
 
     def __init__(
         self,
         signals: tuple[int, ...] = STOP_SIGNALS,
         on_first: Callable[[int], None] | None = None,
+        on_force: Callable[[], None] | None = None,
     ) -> None:
         self.requested = asyncio.Event()
         self.forced = False
         self._signals = signals
         self._on_first = on_first
+        self._on_force = on_force
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[SignalStop]:
@@ -153,6 +155,9 @@ class SignalStop:
                 self.requested.set()
                 if self._on_first is not None:
                     self._on_first(signum)
+            elif self._on_force is not None:
+                self.forced = True
+                self._on_force()
             elif task is not None:
                 self.forced = True
                 task.cancel()

@@ -187,6 +187,7 @@ class Server:
         self._kernel_drops_at_stop: int | None = None
         self._metrics: MetricsServer | None = None
         self._should_exit = asyncio.Event()
+        self._abandoned = asyncio.Event()
         self._closed = asyncio.Event()
         self._drained: bool | None = None
         self._fatal_error: BaseException | None = None
@@ -305,6 +306,13 @@ class Server:
             self._fatal_error = error
         self._should_exit.set()
 
+    def abandon(self) -> None:
+        """Stop now, without waiting for the drain (an operator's second Ctrl-C): ``serve()``
+        and ``stop()`` return False at once, and what is still queued stays counted as queued.
+        Call it on the loop."""
+        self._abandoned.set()
+        self._should_exit.set()
+
     async def wait_closed(self) -> bool:
         """Wait until the server has stopped; returns whether the drain finished."""
         await self._closed.wait()
@@ -327,9 +335,14 @@ class Server:
         self._transport.close()
         self._transport = None
         self._receiver.dispatch()
+        draining = asyncio.ensure_future(self._dispatcher.drain(self.config.drain_timeout_s))
+        abandoning = asyncio.ensure_future(self._abandoned.wait())
         try:
-            idle = await self._dispatcher.drain(self.config.drain_timeout_s)
+            await asyncio.wait({draining, abandoning}, return_when=asyncio.FIRST_COMPLETED)
+            idle = draining.done() and draining.result()
         finally:
+            draining.cancel()
+            abandoning.cancel()
             if self._metrics is not None:
                 await self._metrics.close()
                 self._metrics = None
