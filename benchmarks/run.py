@@ -12,16 +12,21 @@ rate it sustained, to show what overload costs it.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import platform
+import pty
 import re
 import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,13 +130,56 @@ def generate(port: int, rate: int, duration_s: float, users: int) -> tuple[int, 
     return int(fields["sent"]), float(fields["rate_per_s"])
 
 
+QUIET = "udpchat serve --quiet"
+DASHBOARD = "udpchat serve --quiet --dashboard"
+ON_A_TERMINAL: dict[str, list[str]] = {
+    QUIET: [*DESIGNS[UDPCHAT], "--quiet"],
+    DASHBOARD: [*DESIGNS[UDPCHAT], "--quiet", "--dashboard"],
+}
+"""Designs whose stderr is a pseudo-terminal (where the view draws) and whose handled count
+comes from the summary, as ``--quiet`` writes no lines."""
+TERMINAL_SIZE = (40, 120)
+
+
+class PseudoTerminal:
+    """A pseudo-terminal of :data:`TERMINAL_SIZE` whose output a thread keeps reading (a full
+    terminal would stop its writer) into ``text``."""
+
+    def __init__(self) -> None:
+        self.leader, self.follower = pty.openpty()
+        rows, columns = TERMINAL_SIZE
+        fcntl.ioctl(self.follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.leader, 1 << 16)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self._chunks.append(chunk)
+
+    def close(self) -> str:
+        os.close(self.follower)
+        self._reader.join(10)
+        os.close(self.leader)
+        return b"".join(self._chunks).decode(errors="replace")
+
+
 def run_trial(design: str, rate: int, duration_s: float, users: int, workdir: Path) -> Trial:
     port = free_port()
     output = workdir / f"out-{port}.log"
     errors = workdir / f"err-{port}.log"
-    command = [PYTHON, *(part.format(port=port) for part in DESIGNS[design])]
+    terminal = PseudoTerminal() if design in ON_A_TERMINAL else None
+    parts = ON_A_TERMINAL.get(design) or DESIGNS[design]
+    command = [PYTHON, *(part.format(port=port) for part in parts)]
     with output.open("wb") as out, errors.open("wb") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err)
+        stderr_to = err.fileno() if terminal is None else terminal.follower
+        process = subprocess.Popen(command, stdout=out, stderr=stderr_to)
     try:
         wait_for_banner(output, process)
         started = time.monotonic()
@@ -147,6 +195,10 @@ def run_trial(design: str, rate: int, duration_s: float, users: int, workdir: Pa
     with output.open("rb") as lines:
         handled = sum(chunk.count(b"\n") for chunk in iter(lambda: lines.read(1 << 20), b"")) - 1
     stderr = errors.read_text(errors="replace")
+    if terminal is not None:
+        stderr = terminal.close()
+        summary = re.findall(r"summary: received=\d+ handled=(\d+)", stderr)
+        handled = int(summary[-1]) if summary else 0
     output.unlink()
     errors.unlink()
     return Trial(design, rate, achieved, sent, handled, peak, elapsed_s, stderr)
@@ -253,6 +305,24 @@ def overload(sustained: int, trials: int, duration_s: float, users: int, workdir
         )
 
 
+def dashboard_cost(trials: int, duration_s: float, users: int, workdir: Path) -> None:
+    """``--quiet --dashboard`` against ``--quiet`` with the generator flat out, more than
+    either sustains, in interleaved rounds: the view's cost shows as lower goodput."""
+    goodput: dict[str, list[float]] = {QUIET: [], DASHBOARD: []}
+    for _ in range(trials):
+        for design, rates in goodput.items():
+            trial = run_trial(design, 0, duration_s, users, workdir)
+            rates.append(trial.handled / duration_s)
+    quiet, dashboard = (statistics.median(goodput[design]) for design in (QUIET, DASHBOARD))
+    print(f"\n--dashboard cost, {users} users, generator flat out, {trials} rounds:\n")
+    print("| design | handled/s median (min-max) |")
+    print("|---|---:|")
+    for design, rates in goodput.items():
+        print(f"| {design} | {statistics.median(rates):,.0f}/s "
+              f"({min(rates):,.0f}-{max(rates):,.0f}) |")  # fmt: skip
+    print(f"\n--dashboard --quiet / --quiet: {dashboard / quiet:.3f}")
+
+
 def accounts_balance(trial: Trial) -> bool:
     """``sent == received + kernel_drops`` and ``received == handled + dropped + queued``, from
     the summary udpchat printed at exit."""
@@ -286,6 +356,9 @@ def main() -> None:
     parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")])
     parser.add_argument("--designs", type=lambda text: text.split(";"), default=list(DESIGNS))
     parser.add_argument("--no-overload", action="store_true", help="skip the overload trials")
+    parser.add_argument(
+        "--no-dashboard", action="store_true", help="skip --dashboard against --quiet"
+    )
     args = parser.parse_args()
     build_generator()
     print(
@@ -305,6 +378,8 @@ def main() -> None:
             sustained = best(results.get(UDPCHAT, {}))
             if sustained and not args.no_overload:
                 overload(sustained[0], args.trials, args.duration, users, workdir)
+            if not args.no_dashboard:
+                dashboard_cost(args.trials, args.duration, users, workdir)
 
 
 if __name__ == "__main__":

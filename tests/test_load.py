@@ -109,6 +109,8 @@ def test_bench_runs_end_to_end_at_a_small_rate() -> None:
     )
     assert re.search(rf"\| {re.escape(bench.BARE)} \| 500/s \| .* \| 1.00x \| \d+ MiB \|", table)
     assert re.search(r"\| seed: thread per datagram \| (500/s|< 500/s) \| ", table)
+    assert re.search(r"\| udpchat serve --quiet --dashboard \| [\d,]+/s \(", table)
+    assert re.search(r"--dashboard --quiet / --quiet: \d\.\d{3}", table)
 
 
 def test_bench_trial_counts_what_the_server_wrote(tmp_path: Path) -> None:
