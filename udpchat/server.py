@@ -191,6 +191,7 @@ class Server:
         self._closed = asyncio.Event()
         self._drained: bool | None = None
         self._fatal_error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -220,6 +221,7 @@ class Server:
         try:
             if config.metrics_port is not None:
                 self._metrics = await self._start_metrics(config.metrics_host, config.metrics_port)
+            self._loop = asyncio.get_running_loop()
             self._dispatcher = Dispatcher(
                 self._handler,
                 self._counters,
@@ -227,6 +229,7 @@ class Server:
                 queue_size=config.queue_size,
                 max_senders=config.max_senders,
                 ipv6_socket=sock.family == socket.AF_INET6,
+                on_output_error=self._output_failed_in_worker,
             )
             receiver = Receiver(
                 self._dispatcher,
@@ -234,8 +237,7 @@ class Server:
                 max_datagram_size=config.max_datagram_size,
                 admission=config.admission(),
             )
-            loop = asyncio.get_running_loop()
-            transport, _ = await loop.create_datagram_endpoint(lambda: receiver, sock=sock)
+            transport, _ = await self._loop.create_datagram_endpoint(lambda: receiver, sock=sock)
         except BaseException:
             sock.close()
             if self._metrics is not None:
@@ -349,6 +351,12 @@ class Server:
         self._drained = idle
         self._closed.set()
         return idle
+
+    def _output_failed_in_worker(self, error: OSError) -> None:
+        """Called from a pool thread when output can no longer be written (a broken pipe, a
+        full disk): :meth:`serve` stops and raises it, as a Unix filter stops."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.fail, error)
 
     def _read_what_the_kernel_holds(self) -> None:
         """Take in the datagrams already in the socket's buffer, so that none vanish uncounted

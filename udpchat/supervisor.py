@@ -29,7 +29,7 @@ from multiprocessing.process import BaseProcess
 from typing import BinaryIO
 
 from udpchat.metrics import MetricsServer
-from udpchat.runtime import LoopChoice, SignalStop, periodically, run
+from udpchat.runtime import LoopChoice, SignalStop, periodically, run, tune_for_throughput
 from udpchat.server import MetricsStartError, Server, ServerConfig
 from udpchat.sockets import bind_udp_socket
 from udpchat.stats import StatsSnapshot, combine
@@ -111,6 +111,7 @@ def _child_main(
             signal.signal(signum, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format=f"udpchat: {label}%(message)s")
     logging.getLogger("udpchat.status").setLevel(logging.INFO)
+    tune_for_throughput()
     server = Server(config, output=_ConnectionWriter(output))
 
     async def serve() -> bool:
