@@ -42,7 +42,7 @@ from udpchat.runtime import (
 )
 from udpchat.server import MetricsStartError, Server, ServerConfig
 from udpchat.stats import StatsSnapshot, summary_lines
-from udpchat.supervisor import ChildStartError, Supervisor, SupervisorResult
+from udpchat.supervisor import Supervisor, SupervisorResult
 from udpchat.wire import MAX_USERNAME_LENGTH, InvalidUsernameError, clean_username
 
 WAITING_LINE = "Server menunggu..."
@@ -262,7 +262,7 @@ def serve(
     except StdoutError as error:
         silence_stdout()
         fail(str(error), ExitCode.FAILURE)
-    except (MetricsStartError, ChildStartError) as error:
+    except MetricsStartError as error:
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)
     except OSError as error:
         fail(
@@ -301,7 +301,12 @@ async def serve_until_signalled(
     stop = SignalStop(on_first=on_first, on_force=server.abandon)
     with stop.installed(), contextlib.ExitStack() as shown:
         await server.start()
-        print_banner(banner)
+        try:
+            print_banner(banner)
+        except StdoutError:
+            server.abandon()  # nothing was served yet: close the socket without a drain
+            await server.serve()
+            raise
         if view is not None:
             shown.enter_context(view(server))
         try:
