@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import nats
+import nkeys
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -194,8 +198,8 @@ async def test_credentials_in_the_url(
         async with running_bus(good) as (bus, _):
             assert bus.stats().connected
         bad = node.url.replace("nats://", "nats://mallory:guess@")
-        with pytest.raises(BusUnavailableError, match="uthorization"):
-            await RoomBus(BusConfig((bad,), connect_timeout_s=3.0), lambda ip, text: None).start()
+        with pytest.raises(BusUnavailableError, match="refused the connection .*uthorization"):
+            await RoomBus(BusConfig((bad,)), lambda ip, text: None).start()
     finally:
         node.kill()
     for secret in ("s3cret", "t0ken", "guess"):
@@ -228,3 +232,53 @@ def test_envelope_round_trip(ip: str, text: str) -> None:
     data = text.encode()
     expected = Envelope("0123456789abcdef", ip, text) if len(data) <= 100 else "oversize"
     assert decode_envelope(encode_envelope("0123456789abcdef", ip, data), 100) == expected
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1: (CA, certificate, key)."""
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-extfile", "san.ext"]
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for command in [
+        ["req", "-x509", *new_key, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test CA"],
+        ["req", *new_key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", "server.csr", *sign, "-out", "server.pem", "-days", "1"],
+    ]:
+        subprocess.run(["openssl", *command], cwd=directory, check=True, capture_output=True)
+    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+
+async def test_tls_with_a_ca_file(tmp_path: Path) -> None:
+    ca, certificate, key = make_certificates(tmp_path)
+    node = NatsNode(tmp_path, "tls", "--tls", "--tlscert", str(certificate), "--tlskey", str(key))
+    node.start()
+    try:
+        url = node.url.replace("nats://", "tls://")
+        async with running_bus(url, ca_file=ca) as (bus, _):
+            assert bus.stats().connected
+        unverified = RoomBus(BusConfig((url,)), lambda ip, text: None)
+        with pytest.raises(BusUnavailableError, match="refused the connection .*CERTIFICATE_VERIFY_FAILED"):
+            await unverified.start()
+    finally:
+        node.kill()
+
+
+async def test_nkey_seed_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+    public_key = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    (tmp_path / "server.conf").write_text(
+        f'authorization {{ users = [ {{ nkey: "{public_key}" }} ] }}\n'
+    )
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(seed)
+    node = NatsNode(tmp_path, "nkey", "--config", str(tmp_path / "server.conf"))
+    node.start()
+    try:
+        async with running_bus(node.url, nkey_seed_file=seed_file) as (bus, _):
+            assert bus.stats().connected
+        with pytest.raises(BusUnavailableError, match="refused the connection .*uthorization"):
+            await RoomBus(BusConfig((node.url,)), lambda ip, text: None).start()
+    finally:
+        node.kill()
+    assert seed.decode() not in caplog.text

@@ -24,14 +24,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.client import Server as NatsServer
 from nats.aio.msg import Msg
+from nats.errors import AuthorizationError, OutboundBufferLimitError, SlowConsumerError
 from nats.errors import Error as NatsError
-from nats.errors import OutboundBufferLimitError, SlowConsumerError
+from nats.protocol.parser import AUTHORIZATION_VIOLATION
 
 __all__ = [
     "BusConfig",
@@ -197,6 +198,8 @@ class RoomBus:
         self._stopping = False
         self._reconnect_attempt = 0
         self._last_error: BaseException | None = None
+        self._refused: asyncio.Future[BaseException] | None = None
+        """Set during ``start()`` by an error that retrying cannot fix (credentials, TLS)."""
         self._published = 0
         self._published_while_disconnected = 0
         self._publish_failures: collections.Counter[str] = collections.Counter()
@@ -216,18 +219,33 @@ class RoomBus:
             raise RuntimeError("the bus is already started")
         self._loop = asyncio.get_running_loop()
         client = NatsClient()
-        try:
-            await asyncio.wait_for(self._connect(client), self.config.connect_timeout_s)
-        except (TimeoutError, OSError, NatsError) as error:
-            await client.close()
-            cause = self._last_error or error
-            raise BusUnavailableError(
-                f"cannot reach NATS at {self.urls} within {self.config.connect_timeout_s:g} s"
-                f" ({describe(cause)})"
-            ) from None
+        self._refused = self._loop.create_future()
+        connecting = asyncio.ensure_future(self._connect(client))
+        await asyncio.wait(
+            (connecting, self._refused),
+            timeout=self.config.connect_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not connecting.done() or connecting.exception() is not None:
+            await self._abandon(client, connecting)
         self._client = client
         self._publisher = asyncio.create_task(self._publish_backlog(), name="udpchat-bus-publish")
         logger.info("room %r on NATS at %s", self.config.room, self.urls)
+
+    async def _abandon(self, client: NatsClient, connecting: asyncio.Future[None]) -> NoReturn:
+        """Give up a first connection: refused at once (credentials, TLS), or not made in time."""
+        assert self._refused is not None
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        await client.close()
+        if self._refused.done():
+            refusal = describe(self._refused.result())
+            raise BusUnavailableError(f"NATS at {self.urls} refused the connection ({refusal})")
+        failed = connecting.exception() if not connecting.cancelled() else None
+        cause = describe(failed or self._last_error or TimeoutError())
+        raise BusUnavailableError(
+            f"cannot reach NATS at {self.urls} within {self.config.connect_timeout_s:g} s ({cause})"
+        )
 
     async def _connect(self, client: NatsClient) -> None:
         options: dict[str, Any] = {}
@@ -345,6 +363,8 @@ class RoomBus:
             self._count_drop("slow_consumer")
             return
         self._last_error = error
+        if is_refusal(error) and self._refused is not None and not self._refused.done():
+            self._refused.set_result(error)  # no retry will fix it: fail the start at once
         logger.debug("NATS: %s", describe(error))
 
     async def _on_disconnected(self) -> None:
@@ -415,6 +435,13 @@ class RoomBus:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Credentials or a certificate that NATS refused: retrying the same cannot succeed."""
+    return isinstance(error, AuthorizationError | ssl.SSLError) or (
+        isinstance(error, NatsError) and AUTHORIZATION_VIOLATION in str(error).lower()
+    )
 
 
 def describe(error: BaseException) -> str:
