@@ -25,6 +25,7 @@ from tests.nats_servers import NatsNode
 from udpchat.bus import (
     MAX_ENVELOPE_HEADER_BYTES,
     BusConfig,
+    BusStats,
     BusUnavailableError,
     Envelope,
     RoomBus,
@@ -198,7 +199,7 @@ async def test_credentials_in_the_url(
         async with running_bus(good) as (bus, _):
             assert bus.stats().connected
         bad = node.url.replace("nats://", "nats://mallory:guess@")
-        with pytest.raises(BusUnavailableError, match="refused the connection .*uthorization"):
+        with pytest.raises(BusUnavailableError, match=r"refused the connection .*uthorization"):
             await RoomBus(BusConfig((bad,)), lambda ip, text: None).start()
     finally:
         node.kill()
@@ -257,7 +258,9 @@ async def test_tls_with_a_ca_file(tmp_path: Path) -> None:
         async with running_bus(url, ca_file=ca) as (bus, _):
             assert bus.stats().connected
         unverified = RoomBus(BusConfig((url,)), lambda ip, text: None)
-        with pytest.raises(BusUnavailableError, match="refused the connection .*CERTIFICATE_VERIFY_FAILED"):
+        with pytest.raises(
+            BusUnavailableError, match=r"refused the connection .*CERTIFICATE_VERIFY_FAILED"
+        ):
             await unverified.start()
     finally:
         node.kill()
@@ -277,8 +280,19 @@ async def test_nkey_seed_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     try:
         async with running_bus(node.url, nkey_seed_file=seed_file) as (bus, _):
             assert bus.stats().connected
-        with pytest.raises(BusUnavailableError, match="refused the connection .*uthorization"):
+        with pytest.raises(BusUnavailableError, match=r"refused the connection .*uthorization"):
             await RoomBus(BusConfig((node.url,)), lambda ip, text: None).start()
     finally:
         node.kill()
     assert seed.decode() not in caplog.text
+
+
+def test_stats_of_several_processes_add_up() -> None:
+    one = BusStats(published=2, publish_failures={"buffer_full": 1}, dropped={"malformed": 1},
+                   reconnects=1, connected=True)  # fmt: skip
+    two = BusStats(published=3, publish_failures={"buffer_full": 2, "oversize": 1}, received=4)
+    total = one + two
+    assert (total.published, total.received, total.reconnects) == (5, 4, 1)
+    assert total.publish_failures == {"buffer_full": 3, "oversize": 1}
+    assert total.dropped == {"malformed": 1}
+    assert not total.connected and (one + one).connected

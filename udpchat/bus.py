@@ -174,6 +174,24 @@ class BusStats:
     disconnects: int = 0
     reconnects: int = 0
     connected: bool = False
+    """For several processes added up: whether every one of them is connected."""
+
+    def __add__(self, other: BusStats) -> BusStats:
+        return BusStats(
+            published=self.published + other.published,
+            published_while_disconnected=self.published_while_disconnected
+            + other.published_while_disconnected,
+            publish_failures=dict(
+                collections.Counter(self.publish_failures)
+                + collections.Counter(other.publish_failures)
+            ),
+            received=self.received + other.received,
+            dropped=dict(collections.Counter(self.dropped) + collections.Counter(other.dropped)),
+            own_echoes=self.own_echoes + other.own_echoes,
+            disconnects=self.disconnects + other.disconnects,
+            reconnects=self.reconnects + other.reconnects,
+            connected=self.connected and other.connected,
+        )
 
 
 class RoomBus:
