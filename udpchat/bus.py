@@ -72,8 +72,11 @@ Deliver = Callable[[str, str], None]
 """Called on the event loop with (original sender ip, text) for each message from another server."""
 
 
-class BusUnavailableError(Exception):
-    """NATS could not be reached at start; the message names the URLs, without credentials."""
+class BusUnavailableError(ConnectionError):
+    """NATS could not be reached at start; the message names the URLs, without credentials.
+
+    A ConnectionError, so that whatever reports a server that cannot start reports this too.
+    """
 
 
 def redact_url(url: str) -> str:
