@@ -9,7 +9,15 @@ import re
 import socket
 import urllib.request
 
-from tests.conftest import LOOPBACK, Collector, raw_send, start_cli_server
+from tests.conftest import (
+    LOOPBACK,
+    CliProcess,
+    Collector,
+    raw_send,
+    read_port,
+    start_cli,
+    start_cli_server,
+)
 from udpchat import Server, ServerConfig, Verdict
 
 # 3 arrives after 4, then again; 5 arrives after 8 (6 and 7 never do).
@@ -72,8 +80,16 @@ async def test_sender_table_is_bounded() -> None:
     assert all(message.verdict is Verdict.NEW for message in collector.messages)
 
 
+async def start_json_server() -> tuple[CliProcess, int]:
+    """``serve --format json``: the banner goes to stderr, so stdout is JSON only."""
+    cli = await start_cli("serve", "--host", LOOPBACK, "--port", "0", "--format", "json")
+    port = await read_port(cli)
+    await cli.read_stderr_until("Server menunggu...")
+    return cli, port
+
+
 async def test_json_lines_and_the_shutdown_table() -> None:
-    cli, port = await start_cli_server("--format", "json")
+    cli, port = await start_json_server()
     alice_port = await asyncio.to_thread(send_counters, (LOOPBACK, port), "alice", ALICE_COUNTERS)
     records = [json.loads(await cli.read_stdout_line()) for _ in ALICE_COUNTERS]
     assert [r["verdict"] for r in records] == ALICE_VERDICTS
@@ -98,7 +114,7 @@ async def test_json_lines_and_the_shutdown_table() -> None:
 
 
 async def test_json_escapes_control_characters() -> None:
-    cli, port = await start_cli_server("--format", "json")
+    cli, port = await start_json_server()
     raw_send((LOOPBACK, port), b"\x1b[2J\x07evil\r\n\x00")
     line = await cli.read_stdout_line()
     assert json.loads(line)["text"] == "\x1b[2J\x07evil\r\n\x00"

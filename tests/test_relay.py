@@ -11,15 +11,8 @@ import pexpect
 
 from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, Collector, eventually, start_cli_server
 from udpchat import Client, Server, ServerConfig
-from udpchat.relay import (
-    COOKIE,
-    JOIN,
-    MAX_HEADER_BYTES,
-    CookieJar,
-    Relay,
-    Room,
-    relay_join_request,
-)
+from udpchat.relay import CookieJar, RelayStats, Room
+from udpchat.wire import COOKIE, JOIN, MAX_HEADER_BYTES, relay_join_request
 
 PEER = ("127.0.0.1", 40000)
 
@@ -79,17 +72,21 @@ class Inbox:
         return self.texts
 
 
-async def start_relay(max_peers: int = 8) -> tuple[Server, Relay, Collector]:
+async def start_relay(max_peers: int = 8) -> tuple[Server, Collector]:
     collector = Collector()
-    relay = Relay(Room(max_peers=max_peers), CookieJar(), collector)
-    server = Server(ServerConfig(host=LOOPBACK, port=0), relay)
-    relay.attach(server.send_datagram)
+    server = Server(ServerConfig(host=LOOPBACK, port=0, relay=True, max_peers=max_peers), collector)
     await server.start()
-    return server, relay, collector
+    return server, collector
+
+
+def relay_stats(server: Server) -> RelayStats:
+    relay = server.stats(include_senders=False).relay
+    assert relay is not None
+    return relay
 
 
 async def test_three_members_see_the_others_and_not_themselves() -> None:
-    server, relay, _ = await start_relay()
+    server, _ = await start_relay()
     names = ["ana", "budi", "citra"]
     inboxes = {name: Inbox() for name in names}
     clients = {name: Client(*server.address) for name in names}
@@ -104,7 +101,7 @@ async def test_three_members_see_the_others_and_not_themselves() -> None:
             assert sorted(texts) == sorted(
                 f"[{LOOPBACK}] {other}: pesan ke-1" for other in names if other != name
             )
-        assert len(relay.room.members()) == 3
+        assert relay_stats(server).members == 3
     finally:
         for client in clients.values():
             client.close()
@@ -112,7 +109,7 @@ async def test_three_members_see_the_others_and_not_themselves() -> None:
 
 
 async def test_an_address_that_never_echoes_the_cookie_gets_nothing_more() -> None:
-    server, relay, collector = await start_relay()
+    server, collector = await start_relay()
     ana, budi = Client(*server.address), Client(*server.address)
     ana_inbox, budi_inbox = Inbox(), Inbox()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
@@ -140,7 +137,7 @@ async def test_an_address_that_never_echoes_the_cookie_gets_nothing_more() -> No
                 unexpected = b""
             assert unexpected == b""
             assert ana_inbox.texts == []
-            assert relay.ignored_joins == 1
+            assert relay_stats(server).ignored_joins == 1
         finally:
             ana.close()
             budi.close()
@@ -149,7 +146,7 @@ async def test_an_address_that_never_echoes_the_cookie_gets_nothing_more() -> No
 
 async def test_outgoing_bytes_stay_within_the_amplification_bound() -> None:
     max_peers = 4
-    server, relay, collector = await start_relay(max_peers=max_peers)
+    server, collector = await start_relay(max_peers=max_peers)
     members = [Client(*server.address) for _ in range(max_peers)]
     inboxes = [Inbox() for _ in members]
     flood = 100  # what the members' default receive buffers hold while the test loop is busy
@@ -157,7 +154,7 @@ async def test_outgoing_bytes_stay_within_the_amplification_bound() -> None:
         for member, inbox in zip(members, inboxes, strict=True):
             await member.open()
             await member.join_room(inbox)
-        joined_in, joined_out = relay.bytes_in, relay.bytes_out
+        joined_in, joined_out = relay_stats(server).bytes_in, relay_stats(server).bytes_out
         assert joined_out <= joined_in  # the handshake never sends more than it gets
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spoofer:  # not a member
             for _ in range(flood):
@@ -165,11 +162,11 @@ async def test_outgoing_bytes_stay_within_the_amplification_bound() -> None:
         for counter in range(1, flood + 1):
             members[0].send(f"m0: pesan ke-{counter}")
         await collector.wait_for(flood)
-        await eventually(lambda: relay.ignored_joins == flood)
+        await eventually(lambda: relay_stats(server).ignored_joins == flood)
         for inbox in inboxes[1:]:
             await inbox.wait_for(flood)
-        bytes_in = relay.bytes_in - joined_in
-        bytes_out = relay.bytes_out - joined_out
+        bytes_in = relay_stats(server).bytes_in - joined_in
+        bytes_out = relay_stats(server).bytes_out - joined_out
         largest_in = len(f"m0: pesan ke-{flood}")
         bound = (max_peers - 1) * (largest_in + MAX_HEADER_BYTES) * flood
         assert bytes_out <= bound

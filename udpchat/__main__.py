@@ -2,7 +2,10 @@
 
 import sys
 
-from udpchat.cli import main
+from udpchat.runtime import hold_stop_signals
 
 if __name__ == "__main__":  # not when multiprocessing's spawn imports it in a child
+    hold_stop_signals()  # before the CLI's imports: Ctrl-C while they load is a clean stop
+    from udpchat.cli import main
+
     sys.exit(main())

@@ -6,28 +6,38 @@ import asyncio
 import enum
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
 from collections.abc import Coroutine, Sequence
-from typing import Annotated, Any, NoReturn
+from dataclasses import dataclass
+from typing import Annotated, Any, NoReturn, TextIO
 
 import typer
 
+from udpchat import __version__
 from udpchat import client as client_module
 from udpchat import server as server_module
 from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
 from udpchat.client import Client, JoinError
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
-from udpchat.metrics import DEFAULT_METRICS_HOST, MetricsServer
-from udpchat.output import OutputFormat, OutputSettings
-from udpchat.processes import serve_processes
+from udpchat.metrics import DEFAULT_METRICS_HOST
+from udpchat.output import OutputFormat
 from udpchat.progress import LoadProgress
-from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, CookieJar, Relay, Room
-from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, periodically, run
-from udpchat.server import Server, ServerConfig
-from udpchat.stats import StatsSnapshot, combine, format_sender_table, format_summary
+from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S
+from udpchat.runtime import (
+    LoopChoice,
+    LoopUnavailableError,
+    SignalStop,
+    hold_stop_signals,
+    restore_signals,
+    run,
+)
+from udpchat.server import MetricsStartError, Server, ServerConfig
+from udpchat.stats import StatsSnapshot, summary_lines
+from udpchat.supervisor import ChildStartError, Supervisor, SupervisorResult
 from udpchat.wire import MAX_USERNAME_LENGTH, is_valid_username, sanitize
 
 WAITING_LINE = "Server menunggu..."
@@ -55,6 +65,26 @@ LoopOption = Annotated[
     LoopChoice,
     typer.Option("--loop", help="Event loop: auto takes uvloop where installed."),
 ]
+
+
+def print_version(value: bool) -> None:
+    if value:
+        print(f"udpchat {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=print_version
+        ),
+    ] = False,
+) -> None:
+    """udpchat: the seed's UDP message server and client, on asyncio with a worker pool."""
+
+
 PortOption = Annotated[int, typer.Option(min=0, max=65535, help="UDP port.")]
 
 
@@ -165,8 +195,8 @@ def serve(
     """Receive messages and print each as '\\[ip] text', like the seed's server."""
     if processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
         fail("--processes needs SO_REUSEPORT, which this OS lacks", ExitCode.USAGE)
-    if processes > 1 and (metrics_port is not None or relay):
-        fail("--metrics-port and --relay need one process: no --processes", ExitCode.USAGE)
+    if processes > 1 and relay:
+        fail("--relay needs one process: no --processes", ExitCode.USAGE)
     config = ServerConfig(
         host=host,
         port=port,
@@ -180,72 +210,100 @@ def serve(
         rate_burst=rate_burst,
         max_sources=max_sources,
         max_senders=max_senders,
+        relay=relay,
+        peer_timeout_s=peer_timeout,
+        max_peers=max_peers,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        stats_interval_s=stats_interval,
+        output_format=None if quiet else output_format,
     )
-    output = OutputSettings(None if quiet else output_format, stats_interval)
-    stop = SignalStop()
+    banner = sys.stderr if output_format is OutputFormat.JSON else sys.stdout
     try:
         if processes == 1:
-            printer = output.printer(sys.stdout)
-            relay_handler = None
-            if relay:
-                relay_handler = Relay(Room(max_peers, peer_timeout), CookieJar(), printer)
-            server = Server(config, relay_handler or printer)
-            if relay_handler is not None:
-                relay_handler.attach(server.send_datagram)
-            metrics = None if metrics_port is None else (metrics_host, metrics_port)
-            drained = run(serve_until_stopped(server, stop, output, metrics), loop)
-            per_process = [server.stats()]
-            if relay_handler is not None:
-                report(relay_handler.summary())
+            outcome = run(serve_until_signalled(Server(config), banner), loop)
         else:
-            per_process, drained = run(
-                serve_in_processes(config, processes, loop, stop, output), loop
-            )
-    except (LoopUnavailableError, MetricsStartError) as error:
+            sys.stdout.flush()
+            supervisor = Supervisor(config, processes, loop, sys.stdout.buffer)
+            outcome = run(serve_until_signalled(supervisor, banner), loop)
+    except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
+    except (MetricsStartError, ChildStartError) as error:
+        fail(describe_error(error), ExitCode.STARTUP_FAILURE)
     except OSError as error:
         fail(
             f"cannot listen on {host} port {port}: {describe_error(error)}",
             ExitCode.STARTUP_FAILURE,
         )
-    if stop.forced:
+    finish(outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a ``serve`` run ended, for the summary and the exit status."""
+
+    per_process: tuple[StatsSnapshot, ...]
+    drained: bool
+    forced: bool = False
+    error: BaseException | None = None
+    died: tuple[str, ...] = ()
+
+
+async def serve_until_signalled(server: Server | Supervisor, banner: TextIO) -> Outcome:
+    """Start, print the seed's banner, serve until a stop signal; a second signal forces."""
+
+    def on_first(signum: int) -> None:
+        name = signal.Signals(signum).name
+        report(f"{name}: stopping (a second signal forces)")
+        server.request_stop()
+
+    stop = SignalStop(on_first=on_first)
+    with stop.installed():
+        try:
+            await server.start()
+            print(WAITING_LINE, file=banner, flush=True)
+            try:
+                result = await server.serve()
+            except Exception as error:  # what ended Server.serve() through Server.fail()
+                if not isinstance(server, Server):
+                    raise
+                drained = await server.wait_closed()
+                return Outcome((server.stats(),), drained, error=error)
+        except asyncio.CancelledError:
+            if not stop.forced:
+                raise
+            return Outcome((), drained=False, forced=True)
+    if isinstance(result, SupervisorResult):
+        return Outcome(result.per_process, result.drained, died=result.died)
+    assert isinstance(server, Server)
+    return Outcome((server.stats(),), result)
+
+
+def finish(outcome: Outcome) -> None:
+    """The summary on stderr, then the exit status: 130 forced, 1 after a failure, else 0."""
+    if outcome.forced:
         report("forced stop: queued messages were abandoned")
-        os._exit(ExitCode.FORCED)  # a worker may be stuck in a write: neither join nor flush
-    totals = combine(per_process)
-    if totals.senders:
-        report("senders:")
-        for row in format_sender_table(totals.senders):
-            print(f"  {row}", file=sys.stderr)
-    summary = format_summary(totals)
-    if processes > 1:
-        received = ", ".join(str(stats.received) for stats in per_process)
-        summary += f" processes={processes} (received {received})"
-    report(summary)
-    if not drained:
-        report("a worker was still stuck in its handler or output after --drain-timeout")
-        os._exit(ExitCode.OK)  # joining it would hang
+        exit_now(ExitCode.FORCED)
+    for line in summary_lines(outcome.per_process):
+        if line.startswith(" "):
+            print(line, file=sys.stderr)
+        else:
+            report(line)
+    code = ExitCode.OK
+    if outcome.error is not None:
+        report(f"stopped by an error: {describe_error(outcome.error)}")
+        code = ExitCode.FAILURE
+    if outcome.died:
+        code = ExitCode.FAILURE
+    if not outcome.drained:
+        exit_now(code)
+    raise typer.Exit(code)
 
 
-def announce(address: tuple[str, int], receive_buffer_bytes: int | None = None) -> None:
-    """The status line on stderr, then the seed's banner on stdout."""
-    host, port = address
-    buffer = f", receive buffer {receive_buffer_bytes} bytes" if receive_buffer_bytes else ""
-    report(f"listening on {host} port {port}{buffer}")
-    print(WAITING_LINE, flush=True)
-
-
-async def serve_in_processes(
-    config: ServerConfig, processes: int, loop: LoopChoice, stop: SignalStop, output: OutputSettings
-) -> tuple[list[StatsSnapshot], bool]:
-    sys.stdout.flush()
-    try:
-        return await serve_processes(
-            config, processes, loop, sys.stdout.buffer, stop, announce, output
-        )
-    except asyncio.CancelledError:
-        if not stop.forced:
-            raise
-        return [], False
+def exit_now(code: ExitCode) -> NoReturn:
+    """Exit without joining the pool: a worker may be stuck in a write and would hang it."""
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def parse_allow(text: str) -> IPNetwork:
@@ -258,59 +316,6 @@ def parse_allow(text: str) -> IPNetwork:
 def report(line: str) -> None:
     """Status for the operator: stderr, so that stdout stays the seed's message stream."""
     print(f"udpchat: {line}", file=sys.stderr, flush=True)
-
-
-class MetricsStartError(OSError):
-    """The metrics endpoint could not listen."""
-
-
-def start_metrics(server: Server, address: tuple[str, int]) -> MetricsServer:
-    host, port = address
-    try:
-        metrics = MetricsServer(lambda: server.stats(include_senders=False), host, port)
-    except OSError as error:
-        raise MetricsStartError(
-            f"cannot serve metrics on {host} port {port}: {describe_error(error)}"
-        ) from None
-    report("metrics on http://{}:{}/metrics".format(*metrics.address))
-    return metrics
-
-
-async def serve_until_stopped(
-    server: Server,
-    stop: SignalStop,
-    output: OutputSettings,
-    metrics_address: tuple[str, int] | None,
-) -> bool:
-    """Serve until a signal; returns False when a worker was still stuck at the drain timeout."""
-    with stop.installed():
-        await server.start()
-        metrics = None
-        try:
-            host, port = server.address
-            report(
-                f"listening on {host} port {port}, "
-                f"receive buffer {server.receive_buffer_bytes} bytes"
-            )
-            if metrics_address is not None:
-                metrics = start_metrics(server, metrics_address)
-            print(WAITING_LINE, flush=True)
-            async with periodically(output.stats_interval_s, output.status_reporter(server, "")):
-                await stop.requested.wait()
-            report(
-                f"stopping: finishing {server.stats().queue_depth} queued messages "
-                "(a second Ctrl-C forces)"
-            )
-        finally:
-            try:
-                drained = await server.stop()
-            except asyncio.CancelledError:
-                if not stop.forced:
-                    raise
-                drained = False
-            if metrics is not None:
-                metrics.close()
-    return drained
 
 
 @app.command()
@@ -517,9 +522,16 @@ def load(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI as a function: parse ``argv``, run the command, return its exit status."""
+    held = hold_stop_signals()
     logging.basicConfig(level=logging.WARNING, format="udpchat: %(message)s", stream=sys.stderr)
+    library_logger = logging.getLogger("udpchat")
+    level = library_logger.level
+    library_logger.setLevel(logging.INFO)  # the status lines and "listening on"
     try:
         app(args=list(argv) if argv is not None else None, prog_name="udpchat")
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else ExitCode.FAILURE
+    finally:
+        library_logger.setLevel(level)
+        restore_signals(held)
     return ExitCode.OK

@@ -8,8 +8,7 @@ import socket
 from collections.abc import Callable
 from types import TracebackType
 
-from udpchat.relay import COOKIE, JOIN, JOINED, LEAVE, relay_join_request
-from udpchat.wire import decode, format_message
+from udpchat.wire import COOKIE, JOIN, JOINED, LEAVE, decode, format_message, relay_join_request
 
 logger = logging.getLogger("udpchat.client")
 

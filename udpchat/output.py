@@ -1,5 +1,4 @@
-"""What the server writes: one line per message on stdout, as the seed's text or as JSON, and
-status lines on stderr.
+"""What the server writes: one line per message on stdout, as the seed's text or as JSON.
 
 Lines are built by the pool worker that handles the message and written in whole lines, so
 that concurrent workers never interleave or merge them.
@@ -10,14 +9,11 @@ from __future__ import annotations
 import datetime
 import enum
 import json
-import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TextIO
 
-from udpchat.server import Message, Server
-from udpchat.stats import StatusLine
+from udpchat.pipeline import Message
 from udpchat.wire import format_line
 
 MAX_PENDING_LINES = 1024
@@ -112,27 +108,3 @@ class LinePrinter:
         with self._lock:
             self._stream.write(text)
             self._stream.flush()
-
-
-@dataclass(frozen=True, slots=True)
-class OutputSettings:
-    """What a server process writes besides its summary: message lines in which format (none
-    when quiet) and how often a status line. Plain data, so that ``--processes`` children get it.
-    """
-
-    output_format: OutputFormat | None = OutputFormat.TEXT
-    """None: no per-message lines (``--quiet``)."""
-    stats_interval_s: float | None = None
-
-    def printer(self, stream: TextIO) -> LinePrinter | None:
-        return None if self.output_format is None else LinePrinter(stream, self.output_format)
-
-    def status_reporter(self, server: Server, label: str) -> Callable[[], None]:
-        """Prints the status line on stderr, ``label`` first (``process 2: `` for children)."""
-        status_line = StatusLine()
-
-        def report() -> None:
-            line = status_line(server.stats(include_senders=False))
-            print(f"udpchat: {label}{line}", file=sys.stderr, flush=True)
-
-        return report

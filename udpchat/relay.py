@@ -7,8 +7,8 @@ that one cookie, never larger than the request, goes to an address that has not 
 so the server cannot be used to reflect or amplify traffic at a forged source.
 
 A member's text goes to every other member as ``[ip] text``: the incoming datagram plus a
-header of at most :data:`MAX_HEADER_BYTES`. Each incoming datagram causes at most ``max_peers``
-outgoing ones.
+header of at most :data:`udpchat.wire.MAX_HEADER_BYTES`. Each incoming datagram causes at most
+``max_peers`` outgoing ones.
 """
 
 from __future__ import annotations
@@ -19,29 +19,23 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import astuple, dataclass
 
-from udpchat.server import Handler, Message
+from udpchat.pipeline import Handler, Message
+from udpchat.wire import (
+    COOKIE,
+    COOKIE_MAC_HEX_DIGITS,
+    JOIN,
+    JOINED,
+    LEAVE,
+    MAX_HEADER_BYTES,
+)
 
-JOIN = "/join"
-COOKIE = "/cookie"
-JOINED = "/joined"
-LEAVE = "/leave"
 DEFAULT_PEER_TIMEOUT_S = 30.0
 DEFAULT_MAX_PEERS = 32
 COOKIE_LIFETIME_S = 60
-COOKIE_MAC_HEX_DIGITS = 32
-MIN_JOIN_REQUEST_BYTES = len(f"{COOKIE} {2**40}.{'0' * COOKIE_MAC_HEX_DIGITS}")
-"""A cookie request must be at least as large as any cookie answer: no amplification."""
-MAX_HEADER_BYTES = len("[") + 39 + len("%") + 15 + len("] ")
-"""What a relayed datagram adds to the member's text, ``[ip] ``: the longest IPv6 address with
-a scope (interface names are at most 15 bytes on Linux)."""
 
 Address = tuple[str, int]
-
-
-def relay_join_request() -> str:
-    """A cookie request padded to :data:`MIN_JOIN_REQUEST_BYTES`, as a client must send it."""
-    return f"{JOIN} ".ljust(MIN_JOIN_REQUEST_BYTES, "-")
 
 
 class CookieJar:
@@ -131,38 +125,60 @@ class Room:
 Send = Callable[[bytes, Address], object]
 
 
+@dataclass(frozen=True, slots=True)
+class RelayStats:
+    """The room's counters at one moment: what it admitted, refused, relayed and sent."""
+
+    members: int = 0
+    joins: int = 0
+    """Addresses admitted to the room with a valid cookie (a rejoin counts again)."""
+    refused_full: int = 0
+    ignored_joins: int = 0
+    """Cookie requests smaller than the cookie: answering them would amplify."""
+    expired: int = 0
+    relayed_datagrams: int = 0
+    """Datagrams sent to other members (one message to three members counts three)."""
+    relayed_bytes: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    """Everything sent: relayed datagrams and the handshake's answers."""
+    not_relayed: int = 0
+    """Texts that grew in decoding, so that relaying them would exceed the header bound."""
+
+    def __add__(self, other: RelayStats) -> RelayStats:
+        return RelayStats(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
 class Relay:
     """A handler that runs the room, then passes members' and others' texts to ``inner``.
 
     It runs in the pool workers like any handler, so relaying never touches the event loop.
-    Commands (``/join``, ``/leave``) are answered, not printed.
+    Commands (``/join``, ``/leave``) are answered, not printed. ``send`` is where answers and
+    relayed datagrams go: the server's socket (:meth:`udpchat.Server.send_datagram`).
     """
 
-    def __init__(self, room: Room, cookies: CookieJar, inner: Handler | None) -> None:
+    def __init__(self, room: Room, cookies: CookieJar, inner: Handler | None, send: Send) -> None:
         self.room = room
         self._cookies = cookies
         self._inner = inner
-        self._send: Send | None = None
-        self._lock = threading.Lock()
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.ignored_joins = 0
-        """Cookie requests smaller than the cookie: answering them would amplify."""
-        self.not_relayed = 0
-
-    def attach(self, send: Send) -> None:
-        """Where answers and relayed datagrams go: the server's socket, once it is bound."""
         self._send = send
+        self._lock = threading.Lock()
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._joins = 0
+        self._ignored_joins = 0
+        self._relayed_datagrams = 0
+        self._relayed_bytes = 0
+        self._not_relayed = 0
 
     def _emit(self, data: bytes, peer: Address) -> None:
-        assert self._send is not None, "attach() the relay to a server first"
         self._send(data, peer)
         with self._lock:
-            self.bytes_out += len(data)
+            self._bytes_out += len(data)
 
     def __call__(self, message: Message) -> None:
         with self._lock:
-            self.bytes_in += message.size
+            self._bytes_in += message.size
         text, peer = message.text, message.sender
         if text.startswith(JOIN):
             self._join(peer, text[len(JOIN) :].strip(), message.size)
@@ -183,31 +199,44 @@ class Relay:
         line = f"[{message.sender[0]}] {message.text}".encode()
         if len(line) > message.size + MAX_HEADER_BYTES:
             with self._lock:
-                self.not_relayed += 1
+                self._not_relayed += 1
             return
         for other in others:
             self._emit(line, other)
+        with self._lock:
+            self._relayed_datagrams += len(others)
+            self._relayed_bytes += len(others) * len(line)
 
     def _join(self, peer: Address, cookie: str, request_size: int) -> None:
         if cookie and self._cookies.is_valid(peer, cookie):
             if self.room.admit(peer):
+                with self._lock:
+                    self._joins += 1
                 self._emit(JOINED.encode(), peer)
             return
         answer = f"{COOKIE} {self._cookies.issue(peer)}".encode()
         if request_size < len(answer):
             with self._lock:
-                self.ignored_joins += 1
+                self._ignored_joins += 1
             return
         self._emit(answer, peer)
 
-    def summary(self) -> str:
+    def stats(self) -> RelayStats:
         room = self.room
-        return (
-            f"relay: members={len(room.members())} bytes_in={self.bytes_in} "
-            f"bytes_out={self.bytes_out} ignored_joins={self.ignored_joins} "
-            f"not_relayed={self.not_relayed} refused_full={room.refused_full} "
-            f"expired={room.expired}"
-        )
+        members = len(room.members())
+        with self._lock:
+            return RelayStats(
+                members=members,
+                joins=self._joins,
+                refused_full=room.refused_full,
+                ignored_joins=self._ignored_joins,
+                expired=room.expired,
+                relayed_datagrams=self._relayed_datagrams,
+                relayed_bytes=self._relayed_bytes,
+                bytes_in=self._bytes_in,
+                bytes_out=self._bytes_out,
+                not_relayed=self._not_relayed,
+            )
 
     def flush(self) -> None:
         flush = getattr(self._inner, "flush", None)

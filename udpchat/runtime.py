@@ -42,38 +42,74 @@ def run(main: Coroutine[Any, Any, T], choice: LoopChoice = LoopChoice.AUTO) -> T
         return runner.run(main)
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS: tuple[int, ...] = tuple(
+    signum
+    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
+    if signum is not None
+)
+"""Ctrl-C, a service manager's stop and a closed terminal: each asks for a drain."""
+
+_early_signals: list[int] = []
+
+
+def hold_stop_signals() -> dict[int, Any]:
+    """Remember stop signals instead of dying of them, until :class:`SignalStop` takes over;
+    returns the handlers it replaced, for :func:`restore_signals`.
+
+    Called first thing by the CLI, so that Ctrl-C during start-up (imports, binding) ends in a
+    clean stop rather than a ``KeyboardInterrupt`` traceback or, for SIGHUP, no summary.
+    """
+    return {
+        signum: signal.signal(signum, lambda signum, frame: _early_signals.append(signum))
+        for signum in STOP_SIGNALS
+    }
+
+
+def restore_signals(handlers: dict[int, Any]) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+    _early_signals.clear()
 
 
 @contextlib.contextmanager
 def capture_signals(
     on_signal: Callable[[int], None], signals: tuple[int, ...] = STOP_SIGNALS
 ) -> Iterator[None]:
-    """Call ``on_signal(signum)`` on the loop for these signals; restore old handlers after."""
+    """Call ``on_signal(signum)`` on the loop for these signals, starting with any held by
+    :func:`hold_stop_signals`; restore the old handlers after."""
     loop = asyncio.get_running_loop()
 
     def handle(signum: int, frame: object) -> None:
         loop.call_soon_threadsafe(on_signal, signum)
 
     previous = {signum: signal.signal(signum, handle) for signum in signals}
+    for signum in _early_signals:
+        if signum in signals:
+            loop.call_soon(on_signal, signum)
+    _early_signals.clear()
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        restore_signals(previous)
 
 
 class SignalStop:
-    """The first SIGINT or SIGTERM requests a graceful stop; a second one forces it.
+    """The first stop signal calls ``on_first(signum)`` and sets :attr:`requested`; a second
+    one forces the stop.
 
     Forcing cancels the task that installed the handlers, which abandons whatever it is
     waiting for (a drain, a send loop), so that an operator is never stuck.
     """
 
-    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
+    def __init__(
+        self,
+        signals: tuple[int, ...] = STOP_SIGNALS,
+        on_first: Callable[[int], None] | None = None,
+    ) -> None:
         self.requested = asyncio.Event()
         self.forced = False
         self._signals = signals
+        self._on_first = on_first
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[SignalStop]:
@@ -82,6 +118,8 @@ class SignalStop:
         def on_signal(signum: int) -> None:
             if not self.requested.is_set():
                 self.requested.set()
+                if self._on_first is not None:
+                    self._on_first(signum)
             elif task is not None:
                 self.forced = True
                 task.cancel()

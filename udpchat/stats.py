@@ -7,12 +7,18 @@ of ``handled`` or one drop reason, so that ``received == handled + sum(dropped)`
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from udpchat.accounting import DeliveryTotals, SenderStats, sum_totals
+
+if TYPE_CHECKING:  # relay.py builds on the pipeline, which builds on this module
+    from udpchat.relay import RelayStats
 
 LATENCY_BOUNDS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -67,6 +73,8 @@ class StatsSnapshot:
     senders: tuple[SenderStats, ...] = ()
     """Per-sender figures; empty when the snapshot was taken without them."""
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    relay: RelayStats | None = None
+    """The chat room's counters, for a server with ``relay=True``; else None."""
 
     @property
     def dropped_total(self) -> int:
@@ -84,6 +92,7 @@ def combine(snapshots: Sequence[StatsSnapshot]) -> StatsSnapshot:
         return summed
 
     kernel = [s.kernel_drops for s in snapshots]
+    relays = [s.relay for s in snapshots if s.relay is not None]
     return StatsSnapshot(
         received=sum(s.received for s in snapshots),
         handled=sum(s.handled for s in snapshots),
@@ -95,6 +104,7 @@ def combine(snapshots: Sequence[StatsSnapshot]) -> StatsSnapshot:
         delivery=sum_totals(s.delivery for s in snapshots),
         senders=tuple(sender for s in snapshots for sender in s.senders),
         latency=sum((s.latency for s in snapshots), LatencyHistogram()),
+        relay=functools.reduce(operator.add, relays) if relays else None,
     )
 
 
@@ -130,6 +140,29 @@ def format_counts(stats: StatsSnapshot) -> str:
 def format_summary(stats: StatsSnapshot) -> str:
     """The final line of totals."""
     return f"summary: {format_counts(stats)}"
+
+
+def format_relay(relay: RelayStats) -> str:
+    """The chat room's counters as ``key=value`` pairs."""
+    return "relay: " + " ".join(f"{name}={value}" for name, value in asdict(relay).items())
+
+
+def summary_lines(per_process: Sequence[StatsSnapshot]) -> list[str]:
+    """What a server reports at exit: the per-sender table, the relay's counters and the totals,
+    with each process's share when there are several."""
+    totals = combine(per_process)
+    lines = []
+    if totals.senders:
+        lines.append("senders:")
+        lines.extend(f"  {row}" for row in format_sender_table(totals.senders))
+    if totals.relay is not None:
+        lines.append(format_relay(totals.relay))
+    summary = format_summary(totals)
+    if len(per_process) > 1:
+        received = ", ".join(str(stats.received) for stats in per_process)
+        summary += f" processes={len(per_process)} (received {received})"
+    lines.append(summary)
+    return lines
 
 
 def format_status(stats: StatsSnapshot, rate_per_s: float) -> str:
@@ -246,6 +279,7 @@ class ServerCounters:
         kernel_drops: int | None = None,
         delivery: DeliveryTotals | None = None,
         senders: tuple[SenderStats, ...] = (),
+        relay: RelayStats | None = None,
     ) -> StatsSnapshot:
         with self._lock:
             return StatsSnapshot(
@@ -259,4 +293,5 @@ class ServerCounters:
                 delivery=delivery or DeliveryTotals(),
                 senders=senders,
                 latency=LatencyHistogram(tuple(self._latency_counts), self._latency_sum_s),
+                relay=relay,
             )

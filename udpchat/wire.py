@@ -143,3 +143,22 @@ def sanitize(text: str) -> str:
 def format_line(ip: str, text: str) -> str:
     """The server's console line, as the seed prints it: ``[127.0.0.1] alice: pesan ke-1``."""
     return f"[{ip}] {sanitize(text)}"
+
+
+# The relay room's control words (``serve --relay``), shared by the server and the client.
+
+JOIN = "/join"
+COOKIE = "/cookie"
+JOINED = "/joined"
+LEAVE = "/leave"
+COOKIE_MAC_HEX_DIGITS = 32
+MIN_JOIN_REQUEST_BYTES = len(f"{COOKIE} {2**40}.{'0' * COOKIE_MAC_HEX_DIGITS}")
+"""A cookie request must be at least as large as any cookie answer: no amplification."""
+MAX_HEADER_BYTES = len("[") + 39 + len("%") + 15 + len("] ")
+"""What a relayed datagram adds to the member's text, ``[ip] ``: the longest IPv6 address with
+a scope (interface names are at most 15 bytes on Linux)."""
+
+
+def relay_join_request() -> str:
+    """A cookie request padded to :data:`MIN_JOIN_REQUEST_BYTES`, as a client must send it."""
+    return f"{JOIN} ".ljust(MIN_JOIN_REQUEST_BYTES, "-")

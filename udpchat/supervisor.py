@@ -1,0 +1,343 @@
+"""``serve --processes N``: a supervisor for N server processes on one port (``SO_REUSEPORT``).
+
+Each child has its own event loop, pool and GIL; the kernel spreads datagrams across them by
+source. Children send their message lines to the parent in whole lines, and the parent alone
+writes them, so that lines never interleave. Children report their counters every
+:data:`REPORT_INTERVAL_S` and once more when they stop; the parent keeps the latest report of
+each, which :meth:`Supervisor.combined` adds up for the metrics endpoint and the summary.
+
+A child that dies is not restarted: the supervisor says so, stops the others with a drain and
+ends with the summary of everything reported, its last report included. A restarted child
+would hide a crash loop and start its counters from zero; an operator or a service manager
+decides better whether to start again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import BinaryIO
+
+from udpchat.metrics import MetricsServer
+from udpchat.runtime import LoopChoice, SignalStop, periodically, run
+from udpchat.server import MetricsStartError, Server, ServerConfig
+from udpchat.sockets import bind_udp_socket
+from udpchat.stats import StatsSnapshot, combine
+
+logger = logging.getLogger("udpchat.supervisor")
+
+REPORT_INTERVAL_S = 0.5
+"""How often each child sends its counters: the staleness bound of the combined metrics."""
+CHILD_EXIT_GRACE_S = 5.0
+"""Seconds beyond the drain timeout that a stopping child gets before it is killed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    address: tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailed:
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The child's counters now: sent periodically while it serves."""
+
+    stats: StatsSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The child's final counters, with whether its drain finished."""
+
+    stats: StatsSnapshot
+    drained: bool
+
+
+ChildMessage = Ready | StartFailed | Report | Done
+"""What a child sends its parent on the control pipe, in this order: Ready or StartFailed,
+any number of Report, then Done."""
+
+
+class ChildStartError(OSError):
+    """A child could not start its server; carries the child's own error text."""
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorResult:
+    per_process: tuple[StatsSnapshot, ...]
+    """Each child's last report, in child order."""
+    drained: bool
+    """Whether every child that stopped on request finished its drain."""
+    died: tuple[str, ...] = ()
+    """How each child that died on its own ended (``process 2 (pid 41): killed by SIGKILL``)."""
+
+
+class _ConnectionWriter(io.StringIO):
+    """A text stream whose writes go to the parent as one message each (whole lines)."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__()
+        self._connection = connection
+
+    def write(self, text: str) -> int:
+        self._connection.send_bytes(text.encode("utf-8"))
+        return len(text)
+
+
+def _send(control: Connection, message: ChildMessage) -> None:
+    control.send(message)
+
+
+def _child_main(
+    config: ServerConfig, label: str, loop: LoopChoice, control: Connection, output: Connection
+) -> None:
+    """One child: serve until the parent's SIGTERM, then report its counters and leave."""
+    for signum in (signal.SIGINT, getattr(signal, "SIGHUP", None)):
+        if signum is not None:  # the terminal's signals reach the parent, which decides
+            signal.signal(signum, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format=f"udpchat: {label}%(message)s")
+    logging.getLogger("udpchat.status").setLevel(logging.INFO)
+    server = Server(config, output=_ConnectionWriter(output))
+
+    async def serve() -> bool:
+        stop = SignalStop(signals=(signal.SIGTERM,), on_first=lambda _: server.request_stop())
+        with stop.installed():
+            try:
+                await server.start()
+            except OSError as error:
+                _send(control, StartFailed(error.strerror or str(error)))
+                return True
+            _send(control, Ready(server.address))
+
+            def report() -> None:
+                _send(control, Report(server.stats(include_senders=False)))
+
+            async with periodically(REPORT_INTERVAL_S, report):
+                return await server.serve()
+
+    drained = run(serve(), loop)
+    _send(control, Done(server.stats(), drained))
+    output.close()
+    os._exit(0)  # a stuck worker must not keep the child alive
+
+
+def claim_port(config: ServerConfig) -> int:
+    """The port the children will share, checked free of any other socket.
+
+    The check binds without ``SO_REUSEPORT``, which fails when anyone holds the port, with or
+    without it: so a second ``--processes`` server on the same port is refused, not merged.
+    """
+    with bind_udp_socket(config.host, config.port) as probe:
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exited with status {exitcode}"
+
+
+class _Child:
+    def __init__(self, index: int, process: BaseProcess, control: Connection) -> None:
+        self.label = f"process {index + 1}"
+        self.process = process
+        self.control = control
+        self.latest: StatsSnapshot | None = None
+        self.done: Done | None = None
+        self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
+        self.ended = asyncio.Event()
+        """The control pipe closed: the child has left, of its own will or not."""
+
+
+class Supervisor:
+    """Runs ``processes`` children of ``config`` until :meth:`request_stop` or a child's death.
+
+    ``out`` receives the children's message lines. The metrics endpoint, when the config asks
+    for one, is the parent's and serves :meth:`combined`.
+    """
+
+    def __init__(
+        self, config: ServerConfig, processes: int, loop: LoopChoice, out: BinaryIO
+    ) -> None:
+        if config.relay:
+            raise ValueError("relay needs one process: a room cannot span processes")
+        self.config = config
+        self.processes = processes
+        self._loop_choice = loop
+        self._out = out
+        self._out_lock = threading.Lock()
+        self._children: list[_Child] = []
+        self._threads: list[threading.Thread] = []
+        self._should_exit = asyncio.Event()
+        self._metrics: MetricsServer | None = None
+        self.address: tuple[str, int] | None = None
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self._metrics is None else self._metrics.address
+
+    def combined(self) -> StatsSnapshot:
+        """The children's latest reports added up (each at most :data:`REPORT_INTERVAL_S` old)."""
+        return combine([child.latest for child in self._children if child.latest is not None])
+
+    def request_stop(self) -> None:
+        self._should_exit.set()
+
+    async def start(self) -> None:
+        """Spawn the children and return once each serves; a child that cannot start ends
+        them all with :class:`ChildStartError`."""
+        port = claim_port(self.config)
+        child_config = dataclasses.replace(
+            self.config, port=port, reuse_port=True, metrics_port=None
+        )
+        context = multiprocessing.get_context("spawn")
+        loop = asyncio.get_running_loop()
+        try:
+            for index in range(self.processes):
+                control, control_child = context.Pipe()
+                output, output_child = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_child_main,
+                    args=(child_config, f"process {index + 1}: ", self._loop_choice,
+                          control_child, output_child),
+                    daemon=True,
+                )  # fmt: skip
+                process.start()
+                control_child.close()
+                output_child.close()
+                child = _Child(index, process, control)
+                self._children.append(child)
+                self._spawn_thread(self._copy_output, output)
+                self._spawn_thread(self._listen, child, loop)
+            readies = await asyncio.gather(*(child.ready for child in self._children))
+            self.address = readies[0].address
+            if self.config.metrics_port is not None:
+                host, metrics_port = self.config.metrics_host, self.config.metrics_port
+                try:
+                    self._metrics = await MetricsServer.start(self.combined, host, metrics_port)
+                except OSError as error:
+                    raise MetricsStartError(
+                        error.errno,
+                        f"cannot serve metrics on {host} port {metrics_port}: {error.strerror}",
+                    ) from None
+        except BaseException:
+            self._kill_all()
+            raise
+        assert self.address is not None
+        pids = ", ".join(str(child.process.pid) for child in self._children)
+        logger.info(
+            "listening on %s port %d (%d processes: pids %s)",
+            *self.address,
+            len(self._children),
+            pids,
+        )
+        if self._metrics is not None:
+            logger.info("metrics on http://%s:%d/metrics", *self._metrics.address)
+
+    def _spawn_thread(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _copy_output(self, connection: Connection) -> None:
+        """Copy one child's output chunks (whole lines each) to ``out`` until the child ends."""
+        with connection:
+            while True:
+                try:
+                    chunk = connection.recv_bytes()
+                except (EOFError, OSError):
+                    return
+                with self._out_lock:
+                    self._out.write(chunk)
+                    self._out.flush()
+
+    def _listen(self, child: _Child, loop: asyncio.AbstractEventLoop) -> None:
+        """A thread per child: pass its messages to the loop, then say it has ended."""
+        with child.control:
+            while True:
+                try:
+                    message: ChildMessage = child.control.recv()
+                except (EOFError, OSError):
+                    break
+                loop.call_soon_threadsafe(self._on_message, child, message)
+        loop.call_soon_threadsafe(self._on_end, child)
+
+    def _on_message(self, child: _Child, message: ChildMessage) -> None:
+        match message:
+            case Ready():
+                child.ready.set_result(message)
+            case StartFailed(error):
+                child.ready.set_exception(ChildStartError(error))
+            case Report(stats):
+                child.latest = stats
+            case Done(stats):
+                child.latest, child.done = stats, message
+
+    def _on_end(self, child: _Child) -> None:
+        child.ended.set()
+        if not child.ready.done():
+            child.ready.set_exception(ChildStartError(f"{child.label} ended before it was ready"))
+        if child.done is None:
+            self._should_exit.set()
+
+    async def serve(self) -> SupervisorResult:
+        """Start (unless started), supervise until a stop request or a child's death, then stop
+        the children with a drain; returns what they reported."""
+        if not self._children:
+            await self.start()
+        try:
+            await self._should_exit.wait()
+            return await self._stop_children()
+        finally:
+            self._kill_all()
+            if self._metrics is not None:
+                await self._metrics.close()
+
+    async def _stop_children(self) -> SupervisorResult:
+        deadline = self.config.drain_timeout_s + CHILD_EXIT_GRACE_S
+        dead = [child for child in self._children if child.ended.is_set() and child.done is None]
+        died = []
+        for child in self._children:
+            if child in dead:
+                await asyncio.to_thread(child.process.join, deadline)
+                line = f"{child.label} (pid {child.process.pid}) died: "
+                line += describe_exit(child.process.exitcode)
+                logger.error("%s; stopping the others", line)
+                died.append(line)
+            elif child.process.pid is not None and not child.ended.is_set():
+                os.kill(child.process.pid, signal.SIGTERM)
+        ended = [asyncio.ensure_future(child.ended.wait()) for child in self._children]
+        _, pending = await asyncio.wait(ended, timeout=deadline)
+        for waiter in pending:
+            waiter.cancel()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, deadline)
+        reports = [child.latest for child in self._children if child.latest is not None]
+        drained = all(
+            child.done is not None and child.done.drained
+            for child in self._children
+            if child not in dead
+        )
+        return SupervisorResult(tuple(reports), drained, tuple(died))
+
+    def _kill_all(self) -> None:
+        for child in self._children:
+            if child.process.is_alive():
+                child.process.kill()
