@@ -42,6 +42,7 @@ __all__ = [
     "decode_envelope",
     "encode_envelope",
     "redact_url",
+    "room_subject",
 ]
 
 logger = logging.getLogger("udpchat.bus")
