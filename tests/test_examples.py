@@ -7,18 +7,31 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def test_embedding_example_runs() -> None:
+def run_example(name: str) -> list[str]:
+    """The example's stdout lines, after it exited 0."""
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "embed.py")],
+        [sys.executable, str(EXAMPLES / name)],
         check=False,
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    return result.stdout.splitlines()
+
+
+def test_embedding_example_runs() -> None:
+    lines = run_example("embed.py")
     assert sorted(line.split(" in ")[0] for line in lines[:3]) == [
         f"handled embedded #{n}" for n in (1, 2, 3)
     ]
     assert all("udpchat-worker" in line for line in lines[:3])
     assert lines[3] == "received=3 handled=3"
+
+
+def test_room_example_runs() -> None:
+    assert run_example("room.py") == [
+        "ana got: [127.0.0.1] budi: halo",
+        "udpchat_relay_members 2.0",
+        "drained=True joins=2 relayed_datagrams=1",
+    ]

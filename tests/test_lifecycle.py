@@ -22,7 +22,7 @@ from tests.conftest import (
     start_cli,
     start_cli_server,
 )
-from udpchat import Client, Message, Server, ServerConfig
+from udpchat import Client, Message, OutputFormat, Server, ServerConfig
 from udpchat.cli import main
 
 
@@ -185,3 +185,9 @@ async def test_json_mode_keeps_stdout_for_json() -> None:
     status, rest, _ = await cli.finish()
     assert status == 0
     assert first.startswith("{") and rest == ""
+
+
+def test_a_handler_and_an_output_format_are_one_too_many() -> None:
+    config = ServerConfig(output_format=OutputFormat.TEXT)
+    with pytest.raises(ValueError, match=r"handler or config\.output_format"):
+        Server(config, lambda message: None)

@@ -39,12 +39,12 @@ from udpchat.runtime import (
     LoopUnavailableError,
     SignalStop,
     hold_stop_signals,
-    restore_signals,
+    release_stop_signals,
     run,
 )
 from udpchat.server import MetricsStartError, Server, ServerConfig
 from udpchat.stats import StatsSnapshot, summary_lines
-from udpchat.supervisor import ChildStartError, Supervisor, SupervisorResult
+from udpchat.supervisor import Supervisor, SupervisorResult
 from udpchat.wire import MAX_USERNAME_LENGTH, is_valid_username, sanitize
 
 WAITING_LINE = "Server menunggu..."
@@ -80,8 +80,13 @@ def print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+SIGNAL_AWARE_COMMANDS = ("serve", "send", "chat")
+"""Commands that take over the stop signals held since start-up; the others get them back."""
+
+
 @app.callback()
 def options(
+    context: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -90,6 +95,8 @@ def options(
     ] = False,
 ) -> None:
     """udpchat: the seed's UDP message server and client, on asyncio with a worker pool."""
+    if context.invoked_subcommand not in SIGNAL_AWARE_COMMANDS:
+        release_stop_signals(deliver=True)
 
 
 PortOption = Annotated[int, typer.Option(min=0, max=65535, help="UDP port.")]
@@ -273,7 +280,7 @@ def serve(
             outcome = run(serve_until_signalled(supervisor, banner), loop)
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
-    except (MetricsStartError, ChildStartError, BusUnavailableError) as error:
+    except (MetricsStartError, BusUnavailableError) as error:
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)
     except OSError as error:
         fail(
@@ -567,7 +574,7 @@ def load(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI as a function: parse ``argv``, run the command, return its exit status."""
-    held = hold_stop_signals()
+    hold_stop_signals()
     logging.basicConfig(level=logging.WARNING, format="udpchat: %(message)s", stream=sys.stderr)
     library_logger = logging.getLogger("udpchat")
     level = library_logger.level
@@ -578,5 +585,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else ExitCode.FAILURE
     finally:
         library_logger.setLevel(level)
-        restore_signals(held)
+        release_stop_signals(deliver=False)
     return ExitCode.OK

@@ -50,25 +50,34 @@ STOP_SIGNALS: tuple[int, ...] = tuple(
 """Ctrl-C, a service manager's stop and a closed terminal: each asks for a drain."""
 
 _early_signals: list[int] = []
+_held_handlers: dict[int, Any] = {}
+"""The handlers :func:`hold_stop_signals` replaced, for :func:`release_stop_signals`."""
 
 
-def hold_stop_signals() -> dict[int, Any]:
-    """Remember stop signals instead of dying of them, until :class:`SignalStop` takes over;
-    returns the handlers it replaced, for :func:`restore_signals`.
+def _remember(signum: int, frame: object) -> None:
+    _early_signals.append(signum)
+
+
+def hold_stop_signals() -> None:
+    """Remember stop signals instead of dying of them, until :class:`SignalStop` takes over.
 
     Called first thing by the CLI, so that Ctrl-C during start-up (imports, binding) ends in a
     clean stop rather than a ``KeyboardInterrupt`` traceback or, for SIGHUP, no summary.
     """
-    return {
-        signum: signal.signal(signum, lambda signum, frame: _early_signals.append(signum))
-        for signum in STOP_SIGNALS
-    }
+    for signum in STOP_SIGNALS:
+        _held_handlers.setdefault(signum, signal.signal(signum, _remember))
 
 
-def restore_signals(handlers: dict[int, Any]) -> None:
-    for signum, handler in handlers.items():
+def release_stop_signals(*, deliver: bool) -> None:
+    """Give the stop signals back to the handlers :func:`hold_stop_signals` replaced; with
+    ``deliver``, raise again those that arrived meanwhile (for commands that take no signals)."""
+    for signum, handler in _held_handlers.items():
         signal.signal(signum, handler)
+    _held_handlers.clear()
+    pending = list(_early_signals) if deliver else []
     _early_signals.clear()
+    for signum in pending:
+        signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
@@ -90,7 +99,8 @@ def capture_signals(
     try:
         yield
     finally:
-        restore_signals(previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class SignalStop:
