@@ -43,8 +43,11 @@ async def running_bus(url: str, **options: Any) -> AsyncIterator[tuple[RoomBus, 
     """A started bus whose deliveries land in the returned list."""
     heard: Heard = []
     bus = RoomBus(BusConfig((url,), **options), lambda ip, text: heard.append((ip, text)))
-    async with bus:
+    await bus.start()
+    try:
         yield bus, heard
+    finally:
+        await bus.stop()
 
 
 async def wait_for_subscriptions(nodes: list[NatsNode], count: int) -> None:

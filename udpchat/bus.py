@@ -23,7 +23,6 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -309,16 +308,19 @@ class RoomBus:
             return
         envelope = encode_envelope(self.origin, ip, data)
         with self._lock:
-            if self._stopping or self._loop is None:
-                self._publish_failures["stopped"] += 1
-                return
-            if len(self._backlog) >= self.config.max_backlog:
-                self._publish_failures["backlog_full"] += 1
-                return
-            was_empty = not self._backlog
-            self._backlog.append(envelope)
-        if was_empty:
-            self._loop.call_soon_threadsafe(self._wakeup.set)
+            loop, was_empty = self._loop, not self._backlog
+            if self._stopping or loop is None:
+                refusal: str | None = "stopped"
+            elif len(self._backlog) >= self.config.max_backlog:
+                refusal = "backlog_full"
+            else:
+                refusal = None
+                self._backlog.append(envelope)
+        if refusal is not None:
+            self._count_failure(refusal)
+        elif was_empty:
+            assert loop is not None
+            loop.call_soon_threadsafe(self._wakeup.set)
 
     async def _publish_backlog(self) -> None:
         """The one task that hands messages to nats-py, in the order the workers gave them."""
@@ -349,18 +351,18 @@ class RoomBus:
                     self._published_while_disconnected += 1
 
     def _count_failure(self, reason: str) -> None:
-        with self._lock:
-            first = self._publish_failures[reason] == 0
-            self._publish_failures[reason] += 1
-        if first:
-            logger.warning("could not publish to NATS (%s); counting from now on", reason)
+        self._count(self._publish_failures, reason, "could not publish to NATS")
 
     def _count_drop(self, reason: str) -> None:
+        self._count(self._dropped, reason, "dropped a message from NATS")
+
+    def _count(self, counts: collections.Counter[str], reason: str, what: str) -> None:
+        """Count one more for ``reason``: the first of each is logged, the rest only counted."""
         with self._lock:
-            first = self._dropped[reason] == 0
-            self._dropped[reason] += 1
+            first = counts[reason] == 0
+            counts[reason] += 1
         if first:
-            logger.warning("dropped a message from NATS (%s); counting from now on", reason)
+            logger.warning("%s (%s); counting from now on", what, reason)
 
     async def _on_message(self, message: Msg) -> None:
         envelope = decode_envelope(message.data, self.config.max_text_bytes)
@@ -445,18 +447,6 @@ class RoomBus:
                 reconnects=self._reconnects,
                 connected=self._client is not None and self._client.is_connected,
             )
-
-    async def __aenter__(self) -> RoomBus:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def is_refusal(error: BaseException) -> bool:
