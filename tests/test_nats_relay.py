@@ -11,6 +11,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import pytest
+
 from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, eventually, start_cli, start_cli_server
 from tests.nats_servers import NatsNode
 from udpchat import Server, ServerConfig
@@ -215,3 +217,15 @@ def test_bus_counters_in_the_metrics() -> None:
     failures = families["udpchat_nats_publish_failures"].samples
     assert [(s.labels, s.value) for s in failures] == [({"reason": "buffer_full"}, 2)]
     assert families["udpchat_nats_connected"].samples[0].value == 0
+
+
+def test_config_checks_the_nats_fields() -> None:
+    with pytest.raises(ValueError, match="relay"):
+        ServerConfig(nats=("nats://127.0.0.1:4222",))
+    with pytest.raises(ValueError, match="room"):
+        ServerConfig(relay=True, nats=("nats://127.0.0.1:4222",), room="a.*")
+    with pytest.raises(ValueError, match="nats_connect_timeout_s"):
+        ServerConfig(relay=True, nats=("nats://127.0.0.1:4222",), nats_connect_timeout_s=0)
+    config = ServerConfig(relay=True, nats=("nats://127.0.0.1:4222",), max_datagram_size=512)
+    bus = config.bus_config()
+    assert bus is not None and (bus.room, bus.max_text_bytes) == ("lobby", 512)
