@@ -284,7 +284,7 @@ class RoomBus:
             reconnected_cb=self._on_reconnected,
             reconnect_to_server_handler=self._next_server,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
+            reconnect_time_wait=1,  # between first attempts at one server; then _next_server
             pending_size=self.config.max_pending_bytes,
             **options,
         )

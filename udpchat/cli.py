@@ -216,13 +216,15 @@ def serve(
         str, typer.Option(help="The room's name on NATS: several rooms share one cluster.")
     ] = DEFAULT_ROOM,
     nats_creds: Annotated[
-        Path | None, typer.Option(dir_okay=False, help="NATS credentials file (user JWT + NKey).")
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="NATS credentials file (user JWT + NKey)."),
     ] = None,
     nats_nkey: Annotated[
-        Path | None, typer.Option(dir_okay=False, help="NATS NKey seed file.")
+        Path | None, typer.Option(exists=True, dir_okay=False, help="NATS NKey seed file.")
     ] = None,
     nats_ca: Annotated[
-        Path | None, typer.Option(dir_okay=False, help="CA file to verify NATS's TLS with.")
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="CA file to verify NATS's TLS with."),
     ] = None,
     nats_connect_timeout: Annotated[
         float, typer.Option(min=0.1, max=60.0, help="Seconds to wait for NATS at start.")
