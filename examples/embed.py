@@ -30,7 +30,7 @@ async def main() -> None:
         async with udpchat.Client(*server.address) as client:
             await client.send_every("embedded", interval_s=0.1, count=COUNT)
         await asyncio.wait_for(done.wait(), timeout=5)
-        stats = server.stats()
+    stats = server.stats()  # read after the server stopped: final, every message counted
     print(f"received={stats.received} handled={stats.handled}")
 
 

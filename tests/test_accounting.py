@@ -15,7 +15,7 @@ from udpchat.accounting import (
     sum_totals,
 )
 
-ALICE = (("127.0.0.1", 40000), "alice")
+ALICE = (("127.0.0.1", 40000), b"alice")
 
 
 def feed(counters: list[int], key: SenderKey = ALICE) -> tuple[DeliveryAccounting, list[Verdict]]:
@@ -82,7 +82,7 @@ def test_joining_mid_stream_counts_nothing_lost_before() -> None:
 
 def test_senders_are_told_apart_by_address_and_username() -> None:
     accounting = DeliveryAccounting()
-    for key in [ALICE, (("127.0.0.1", 40001), "alice"), (("127.0.0.1", 40000), "bob")]:
+    for key in [ALICE, (("127.0.0.1", 40001), b"alice"), (("127.0.0.1", 40000), b"bob")]:
         assert accounting.record(key, 1, 0.0) is Verdict.NEW
     assert accounting.totals().senders == 3
 
@@ -90,7 +90,7 @@ def test_senders_are_told_apart_by_address_and_username() -> None:
 def test_the_table_is_bounded_and_evictions_are_counted() -> None:
     accounting = DeliveryAccounting(max_senders=10)
     for port in range(25):
-        accounting.record((("10.0.0.1", port), "spoofed"), 1, float(port))
+        accounting.record((("10.0.0.1", port), b"spoofed"), 1, float(port))
     totals = accounting.totals()
     assert totals.senders <= 10
     assert totals.senders + totals.evicted == 25

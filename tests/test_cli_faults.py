@@ -14,12 +14,12 @@ import pytest
 
 from tests.conftest import LOOPBACK, CliProcess, read_port, start_cli
 from tests.test_client import free_udp_port
+from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.cli import main
+from udpchat.pipeline import memory_bound_bytes
+from udpchat.server import DEFAULT_WORKERS
 
 FLOOD_SCRIPT = Path(__file__).with_name("flood.py")
-BASE_RSS_BYTES = 64 * 1024 * 1024
-"""Peak RSS bound of a server, beyond what its queue may hold: the interpreter and libraries."""
-QUEUED_MESSAGE_OVERHEAD_BYTES = 512
 
 
 def summary_counts(stderr: str) -> dict[str, int]:
@@ -129,7 +129,14 @@ async def test_flood_memory_is_bounded_and_every_datagram_is_accounted(tmp_path:
     counts = summary_counts(stderr)
     assert counts["received"] == counts["handled"] + counts["dropped"]
     assert sent == counts["received"] + counts["kernel_drops"]
-    assert peak < BASE_RSS_BYTES + queue_size * (max_size + QUEUED_MESSAGE_OVERHEAD_BYTES)
+    bound = memory_bound_bytes(
+        queue_size=queue_size,
+        max_datagram_size=max_size,
+        max_senders=DEFAULT_MAX_SENDERS,
+        workers=DEFAULT_WORKERS,
+        max_sources=0,
+    )
+    assert peak < bound
     logged = (tmp_path / "messages.log").read_text().count("\n")
     assert logged == counts["handled"] + 1  # and the banner
 

@@ -42,7 +42,7 @@ async def test_snapshot_and_verdicts_from_a_misbehaving_sender() -> None:
         alice_port = send_counters(server.address, "alice", ALICE_COUNTERS)
         bob_port = send_counters(server.address, "bob", [1, 2, 3, 4, 5, 1, 2])  # a restart
         messages = await collector.wait_for(15)
-        stats = server.stats()
+    stats = server.stats()  # final once stopped: every handled batch is counted
     alice = [m for m in messages if m.username == "alice"]
     assert [m.verdict.value for m in alice if m.verdict] == ALICE_VERDICTS
     senders = {sender.username: sender for sender in stats.senders}

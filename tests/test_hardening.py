@@ -77,10 +77,18 @@ async def test_text_outside_the_seed_format_is_shown_and_counted(
 
 
 async def test_terminal_controls_never_reach_the_output_raw() -> None:
-    hostile = b"x\x1b[2J\x1b]0;pwned\x07\r\nfake line\x00\x9b\xe2\x80\xae"
+    hostile = "x\x1b[2J\x1b]0;pwned\x07\r\nfake line\x00\x9b\u202e \\ end".encode()
     lines, _, _ = await run_through_printer(hostile)
-    assert lines == [f"[{LOOPBACK}] x\\x1b[2J\\x1b]0;pwned\\x07\\r\\nfake line\\x00\\x9b\\u202e\n"]
+    expected = "x\\x1b[2J\\x1b]0;pwned\\x07\\r\\nfake line\\x00\\x9b\\u202e \\\\ end"
+    assert lines == [f"[{LOOPBACK}] {expected}\n"]
     assert all(ch.isprintable() for ch in lines[0][:-1])
+
+
+async def test_invalid_utf8_is_shown_whole_in_bytes_notation() -> None:
+    lines, messages, stats = await run_through_printer(b"caf\xc3\xa9 \xff\x1b[2J")
+    assert lines == [f"[{LOOPBACK}] caf\\xc3\\xa9 \\xff\\x1b[2J\n"]
+    assert messages[0].text == "caf\\xc3\\xa9 \\xff\\x1b[2J"
+    assert stats.problems == {"invalid_utf8": 1, "unparsed": 1}
 
 
 async def test_failing_handler_is_logged_once_counted_and_the_server_goes_on(

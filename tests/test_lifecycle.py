@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 import signal
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -125,6 +126,27 @@ async def test_an_incomplete_drain_is_logged_not_raised(caplog: pytest.LogCaptur
     assert await server.wait_closed() is False
     release.set()
     assert any("still stuck" in record.getMessage() for record in caplog.records)
+
+
+async def test_abandon_ends_serve_without_waiting_for_the_drain() -> None:
+    release = threading.Event()
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def stuck(message: Message) -> None:
+        loop.call_soon_threadsafe(started.set)
+        release.wait(EVENT_TIMEOUT_S)
+
+    config = ServerConfig(host=LOOPBACK, port=0, workers=1, drain_timeout_s=3600)
+    server = Server(config, stuck)
+    await server.start()
+    serving = asyncio.create_task(server.serve())
+    raw_send(server.address, b"a: pesan ke-1")
+    await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+    server.request_stop()
+    server.abandon()  # at once, as two quick Ctrl-C do
+    assert await asyncio.wait_for(serving, EVENT_TIMEOUT_S) is False
+    release.set()
 
 
 def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:

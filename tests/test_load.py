@@ -96,19 +96,24 @@ def test_bench_runs_end_to_end_at_a_small_rate() -> None:
     result = subprocess.run(
         [
             sys.executable, "-m", "benchmarks.run", "--rates", "500", "--duration", "0.5",
-            "--designs", "udpchat serve,seed: thread per datagram",
+            "--trials", "2", "--users", "3", "--no-overload",
+            "--designs", f"udpchat serve;{bench.BARE};seed: thread per datagram",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = result.stdout
-    assert "| load generator flat out into a receive-only sink |" in table
-    assert re.search(r"\| udpchat serve \| 500/s \| — \| \d+ MiB \|", table)
+    assert "3 users, 2 trials per rate" in table
+    assert re.search(
+        r"\| udpchat serve \| 500/s \| [\d.]+% \([\d.]+%-[\d.]+%\) \| — \| \d+ MiB \|", table
+    )
+    assert re.search(rf"\| {re.escape(bench.BARE)} \| 500/s \| .* \| 1.00x \| \d+ MiB \|", table)
     assert re.search(r"\| seed: thread per datagram \| (500/s|< 500/s) \| ", table)
 
 
 def test_bench_trial_counts_what_the_server_wrote(tmp_path: Path) -> None:
     trial = bench.run_trial("udpchat serve", 1000, 0.5, 2, tmp_path)
     assert trial.sent == trial.handled > 0
-    assert trial.passed
+    assert trial.loss == 0.0
     assert trial.peak_rss_bytes > 0
+    assert bench.accounts_balance(trial), trial.stderr

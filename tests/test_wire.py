@@ -63,6 +63,7 @@ def test_decode_drops_one_trailing_newline_as_nc_sends_it() -> None:
 
 def test_decode_escapes_invalid_utf8() -> None:
     assert decode(b"bad \xff\xfe") == ("bad \\xff\\xfe", False)
+    assert decode(b"\xc3\xa9 \\ \xff") == ("\\xc3\\xa9 \\\\ \\xff", False)
 
 
 def test_sanitize_keeps_printable_text() -> None:
@@ -72,6 +73,7 @@ def test_sanitize_keeps_printable_text() -> None:
 def test_sanitize_escapes_terminal_controls() -> None:
     assert sanitize("a\x1b[2Jb\rc\nd\x07e\x00f\tg") == "a\\x1b[2Jb\\rc\\nd\\x07e\\x00f\\tg"
     assert sanitize("x\u202ey\u2028z\x9b") == "x\\u202ey\\u2028z\\x9b"
+    assert sanitize("a\\b\x01") == "a\\\\b\\x01", "backslashes doubled once anything is escaped"
 
 
 def test_format_line_is_the_seed_console_line() -> None:

@@ -32,6 +32,7 @@ from udpchat.client import Client, JoinError
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
 from udpchat.metrics import DEFAULT_METRICS_HOST
 from udpchat.output import OutputFormat
+from udpchat.pipeline import OutputError
 from udpchat.progress import LoadProgress
 from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S
 from udpchat.runtime import (
@@ -41,6 +42,7 @@ from udpchat.runtime import (
     hold_stop_signals,
     release_stop_signals,
     run,
+    tune_for_throughput,
 )
 from udpchat.server import MetricsStartError, Server, ServerConfig
 from udpchat.stats import StatsSnapshot, summary_lines
@@ -273,6 +275,7 @@ def serve(
         nats_connect_timeout_s=nats_connect_timeout,
     )
     banner = sys.stderr if output_format is OutputFormat.JSON else sys.stdout
+    tune_for_throughput()
     try:
         if processes == 1:
             outcome = run(serve_until_signalled(Server(config), banner), loop)
@@ -282,6 +285,9 @@ def serve(
             outcome = run(serve_until_signalled(supervisor, banner), loop)
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
+    except StdoutError as error:
+        silence_stdout()
+        fail(str(error), ExitCode.FAILURE)
     except (MetricsStartError, BusUnavailableError) as error:
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)
     except OSError as error:
@@ -311,22 +317,24 @@ async def serve_until_signalled(server: Server | Supervisor, banner: TextIO) -> 
         report(f"{name}: stopping (a second signal forces)")
         server.request_stop()
 
-    stop = SignalStop(on_first=on_first)
+    stop = SignalStop(on_first=on_first, on_force=server.abandon)
     with stop.installed():
+        await server.start()
         try:
-            await server.start()
-            print(WAITING_LINE, file=banner, flush=True)
-            try:
-                result = await server.serve()
-            except Exception as error:  # what ended Server.serve() through Server.fail()
-                if not isinstance(server, Server):
-                    raise
-                drained = await server.wait_closed()
-                return Outcome((server.stats(),), drained, error=error)
-        except asyncio.CancelledError:
-            if not stop.forced:
+            print_banner(banner)
+        except StdoutError:
+            server.abandon()  # nothing was served yet: close the socket without a drain
+            await server.serve()
+            raise
+        try:
+            result = await server.serve()
+        except Exception as error:  # what ended Server.serve() through Server.fail()
+            if not isinstance(server, Server):
                 raise
-            return Outcome((), drained=False, forced=True)
+            drained = await server.wait_closed()
+            return Outcome((server.stats(),), drained, error=error)
+    if stop.forced:
+        return Outcome((), drained=False, forced=True)
     if isinstance(result, SupervisorResult):
         return Outcome(result.per_process, result.drained, died=result.died)
     assert isinstance(server, Server)
@@ -347,11 +355,35 @@ def finish(outcome: Outcome) -> None:
     if outcome.error is not None:
         report(f"stopped by an error: {describe_error(outcome.error)}")
         code = ExitCode.FAILURE
+        if isinstance(outcome.error, OutputError):
+            silence_stdout()
     if outcome.died:
         code = ExitCode.FAILURE
     if not outcome.drained:
         exit_now(code)
     raise typer.Exit(code)
+
+
+class StdoutError(OSError):
+    """Standard output cannot be written (a broken pipe, a full disk)."""
+
+
+def print_banner(stream: TextIO) -> None:
+    """The seed's ``Server menunggu...``; a stream that fails is said as such, not as a failure
+    to listen."""
+    try:
+        print(WAITING_LINE, file=stream, flush=True)
+    except OSError as error:
+        name = "stdout" if stream is sys.stdout else "stderr"
+        raise StdoutError(f"cannot write to {name}: {describe_error(error)}") from None
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush into a broken pipe does
+    not print a traceback after our own one-line message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def exit_now(code: ExitCode) -> NoReturn:

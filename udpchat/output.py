@@ -1,7 +1,8 @@
 """What the server writes: one line per message on stdout, as the seed's text or as JSON.
 
-Lines are built by the pool worker that handles the message and written in whole lines, so
-that concurrent workers never interleave or merge them.
+A worker formats a whole batch and writes it with one call, so that concurrent workers never
+interleave or merge lines and a burst costs one system call. Clean seed text is never decoded:
+its line is the datagram's own bytes behind a cached ``[ip] `` prefix.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import enum
 import json
 import threading
 from collections.abc import Callable
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
-from udpchat.pipeline import Message
+from udpchat.fastpath import text_lines
+from udpchat.pipeline import Batch, Message, OutputError
 from udpchat.wire import format_line
 
-MAX_PENDING_LINES = 1024
-"""Lines a printer keeps per thread before it writes them, whatever the batch size."""
+MAX_PENDING_BYTES = 256 * 1024
+"""Formatted bytes a printer holds per thread between a message and its flush, at most, when
+it runs inside another per-message handler (the relay); past it, it writes at once."""
+MAX_CACHED_PREFIXES = 4096
+"""``[ip] `` prefixes kept ready, at most; the cache starts over when full."""
 
 
 class OutputFormat(enum.StrEnum):
@@ -72,39 +77,90 @@ FORMATTERS: dict[OutputFormat, Callable[[Message], str]] = {
 }
 
 
+class _BinaryOut:
+    """Bytes to a stream under a lock, one write and one flush per call; failures become
+    :class:`OutputError` so that the pipeline counts the batch as lost, not handled."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._buffer: BinaryIO | None = getattr(stream, "buffer", None)
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        try:
+            with self._lock:
+                if self._buffer is not None:
+                    self._buffer.write(data)
+                    self._buffer.flush()
+                else:
+                    self._stream.write(data.decode("utf-8"))
+                    self._stream.flush()
+        except (OSError, ValueError) as error:  # ValueError: the stream was closed
+            raise OutputError(f"cannot write messages: {_reason(error)}") from error
+
+
+def _escaped_line(ip: str, text: str) -> bytes:
+    return f"{format_line(ip, text)}\n".encode()
+
+
+def _reason(error: BaseException) -> str:
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
 class LinePrinter:
     """A handler that writes one line per message; the seed's ``[ip] text`` by default.
 
-    Each worker thread collects its lines and :meth:`flush` writes them in one go (at the
-    latest every :data:`MAX_PENDING_LINES`), so output costs one write per burst, not per message.
+    As the server's handler it takes whole batches (:meth:`handle_batch`): one write each. Used
+    inside another handler (the relay calls it per message), it collects each thread's lines
+    and :meth:`flush` writes them, at the latest every :data:`MAX_PENDING_BYTES`.
     """
 
     def __init__(self, stream: TextIO, output_format: OutputFormat = OutputFormat.TEXT) -> None:
-        self._stream = stream
+        self._out = _BinaryOut(stream)
+        self._output_format = output_format
         self._format = FORMATTERS[output_format]
-        self._lock = threading.Lock()
+        self._prefixes: dict[str, bytes] = {}
         self._pending = threading.local()
+
+    def handle_batch(self, batch: Batch) -> int:
+        if self._output_format is OutputFormat.TEXT:
+            data = self._text_lines(batch)
+        else:
+            lines = [self._format(message) for message in batch.messages()]
+            data = ("\n".join(lines) + "\n").encode("utf-8")
+        self._out.write(data)
+        return 0
+
+    def _text_lines(self, batch: Batch) -> bytes:
+        """The batch's seed lines as bytes: clean seed text is copied as it came."""
+        if len(self._prefixes) > MAX_CACHED_PREFIXES:
+            self._prefixes.clear()
+        return text_lines(
+            batch.datagrams, batch.senders, batch.texts, self._prefixes, _escaped_line
+        )
 
     def _lines(self) -> list[str]:
         try:
             lines: list[str] = self._pending.lines
         except AttributeError:
             lines = self._pending.lines = []
+            self._pending.size = 0
         return lines
 
     def __call__(self, message: Message) -> None:
         lines = self._lines()
-        lines.append(self._format(message))
-        if len(lines) >= MAX_PENDING_LINES:
+        line = self._format(message)
+        lines.append(line)
+        self._pending.size += len(line) + 1
+        if self._pending.size >= MAX_PENDING_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        """Write this thread's pending lines; a worker calls it when the queue runs dry."""
+        """Write this thread's pending lines; the worker calls it after each batch."""
         lines = self._lines()
         if not lines:
             return
-        text = "\n".join(lines) + "\n"
+        data = ("\n".join(lines) + "\n").encode("utf-8")
         lines.clear()
-        with self._lock:
-            self._stream.write(text)
-            self._stream.flush()
+        self._pending.size = 0
+        self._out.write(data)

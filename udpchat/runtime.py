@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -40,6 +42,27 @@ def run(main: Coroutine[Any, Any, T], choice: LoopChoice = LoopChoice.AUTO) -> T
     """Run a coroutine to completion on a new loop of the chosen kind."""
     with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
         return runner.run(main)
+
+
+GC_YOUNG_THRESHOLD = 50_000
+"""Allocations between two collections of the youngest generation (CPython's default: 700)."""
+SWITCH_INTERVAL_S = 0.001
+"""How long a thread may hold the GIL while another waits (CPython's default: 5 ms)."""
+
+
+def tune_for_throughput() -> None:
+    """Process-wide settings for a server process; the ``serve`` command calls it, an
+    embedding application may.
+
+    The hot path allocates a few short-lived tuples per datagram and frees them by reference
+    count; with the default thresholds the cyclic garbage collector, which walks every queued
+    datagram and every sender, costs as much as the work itself. What start-up made is frozen
+    out of its sight, and it runs 70 times less often. A shorter switch interval lets the
+    event loop take the GIL back from a busy worker sooner, before the socket buffer fills.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 STOP_SIGNALS: tuple[int, ...] = tuple(
@@ -105,21 +128,23 @@ def capture_signals(
 
 class SignalStop:
     """The first stop signal calls ``on_first(signum)`` and sets :attr:`requested`; a second
-    one forces the stop.
+    one forces the stop, so that an operator is never stuck.
 
-    Forcing cancels the task that installed the handlers, which abandons whatever it is
-    waiting for (a drain, a send loop), so that an operator is never stuck.
+    Forcing calls ``on_force()``, or without it cancels the task that installed the handlers,
+    which abandons whatever it is waiting for (a drain, a send loop).
     """
 
     def __init__(
         self,
         signals: tuple[int, ...] = STOP_SIGNALS,
         on_first: Callable[[int], None] | None = None,
+        on_force: Callable[[], None] | None = None,
     ) -> None:
         self.requested = asyncio.Event()
         self.forced = False
         self._signals = signals
         self._on_first = on_first
+        self._on_force = on_force
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[SignalStop]:
@@ -130,6 +155,9 @@ class SignalStop:
                 self.requested.set()
                 if self._on_first is not None:
                     self._on_first(signum)
+            elif self._on_force is not None:
+                self.forced = True
+                self._on_force()
             elif task is not None:
                 self.forced = True
                 task.cancel()

@@ -230,9 +230,11 @@ class Server:
         self._kernel_drops_at_stop: int | None = None
         self._metrics: MetricsServer | None = None
         self._should_exit = asyncio.Event()
+        self._abandoned = asyncio.Event()
         self._closed = asyncio.Event()
         self._drained: bool | None = None
         self._fatal_error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -264,6 +266,7 @@ class Server:
                 await self._bus.start()
             if config.metrics_port is not None:
                 self._metrics = await self._start_metrics(config.metrics_host, config.metrics_port)
+            self._loop = asyncio.get_running_loop()
             self._dispatcher = Dispatcher(
                 self._handler,
                 self._counters,
@@ -271,6 +274,7 @@ class Server:
                 queue_size=config.queue_size,
                 max_senders=config.max_senders,
                 ipv6_socket=sock.family == socket.AF_INET6,
+                on_output_error=self._output_failed_in_worker,
             )
             receiver = Receiver(
                 self._dispatcher,
@@ -278,8 +282,7 @@ class Server:
                 max_datagram_size=config.max_datagram_size,
                 admission=config.admission(),
             )
-            loop = asyncio.get_running_loop()
-            transport, _ = await loop.create_datagram_endpoint(lambda: receiver, sock=sock)
+            transport, _ = await self._loop.create_datagram_endpoint(lambda: receiver, sock=sock)
         except BaseException:
             sock.close()
             if self._metrics is not None:
@@ -345,6 +348,13 @@ class Server:
             self._fatal_error = error
         self._should_exit.set()
 
+    def abandon(self) -> None:
+        """Stop now, without waiting for the drain (an operator's second Ctrl-C): ``serve()``
+        and ``stop()`` return False at once, and what is still queued stays counted as queued.
+        Call it on the loop."""
+        self._abandoned.set()
+        self._should_exit.set()
+
     async def wait_closed(self) -> bool:
         """Wait until the server has stopped; returns whether the drain finished."""
         await self._closed.wait()
@@ -367,9 +377,14 @@ class Server:
         self._transport.close()
         self._transport = None
         self._receiver.dispatch()
+        draining = asyncio.ensure_future(self._dispatcher.drain(self.config.drain_timeout_s))
+        abandoning = asyncio.ensure_future(self._abandoned.wait())
         try:
-            idle = await self._dispatcher.drain(self.config.drain_timeout_s)
+            await asyncio.wait({draining, abandoning}, return_when=asyncio.FIRST_COMPLETED)
+            idle = draining.done() and draining.result()
         finally:
+            draining.cancel()
+            abandoning.cancel()
             if self._bus is not None:  # after the drain: members' last texts go out too
                 await self._bus.stop()
             if self._metrics is not None:
@@ -390,6 +405,12 @@ class Server:
         """A member's text from another server on the bus, to this server's members."""
         assert self._relay is not None
         self._relay.relay_remote(ip, text)
+
+    def _output_failed_in_worker(self, error: OSError) -> None:
+        """Called from a pool thread when output can no longer be written (a broken pipe, a
+        full disk): :meth:`serve` stops and raises it, as a Unix filter stops."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.fail, error)
 
     def _read_what_the_kernel_holds(self) -> None:
         """Take in the datagrams already in the socket's buffer, so that none vanish uncounted

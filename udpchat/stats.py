@@ -6,6 +6,7 @@ of ``handled`` or one drop reason, so that ``received == handled + sum(dropped)`
 
 from __future__ import annotations
 
+import bisect
 import enum
 import functools
 import operator
@@ -36,11 +37,16 @@ class DropReason(enum.Enum):
     RATE_LIMITED = "rate_limited"
     QUEUE_FULL = "queue_full"
     SHUTDOWN = "shutdown"
+    OUTPUT_FAILED = "output_failed"
+    """The batch's output could not be written (a broken pipe, a full disk)."""
+    INTERNAL_ERROR = "internal_error"
+    """Parsing or accounting raised: a bug, counted rather than lost."""
 
 
 @dataclass(frozen=True, slots=True)
 class LatencyHistogram:
-    """Time from the event loop reading a datagram to its handler returning."""
+    """Time from the event loop reading a datagram's batch to the batch being handled (its
+    handlers returned and its output written)."""
 
     counts: tuple[int, ...] = (0,) * (len(LATENCY_BOUNDS_S) + 1)
     """Messages per bucket (not cumulative); the last bucket is above every bound."""
@@ -267,7 +273,9 @@ class ServerCounters:
     def __init__(self) -> None:
         self.received = 0
         self.dropped = dict.fromkeys(DropReason, 0)
+        """Drops counted on the event-loop thread."""
         self._lock = threading.Lock()
+        self._dropped_in_pool = dict.fromkeys(DropReason, 0)
         self._handled = 0
         self._handler_errors = 0
         self._problems: dict[str, int] = {}
@@ -275,22 +283,22 @@ class ServerCounters:
         self._latency_sum_s = 0.0
 
     def add_handled(
-        self,
-        handled: int,
-        handler_errors: int,
-        problems: Mapping[str, int],
-        latency_counts: Sequence[int],
-        latency_sum_s: float,
+        self, handled: int, handler_errors: int, problems: Mapping[str, int], latency_s: float
     ) -> None:
-        """Merge what one worker batch did; called from pool threads."""
+        """Merge one handled batch, whose messages all took ``latency_s``; from pool threads."""
+        bucket = bisect.bisect_left(LATENCY_BOUNDS_S, latency_s)
         with self._lock:
             self._handled += handled
             self._handler_errors += handler_errors
             for name, count in problems.items():
                 self._problems[name] = self._problems.get(name, 0) + count
-            for bucket, count in enumerate(latency_counts):
-                self._latency_counts[bucket] += count
-            self._latency_sum_s += latency_sum_s
+            self._latency_counts[bucket] += handled
+            self._latency_sum_s += latency_s * handled
+
+    def add_dropped(self, reason: DropReason, count: int) -> None:
+        """Drops counted in pool threads (or after they stopped)."""
+        with self._lock:
+            self._dropped_in_pool[reason] += count
 
     def snapshot(
         self,
@@ -306,7 +314,10 @@ class ServerCounters:
                 received=self.received,
                 handled=self._handled,
                 handler_errors=self._handler_errors,
-                dropped={reason.value: count for reason, count in self.dropped.items()},
+                dropped={
+                    reason.value: count + self._dropped_in_pool[reason]
+                    for reason, count in self.dropped.items()
+                },
                 problems=dict(self._problems),
                 queue_depth=queue_depth,
                 kernel_drops=kernel_drops,

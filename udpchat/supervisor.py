@@ -29,7 +29,7 @@ from multiprocessing.process import BaseProcess
 from typing import BinaryIO
 
 from udpchat.metrics import MetricsServer
-from udpchat.runtime import LoopChoice, SignalStop, periodically, run
+from udpchat.runtime import LoopChoice, SignalStop, periodically, run, tune_for_throughput
 from udpchat.server import MetricsStartError, Server, ServerConfig
 from udpchat.sockets import bind_udp_socket
 from udpchat.stats import StatsSnapshot, combine
@@ -111,6 +111,7 @@ def _child_main(
             signal.signal(signum, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format=f"udpchat: {label}%(message)s")
     logging.getLogger("udpchat.status").setLevel(logging.INFO)
+    tune_for_throughput()
     server = Server(config, output=_ConnectionWriter(output))
 
     async def serve() -> bool:
@@ -188,6 +189,7 @@ class Supervisor:
         self._children: list[_Child] = []
         self._threads: list[threading.Thread] = []
         self._should_exit = asyncio.Event()
+        self._abandoned = False
         self._metrics: MetricsServer | None = None
         self.address: tuple[str, int] | None = None
 
@@ -197,9 +199,15 @@ class Supervisor:
 
     def combined(self) -> StatsSnapshot:
         """The children's latest reports added up (each at most :data:`REPORT_INTERVAL_S` old)."""
-        return combine([child.latest for child in self._children if child.latest is not None])
+        return combine(self._reports())
 
     def request_stop(self) -> None:
+        self._should_exit.set()
+
+    def abandon(self) -> None:
+        """Stop now: kill the children without a drain (an operator's second Ctrl-C)."""
+        self._abandoned = True
+        self._kill_all()
         self._should_exit.set()
 
     async def start(self) -> None:
@@ -313,6 +321,8 @@ class Supervisor:
                 await self._metrics.close()
 
     async def _stop_children(self) -> SupervisorResult:
+        if self._abandoned:
+            return SupervisorResult(self._reports(), drained=False)
         deadline = self.config.drain_timeout_s + CHILD_EXIT_GRACE_S
         dead = [child for child in self._children if child.ended.is_set() and child.done is None]
         died = []
@@ -331,13 +341,15 @@ class Supervisor:
             waiter.cancel()
         for thread in self._threads:
             await asyncio.to_thread(thread.join, deadline)
-        reports = [child.latest for child in self._children if child.latest is not None]
         drained = all(
             child.done is not None and child.done.drained
             for child in self._children
             if child not in dead
         )
-        return SupervisorResult(tuple(reports), drained, tuple(died))
+        return SupervisorResult(self._reports(), drained, tuple(died))
+
+    def _reports(self) -> tuple[StatsSnapshot, ...]:
+        return tuple(child.latest for child in self._children if child.latest is not None)
 
     def _kill_all(self) -> None:
         for child in self._children:

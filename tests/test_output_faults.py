@@ -1,0 +1,169 @@
+"""No silent loss: output that fails is counted as such and never as handled, a broken stdout
+stops the server as it stops a Unix filter, and no handler exception wedges a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, Collector, raw_send
+from udpchat import LinePrinter, Message, Server, ServerConfig
+from udpchat.pipeline import OutputError
+
+SEED = [f"alice: pesan ke-{n}".encode() for n in range(1, 51)]
+
+
+def serve_with_closed_stdout(payloads: list[bytes]) -> tuple[int, str]:
+    """``udpchat serve | head -1``: read the banner, close the pipe, send; (status, stderr)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        listening = process.stderr.readline().decode()
+        port = int(re.search(r" port (\d+)", listening).group(1))  # type: ignore[union-attr]
+        assert process.stdout.readline() == b"Server menunggu...\n"
+        process.stdout.close()
+        raw_send((LOOPBACK, port), *payloads)
+        status = process.wait(timeout=EVENT_TIMEOUT_S * 3)
+        return status, listening + process.stderr.read().decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+
+
+async def test_a_broken_pipe_stops_the_server_with_the_loss_counted() -> None:
+    status, stderr = await asyncio.to_thread(serve_with_closed_stdout, SEED)
+    assert status == 1, stderr
+    assert "Broken pipe" in stderr
+    summary = re.search(r"summary: received=(\d+) handled=(\d+) dropped=(\d+)", stderr)
+    assert summary, stderr
+    received, handled, dropped = map(int, summary.groups())
+    assert handled == 0, "nothing written may count as handled"
+    assert dropped == received > 0
+    assert "output_failed=" in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_a_full_disk_is_named_at_start() -> None:
+    with open(os.devnull if not os.path.exists("/dev/full") else "/dev/full", "wb") as full:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0",
+            stdout=full, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, stderr = await asyncio.wait_for(process.communicate(), EVENT_TIMEOUT_S * 3)
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this OS")
+    assert process.returncode == 1
+    assert b"cannot write to stdout: No space left on device" in stderr
+    assert b"cannot listen" not in stderr
+
+
+class FullDisk(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_failed_output_is_counted_as_dropped_and_ends_serve() -> None:
+    server = Server(ServerConfig(host=LOOPBACK, port=0), LinePrinter(FullDisk()))
+    await server.start()
+    serving = asyncio.create_task(server.serve())
+    raw_send(server.address, *SEED[:5])
+    with pytest.raises(OutputError, match="No space left on device"):
+        await asyncio.wait_for(serving, EVENT_TIMEOUT_S)
+    stats = server.stats()
+    assert stats.handled == 0
+    assert stats.dropped["output_failed"] == stats.received > 0
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+async def test_a_handler_raising_any_exception_is_counted_and_never_wedges_a_worker(
+    error: BaseException,
+) -> None:
+    seen = Collector()
+
+    def handler(message: Message) -> None:
+        seen(message)
+        raise error
+
+    config = ServerConfig(host=LOOPBACK, port=0, workers=2)
+    async with Server(config, handler) as server:
+        for chunk in range(4):  # more failing batches than workers
+            raw_send(server.address, *SEED[chunk * 10 : chunk * 10 + 10])
+            await seen.wait_for(chunk * 10 + 10)
+        drained = await server.stop()
+    stats = server.stats()
+    assert drained
+    assert (stats.handled, stats.handler_errors) == (40, 40)
+    assert stats.received == stats.handled + stats.dropped_total + stats.queue_depth
+
+
+STUCK_HANDLER_PROGRAM = textwrap.dedent(
+    """
+    import asyncio, socket, sys, threading
+    import udpchat
+
+    async def main():
+        entered = threading.Event()
+
+        def stuck(message):
+            entered.set()
+            threading.Event().wait()  # never returns
+
+        config = udpchat.ServerConfig(host="127.0.0.1", port=0, drain_timeout_s=0.2)
+        async with udpchat.Server(config, stuck) as server:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.sendto(b"alice: pesan ke-1", server.address)
+            await asyncio.to_thread(entered.wait)
+        print("stopped", flush=True)
+
+    asyncio.run(main())
+    print("returned", flush=True)
+    """
+)
+
+
+async def test_a_handler_that_never_returns_does_not_keep_the_process_alive() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", STUCK_HANDLER_PROGRAM,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), EVENT_TIMEOUT_S * 3)
+    assert stdout.decode().split() == ["stopped", "returned"], stderr.decode()
+    assert process.returncode == 0, stderr.decode()
+
+
+async def test_counts_are_final_once_the_server_has_stopped() -> None:
+    """What a test or an embedding app reads after ``stop()`` includes every handled message."""
+    lock = threading.Lock()
+    handled: list[Message] = []
+
+    def handler(message: Message) -> None:
+        with lock:
+            handled.append(message)
+
+    async with Server(ServerConfig(host=LOOPBACK, port=0), handler) as server:
+        raw_send(server.address, *SEED)
+
+        async def all_received() -> None:
+            while server.stats().received < len(SEED):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(all_received(), EVENT_TIMEOUT_S)
+    stats = server.stats()
+    assert stats.handled == len(handled) == len(SEED)
+    assert stats.queue_depth == 0
