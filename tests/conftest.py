@@ -1,4 +1,5 @@
-"""Shared fixtures: a server on a free loopback port, a collecting handler, and CLI subprocesses."""
+"""Shared fixtures: a server on a free loopback port, a collecting handler, a relay member's
+inbox, and CLI subprocesses."""
 
 from __future__ import annotations
 
@@ -60,6 +61,25 @@ class Collector:
 
         await asyncio.wait_for(reached(), timeout_s)
         return list(self.messages)
+
+
+class Inbox:
+    """What one member receives from the relay, awaitable by count."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, text: str) -> None:
+        self.texts.append(text)
+        self._changed.set()
+
+    async def wait_for(self, count: int) -> list[str]:
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            while len(self.texts) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.texts
 
 
 @pytest.fixture

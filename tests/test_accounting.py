@@ -115,6 +115,14 @@ def test_jitter_is_zero_for_a_steady_sender_and_grows_with_uneven_arrivals() -> 
     assert only_sender(uneven).jitter_s > 0.01
 
 
+def test_last_heard_is_the_arrival_of_the_latest_new_counter() -> None:
+    accounting = DeliveryAccounting()
+    accounting.record(ALICE, 1, 100.0)
+    accounting.record(ALICE, 2, 101.5)
+    accounting.record(ALICE, 2, 103.0)  # a duplicate says nothing new about the sender
+    assert only_sender(accounting).last_heard_s == 101.5
+
+
 def test_totals_add_up() -> None:
     first = DeliveryTotals(senders=1, lost=2, duplicates=3)
     second = DeliveryTotals(senders=2, reordered=1, late=4)

@@ -137,7 +137,7 @@ def test_main_returns_exit_codes_without_a_subprocess(capsys: pytest.CaptureFixt
     assert main(["serve", "--workers", "0"]) == 2
     assert main(["serve", "--processes", "2", "--relay"]) == 2
     assert main(["serve", "--format", "xml"]) == 2
-    assert main(["send", "--username", "bad name", "--count", "1"]) == 2
+    assert main(["send", "--username", "bad: name", "--count", "1"]) == 2
     assert "invalid username" in capsys.readouterr().err
 
 

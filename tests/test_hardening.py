@@ -61,9 +61,10 @@ async def test_invalid_utf8_is_shown_escaped_and_counted() -> None:
         (b"alice: pesan ke-x", "invalid_counter"),
         (b"alice: pesan ke-99999999999999999999999", "invalid_counter"),
         (b"alice: pesan ke-0", "invalid_counter"),
-        (b"al ice: pesan ke-1", "invalid_username"),
+        (b"al\tice: pesan ke-1", "invalid_username"),
         (b"\x1b[31mred\x1b[0m: pesan ke-1", "invalid_username"),
-        ("Ωmega: pesan ke-1".encode(), "invalid_username"),
+        ("\u202eagem: pesan ke-1".encode(), "invalid_username"),
+        (b" padded: pesan ke-1", "invalid_username"),
     ],
 )
 async def test_text_outside_the_seed_format_is_shown_and_counted(
@@ -74,6 +75,17 @@ async def test_text_outside_the_seed_format_is_shown_and_counted(
     assert (messages[0].username, messages[0].counter) == (None, None)
     assert stats.problems == {problem: 1}
     assert stats.handled == 1
+
+
+async def test_the_seeds_names_are_parsed_accounted_and_shown() -> None:
+    names = ["Budi Santoso", "budí", "用户", "Ωmega"]
+    lines, messages, stats = await run_through_printer(
+        *(f"{name}: pesan ke-1".encode() for name in names)
+    )
+    assert sorted(lines) == sorted(f"[{LOOPBACK}] {name}: pesan ke-1\n" for name in names)
+    assert sorted((m.username, m.counter) for m in messages) == sorted((n, 1) for n in names)
+    assert sorted(sender.username for sender in stats.senders) == sorted(names)
+    assert stats.problems == {}
 
 
 async def test_terminal_controls_never_reach_the_output_raw() -> None:

@@ -8,11 +8,33 @@ import socket
 import sys
 
 import pexpect
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, Collector, eventually, start_cli_server
+from tests.conftest import (
+    EVENT_TIMEOUT_S,
+    LOOPBACK,
+    Collector,
+    Inbox,
+    eventually,
+    start_cli_server,
+)
 from udpchat import Client, Server, ServerConfig
-from udpchat.relay import CookieJar, RelayStats, Room
-from udpchat.wire import COOKIE, JOIN, MAX_HEADER_BYTES, relay_join_request
+from udpchat.client import JoinError, JoinFailure, RoomEvent
+from udpchat.pipeline import Message
+from udpchat.relay import CookieJar, Relay, RelayStats, Room
+from udpchat.wire import (
+    COOKIE,
+    EXPIRED,
+    JOIN,
+    JOINED,
+    KEEPALIVE,
+    LEAVE,
+    MAX_HEADER_BYTES,
+    ROOM_FULL,
+    relay_join_request,
+)
 
 PEER = ("127.0.0.1", 40000)
 
@@ -51,25 +73,6 @@ def test_room_expires_silent_members_and_is_bounded() -> None:
     assert room.expired == 1
     assert room.others(("b", 2)) is None  # no longer a member
     assert room.admit(("c", 3))
-
-
-class Inbox:
-    """What one member receives from the relay, awaitable by count."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, text: str) -> None:
-        self.texts.append(text)
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> list[str]:
-        async with asyncio.timeout(EVENT_TIMEOUT_S):
-            while len(self.texts) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.texts
 
 
 async def start_relay(max_peers: int = 8) -> tuple[Server, Collector]:
@@ -122,7 +125,7 @@ async def test_an_address_that_never_echoes_the_cookie_gets_nothing_more() -> No
             assert answer.startswith(COOKIE.encode())
             assert len(answer) <= len(request)
             stranger.sendto(f"{JOIN} too-short".encode(), server.address)  # no answer: amplifies
-            stranger.sendto(b"stranger: pesan ke-1", server.address)  # not a member: not relayed
+            stranger.sendto(b"s: hai", server.address)  # not relayed; /expired would amplify
             await ana.open()
             await budi.open()
             await ana.join_room(ana_inbox)
@@ -138,6 +141,7 @@ async def test_an_address_that_never_echoes_the_cookie_gets_nothing_more() -> No
             assert unexpected == b""
             assert ana_inbox.texts == []
             assert relay_stats(server).ignored_joins == 1
+            assert relay_stats(server).unanswered_non_members == 1
         finally:
             ana.close()
             budi.close()
@@ -206,3 +210,152 @@ async def test_interactive_chat_in_a_pseudo_terminal() -> None:
             chat.terminate(force=True)
         cli.signal()
         await cli.finish()
+
+
+class Outbox:
+    """The relay's ``send``, kept: what went to which address."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def __call__(self, data: bytes, peer: tuple[str, int]) -> bool:
+        self.sent.append((data, peer))
+        return True
+
+    def to(self, peer: tuple[str, int]) -> list[bytes]:
+        return [data for data, address in self.sent if address == peer]
+
+
+def datagram(peer: tuple[str, int], text: str) -> Message:
+    return Message(peer, text, None, None, 0.0, size=len(text.encode()))
+
+
+def offline_relay(max_peers: int = 8) -> tuple[Relay, Outbox, Clock, list[Message]]:
+    """A relay without sockets: a clock to move and a list of what reached the printer."""
+    clock, outbox, printed = Clock(), Outbox(), list[Message]()
+    room = Room(max_peers=max_peers, peer_timeout_s=2, clock=clock)
+    relay = Relay(room, CookieJar(b"secret", clock), printed.append, outbox)
+    return relay, outbox, clock, printed
+
+
+def join(relay: Relay, outbox: Outbox, peer: tuple[str, int]) -> str:
+    """The handshake as a client does it; returns the cookie."""
+    relay(datagram(peer, relay_join_request()))
+    cookie = outbox.to(peer)[-1].decode().removeprefix(f"{COOKIE} ")
+    relay(datagram(peer, f"{JOIN} {cookie}"))
+    return cookie
+
+
+def test_joined_says_the_peer_timeout_and_a_full_room_says_so() -> None:
+    relay, outbox, _, printed = offline_relay(max_peers=1)
+    join(relay, outbox, PEER)
+    assert outbox.to(PEER)[-1] == f"{JOINED} 2".encode()
+    late = ("127.0.0.1", 40001)
+    join(relay, outbox, late)
+    assert outbox.to(late)[-1] == ROOM_FULL.encode()
+    assert relay.stats().refused_full == 1
+    assert printed == []  # joins, padding included, are answered, never printed
+
+
+def test_keepalive_with_its_own_cookie_keeps_a_member_past_the_peer_timeout() -> None:
+    relay, outbox, clock, printed = offline_relay()
+    cookie = join(relay, outbox, PEER)
+    for _ in range(5):  # 5 s of silence but for keepalives, against a 2 s peer timeout
+        clock.now += 1
+        relay(datagram(PEER, f"{KEEPALIVE} {cookie}"))
+    assert relay.room.members() == [PEER]
+    assert relay.stats().keepalives == 5
+    assert outbox.to(PEER)[-1].startswith(JOINED.encode())  # no answer to a keepalive
+    assert printed == []
+
+
+def test_keepalive_with_another_address_cookie_does_not_keep_it() -> None:
+    relay, outbox, clock, _ = offline_relay()
+    join(relay, outbox, PEER)
+    forger = ("127.0.0.1", 40001)
+    forged = CookieJar(b"secret", clock).issue(forger)
+    clock.now += 1
+    relay(datagram(PEER, f"{KEEPALIVE} {forged}"))
+    assert outbox.to(PEER)[-1] == EXPIRED.encode()
+    assert relay.stats().keepalives == 0
+
+
+def test_an_expired_member_is_told_so_and_can_rejoin() -> None:
+    relay, outbox, clock, printed = offline_relay()
+    cookie = join(relay, outbox, PEER)
+    clock.now += 3
+    relay(datagram(PEER, f"{KEEPALIVE} {cookie}"))
+    assert outbox.to(PEER)[-1] == EXPIRED.encode()
+    relay(datagram(PEER, "ana: masih di sini?"))
+    assert outbox.to(PEER)[-1] == EXPIRED.encode()
+    assert [message.text for message in printed] == ["ana: masih di sini?"]
+    join(relay, outbox, PEER)
+    assert relay.room.members() == [PEER]
+    assert relay.stats().expired_notices == 2
+    relay(datagram(PEER, LEAVE))
+    assert relay.room.members() == []
+
+
+@given(st.lists(st.text(max_size=80), max_size=30))
+def test_a_non_member_never_draws_more_bytes_than_it_sends(texts: list[str]) -> None:
+    relay, outbox, _, _ = offline_relay()
+    for text in texts:
+        relay(datagram(PEER, text))
+    sent_in = sum(len(text.encode()) for text in texts)
+    assert sum(len(data) for data in outbox.to(PEER)) <= sent_in
+    stats = relay.stats()
+    cookies = sum(data.startswith(COOKIE.encode()) for data in outbox.to(PEER))
+    accounted = stats.expired_notices + stats.unanswered_non_members + stats.ignored_joins
+    assert accounted + cookies + texts.count(LEAVE) == len(texts)  # each one answered or counted
+
+
+async def test_join_errors_say_why() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        closed.bind((LOOPBACK, 0))
+        closed_port = closed.getsockname()[1]
+    async with Client(LOOPBACK, closed_port) as nobody:
+        with pytest.raises(JoinError, match="is the server running") as refused:
+            await nobody.join_room(Inbox())
+    assert refused.value.reason is JoinFailure.NOT_LISTENING
+
+    collector = Collector()
+    async with (
+        Server(ServerConfig(host=LOOPBACK, port=0), collector) as plain,
+        Client(*plain.address) as client,
+    ):
+        with pytest.raises(JoinError, match="--relay") as silent:
+            await client.join_room(Inbox(), attempts=1, timeout_s=0.5)
+    assert silent.value.reason is JoinFailure.NO_RELAY
+
+    server, _ = await start_relay(max_peers=1)
+    first, second = Client(*server.address), Client(*server.address)
+    try:
+        await first.open()
+        await first.join_room(Inbox())
+        await second.open()
+        with pytest.raises(JoinError, match="is full") as full:
+            await second.join_room(Inbox())
+        assert full.value.reason is JoinFailure.ROOM_FULL
+    finally:
+        first.close()
+        second.close()
+        await server.stop()
+
+
+async def test_a_member_the_room_forgot_rejoins_and_says_so_once() -> None:
+    server, _ = await start_relay()
+    relay = server.relay
+    assert relay is not None
+    events: list[RoomEvent] = []
+    member = Client(*server.address)
+    try:
+        await member.open()
+        await member.join_room(Inbox(), on_room=lambda event, _: events.append(event))
+        relay.room.leave(next(iter(relay.room.members())))  # as an expiry would
+        member.send("ana: halo?")  # draws /expired
+        await eventually(lambda: events == [RoomEvent.OUT, RoomEvent.BACK])
+        assert member.in_room
+        assert len(relay.room.members()) == 1
+    finally:
+        member.close()
+        await server.stop()

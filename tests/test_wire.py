@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import re
+import unicodedata
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from udpchat.wire import (
+    MAX_USERNAME_LENGTH,
+    InvalidUsernameError,
     ParsedText,
     TextProblem,
+    clean_username,
     decode,
     format_line,
     format_message,
@@ -27,7 +35,9 @@ def test_parse_round_trips_the_seed_format() -> None:
     [
         ("hello", TextProblem.UNPARSED),
         ("", TextProblem.UNPARSED),
-        ("two words: pesan ke-1", TextProblem.INVALID_USERNAME),
+        ("two\twords: pesan ke-1", TextProblem.INVALID_USERNAME),
+        ("right\u202eleft: pesan ke-1", TextProblem.INVALID_USERNAME),
+        (" padded: pesan ke-1", TextProblem.INVALID_USERNAME),
         (": pesan ke-1", TextProblem.INVALID_USERNAME),
         ("x" * 33 + ": pesan ke-1", TextProblem.INVALID_USERNAME),
         ("alice: pesan ke-", TextProblem.INVALID_COUNTER),
@@ -51,7 +61,11 @@ def test_largest_counter_is_accepted() -> None:
 def test_username_rules() -> None:
     assert is_valid_username("a")
     assert is_valid_username("A" * 32)
-    assert not is_valid_username("é")
+    assert is_valid_username("budí")
+    assert is_valid_username("用户")
+    assert is_valid_username("Budi Santoso")
+    assert not is_valid_username("a: b")
+    assert not is_valid_username("x\u2066y")
     assert not is_valid_username("a\n")
 
 
@@ -78,3 +92,65 @@ def test_sanitize_escapes_terminal_controls() -> None:
 
 def test_format_line_is_the_seed_console_line() -> None:
     assert format_line("192.168.1.100", "user1: pesan ke-1") == "[192.168.1.100] user1: pesan ke-1"
+
+
+def reference_is_valid_username(name: str) -> bool:
+    """The rule from the character categories: no control, format, surrogate, private-use,
+    unassigned or separator character except the ASCII space, which may not end the name."""
+    printable = all(char == " " or unicodedata.category(char)[0] not in "CZ" for char in name)
+    return (
+        0 < len(name) <= MAX_USERNAME_LENGTH
+        and printable
+        and not name.startswith(" ")
+        and not name.endswith(" ")
+        and ": " not in name
+    )
+
+
+names = st.text(max_size=MAX_USERNAME_LENGTH + 2)
+printable_names = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")),
+    min_size=1,
+    max_size=MAX_USERNAME_LENGTH,
+)
+
+
+@given(names)
+def test_username_rule_agrees_with_the_unicode_categories(name: str) -> None:
+    assert is_valid_username(name) == reference_is_valid_username(name)
+
+
+@given(printable_names, st.integers(1, 2**63 - 1))
+def test_every_valid_name_round_trips_through_the_seed_format(name: str, counter: int) -> None:
+    if is_valid_username(name):
+        assert parse_text(format_message(name, counter)) == ParsedText(name, counter)
+        assert format_line("::1", format_message(name, counter)).startswith(f"[::1] {name}: ")
+    else:
+        assert parse_text(format_message(name, counter)) is TextProblem.INVALID_USERNAME
+
+
+@given(printable_names, st.sampled_from(["", " ", "  "]), st.sampled_from(["", " ", "\t"]))
+def test_prompt_and_option_strip_the_same_spaces(name: str, before: str, after: str) -> None:
+    typed = f"{before}{name}{after}"
+    if reference_is_valid_username(name.strip()):
+        assert clean_username(typed) == name.strip()
+    else:
+        with pytest.raises(InvalidUsernameError, match="invalid username"):
+            clean_username(typed)
+
+
+@pytest.mark.parametrize(
+    ("typed", "reason"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("x" * 33, "more than 32"),
+        ("ana\u202e", "U+202E"),
+        ("ana\x1b[2J", "U+001B"),
+        ("ana: budi", "': '"),
+    ],
+)
+def test_clean_username_says_what_is_wrong(typed: str, reason: str) -> None:
+    with pytest.raises(InvalidUsernameError, match=re.escape(reason)):
+        clean_username(typed)
+    assert clean_username("  Budi Santoso ") == "Budi Santoso"

@@ -79,6 +79,9 @@ class SenderStats:
     restarts: int
     jitter_s: float
     """Smoothed deviation of arrival gaps from the sender's mean interval (RFC 3550 style)."""
+    last_heard_s: float
+    """When the sender's latest new counter arrived, on the clock of ``record``'s ``arrival``
+    (the server passes ``time.time()``, so that processes sharing a port agree)."""
 
     @property
     def loss_ratio(self) -> float:
@@ -313,6 +316,7 @@ class DeliveryAccounting:
                 late=sequence.late,
                 restarts=sequence.restarts,
                 jitter_s=sequence.jitter_s,
+                last_heard_s=sequence.last_arrival,
             )
             for ((ip, port), username), sequence in self._senders.items()
         )

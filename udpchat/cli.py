@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
 import signal
 import socket
 import sys
-import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TextIO
 
@@ -28,7 +29,9 @@ from udpchat.bus import (
     BusUnavailableError,
     room_subject,
 )
+from udpchat.chat import converse, print_received, print_sent
 from udpchat.client import Client, JoinError
+from udpchat.dashboard import Dashboard, NoTerminalError, SortKey, find_terminal, watch
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
 from udpchat.metrics import DEFAULT_METRICS_HOST
 from udpchat.output import OutputFormat
@@ -47,13 +50,10 @@ from udpchat.runtime import (
 from udpchat.server import MetricsStartError, Server, ServerConfig
 from udpchat.stats import StatsSnapshot, summary_lines
 from udpchat.supervisor import Supervisor, SupervisorResult
-from udpchat.wire import MAX_USERNAME_LENGTH, is_valid_username, sanitize
+from udpchat.wire import MAX_USERNAME_LENGTH, InvalidUsernameError, clean_username
 
 WAITING_LINE = "Server menunggu..."
 USERNAME_PROMPT = "Masukkan username: "
-SENT_PREFIX = "Ter kirim: "
-RECEIVED_PREFIX = "Diterima: "
-"""Before another member's message relayed to this client ("received")."""
 
 
 class ExitCode(enum.IntEnum):
@@ -231,6 +231,16 @@ def serve(
     nats_connect_timeout: Annotated[
         float, typer.Option(min=0.1, max=60.0, help="Seconds to wait for NATS at start.")
     ] = DEFAULT_CONNECT_TIMEOUT_S,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            help="A live view of the senders on the terminal (stdout, else stderr); "
+            "message lines scroll above it."
+        ),
+    ] = False,
+    dashboard_sort: Annotated[
+        SortKey, typer.Option(help="The live view's order: the senders to look at first on top.")
+    ] = SortKey.LOSS,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Receive messages and print each as '\\[ip] text', like the seed's server."""
@@ -247,6 +257,13 @@ def serve(
         room_subject(room)
     except ValueError as error:
         fail(str(error), ExitCode.USAGE)
+    view, message_stream = None, sys.stdout
+    if dashboard:
+        try:
+            terminal = find_terminal(sys.stdout, sys.stderr, messages=not quiet)
+        except NoTerminalError as error:
+            fail(str(error), ExitCode.USAGE)
+        view, message_stream = partial(watch, terminal, dashboard_sort), terminal.message_stream
     config = ServerConfig(
         host=host,
         port=port,
@@ -278,11 +295,15 @@ def serve(
     tune_for_throughput()
     try:
         if processes == 1:
-            outcome = run(serve_until_signalled(Server(config), banner), loop)
+            outcome = run(
+                serve_until_signalled(Server(config, output=message_stream), banner, view), loop
+            )
         else:
             sys.stdout.flush()
-            supervisor = Supervisor(config, processes, loop, sys.stdout.buffer)
-            outcome = run(serve_until_signalled(supervisor, banner), loop)
+            supervisor = Supervisor(
+                config, processes, loop, message_stream.buffer, report_senders=dashboard
+            )
+            outcome = run(serve_until_signalled(supervisor, banner, view), loop)
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
     except StdoutError as error:
@@ -309,8 +330,15 @@ class Outcome:
     died: tuple[str, ...] = ()
 
 
-async def serve_until_signalled(server: Server | Supervisor, banner: TextIO) -> Outcome:
-    """Start, print the seed's banner, serve until a stop signal; a second signal forces."""
+async def serve_until_signalled(
+    server: Server | Supervisor,
+    banner: TextIO,
+    view: Callable[[Server | Supervisor], Dashboard] | None = None,
+) -> Outcome:
+    """Start, print the seed's banner, serve until a stop signal; a second signal forces.
+
+    ``view``: the ``--dashboard`` live view, shown from the banner until the server has stopped.
+    """
 
     def on_first(signum: int) -> None:
         name = signal.Signals(signum).name
@@ -318,7 +346,7 @@ async def serve_until_signalled(server: Server | Supervisor, banner: TextIO) -> 
         server.request_stop()
 
     stop = SignalStop(on_first=on_first, on_force=server.abandon)
-    with stop.installed():
+    with stop.installed(), contextlib.ExitStack() as shown:
         await server.start()
         try:
             print_banner(banner)
@@ -326,6 +354,8 @@ async def serve_until_signalled(server: Server | Supervisor, banner: TextIO) -> 
             server.abandon()  # nothing was served yet: close the socket without a drain
             await server.serve()
             raise
+        if view is not None:
+            shown.enter_context(view(server))
         try:
             result = await server.serve()
         except Exception as error:  # what ended Server.serve() through Server.fail()
@@ -404,16 +434,33 @@ def report(line: str) -> None:
     print(f"udpchat: {line}", file=sys.stderr, flush=True)
 
 
+def unbracket(host: str) -> str:
+    """``[::1]``, as URLs write an IPv6 address, is ``::1`` to the resolver."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+HostOption = Annotated[
+    str,
+    typer.Option(
+        help="Server address; an IPv6 address with or without brackets ([::1]).",
+        callback=unbracket,
+    ),
+]
+TargetPortOption = Annotated[int, typer.Option(min=1, max=65535, help="Server's UDP port.")]
+
+
+def username_option(purpose: str) -> Any:
+    return typer.Option(
+        help=f"Name to {purpose} as: 1-{MAX_USERNAME_LENGTH} printable characters, spaces "
+        "inside allowed, no ': ' (else asked)."
+    )
+
+
 @app.command()
 def send(
-    username: Annotated[
-        str | None,
-        typer.Option(
-            help=f"Name to send as: 1-{MAX_USERNAME_LENGTH} of A-Z a-z 0-9 . _ - (else asked)."
-        ),
-    ] = None,
-    host: Annotated[str, typer.Option(help="Server address.")] = client_module.DEFAULT_HOST,
-    port: PortOption = client_module.DEFAULT_PORT,
+    username: Annotated[str | None, username_option("send")] = None,
+    host: HostOption = client_module.DEFAULT_HOST,
+    port: TargetPortOption = client_module.DEFAULT_PORT,
     interval: Annotated[
         float, typer.Option(min=0.0, help="Seconds between messages.")
     ] = client_module.DEFAULT_INTERVAL_S,
@@ -427,26 +474,47 @@ def send(
     ] = False,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
-    """Send 'USERNAME: pesan ke-N' every INTERVAL seconds, like the seed's client."""
+    """Send 'USERNAME: pesan ke-N' every INTERVAL seconds, like the seed's client.
+
+    Exits 1 when every datagram was refused (nothing listens at HOST PORT), else 0: UDP
+    says nothing of the datagrams that were not refused.
+    """
     client = Client(host, port, on_error=report_send_error)
     run_client(
         client, send_until_stopped(client, ask_username(username), interval, count, relay), loop
     )
+    if client.sent and client.send_errors >= client.sent:
+        fail(f"every datagram was refused: nothing listens at {host} port {port}", ExitCode.FAILURE)
 
 
 def ask_username(username: str | None) -> str:
-    """The given username, else asked for like the seed; invalid ones end the command."""
-    if username is None:
+    """The given username, else asked for like the seed until a valid one is typed; both
+    stripped of the spaces around them. Ctrl-C at the prompt ends its line and exits 130."""
+    if username is not None:
         try:
-            username = input(USERNAME_PROMPT).strip()
+            return clean_username(username)
+        except InvalidUsernameError as error:
+            fail(str(error), ExitCode.USAGE)
+    release_stop_signals(deliver=True)  # a person at the prompt: Ctrl-C means leave now
+    try:
+        return prompt_username()
+    finally:
+        hold_stop_signals()
+
+
+def prompt_username() -> str:
+    while True:
+        try:
+            typed = input(USERNAME_PROMPT)
         except EOFError:
             fail("no username given", ExitCode.USAGE)
-    if not is_valid_username(username):
-        fail(
-            f"invalid username {username!r}: use 1-{MAX_USERNAME_LENGTH} of A-Z a-z 0-9 . _ -",
-            ExitCode.USAGE,
-        )
-    return username
+        except KeyboardInterrupt:
+            print(flush=True)  # the prompt's line ends here, not in the shell's next prompt
+            fail("interrupted", ExitCode.FORCED)
+        try:
+            return clean_username(typed)
+        except InvalidUsernameError as error:
+            report(f"{error}; try again")
 
 
 def run_client(client: Client, main: Coroutine[Any, Any, None], loop: LoopChoice) -> None:
@@ -471,15 +539,6 @@ def report_send_error(error: Exception) -> None:
     )
 
 
-def print_sent(text: str) -> None:
-    print(f"{SENT_PREFIX}{text}", flush=True)
-
-
-def print_received(text: str) -> None:
-    """Another member's message from the relay, escaped like the server's lines."""
-    print(f"{RECEIVED_PREFIX}{sanitize(text)}", flush=True)
-
-
 async def until_stopped(work: Coroutine[Any, Any, object], stop: SignalStop) -> None:
     """Run ``work`` until it ends or a stop is requested."""
     working = asyncio.ensure_future(work)
@@ -498,28 +557,27 @@ async def send_until_stopped(
     with stop.installed():
         async with client:
             if relay:
-                await client.join_room(print_received)
+                await client.join_room(print_received, on_room=lambda _, detail: report(detail))
             await until_stopped(
                 client.send_every(username, interval_s=interval_s, count=count, on_sent=print_sent),
                 stop,
             )
             if relay:
                 client.leave_room()
+            await client.settle()
 
 
-@app.command()
+@app.command(short_help="Chat in a 'serve --relay' room, one line typed at a time.")
 def chat(
-    username: Annotated[
-        str | None,
-        typer.Option(help=f"Name to chat as: 1-{MAX_USERNAME_LENGTH} of A-Z a-z 0-9 . _ -."),
-    ] = None,
-    host: Annotated[str, typer.Option(help="Server address.")] = client_module.DEFAULT_HOST,
-    port: PortOption = client_module.DEFAULT_PORT,
+    username: Annotated[str | None, username_option("chat")] = None,
+    host: HostOption = client_module.DEFAULT_HOST,
+    port: TargetPortOption = client_module.DEFAULT_PORT,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Chat in a 'serve --relay' room: each line typed is sent as 'USERNAME: line', the
-    others' lines appear as they arrive; Ctrl-D or Ctrl-C leaves."""
-    client = Client(host, port, on_error=report_send_error)
+    others' lines appear above the input line as they arrive; Ctrl-D or Ctrl-C leaves.
+    The client keeps itself in the room and rejoins by itself after a server restart."""
+    client = Client(host, port)
     run_client(client, chat_until_done(client, ask_username(username)), loop)
 
 
@@ -527,36 +585,20 @@ async def chat_until_done(client: Client, username: str) -> None:
     stop = SignalStop()
     with stop.installed():
         async with client:
-            await client.join_room(print_received)
-            report(f"joined the room at {client.host} port {client.port} as {username}")
-            await until_stopped(send_typed_lines(client, username), stop)
-            client.leave_room()
+            await until_stopped(converse(client, username, report), stop)
     report("left the room")
-
-
-async def send_typed_lines(client: Client, username: str) -> None:
-    """Send each line read from stdin as ``USERNAME: line`` until end of input (Ctrl-D)."""
-    loop = asyncio.get_running_loop()
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def read_stdin() -> None:  # a thread: a terminal cannot be read without blocking
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(lines.put_nowait, line)
-        loop.call_soon_threadsafe(lines.put_nowait, None)
-
-    threading.Thread(target=read_stdin, name="udpchat-stdin", daemon=True).start()
-    while (line := await lines.get()) is not None:
-        text = line.rstrip("\r\n")
-        if text:
-            client.send(f"{username}: {text}")
 
 
 @app.command()
 def load(
-    host: Annotated[str, typer.Option(help="Server address (loopback unless --allow-remote).")] = (
-        client_module.DEFAULT_HOST
-    ),
-    port: PortOption = client_module.DEFAULT_PORT,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Server address (loopback unless --allow-remote).",
+            callback=unbracket,
+        ),
+    ] = client_module.DEFAULT_HOST,
+    port: TargetPortOption = client_module.DEFAULT_PORT,
     users: Annotated[
         int, typer.Option(min=1, max=10_000, help="Simulated users, each with its own socket.")
     ] = 10,
@@ -578,7 +620,10 @@ def load(
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
-    """Send seed-format messages from USERS users at RATE for DURATION: a bounded load generator."""
+    """Send seed-format messages from USERS users at RATE for DURATION: a bounded load generator.
+
+    Exits 1 when the target refused the datagrams (nothing listens at HOST PORT).
+    """
     config = LoadConfig(
         host=host,
         port=port,
@@ -604,6 +649,12 @@ def load(
         f"rate_per_s={result.rate_per_s:.0f} batched={'yes' if result.batched else 'no'}",
         flush=True,
     )
+    if result.refusals:
+        fail(
+            f"{host} port {port} refused the datagrams ({result.refusals} times): "
+            "is the server running, is the port right?",
+            ExitCode.FAILURE,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,14 +1,29 @@
-"""The async client: sends the seed's messages on a steady timer, or single texts on demand."""
+"""The async client: sends the seed's messages on a steady timer, or single texts on demand,
+and keeps itself in a ``serve --relay`` room (keepalives, and a rejoin when the room lost it)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import logging
+import math
 import socket
 from collections.abc import Callable
 from types import TracebackType
 
-from udpchat.wire import COOKIE, JOIN, JOINED, LEAVE, decode, format_message, relay_join_request
+from udpchat.wire import (
+    COOKIE,
+    EXPIRED,
+    JOIN,
+    JOINED,
+    KEEPALIVE,
+    LEAVE,
+    ROOM_FULL,
+    decode,
+    format_message,
+    relay_join_request,
+)
 
 logger = logging.getLogger("udpchat.client")
 
@@ -18,30 +33,82 @@ DEFAULT_INTERVAL_S = 1.0
 JOIN_ATTEMPTS = 3
 JOIN_TIMEOUT_S = 1.0
 JOIN_QUEUE_SIZE = 16
+KEEPALIVES_PER_PEER_TIMEOUT = 3
+"""Keepalives sent within the server's ``--peer-timeout``: two may be lost before it expires us."""
+DEFAULT_KEEPALIVE_S = 10.0
+"""When the server does not say its peer timeout: a third of the default 30 s."""
+MIN_KEEPALIVE_S = 0.05
+MAX_KEEPALIVE_S = 60.0
+ERROR_REPEAT_S = 30.0
+"""A send error is reported again after this long, even if the peer was never heard from."""
+REFUSAL_GRACE_S = 0.2
+"""How long :meth:`Client.settle` waits for the refusal (ICMP) of the last datagrams."""
+
+
+class JoinFailure(enum.Enum):
+    """Why a join failed; each calls for a different remedy."""
+
+    NOT_LISTENING = "not_listening"
+    """ICMP port unreachable: no server on that address and port."""
+    NO_RELAY = "no_relay"
+    """Nothing came back to ``/join``: a server without ``--relay``, or none reachable."""
+    NOT_ADMITTED = "not_admitted"
+    """A cookie came back, but no answer to it."""
+    ROOM_FULL = "room_full"
+    """The server answered that its room has ``--max-peers`` members already."""
 
 
 class JoinError(OSError):
-    """The relay server did not answer a join."""
+    """The relay server did not let us in; :attr:`reason` says why, the message says what to do."""
+
+    def __init__(self, reason: JoinFailure, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RoomEvent(enum.Enum):
+    """A change in membership that the person chatting should hear about, once."""
+
+    OUT = "out"
+    """The server no longer relays to us (it restarted, expired us, or is gone); rejoining."""
+    BACK = "back"
+    """Rejoined by ourselves after :attr:`OUT`."""
+
+
+class _Refused:
+    """Put in the join answers when the OS reports the server's port unreachable."""
+
+
+_REFUSED = _Refused()
 
 
 class _SendProtocol(asyncio.DatagramProtocol):
-    """Reports ICMP errors (nothing listening) once per streak, not once per datagram, and
-    passes what the server sends back (relayed messages, join answers) to the client."""
+    """Counts ICMP errors (nothing listening) and reports them at most once per
+    :data:`ERROR_REPEAT_S`, or again once the server was heard from in between; passes what
+    the server sends back (relayed messages, join answers) to the client."""
 
-    def __init__(self, on_error: Callable[[Exception], None] | None) -> None:
+    def __init__(self, on_error: Callable[[Exception], None] | None, error_repeat_s: float) -> None:
         self._on_error = on_error
+        self._error_repeat_s = error_repeat_s
+        self._last_report = -math.inf
         self.send_errors = 0
-        self.in_error = False
+        self.error_seen = asyncio.Event()
         self.on_datagram: Callable[[bytes], None] | None = None
+        self.on_refused: Callable[[], None] | None = None
 
     def datagram_received(self, data: bytes, addr: object) -> None:
+        self._last_report = -math.inf  # the server is there: its next failure is news
         if self.on_datagram is not None:
             self.on_datagram(data)
 
     def error_received(self, exc: Exception) -> None:
         self.send_errors += 1
-        if not self.in_error:
-            self.in_error = True
+        self.error_seen.set()
+        if self.on_refused is not None:
+            self.on_refused()
+        now = asyncio.get_running_loop().time()
+        if now - self._last_report >= self._error_repeat_s:
+            self._last_report = now
             if self._on_error is not None:
                 self._on_error(exc)
 
@@ -59,17 +126,29 @@ class Client:
         port: int = DEFAULT_PORT,
         *,
         on_error: Callable[[Exception], None] | None = None,
+        error_repeat_s: float = ERROR_REPEAT_S,
     ) -> None:
         self.host = host
         self.port = port
         self.sent = 0
-        self._protocol = _SendProtocol(on_error)
-        self._errors_at_last_send = 0
+        self.in_room = False
+        """True from a join until the server, or its silence, says we are out of the room."""
+        self._protocol = _SendProtocol(on_error, error_repeat_s)
         self._transport: asyncio.DatagramTransport | None = None
+        self._answers: asyncio.Queue[str | _Refused] = asyncio.Queue(maxsize=JOIN_QUEUE_SIZE)
+        self._cookie = ""
+        self._keepalive_s = DEFAULT_KEEPALIVE_S
+        self._rejoin_now = asyncio.Event()
+        self._membership: asyncio.Task[None] | None = None
 
     @property
     def send_errors(self) -> int:
         return self._protocol.send_errors
+
+    @property
+    def keepalive_s(self) -> float:
+        """Seconds between keepalives: a third of the peer timeout the server told us."""
+        return self._keepalive_s
 
     async def open(self) -> None:
         # Resolved here rather than by the loop, so that every loop reports the same errors.
@@ -84,6 +163,9 @@ class Client:
         )
 
     def close(self) -> None:
+        if self._membership is not None:
+            self._membership.cancel()
+            self._membership = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -92,64 +174,151 @@ class Client:
         """Send one text as one datagram."""
         if self._transport is None:
             raise RuntimeError("the client is not open")
-        protocol = self._protocol
-        if protocol.in_error and protocol.send_errors == self._errors_at_last_send:
-            protocol.in_error = False  # the previous send drew no error: the peer is back
-        self._errors_at_last_send = protocol.send_errors
         self._transport.sendto(text.encode("utf-8"))
         self.sent += 1
+
+    async def settle(self, grace_s: float = REFUSAL_GRACE_S) -> None:
+        """Give the OS ``grace_s`` to report refusals of what was just sent, so that
+        :attr:`send_errors` counts them; returns early once every datagram drew one."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                while self.send_errors < self.sent:
+                    self._protocol.error_seen.clear()
+                    await self._protocol.error_seen.wait()
 
     async def join_room(
         self,
         on_text: Callable[[str], None],
         *,
+        on_room: Callable[[RoomEvent, str], None] | None = None,
         attempts: int = JOIN_ATTEMPTS,
         timeout_s: float = JOIN_TIMEOUT_S,
     ) -> None:
         """Join a ``serve --relay`` room: ask for a cookie, echo it, and from then on pass each
         relayed text (``[ip] text``, not yet escaped for display) to ``on_text``.
 
-        Raises :class:`JoinError` when the server does not answer, as UDP cannot tell.
+        Afterwards the client sends a cookie-bearing keepalive every :attr:`keepalive_s` and,
+        when the server says it no longer knows us or stops listening, rejoins by itself;
+        ``on_room`` hears of each such change once. Raises :class:`JoinError` saying why.
         """
-        answers: asyncio.Queue[str] = asyncio.Queue(maxsize=JOIN_QUEUE_SIZE)
-        joined = False
 
         def receive(data: bytes) -> None:
             text, _ = decode(data)
-            if joined and not text.startswith("/"):
-                on_text(text)
-            elif not answers.full():
-                answers.put_nowait(text)
+            if not text.startswith("/"):
+                if self.in_room:
+                    on_text(text)
+            elif text == EXPIRED:
+                self._leave_room(on_room, "the server no longer counts us as a member")
+            elif not self._answers.full():
+                self._answers.put_nowait(text)
+
+        def refused() -> None:
+            if not self._answers.full():
+                self._answers.put_nowait(_REFUSED)
+            self._leave_room(on_room, f"nothing listens at {self.host} port {self.port}")
 
         self._protocol.on_datagram = receive
-        request = relay_join_request()
-        for _ in range(attempts):
-            self.send(request)
-            cookie = await self._answer(answers, COOKIE, timeout_s)
-            if cookie is None:
-                continue
-            self.send(f"{JOIN} {cookie}")
-            if await self._answer(answers, JOINED, timeout_s) is not None:
-                joined = True
-                return
-        raise JoinError(f"no answer to {JOIN} from {self.host} port {self.port}")
+        self._protocol.on_refused = refused
+        await self._join(attempts, timeout_s)
+        self._membership = asyncio.create_task(self._keep_membership(on_room, timeout_s))
 
-    @staticmethod
-    async def _answer(answers: asyncio.Queue[str], command: str, timeout_s: float) -> str | None:
-        """The argument of the next answer that is ``command``; None after the timeout."""
+    def _leave_room(self, on_room: Callable[[RoomEvent, str], None] | None, why: str) -> None:
+        if not self.in_room:
+            return
+        self.in_room = False
+        self._rejoin_now.set()
+        if on_room is not None:
+            on_room(RoomEvent.OUT, f"out of the room: {why}; rejoining")
+
+    async def _join(self, attempts: int, timeout_s: float) -> None:
+        while not self._answers.empty():
+            self._answers.get_nowait()  # answers to an earlier, abandoned attempt
+        refused = cookie_came = False
+        for _ in range(attempts):
+            self.send(relay_join_request())
+            answer = await self._answer(timeout_s, COOKIE)
+            if isinstance(answer, _Refused):
+                refused = True
+                continue
+            if answer is None:
+                continue
+            cookie_came = True
+            cookie = answer[1]
+            self.send(f"{JOIN} {cookie}")
+            admitted = await self._answer(timeout_s, JOINED, ROOM_FULL)
+            if isinstance(admitted, _Refused) or admitted is None:
+                continue
+            name, peer_timeout = admitted
+            if name == ROOM_FULL:
+                raise JoinError(
+                    JoinFailure.ROOM_FULL,
+                    f"the room at {self.host} port {self.port} is full: try again later, "
+                    "or start the server with a larger --max-peers",
+                )
+            self._cookie = cookie
+            self._keepalive_s = keepalive_interval(peer_timeout)
+            self.in_room = True
+            return
+        where = f"{self.host} port {self.port}"
+        if cookie_came:
+            raise JoinError(
+                JoinFailure.NOT_ADMITTED, f"{where} sent a join cookie but never admitted us"
+            )
+        if refused:
+            raise JoinError(
+                JoinFailure.NOT_LISTENING,
+                f"nothing listens at {where} (connection refused): "
+                "is the server running, is the port right?",
+            )
+        raise JoinError(
+            JoinFailure.NO_RELAY,
+            f"no answer to {JOIN} from {where}: is the server there started with "
+            "'udpchat serve --relay'? (without --relay it prints joins instead of answering)",
+        )
+
+    async def _answer(self, timeout_s: float, *commands: str) -> tuple[str, str] | _Refused | None:
+        """(command, argument) of the next answer that is one of ``commands``; the refusal
+        marker when the OS reports that nothing listens; None after the timeout."""
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
-                    text = await answers.get()
+                    text = await self._answers.get()
+                    if isinstance(text, _Refused):
+                        return text
                     name, _, argument = text.partition(" ")
-                    if name == command:
-                        return argument
+                    if name in commands:
+                        return name, argument
         except TimeoutError:
             return None
 
+    async def _keep_membership(
+        self, on_room: Callable[[RoomEvent, str], None] | None, timeout_s: float
+    ) -> None:
+        """Keepalives while in the room; out of it, a join attempt at the same pace."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._keepalive_s):
+                    await self._rejoin_now.wait()
+            self._rejoin_now.clear()
+            if self.in_room:
+                self.send(f"{KEEPALIVE} {self._cookie}")
+                continue
+            try:
+                await self._join(1, min(timeout_s, self._keepalive_s))
+            except JoinError as error:
+                logger.debug("rejoin failed: %s", error)
+                continue
+            if on_room is not None:
+                on_room(RoomEvent.BACK, f"back in the room at {self.host} port {self.port}")
+
     def leave_room(self) -> None:
-        if self._transport is not None:
+        """Stop the keepalives and tell the server, so that it stops relaying to us at once."""
+        if self._membership is not None:
+            self._membership.cancel()
+            self._membership = None
+        if self._transport is not None and self.in_room:
             self.send(LEAVE)
+        self.in_room = False
 
     async def send_every(
         self,
@@ -193,3 +362,16 @@ class Client:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def keepalive_interval(joined_argument: str) -> float:
+    """A third of the peer timeout in ``/joined SECONDS``, within sane bounds; the default
+    when the server did not say (an older server) or said nonsense (an untrusted datagram)."""
+    try:
+        peer_timeout_s = float(joined_argument)
+    except ValueError:
+        return DEFAULT_KEEPALIVE_S
+    if not math.isfinite(peer_timeout_s) or peer_timeout_s <= 0:
+        return DEFAULT_KEEPALIVE_S
+    interval_s = peer_timeout_s / KEEPALIVES_PER_PEER_TIMEOUT
+    return min(max(interval_s, MIN_KEEPALIVE_S), MAX_KEEPALIVE_S)

@@ -66,6 +66,9 @@ class BatchSender:
 
     def __init__(self, sock: socket.socket, use_sendmmsg: bool = True) -> None:
         self._sock = sock
+        self.refusals = 0
+        """Times the OS reported the target's port unreachable (ICMP); each time the datagrams
+        of that send were not sent."""
         self._sendmmsg = _SENDMMSG if use_sendmmsg else None
         self._iovecs = (_IoVec * BATCH_SIZE)()
         self._headers = (_MMsgHdr * BATCH_SIZE)()
@@ -93,17 +96,28 @@ class BatchSender:
         sent: int = self._sendmmsg(self._sock.fileno(), self._headers, len(payloads), 0)
         if sent < 0:
             error = ctypes.get_errno()
-            if error in (errno.ECONNREFUSED, errno.EAGAIN, errno.ENOBUFS):
+            if error == errno.ECONNREFUSED:
+                self.refusals += 1
+                return 0
+            if error in (errno.EAGAIN, errno.ENOBUFS):
                 return 0
             raise OSError(error, os.strerror(error))
         return sent
+
+    def collect_refusal(self) -> None:
+        """Count a refusal of the last datagrams that no later send has reported."""
+        if self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED:
+            self.refusals += 1
 
     def _send_one_by_one(self, payloads: list[bytes]) -> int:
         sent = 0
         for payload in payloads:
             try:
                 self._sock.send(payload)
-            except (ConnectionRefusedError, BlockingIOError):
+            except ConnectionRefusedError:
+                self.refusals += 1
+                continue
+            except BlockingIOError:
                 continue
             sent += 1
         return sent
@@ -134,6 +148,8 @@ class LoadResult:
     sent: int
     elapsed_s: float
     batched: bool
+    refusals: int = 0
+    """Times the target refused datagrams (ICMP port unreachable): nothing listens there."""
 
     @property
     def rate_per_s(self) -> float:
@@ -195,7 +211,10 @@ def run_load(
         elapsed = time.monotonic() - start
         if on_progress is not None:
             on_progress(sent, elapsed)
-        return LoadResult(sent, elapsed, senders[0].batched)
+        for sender in senders:
+            sender.collect_refusal()
+        refusals = sum(sender.refusals for sender in senders)
+        return LoadResult(sent, elapsed, senders[0].batched, refusals)
     finally:
         for sock in sockets:
             sock.close()

@@ -9,6 +9,12 @@ so the server cannot be used to reflect or amplify traffic at a forged source.
 A member's text goes to every other member as ``[ip] text``: the incoming datagram plus a
 header of at most :data:`udpchat.wire.MAX_HEADER_BYTES`. Each incoming datagram causes at most
 ``max_peers`` outgoing ones.
+
+A member stays with ``/keepalive COOKIE`` (the cookie it joined with, so that only an address
+that once received the cookie can stay). An address that is not a member, because it expired or
+the server restarted, gets ``/expired`` in answer to its keepalive or text, so that its client
+can rejoin; a full room answers a valid cookie with ``/full``. Each of these answers is smaller
+than what it answers, and none is sent in answer to a datagram smaller than itself.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from udpchat.pipeline import Handler, Message
 from udpchat.wire import (
     COOKIE,
     COOKIE_MAC_HEX_DIGITS,
+    EXPIRED,
     JOIN,
     JOINED,
+    KEEPALIVE,
     LEAVE,
     MAX_HEADER_BYTES,
+    ROOM_FULL,
 )
 
 DEFAULT_PEER_TIMEOUT_S = 30.0
@@ -54,15 +63,26 @@ class CookieJar:
         issued = int(self._clock())
         return f"{issued}.{self._mac(address, issued)}"
 
-    def is_valid(self, address: Address, cookie: str) -> bool:
+    def _age_s(self, address: Address, cookie: str) -> float | None:
+        """Seconds since this jar issued ``cookie`` to ``address``; None if it did not."""
         issued_text, _, mac = cookie.partition(".")
         if not issued_text.isdigit() or len(issued_text) > 12:
-            return False
+            return None
         issued = int(issued_text)
-        age = self._clock() - issued
-        if not -1 <= age <= COOKIE_LIFETIME_S:
-            return False
-        return hmac.compare_digest(mac, self._mac(address, issued))
+        if not hmac.compare_digest(mac, self._mac(address, issued)):
+            return None
+        return self._clock() - issued
+
+    def is_valid(self, address: Address, cookie: str) -> bool:
+        """Issued to ``address`` within :data:`COOKIE_LIFETIME_S`: good for a join."""
+        age = self._age_s(address, cookie)
+        return age is not None and -1 <= age <= COOKIE_LIFETIME_S
+
+    def is_genuine(self, address: Address, cookie: str) -> bool:
+        """Issued to ``address`` by this jar at any time: good for a member's keepalive, which
+        proves it is the address that joined, not that it can receive now."""
+        age = self._age_s(address, cookie)
+        return age is not None and age >= -1
 
 
 class Room:
@@ -78,7 +98,7 @@ class Room:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_peers = max_peers
-        self._timeout_s = peer_timeout_s
+        self.peer_timeout_s = peer_timeout_s
         self._clock = clock
         self._last_heard: dict[Address, float] = {}
         self._lock = threading.Lock()
@@ -86,7 +106,8 @@ class Room:
         self.expired = 0
 
     def _expire(self, now: float) -> None:
-        stale = [peer for peer, heard in self._last_heard.items() if now - heard > self._timeout_s]
+        timeout_s = self.peer_timeout_s
+        stale = [peer for peer, heard in self._last_heard.items() if now - heard > timeout_s]
         for peer in stale:
             del self._last_heard[peer]
         self.expired += len(stale)
@@ -111,6 +132,10 @@ class Room:
                 return None
             self._last_heard[peer] = now
             return [other for other in self._last_heard if other != peer]
+
+    def refresh(self, peer: Address) -> bool:
+        """Note that ``peer`` is still here; False when it is not a member (any more)."""
+        return self.others(peer) is not None
 
     def leave(self, peer: Address) -> None:
         with self._lock:
@@ -146,6 +171,12 @@ class RelayStats:
     """Everything sent: relayed datagrams and the handshake's answers."""
     not_relayed: int = 0
     """Texts that grew in decoding, so that relaying them would exceed the header bound."""
+    keepalives: int = 0
+    """Keepalives from members, with their own cookie: each kept a member in the room."""
+    expired_notices: int = 0
+    """``/expired`` answers to a keepalive or text from an address that is not a member."""
+    unanswered_non_members: int = 0
+    """Datagrams from non-members smaller than ``/expired``: answering them would amplify."""
 
     def __add__(self, other: RelayStats) -> RelayStats:
         return RelayStats(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
@@ -155,9 +186,9 @@ class Relay:
     """A handler that runs the room, then passes members' and others' texts to ``inner``.
 
     It runs in the pool workers like any handler, so relaying never touches the event loop.
-    Commands (``/join``, ``/leave``) are answered, not printed. ``send`` is where answers and
-    relayed datagrams go: the server's socket (:meth:`udpchat.Server.send_datagram`). With
-    ``publish``, members' texts also go to the room's other servers, and theirs come back
+    Commands (``/join``, ``/keepalive``, ``/leave``) are answered, not printed. ``send`` is where
+    answers and relayed datagrams go: the server's socket (:meth:`udpchat.Server.send_datagram`).
+    With ``publish``, members' texts also go to the room's other servers, and theirs come back
     through :meth:`relay_remote`.
     """
 
@@ -182,6 +213,9 @@ class Relay:
         self._relayed_datagrams = 0
         self._relayed_bytes = 0
         self._not_relayed = 0
+        self._keepalives = 0
+        self._expired_notices = 0
+        self._unanswered_non_members = 0
 
     def _emit(self, data: bytes, peer: Address) -> None:
         self._send(data, peer)
@@ -192,30 +226,55 @@ class Relay:
         with self._lock:
             self._bytes_in += message.size
         text, peer = message.text, message.sender
-        if text.startswith(JOIN):
-            self._join(peer, text[len(JOIN) :].strip(), message.size)
+        command, _, argument = text.partition(" ")
+        if command == JOIN:
+            self._join(peer, argument.strip(), message.size)
         elif text == LEAVE:
             self.room.leave(peer)
+        elif command == KEEPALIVE:
+            self._keepalive(peer, argument, message.size)
         else:
-            self._forward(message)
+            if not self._forward(message):
+                self._tell_not_a_member(peer, message.size)
             if self._inner is not None:
                 self._inner(message)
 
-    def _forward(self, message: Message) -> None:
+    def _keepalive(self, peer: Address, cookie: str, request_size: int) -> None:
+        if self._cookies.is_genuine(peer, cookie) and self.room.refresh(peer):
+            with self._lock:
+                self._keepalives += 1
+            return
+        self._tell_not_a_member(peer, request_size)
+
+    def _tell_not_a_member(self, peer: Address, request_size: int) -> None:
+        """``/expired``, so that a client the room forgot (expired, or a restarted server)
+        rejoins; only in answer to a datagram at least as large, so that it never amplifies."""
+        answer = EXPIRED.encode()
+        if request_size < len(answer):
+            with self._lock:
+                self._unanswered_non_members += 1
+            return
+        self._emit(answer, peer)
+        with self._lock:
+            self._expired_notices += 1
+
+    def _forward(self, message: Message) -> bool:
         """The text as it came, with the sender's address in front; receivers escape it for
         display. A text that grew in decoding (invalid UTF-8 shown as escapes) is not relayed,
-        so that nothing sent is larger than what came in plus the header."""
+        so that nothing sent is larger than what came in plus the header. False when the
+        sender is not a member."""
         others = self.room.others(message.sender)
         if others is None:
-            return
+            return False
         line = f"[{message.sender[0]}] {message.text}".encode()
         if len(line) > message.size + MAX_HEADER_BYTES:
             with self._lock:
                 self._not_relayed += 1
-            return
+            return True
         if self._publish is not None:
             self._publish(message.sender[0], message.text)
         self._relay_line(line, others)
+        return True
 
     def relay_remote(self, ip: str, text: str) -> None:
         """A member's text from another server, to every member here, as ``[ip] text``; the bus
@@ -231,10 +290,14 @@ class Relay:
 
     def _join(self, peer: Address, cookie: str, request_size: int) -> None:
         if cookie and self._cookies.is_valid(peer, cookie):
+            # Both answers are smaller than the cookie they answer: a valid one proves the
+            # address anyway. The peer timeout tells the client how often to keep alive.
             if self.room.admit(peer):
                 with self._lock:
                     self._joins += 1
-                self._emit(JOINED.encode(), peer)
+                self._emit(f"{JOINED} {self.room.peer_timeout_s:g}".encode(), peer)
+            else:
+                self._emit(ROOM_FULL.encode(), peer)
             return
         answer = f"{COOKIE} {self._cookies.issue(peer)}".encode()
         if request_size < len(answer):
@@ -258,6 +321,9 @@ class Relay:
                 bytes_in=self._bytes_in,
                 bytes_out=self._bytes_out,
                 not_relayed=self._not_relayed,
+                keepalives=self._keepalives,
+                expired_notices=self._expired_notices,
+                unanswered_non_members=self._unanswered_non_members,
             )
 
     def flush(self) -> None:

@@ -250,6 +250,11 @@ class Server:
         return self._transport is not None
 
     @property
+    def relay(self) -> Relay | None:
+        """The chat room's relay (its room, its counters) when the config asks for one."""
+        return self._relay
+
+    @property
     def metrics_address(self) -> tuple[str, int] | None:
         """The metrics endpoint's bound (host, port); None when the config asks for none."""
         return None if self._metrics is None else self._metrics.address

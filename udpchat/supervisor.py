@@ -103,7 +103,12 @@ def _send(control: Connection, message: ChildMessage) -> None:
 
 
 def _child_main(
-    config: ServerConfig, label: str, loop: LoopChoice, control: Connection, output: Connection
+    config: ServerConfig,
+    label: str,
+    loop: LoopChoice,
+    control: Connection,
+    output: Connection,
+    report_senders: bool,
 ) -> None:
     """One child: serve until the parent's SIGTERM, then report its counters and leave."""
     for signum in (signal.SIGINT, getattr(signal, "SIGHUP", None)):
@@ -125,7 +130,7 @@ def _child_main(
             _send(control, Ready(server.address))
 
             def report() -> None:
-                _send(control, Report(server.stats(include_senders=False)))
+                _send(control, Report(server.stats(include_senders=report_senders)))
 
             async with periodically(REPORT_INTERVAL_S, report):
                 return await server.serve()
@@ -155,6 +160,9 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
+_NO_REPORT = StatsSnapshot(received=0, handled=0, handler_errors=0, dropped={})
+
+
 class _Child:
     def __init__(self, index: int, process: BaseProcess, control: Connection) -> None:
         self.label = f"process {index + 1}"
@@ -175,7 +183,13 @@ class Supervisor:
     """
 
     def __init__(
-        self, config: ServerConfig, processes: int, loop: LoopChoice, out: BinaryIO
+        self,
+        config: ServerConfig,
+        processes: int,
+        loop: LoopChoice,
+        out: BinaryIO,
+        *,
+        report_senders: bool = False,
     ) -> None:
         if config.relay and not config.nats:
             raise ValueError(
@@ -186,6 +200,8 @@ class Supervisor:
         self._loop_choice = loop
         self._out = out
         self._out_lock = threading.Lock()
+        self._report_senders = report_senders
+        """Children's periodic reports carry their sender tables (for ``--dashboard``)."""
         self._children: list[_Child] = []
         self._threads: list[threading.Thread] = []
         self._should_exit = asyncio.Event()
@@ -200,6 +216,10 @@ class Supervisor:
     def combined(self) -> StatsSnapshot:
         """The children's latest reports added up (each at most :data:`REPORT_INTERVAL_S` old)."""
         return combine(self._reports())
+
+    def per_process(self) -> tuple[StatsSnapshot, ...]:
+        """Each child's latest report, in the children's order; zeros before the first."""
+        return tuple(child.latest or _NO_REPORT for child in self._children)
 
     def request_stop(self) -> None:
         self._should_exit.set()
@@ -226,7 +246,7 @@ class Supervisor:
                 process = context.Process(
                     target=_child_main,
                     args=(child_config, f"process {index + 1}: ", self._loop_choice,
-                          control_child, output_child),
+                          control_child, output_child, self._report_senders),
                     daemon=True,
                 )  # fmt: skip
                 process.start()

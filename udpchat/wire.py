@@ -28,7 +28,6 @@ _CLEAN_SEED_BYTES = re.compile(
 :data:`MAX_COUNTER`): the per-datagram fast path, one match on the bytes before any decoding.
 What it matches is printable ASCII, so it needs no escaping either."""
 match_clean_seed = _CLEAN_SEED_BYTES.fullmatch
-_USERNAME_PATTERN = re.compile(rf"{_USERNAME_REGEX}\Z")
 _DIGITS_PATTERN = re.compile(r"[0-9]{1,19}\Z")
 
 
@@ -47,9 +46,48 @@ class TextProblem(enum.Enum):
     INVALID_COUNTER = "invalid_counter"
 
 
+USERNAME_SEPARATOR = ": "
+"""What ends the username in every text a client sends, so no name may contain it."""
+
+
+class InvalidUsernameError(ValueError):
+    """A name that cannot be sent: its message says what is wrong, for a person to fix."""
+
+
+def username_problem(username: str) -> str | None:
+    """Why ``username`` cannot stand before ``: `` in a text, or None when it can.
+
+    Any printable Unicode of 1 to :data:`MAX_USERNAME_LENGTH` characters, spaces inside: the
+    seed prints whatever name it gets. Control and format characters (bidi overrides) are
+    refused because they change how a line displays, and ``: `` because it ends the name.
+    """
+    if not username:
+        return "it is empty"
+    if len(username) > MAX_USERNAME_LENGTH:
+        return f"it has {len(username)} characters, more than {MAX_USERNAME_LENGTH}"
+    if username != username.strip():
+        return "it starts or ends with a space"
+    if not username.isprintable():
+        unprintable = next(char for char in username if not char.isprintable())
+        return f"it contains U+{ord(unprintable):04X}, a control, format or separator character"
+    if USERNAME_SEPARATOR in username:
+        return f"it contains '{USERNAME_SEPARATOR}', which ends a name in the seed's format"
+    return None
+
+
 def is_valid_username(username: str) -> bool:
-    """1-32 ASCII letters, digits, ``.``, ``_`` or ``-``: safe in any terminal and log."""
-    return _USERNAME_PATTERN.match(username) is not None
+    """1-32 printable characters, no ``: ``, no space at either end: :func:`username_problem`."""
+    return username_problem(username) is None
+
+
+def clean_username(text: str) -> str:
+    """The name as typed at the prompt or given with ``--username``, stripped of the spaces
+    around it; raises :class:`InvalidUsernameError` saying what is wrong."""
+    username = text.strip()
+    problem = username_problem(username)
+    if problem is not None:
+        raise InvalidUsernameError(f"invalid username '{sanitize(username)}': {problem}")
+    return username
 
 
 def format_message(username: str, counter: int) -> str:
@@ -142,3 +180,14 @@ a scope (interface names are at most 15 bytes on Linux)."""
 def relay_join_request() -> str:
     """A cookie request padded to :data:`MIN_JOIN_REQUEST_BYTES`, as a client must send it."""
     return f"{JOIN} ".ljust(MIN_JOIN_REQUEST_BYTES, "-")
+
+
+# Membership after the join: the answers are never larger than what they answer, so that a
+# forged source cannot use them to amplify.
+
+KEEPALIVE = "/keepalive"
+"""``/keepalive COOKIE``: a member is still here; the cookie it joined with proves the address."""
+EXPIRED = "/expired"
+"""The answer to a keepalive or text from an address that is not (or no longer) a member."""
+ROOM_FULL = "/full"
+"""The answer to a valid join cookie when the room has ``max_peers`` members already."""

@@ -1,0 +1,235 @@
+"""``chat`` as a person meets it: in a real terminal (tmux renders the screen, so a test sees
+what a person sees), idle for longer than the server's peer timeout, and across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+
+import pexpect
+import pytest
+
+from tests.conftest import (
+    EVENT_TIMEOUT_S,
+    LOOPBACK,
+    CliProcess,
+    Inbox,
+    read_port,
+    start_cli,
+    start_cli_server,
+)
+from udpchat import Client
+
+SCREEN_POLL_S = 0.05
+_sessions = itertools.count()
+
+
+class Terminal:
+    """A command in its own tmux server (private socket), 100x20, that shows its exit status
+    on the screen and stays there."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.socket_name = f"udpchat-test-{os.getpid()}-{next(_sessions)}"
+        shell = f'{shlex.join(command)}; echo "exit status $?"; exec sleep 600'
+        self.tmux("new-session", "-d", "-x", "100", "-y", "20", "-s", "chat", shell)
+
+    def tmux(self, *args: str) -> str:
+        environment = dict(os.environ, TERM="xterm-256color", PYTHONUNBUFFERED="1")
+        result = subprocess.run(
+            ["tmux", "-L", self.socket_name, "-f", "/dev/null", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=environment,
+        )
+        return result.stdout
+
+    def screen(self) -> list[str]:
+        return [
+            line.rstrip() for line in self.tmux("capture-pane", "-p", "-t", "chat").splitlines()
+        ]
+
+    def type(self, text: str) -> None:
+        self.tmux("send-keys", "-t", "chat", "-l", text)
+
+    def press(self, key: str) -> None:
+        self.tmux("send-keys", "-t", "chat", key)
+
+    async def wait_for(
+        self, predicate: Callable[[list[str]], bool], timeout_s: float = EVENT_TIMEOUT_S
+    ) -> list[str]:
+        """The screen, once ``predicate`` holds for it; a TimeoutError shows the last one."""
+        screen: list[str] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not predicate(screen := self.screen()):
+                    await asyncio.sleep(SCREEN_POLL_S)
+        except TimeoutError:
+            raise AssertionError("\n".join(screen)) from None
+        return screen
+
+    async def exit_status(self) -> int:
+        def exited(screen: list[str]) -> bool:
+            return any(line.startswith("exit status ") for line in screen)
+
+        screen = await self.wait_for(exited)
+        (line,) = [line for line in screen if line.startswith("exit status ")]
+        return int(line.removeprefix("exit status "))
+
+    def close(self) -> None:
+        subprocess.run(
+            ["tmux", "-L", self.socket_name, "kill-server"], capture_output=True, check=False
+        )
+
+
+def has_line(expected: str) -> Callable[[list[str]], bool]:
+    return lambda screen: expected in screen
+
+
+def chat_command(port: int, username: str) -> list[str]:
+    return [sys.executable, "-m", "udpchat", "chat", "--username", username, "--port", str(port)]
+
+
+@contextlib.asynccontextmanager
+async def relay_server(*args: str) -> AsyncIterator[tuple[CliProcess, int]]:
+    cli, port = await start_cli_server("--relay", *args)
+    try:
+        yield cli, port
+    finally:
+        cli.signal(signal.SIGINT)
+        await cli.finish()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+async def test_a_message_arriving_mid_line_leaves_the_typed_half_intact() -> None:
+    async with relay_server() as (_, port):
+        terminal = Terminal(chat_command(port, "Citra Dewi"))
+        budi, inbox = Client(LOOPBACK, port), Inbox()
+        try:
+            await terminal.wait_for(has_line("Citra Dewi>"))
+            terminal.type("sedang menge")
+            await terminal.wait_for(has_line("Citra Dewi> sedang menge"))
+            await budi.open()
+            await budi.join_room(inbox)
+            budi.send("budi: pesan ke-1")
+            message, half_line = (
+                f"Diterima: [{LOOPBACK}] budi: pesan ke-1",
+                "Citra Dewi> sedang menge",
+            )
+
+            def message_above_the_half_line(screen: list[str]) -> bool:
+                # Both whole, in that order, once the line editor has redrawn its line (a split
+                # line, as in "sedang mengeDiterima: …", never gets there).
+                rows = {line: row for row, line in enumerate(screen)}
+                return message in rows and half_line in rows and rows[message] < rows[half_line]
+
+            screen = await terminal.wait_for(message_above_the_half_line)
+            assert not any("menge" in line and "Diterima" in line for line in screen)
+            terminal.type("tik")
+            terminal.press("Enter")
+            assert await inbox.wait_for(1) == [f"[{LOOPBACK}] Citra Dewi: sedang mengetik"]
+            screen = await terminal.wait_for(has_line("Ter kirim: Citra Dewi: sedang mengetik"))
+            assert "Citra Dewi> sedang mengetik" not in screen  # shown once, as sent
+            await terminal.wait_for(has_line("Citra Dewi>"))  # the next prompt is up
+            terminal.press("Up")  # history
+            await terminal.wait_for(has_line("Citra Dewi> sedang mengetik"))
+            terminal.press("C-u")
+            await terminal.wait_for(has_line("Citra Dewi>"))
+            terminal.press("C-d")
+            assert await terminal.exit_status() == 0
+            assert "udpchat: left the room" in terminal.screen()
+        finally:
+            budi.close()
+            terminal.close()
+
+
+def spawn_chat(port: int, username: str) -> pexpect.spawn:
+    command = chat_command(port, username)
+    return pexpect.spawn(command[0], command[1:], encoding="utf-8", timeout=EVENT_TIMEOUT_S)
+
+
+async def expect(chat: pexpect.spawn, text: str, timeout_s: float = EVENT_TIMEOUT_S) -> str:
+    """Everything ``chat`` printed before ``text``, once it has printed ``text``."""
+    await asyncio.to_thread(chat.expect_exact, text, timeout=timeout_s)
+    return str(chat.before)
+
+
+async def joined_member(port: int) -> tuple[Client, Inbox]:
+    member, inbox = Client(LOOPBACK, port), Inbox()
+    await member.open()
+    await member.join_room(inbox)
+    return member, inbox
+
+
+async def leave(chat: pexpect.spawn) -> None:
+    """Ctrl-C: a key to the line editor, or SIGINT from the tty between two prompts; both leave
+    the room cleanly. (Ctrl-D between two prompts would be the tty's, not the editor's.)"""
+    chat.sendintr()
+    await expect(chat, "left the room")
+    await asyncio.to_thread(chat.expect, pexpect.EOF)
+    chat.close()
+    assert chat.exitstatus == 0
+
+
+async def test_an_idle_member_stays_in_the_room_past_the_peer_timeout() -> None:
+    async with relay_server("--peer-timeout", "2") as (_, port):
+        chat = spawn_chat(port, "dewi")
+        try:
+            await expect(chat, "joined the room")
+            await asyncio.sleep(7)  # the scenario itself: idle for 3.5 peer timeouts
+            budi, _ = await joined_member(port)
+            budi.send("budi: masih di sini?")
+            before = await expect(chat, f"Diterima: [{LOOPBACK}] budi: masih di sini?")
+            assert "out of the room" not in before
+            budi.close()
+            await leave(chat)
+        finally:
+            chat.terminate(force=True)
+
+
+async def test_a_member_rejoins_by_itself_after_a_server_restart() -> None:
+    server, port = await start_cli_server("--relay", "--peer-timeout", "2")
+    chat = spawn_chat(port, "eka")
+    try:
+        await expect(chat, "joined the room")
+        server.signal(signal.SIGINT)
+        await server.finish()
+        server = await start_cli(
+            "serve", "--host", LOOPBACK, "--port", str(port), "--relay", "--peer-timeout", "2"
+        )
+        await read_port(server)
+        before = await expect(chat, "back in the room", timeout_s=10)
+        assert before.count("out of the room") == 1
+        budi, inbox = await joined_member(port)
+        budi.send("budi: selamat datang kembali")
+        await expect(chat, f"Diterima: [{LOOPBACK}] budi: selamat datang kembali")
+        chat.sendline("terima kasih")
+        assert await inbox.wait_for(1) == [f"[{LOOPBACK}] eka: terima kasih"]
+        await expect(chat, "Ter kirim: eka: terima kasih")
+        budi.close()
+        await leave(chat)
+    finally:
+        chat.terminate(force=True)
+        server.signal(signal.SIGINT)
+        await server.finish()
+
+
+async def test_chat_with_a_server_without_relay_says_to_start_it_with_relay() -> None:
+    server, port = await start_cli_server()
+    try:
+        chat = await start_cli("chat", "--username", "ana", "--port", str(port), stdin=b"")
+        status, _, stderr = await chat.finish()
+        assert status == 1
+        assert f"no answer to /join from {LOOPBACK} port {port}" in stderr
+        assert "'udpchat serve --relay'" in stderr
+    finally:
+        server.signal(signal.SIGINT)
+        await server.finish()

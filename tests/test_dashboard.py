@@ -1,0 +1,425 @@
+"""The live view: its rendering from fixed snapshots, and the loop that draws it."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TextIO, cast
+
+import pytest
+from rich.console import Console
+
+from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, start_cli
+from udpchat.accounting import DeliveryTotals, SenderStats
+from udpchat.dashboard import (
+    Dashboard,
+    DashboardSettings,
+    NoTerminalError,
+    Sample,
+    ScrollingLines,
+    SortKey,
+    ViewTerminal,
+    find_terminal,
+    render,
+)
+from udpchat.relay import RelayStats
+from udpchat.stats import StatsSnapshot
+
+NOW_S = 1_000_000.0
+SETTINGS = DashboardSettings(address=("127.0.0.1", 5002), started_at_s=NOW_S - 125)
+
+
+def sender(
+    username: str,
+    port: int,
+    *,
+    received: int = 100,
+    lost: int = 0,
+    jitter_s: float = 0.001,
+    silent_s: float = 1.0,
+) -> SenderStats:
+    return SenderStats(
+        ip="127.0.0.1",
+        port=port,
+        username=username,
+        received=received,
+        highest_counter=received + lost,
+        lost=lost,
+        duplicates=0,
+        reordered=0,
+        late=0,
+        restarts=0,
+        jitter_s=jitter_s,
+        last_heard_s=NOW_S - silent_s,
+    )
+
+
+def snapshot(*senders: SenderStats, received: int = 0, handled: int = 0) -> StatsSnapshot:
+    return StatsSnapshot(
+        received=received,
+        handled=handled,
+        handler_errors=0,
+        dropped={"queue_full": 0, "oversize": 2},
+        kernel_drops=0,
+        delivery=DeliveryTotals(senders=len(senders)),
+        senders=senders,
+    )
+
+
+def text_of(view: object, height: int = 40, width: int = 100) -> list[str]:
+    console = Console(record=True, width=width, height=height, color_system=None)
+    console.print(view)
+    return [line.rstrip() for line in console.export_text().splitlines()]
+
+
+def usernames(lines: list[str]) -> list[str]:
+    return [
+        match.group(1) for line in lines if (match := re.match(r"\s*(?:\d+ )?(user\w*\d) ", line))
+    ]
+
+
+def test_header_shows_address_uptime_rates_and_drops() -> None:
+    previous = Sample((snapshot(received=100, handled=90),), NOW_S - 2)
+    current = Sample((snapshot(sender("user1", 1), received=300, handled=290),), NOW_S)
+    lines = text_of(render(current, previous, SETTINGS))
+    assert "127.0.0.1:5002" in lines[0]
+    assert "up 2m05s" in lines[0]
+    assert "in 100.0/s" in lines[1]
+    assert "handled 100.0/s" in lines[1]
+    assert "senders 1" in lines[1]
+    assert "oversize 2" in lines[2]
+    assert "queue_full" not in lines[2]  # reasons that never happened stay out
+    assert "kernel drops 0" in lines[2]
+
+
+def test_the_header_shows_the_rooms_members_with_the_relay() -> None:
+    relay = dataclasses.replace(snapshot(), relay=RelayStats(members=3))
+    assert "relay members 3" in text_of(render(Sample((relay,), NOW_S), None, SETTINGS))[1]
+    assert "relay" not in "".join(text_of(render(Sample((snapshot(),), NOW_S), None, SETTINGS)))
+
+
+def test_rows_show_each_senders_figures() -> None:
+    current = Sample(
+        (snapshot(sender("user1", 40001, received=98, lost=2, jitter_s=0.0042)),), NOW_S
+    )
+    (row,) = [line for line in text_of(render(current, None, SETTINGS)) if "user1" in line]
+    assert row.split() == [
+        "user1", "127.0.0.1:40001", "98", "2", "2.0%", "0", "0", "0", "0", "4.2ms", "1s", "ago",
+    ]  # fmt: skip
+
+
+def test_worst_loss_first_by_default_and_other_keys() -> None:
+    current = Sample(
+        (
+            snapshot(
+                sender("user1", 1, lost=0, jitter_s=0.009, silent_s=3),
+                sender("user2", 2, lost=5, received=300, silent_s=1),
+                sender("user3", 3, lost=5, received=50, silent_s=7),
+            ),
+        ),
+        NOW_S,
+    )
+    assert usernames(text_of(render(current, None, SETTINGS))) == ["user3", "user2", "user1"]
+    orders = {
+        SortKey.JITTER: ["user1", "user2", "user3"],
+        SortKey.SILENCE: ["user3", "user1", "user2"],
+        SortKey.RECEIVED: ["user2", "user1", "user3"],
+        SortKey.USERNAME: ["user1", "user2", "user3"],
+    }
+    for key, expected in orders.items():
+        settings = DashboardSettings(SETTINGS.address, SETTINGS.started_at_s, sort_key=key)
+        assert usernames(text_of(render(current, None, settings))) == expected, key
+
+
+def test_a_sender_silent_beyond_the_idle_time_is_marked_idle() -> None:
+    current = Sample(
+        (snapshot(sender("userA", 1, silent_s=3), sender("userB", 2, silent_s=12)),), NOW_S
+    )
+    lines = text_of(render(current, None, SETTINGS))
+    assert next(line for line in lines if "userA" in line).endswith("3s ago")
+    assert next(line for line in lines if "userB" in line).endswith("12s idle")
+    relay = DashboardSettings(SETTINGS.address, SETTINGS.started_at_s, idle_after_s=30)
+    lines = text_of(render(current, None, relay))
+    assert next(line for line in lines if "userB" in line).endswith("12s ago")
+
+
+def test_rows_that_do_not_fit_are_counted() -> None:
+    senders = [sender(f"user{index:02d}", index, lost=index) for index in range(30)]
+    current = Sample((snapshot(*senders),), NOW_S)
+    lines = text_of(render(current, None, SETTINGS), height=15)
+    assert len(lines) == 15
+    shown = usernames(lines)
+    assert shown == [f"user{index:02d}" for index in range(29, 29 - len(shown), -1)]
+    assert lines[-1].startswith(f"{30 - len(shown)} more senders")
+    reserved = DashboardSettings(SETTINGS.address, SETTINGS.started_at_s, reserved_lines=5)
+    assert len(text_of(render(current, None, reserved), height=15)) == 10
+    narrow = text_of(render(current, None, SETTINGS), height=15, width=40)
+    assert len(narrow) == 15  # the header wraps, and the rows make room for it
+    assert narrow[-1].endswith("…")
+
+
+def test_every_row_fits_when_there_is_room() -> None:
+    current = Sample((snapshot(*(sender(f"user{index}", index) for index in range(3))),), NOW_S)
+    lines = text_of(render(current, None, SETTINGS), height=15)
+    assert len(usernames(lines)) == 3
+    assert not any("more" in line for line in lines)
+
+
+def test_several_processes_add_up_with_a_column_for_each_senders_process() -> None:
+    previous = Sample((snapshot(), snapshot()), NOW_S - 1)
+    current = Sample(
+        (
+            snapshot(sender("user1", 1, lost=1), received=10, handled=10),
+            snapshot(sender("user2", 2, lost=3), received=20, handled=20),
+        ),
+        NOW_S,
+    )
+    lines = text_of(render(current, previous, SETTINGS))
+    assert "processes 2" in lines[0]
+    assert "in 30.0/s" in lines[1]
+    assert "senders 2" in lines[1]
+    rows = [line.split() for line in lines if re.search(r"user\d", line)]
+    assert [row[:2] for row in rows] == [["2", "user2"], ["1", "user1"]]
+
+
+def test_the_view_is_plain_text_without_a_colour_terminal() -> None:
+    current = Sample((snapshot(sender("user1", 1, lost=1, silent_s=20)),), NOW_S)
+    console = Console(file=io.StringIO(), width=100, height=20, color_system=None)
+    console.print(render(current, None, SETTINGS))
+    assert "\x1b" not in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_lines_written_while_the_view_is_up_scroll_above_it_then_write_through() -> None:
+    lines = ScrollingLines()
+    lines.write("a\n")
+    lines.write("b\n")
+    assert lines.take() == "a\nb\n"
+    assert lines.take() == ""
+    lines.write("c\n")
+    after = io.StringIO()
+    assert lines.finish(after) == "c\n"
+    lines.write("d\n")
+    assert after.getvalue() == "d\n"
+
+
+def test_the_dashboard_draws_and_leaves_the_last_frame_and_the_waiting_lines() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, width=100, height=20, force_terminal=True, color_system=None)
+    lines = ScrollingLines()
+    terminal = ViewTerminal(
+        console, lines, cast(TextIO, lines), capture_stderr=False, reserved_lines=0
+    )
+    current = snapshot(sender("user1", 1))
+    with Dashboard(lambda: [current], SETTINGS, terminal):
+        lines.write("[127.0.0.1] user1: pesan ke-1\n")
+    output = screen.getvalue()
+    assert "[127.0.0.1] user1: pesan ke-1" in output
+    assert output.rindex("pesan ke-1") < output.rindex("user1 ")  # the line above the view
+    assert output.endswith("\x1b[?25h")  # the cursor shown again
+    lines.write("[127.0.0.1] user1: pesan ke-2\n")  # after the view: straight through
+    assert screen.getvalue().endswith("pesan ke-2\n")
+
+
+def test_stderr_and_its_log_handlers_scroll_above_the_view_while_it_is_up() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, width=100, height=20, force_terminal=True, color_system=None)
+    lines = ScrollingLines()
+    terminal = ViewTerminal(console, lines, sys.stdout, capture_stderr=True, reserved_lines=0)
+    stderr = sys.stderr
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(handler)
+    try:
+        with Dashboard(lambda: [snapshot(sender("user1", 1))], SETTINGS, terminal):
+            print("udpchat: a status line", file=sys.stderr)
+            logging.getLogger("udpchat.test").warning("a logged warning")
+        assert sys.stderr is stderr
+        assert handler.stream is stderr
+    finally:
+        logging.getLogger().removeHandler(handler)
+    output = screen.getvalue()
+    assert (
+        output.index("a status line") < output.index("a logged warning") < output.rindex("user1 ")
+    )
+
+
+def test_a_view_that_cannot_draw_gives_the_cursor_back() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, width=100, height=20, force_terminal=True, color_system=None)
+    lines = ScrollingLines()
+    terminal = ViewTerminal(console, lines, sys.stdout, capture_stderr=False, reserved_lines=0)
+
+    def broken() -> list[StatsSnapshot]:
+        raise RuntimeError("no stats")
+
+    with pytest.raises(RuntimeError), Dashboard(broken, SETTINGS, terminal):
+        pass
+    assert screen.getvalue().endswith("\x1b[?25h")
+
+
+def test_without_a_terminal_there_is_no_view() -> None:
+    with pytest.raises(NoTerminalError):
+        find_terminal(io.StringIO(), io.StringIO(), messages=True)
+
+
+class Pane:
+    """A real terminal: a tmux pane of a fixed size on a tmux server of the test's own."""
+
+    def __init__(self, command: str, width: int = 110, height: int = 30) -> None:
+        self._tmux = ["tmux", "-L", f"udpchat-test-{os.getpid()}-{id(self)}", "-f", os.devnull]
+        # The shell stays after the command so that its last screen can be read.
+        shell = f"{command}; echo exit=$?; read _"
+        self._run("new-session", "-d", "-x", str(width), "-y", str(height), shell)
+
+    def _run(self, *args: str) -> str:
+        return subprocess.run(
+            [*self._tmux, *args], check=True, capture_output=True, text=True
+        ).stdout
+
+    def screen(self) -> str:
+        """What the pane shows, with the lines that scrolled off it."""
+        return self._run("capture-pane", "-p", "-S", "-")
+
+    def wait_for(self, pattern: str, timeout_s: float = EVENT_TIMEOUT_S) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            screen = self.screen()
+            match = re.search(pattern, screen, re.MULTILINE)
+            if match:
+                return match
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not on the screen:\n{screen}")
+            time.sleep(0.05)  # a polling period, not a guess: the deadline decides
+
+    def interrupt(self) -> None:
+        """Ctrl-C, then wait for the command to exit with status 0."""
+        self._run("send-keys", "C-c")
+        self.wait_for(r"^exit=0$")
+
+    def cursor_shown(self) -> bool:
+        return self._run("display-message", "-p", "#{cursor_flag}").strip() == "1"
+
+    def close(self) -> None:
+        subprocess.run([*self._tmux, "kill-server"], check=False, capture_output=True)
+
+
+@pytest.fixture
+def pane_factory() -> Iterator[Callable[[str], Pane]]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux drives the real terminal of these tests")
+    panes: list[Pane] = []
+
+    def start(command: str) -> Pane:
+        panes.append(Pane(command))
+        return panes[-1]
+
+    yield start
+    for pane in panes:
+        pane.close()
+
+
+def serve_command(*args: str) -> str:
+    return shlex.join(
+        [sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0", *args]
+    )
+
+
+def row(username: str, received: int, lost: int = 0) -> str:
+    """A sender's row on the view, up to its loss."""
+    return rf"^{username} +127\.0\.0\.1:\d+ +{received} +{lost} "
+
+
+@contextlib.contextmanager
+def three_senders() -> Iterator[dict[str, socket.socket]]:
+    """user1, user2 and user3, each on a socket of its own (its own source port)."""
+    with contextlib.ExitStack() as stack:
+        yield {
+            f"user{index}": stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            for index in (1, 2, 3)
+        }
+
+
+def send_messages(port: int, sockets: dict[str, socket.socket], counters: range) -> None:
+    for username, sock in sockets.items():
+        for counter in counters:
+            if username == "user2" and counter == 5:
+                continue  # lost on the way
+            sock.sendto(f"{username}: pesan ke-{counter}".encode(), (LOOPBACK, port))
+
+
+def test_three_senders_live_then_ctrl_c_restores_the_terminal(
+    pane_factory: Callable[[str], Pane],
+) -> None:
+    pane = pane_factory(serve_command("--dashboard"))
+    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    with three_senders() as sockets:
+        send_messages(port, sockets, range(1, 4))
+        for username in sockets:
+            pane.wait_for(row(username, 3))
+        pane.wait_for(r"^\[127\.0\.0\.1\] user3: pesan ke-3$")  # scrolled above the view
+        send_messages(port, sockets, range(4, 7))
+        first = pane.wait_for(row("user2", 5, lost=1))  # worst loss on top
+        pane.wait_for(row("user1", 6))
+        pane.wait_for(row("user3", 6))
+    assert pane.screen().index(first.group(0)) < pane.screen().index("user1 ")
+    pane.interrupt()
+    screen = pane.screen()
+    assert screen.rindex("summary: received=17 handled=17") > screen.rindex(first.group(0))
+    assert pane.cursor_shown()
+
+
+def test_with_stdout_redirected_the_lines_go_to_the_file_and_the_view_to_stderr(
+    pane_factory: Callable[[str], Pane], tmp_path: Path
+) -> None:
+    log = tmp_path / "messages.log"
+    pane = pane_factory(f"{serve_command('--dashboard')} > {shlex.quote(str(log))}")
+    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"user1: pesan ke-1", (LOOPBACK, port))
+        pane.wait_for(row("user1", 1))
+    pane.interrupt()
+    assert log.read_text() == "Server menunggu...\n[127.0.0.1] user1: pesan ke-1\n"
+    assert "pesan ke-1" not in pane.screen()
+
+
+def test_with_processes_the_view_adds_them_up_with_a_column_for_each(
+    pane_factory: Callable[[str], Pane],
+) -> None:
+    pane = pane_factory(serve_command("--dashboard", "--processes", "2"))
+    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) +up \S+ +processes 2$").group(1))
+    with three_senders() as sockets:
+        send_messages(port, sockets, range(1, 4))
+        for username in sockets:
+            pane.wait_for(rf"^ +[12] {row(username, 3)[1:]}")
+    pane.wait_for(r"senders 3$")
+    pane.interrupt()
+    assert "summary: received=9 handled=9" in pane.screen()
+
+
+async def test_without_a_terminal_the_dashboard_is_refused() -> None:
+    cli = await start_cli("serve", "--host", LOOPBACK, "--port", "0", "--dashboard")
+    status, stdout, stderr = await cli.finish()
+    assert status == 2
+    assert stdout == ""
+    assert "--dashboard needs a terminal on stdout or stderr" in stderr
+
+
+def test_quiet_hides_the_message_lines_under_the_view(pane_factory: Callable[[str], Pane]) -> None:
+    pane = pane_factory(serve_command("--dashboard", "--quiet"))
+    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"user1: pesan ke-1", (LOOPBACK, port))
+        pane.wait_for(row("user1", 1))
+    assert "pesan ke-1" not in pane.screen()
+    pane.interrupt()

@@ -1,0 +1,437 @@
+"""``serve --dashboard``: a live view of the room, redrawn from counter snapshots.
+
+The view is built only from :class:`~udpchat.stats.StatsSnapshot` values read a few times a
+second, so it adds nothing per message and its cost does not grow with the message rate.
+:func:`render` is pure (samples and settings in, a rich renderable out); :class:`Dashboard`
+is the loop that samples, renders and draws with ``rich.live.Live`` on one thread, which is
+also the only thread that writes to the terminal while the view is up, so it never tears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import io
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, BinaryIO, TextIO, cast
+
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from udpchat.accounting import SenderStats
+from udpchat.server import Server
+from udpchat.stats import StatsSnapshot, combine
+from udpchat.supervisor import Supervisor
+
+REFRESH_PER_S = 4.0
+"""Redraws a second, at most: often enough to look live, rarely enough to cost nothing."""
+RATE_WINDOW_S = 2.0
+"""Rates are taken over about this long, so that a 1 message/s client reads as steady."""
+DEFAULT_IDLE_AFTER_S = 10.0
+"""Silence after which a sender is marked idle when there is no room (``--relay``) timeout."""
+MAX_WAITING_CHARS = 1 << 20
+"""Text waiting to scroll above the view, at most; writers wait beyond it, as for a slow
+terminal, rather than lose message lines."""
+
+
+class SortKey(enum.StrEnum):
+    """The sender table's order; every key puts the senders to look at first on top."""
+
+    LOSS = "loss"
+    """Highest loss ratio first, then most lost."""
+    JITTER = "jitter"
+    SILENCE = "silence"
+    """Longest silent first."""
+    RECEIVED = "received"
+    USERNAME = "username"
+    SENDER = "sender"
+    """By ip:port."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DashboardSettings:
+    """What the view shows besides the counters, and how."""
+
+    address: tuple[str, int]
+    """Where the server listens, for the header."""
+    started_at_s: float
+    """``time.time()`` when the server started, for the uptime."""
+    sort_key: SortKey = SortKey.LOSS
+    idle_after_s: float = DEFAULT_IDLE_AFTER_S
+    """Senders silent longer than this are marked idle (``--peer-timeout`` with the relay)."""
+    reserved_lines: int = 0
+    """Terminal lines the view leaves free for message lines scrolling above it."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sample:
+    """The counters at one moment: one snapshot per server process, and when (``time.time()``,
+    the clock of :attr:`SenderStats.last_heard_s`)."""
+
+    stats: tuple[StatsSnapshot, ...]
+    at_s: float
+
+
+_SORT_ORDERS: dict[SortKey, Callable[[SenderStats], tuple[object, ...]]] = {
+    SortKey.LOSS: lambda sender: (-sender.loss_ratio, -sender.lost),
+    SortKey.JITTER: lambda sender: (-sender.jitter_s,),
+    SortKey.SILENCE: lambda sender: (sender.last_heard_s,),
+    SortKey.RECEIVED: lambda sender: (-sender.received,),
+    SortKey.USERNAME: lambda sender: (sender.username,),
+    SortKey.SENDER: lambda sender: (),
+}
+
+
+def _ranked(rows: list[tuple[int, SenderStats]], key: SortKey) -> list[tuple[int, SenderStats]]:
+    """(process, sender) rows sorted by ``key``, ties by address, username and process, so
+    that rows do not jump between frames."""
+    order = _SORT_ORDERS[key]
+    return sorted(
+        rows,
+        key=lambda row: (*order(row[1]), row[1].ip, row[1].port, row[1].username, row[0]),
+    )
+
+
+def _address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h01m``: short enough for a table cell."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def _header(current: Sample, previous: Sample | None, settings: DashboardSettings) -> Text:
+    stats = combine(current.stats)
+    elapsed_s = current.at_s - previous.at_s if previous is not None else 0.0
+    if previous is not None and elapsed_s > 0:
+        before = combine(previous.stats)
+        received_per_s = f"{(stats.received - before.received) / elapsed_s:.1f}/s"
+        handled_per_s = f"{(stats.handled - before.handled) / elapsed_s:.1f}/s"
+    else:
+        received_per_s = handled_per_s = "-"
+    drops = ", ".join(f"{reason} {count}" for reason, count in stats.dropped.items() if count)
+    kernel = "n/a" if stats.kernel_drops is None else str(stats.kernel_drops)
+    processes = f"  processes {len(current.stats)}" if len(current.stats) > 1 else ""
+    header = Text()
+    header.append("udpchat ", style="bold")
+    header.append(
+        f"{_address(*settings.address)}  up {_duration(current.at_s - settings.started_at_s)}"
+    )
+    header.append(f"{processes}\n")
+    header.append(f"in {received_per_s}  handled {handled_per_s}  queue {stats.queue_depth}  ")
+    header.append(f"senders {stats.delivery.senders}")
+    if stats.relay is not None:
+        header.append(f"  relay members {stats.relay.members}")
+    header.append("\n")
+    header.append("drops ")
+    header.append(drops or "none", style="bold red" if drops else "")
+    header.append(f"  kernel drops {kernel}  handler errors {stats.handler_errors}")
+    return header
+
+
+def _table(
+    rows: Sequence[tuple[int, SenderStats]],
+    settings: DashboardSettings,
+    now_s: float,
+    processes: bool,
+) -> Table:
+    """Every cell on one line, so that a row is one terminal line and the count of rows that
+    fit is exact."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0)
+    if processes:
+        table.add_column("proc", justify="right", no_wrap=True)
+    table.add_column("username", no_wrap=True, overflow="ellipsis", ratio=1)
+    table.add_column("address", no_wrap=True, overflow="ellipsis", min_width=15)
+    for name in ("recv", "lost", "loss", "dup", "reord", "late", "rst", "jitter"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("heard", no_wrap=True)
+    for process, sender in rows:
+        silent_s = now_s - sender.last_heard_s
+        idle = silent_s > settings.idle_after_s
+        heard = f"{_duration(silent_s)} {'idle' if idle else 'ago'}"
+        cells = [
+            sender.username,
+            _address(sender.ip, sender.port),
+            str(sender.received),
+            str(sender.lost),
+            f"{sender.loss_ratio:.1%}",
+            str(sender.duplicates),
+            str(sender.reordered),
+            str(sender.late),
+            str(sender.restarts),
+            f"{sender.jitter_s * 1000:.1f}ms",
+            heard,
+        ]
+        if processes:
+            cells.insert(0, str(process))
+        style = "dim" if idle else ("red" if sender.lost else "")
+        table.add_row(*cells, style=style)
+    return table
+
+
+class View:
+    """One frame. The sender table takes the rows that fit the height rich offers (the
+    terminal's, less ``reserved_lines``) and says how many more there are."""
+
+    def __init__(self, current: Sample, previous: Sample | None, settings: DashboardSettings):
+        self._settings = settings
+        self._now_s = current.at_s
+        self._header = _header(current, previous, settings)
+        self._processes = len(current.stats) > 1
+        senders = [
+            (process, sender)
+            for process, snapshot in enumerate(current.stats, start=1)
+            for sender in snapshot.senders
+        ]
+        self._senders = _ranked(senders, settings.sort_key)
+
+    def _table(self, rows: int) -> Table:
+        return _table(self._senders[:rows], self._settings, self._now_s, self._processes)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        height = max(1, (options.height or options.max_height) - self._settings.reserved_lines)
+        header_lines = len(console.render_lines(self._header, options, pad=False))
+        chrome_lines = len(console.render_lines(self._table(0), options, pad=False))
+        room = height - header_lines - chrome_lines
+        shown = len(self._senders) if len(self._senders) <= room else max(0, room - 1)
+        parts: list[Text | Table] = [self._header, self._table(shown)]
+        if shown < len(self._senders):
+            more = len(self._senders) - shown
+            parts.append(
+                Text(
+                    f"{more} more sender{'s' if more > 1 else ''} (sorted by "
+                    f"{self._settings.sort_key.value}; the header counts them all)",
+                    style="dim",
+                    no_wrap=True,
+                    overflow="ellipsis",
+                )
+            )
+        yield Group(*parts)
+
+
+def render(current: Sample, previous: Sample | None, settings: DashboardSettings) -> View:
+    """The view of ``current``, with rates since ``previous`` (None: no rates yet)."""
+    return View(current, previous, settings)
+
+
+class ScrollingLines(io.TextIOBase):
+    """A text stream whose writes scroll above the live view: kept until the next redraw,
+    which prints them in one go, so that writers in any thread never touch the terminal."""
+
+    def __init__(self, max_waiting_chars: int = MAX_WAITING_CHARS) -> None:
+        super().__init__()
+        self._max_waiting_chars = max_waiting_chars
+        self._waiting: list[str] = []
+        self._waiting_chars = 0
+        self._direct: IO[str] | None = None
+        self._changed = threading.Condition()
+        self.buffer = cast(BinaryIO, _DecodingWriter(self))
+        """The same stream for writers of UTF-8 bytes (``--processes`` copies its children's)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._waiting_chars < self._max_waiting_chars or self._direct is not None
+            )
+            if self._direct is None:
+                self._waiting.append(text)
+                self._waiting_chars += len(text)
+                return len(text)
+        self._direct.write(text)
+        self._direct.flush()
+        return len(text)
+
+    def take(self) -> str:
+        """Everything written since the last take."""
+        with self._changed:
+            text = "".join(self._waiting)
+            self._waiting.clear()
+            self._waiting_chars = 0
+            self._changed.notify_all()
+        return text
+
+    def finish(self, direct: IO[str]) -> str:
+        """What is still waiting; later writes go straight to ``direct`` (the view is gone)."""
+        with self._changed:
+            self._direct = direct
+            self._changed.notify_all()
+        return self.take()
+
+
+MESSAGE_LINES = 8
+"""Terminal lines the view leaves free for message lines when they scroll above it."""
+
+
+class NoTerminalError(RuntimeError):
+    """Neither stdout nor stderr is a terminal: there is nowhere to draw the view."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ViewTerminal:
+    """Where the view draws, and where message lines go while it is up."""
+
+    console: Console
+    lines: ScrollingLines
+    """What scrolls above the view: the message lines when they share its terminal, and
+    stderr when ``capture_stderr``."""
+    message_stream: TextIO
+    """Where the message printer writes: :attr:`lines`, or stdout when it is not the view's."""
+    capture_stderr: bool
+    reserved_lines: int
+
+
+def find_terminal(stdout: TextIO, stderr: TextIO, *, messages: bool) -> ViewTerminal:
+    """The view on stdout when it is a terminal, message lines scrolling above it; else on
+    stderr, message lines going to stdout (a file or a pipe) as without the view.
+
+    ``messages``: whether message lines are printed at all (not ``--quiet``)."""
+    lines = ScrollingLines()
+    if stdout.isatty():
+        return ViewTerminal(
+            Console(file=stdout),
+            lines,
+            message_stream=cast(TextIO, lines),  # a TextIOBase: what a printer calls of TextIO
+            capture_stderr=stderr.isatty(),
+            reserved_lines=MESSAGE_LINES if messages else 0,
+        )
+    if stderr.isatty():
+        return ViewTerminal(
+            Console(file=stderr),
+            lines,
+            message_stream=stdout,
+            capture_stderr=True,
+            reserved_lines=0,
+        )
+    raise NoTerminalError("--dashboard needs a terminal on stdout or stderr; both are redirected")
+
+
+class _DecodingWriter:
+    """Bytes in, text out to ``lines``: each write is whole lines, so no character is split."""
+
+    def __init__(self, lines: ScrollingLines) -> None:
+        self._lines = lines
+
+    def write(self, data: bytes) -> int:
+        self._lines.write(data.decode("utf-8", errors="replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to flush: the lines wait for the next redraw."""
+
+
+@contextlib.contextmanager
+def _stderr_into(lines: ScrollingLines) -> Iterator[None]:
+    """``sys.stderr``, and the log handlers that write to it, go to ``lines`` meanwhile."""
+    stderr = sys.stderr
+    handlers = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.StreamHandler) and handler.stream is stderr
+    ]
+    sys.stderr = cast(TextIO, lines)
+    for handler in handlers:
+        handler.setStream(lines)
+    try:
+        yield
+    finally:
+        sys.stderr = stderr
+        for handler in handlers:
+            handler.setStream(stderr)
+
+
+class Dashboard:
+    """The live view on a thread of its own: ``with Dashboard(source, settings, terminal):``.
+
+    ``source`` returns one snapshot per server process. What is written to the terminal's
+    :attr:`~ViewTerminal.lines` (message lines, stderr) scrolls above the view while it is up.
+    Leaving the block draws the last frame, prints what is still waiting, and gives the
+    terminal back with its cursor shown, so that a summary printed next lands below the view.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], Sequence[StatsSnapshot]],
+        settings: DashboardSettings,
+        terminal: ViewTerminal,
+        *,
+        refresh_per_s: float = REFRESH_PER_S,
+    ) -> None:
+        self._source = source
+        self._settings = dataclasses.replace(settings, reserved_lines=terminal.reserved_lines)
+        self._terminal = terminal
+        self._console = terminal.console
+        self._lines = terminal.lines
+        self._period_s = 1 / refresh_per_s
+        self._samples: deque[Sample] = deque(maxlen=max(2, int(RATE_WINDOW_S * refresh_per_s) + 1))
+        self._live = Live(
+            console=terminal.console,
+            auto_refresh=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="udpchat-dashboard", daemon=True)
+        self._captured = contextlib.ExitStack()
+
+    def _draw(self, waiting: str) -> None:
+        current = Sample(tuple(self._source()), time.time())
+        previous = self._samples[0] if self._samples else None
+        self._samples.append(current)
+        self._live.update(render(current, previous, self._settings))
+        if waiting:
+            # Printing while Live runs clears the view, prints above it, and draws it again.
+            self._console.print(Text(waiting.rstrip("\n")), soft_wrap=True, highlight=False)
+        else:
+            self._live.refresh()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._period_s):
+            self._draw(self._lines.take())
+
+    def __enter__(self) -> Dashboard:
+        self._live.start()
+        try:
+            self._draw("")
+        except BaseException:
+            self._live.stop()  # the cursor shown again
+            raise
+        if self._terminal.capture_stderr:
+            self._captured.enter_context(_stderr_into(self._lines))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
+        self._thread.join()
+        self._captured.close()
+        self._draw(self._lines.finish(self._console.file))
+        self._live.stop()
+
+
+def watch(terminal: ViewTerminal, sort_key: SortKey, server: Server | Supervisor) -> Dashboard:
+    """The view of a started server, or of a supervisor's children with a column for each."""
+    config = server.config
+    source = (lambda: [server.stats()]) if isinstance(server, Server) else server.per_process
+    address = server.address
+    assert address is not None, "start the server first"
+    idle_after_s = config.peer_timeout_s if config.relay else DEFAULT_IDLE_AFTER_S
+    settings = DashboardSettings(address, time.time(), sort_key, idle_after_s)
+    return Dashboard(source, settings, terminal)
