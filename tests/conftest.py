@@ -10,11 +10,13 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from tests.nats_servers import NatsNode, start_cluster
 from udpchat import Message, Server, ServerConfig
 
 LOOPBACK = "127.0.0.1"
@@ -180,3 +182,21 @@ async def start_cli_server(*args: str) -> tuple[CliProcess, int]:
     port = await read_port(cli)
     assert await cli.read_stdout_line() == "Server menunggu..."
     return cli, port
+
+
+@pytest.fixture
+def nats_node(tmp_path: Path) -> Iterator[NatsNode]:
+    """A single ``nats-server`` on a loopback port it chose; killed at the end."""
+    node = NatsNode(tmp_path, "node0")
+    node.start()
+    yield node
+    node.kill()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[list[NatsNode]]:
+    """Two ``nats-server`` nodes routed into one cluster, on loopback ports chosen at run time."""
+    nodes = start_cluster(tmp_path, 2)
+    yield nodes
+    for node in nodes:
+        node.kill()

@@ -3,6 +3,7 @@
 from importlib.metadata import version
 
 from udpchat.accounting import DeliveryTotals, SenderStats, Verdict
+from udpchat.bus import BusStats, BusUnavailableError
 from udpchat.client import Client, JoinError
 from udpchat.output import LinePrinter, OutputFormat
 from udpchat.relay import RelayStats
@@ -15,6 +16,8 @@ __version__ = version("udpchat")
 """From the installed package's metadata, so that it cannot disagree with pyproject.toml."""
 
 __all__ = [
+    "BusStats",
+    "BusUnavailableError",
     "Client",
     "DeliveryTotals",
     "DropReason",

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TextIO
 
 import typer
@@ -22,6 +23,12 @@ from udpchat import client as client_module
 from udpchat import server as server_module
 from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
+from udpchat.bus import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_ROOM,
+    BusUnavailableError,
+    room_subject,
+)
 from udpchat.chat import converse, print_received, print_sent
 from udpchat.client import Client, JoinError
 from udpchat.dashboard import Dashboard, NoTerminalError, SortKey, find_terminal, watch
@@ -199,6 +206,31 @@ def serve(
     max_peers: Annotated[
         int, typer.Option(min=1, max=1024, help="Members in the room, at most.")
     ] = DEFAULT_MAX_PEERS,
+    nats: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="URL",
+            help="With --relay: share the room through this NATS server (nats:// or tls://, "
+            "credentials may ride in the URL); repeatable or comma-separated.",
+        ),
+    ] = None,
+    room: Annotated[
+        str, typer.Option(help="The room's name on NATS: several rooms share one cluster.")
+    ] = DEFAULT_ROOM,
+    nats_creds: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="NATS credentials file (user JWT + NKey)."),
+    ] = None,
+    nats_nkey: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="NATS NKey seed file.")
+    ] = None,
+    nats_ca: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="CA file to verify NATS's TLS with."),
+    ] = None,
+    nats_connect_timeout: Annotated[
+        float, typer.Option(min=0.1, max=60.0, help="Seconds to wait for NATS at start.")
+    ] = DEFAULT_CONNECT_TIMEOUT_S,
     dashboard: Annotated[
         bool,
         typer.Option(
@@ -214,8 +246,17 @@ def serve(
     """Receive messages and print each as '\\[ip] text', like the seed's server."""
     if processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
         fail("--processes needs SO_REUSEPORT, which this OS lacks", ExitCode.USAGE)
-    if processes > 1 and relay:
-        fail("--relay needs one process: no --processes", ExitCode.USAGE)
+    nats_urls = tuple(url.strip() for text in nats or () for url in text.split(",") if url.strip())
+    if nats_urls and not relay:
+        fail("--nats needs --relay: only a room goes onto NATS", ExitCode.USAGE)
+    if processes > 1 and relay and not nats_urls:
+        fail(
+            "--relay with --processes needs --nats: the room spans them through it", ExitCode.USAGE
+        )
+    try:
+        room_subject(room)
+    except ValueError as error:
+        fail(str(error), ExitCode.USAGE)
     view, message_stream = None, sys.stdout
     if dashboard:
         try:
@@ -243,6 +284,12 @@ def serve(
         metrics_host=metrics_host,
         stats_interval_s=stats_interval,
         output_format=None if quiet else output_format,
+        nats=nats_urls,
+        room=room,
+        nats_credentials=nats_creds,
+        nats_nkey_seed=nats_nkey,
+        nats_ca_file=nats_ca,
+        nats_connect_timeout_s=nats_connect_timeout,
     )
     banner = sys.stderr if output_format is OutputFormat.JSON else sys.stdout
     tune_for_throughput()
@@ -262,7 +309,7 @@ def serve(
     except StdoutError as error:
         silence_stdout()
         fail(str(error), ExitCode.FAILURE)
-    except MetricsStartError as error:
+    except (MetricsStartError, BusUnavailableError) as error:
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)
     except OSError as error:
         fail(

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from udpchat.bus import BusStats
 from udpchat.stats import StatsSnapshot
 
 DEFAULT_METRICS_HOST = "127.0.0.1"
@@ -90,6 +91,8 @@ class StatsCollector(Collector):
         yield GaugeMetricFamily("udpchat_senders", "Senders tracked now.", delivery.senders)
         if stats.relay is not None:
             yield from _relay_metrics(stats)
+        if stats.bus is not None:
+            yield from _bus_metrics(stats.bus)
         latency = stats.latency
         cumulative, buckets = 0, []
         for bound, count in zip((*latency.bounds_s, float("inf")), latency.counts, strict=True):
@@ -122,6 +125,33 @@ def _relay_metrics(stats: StatsSnapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily("udpchat_relay_members", "Members in the relay room.", relay.members)
     for name, text in RELAY_METRIC_HELP.items():
         yield CounterMetricFamily(f"udpchat_relay_{name}", text, getattr(relay, name))
+
+
+BUS_METRIC_HELP = {
+    "published": "Members' messages handed to NATS, buffered ones included.",
+    "published_while_disconnected": "Messages buffered while NATS was unreachable.",
+    "received": "Messages from the room's other servers relayed to this server's members.",
+    "own_echoes": "This server's own messages back from NATS, ignored.",
+    "disconnects": "Times the connection to NATS was lost.",
+    "reconnects": "Times the connection to NATS came back.",
+}
+BUS_REASON_METRIC_HELP = {
+    "publish_failures": "Members' messages that could not be published, by reason.",
+    "dropped": "Messages from NATS refused (malformed, oversize, slow consumer), by reason.",
+}
+
+
+def _bus_metrics(bus: BusStats) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "udpchat_nats_connected", "1 while connected to NATS (every process).", int(bus.connected)
+    )
+    for name, text in BUS_METRIC_HELP.items():
+        yield CounterMetricFamily(f"udpchat_nats_{name}", text, getattr(bus, name))
+    for name, text in BUS_REASON_METRIC_HELP.items():
+        family = CounterMetricFamily(f"udpchat_nats_{name}", text, labels=["reason"])
+        for reason, count in sorted(getattr(bus, name).items()):
+            family.add_metric([reason], count)
+        yield family
 
 
 @dataclass(slots=True)

@@ -148,6 +148,8 @@ class Room:
 
 
 Send = Callable[[bytes, Address], object]
+Publish = Callable[[str, str], None]
+"""Where a member's (ip, text) goes for the other servers: :meth:`udpchat.bus.RoomBus.publish`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +188,23 @@ class Relay:
     It runs in the pool workers like any handler, so relaying never touches the event loop.
     Commands (``/join``, ``/keepalive``, ``/leave``) are answered, not printed. ``send`` is where
     answers and relayed datagrams go: the server's socket (:meth:`udpchat.Server.send_datagram`).
+    With ``publish``, members' texts also go to the room's other servers, and theirs come back
+    through :meth:`relay_remote`.
     """
 
-    def __init__(self, room: Room, cookies: CookieJar, inner: Handler | None, send: Send) -> None:
+    def __init__(
+        self,
+        room: Room,
+        cookies: CookieJar,
+        inner: Handler | None,
+        send: Send,
+        publish: Publish | None = None,
+    ) -> None:
         self.room = room
         self._cookies = cookies
         self._inner = inner
         self._send = send
+        self._publish = publish
         self._lock = threading.Lock()
         self._bytes_in = 0
         self._bytes_out = 0
@@ -254,19 +266,27 @@ class Relay:
         others = self.room.others(message.sender)
         if others is None:
             return False
-        if not others:
-            return True
         line = f"[{message.sender[0]}] {message.text}".encode()
         if len(line) > message.size + MAX_HEADER_BYTES:
             with self._lock:
                 self._not_relayed += 1
             return True
-        for other in others:
-            self._emit(line, other)
-        with self._lock:
-            self._relayed_datagrams += len(others)
-            self._relayed_bytes += len(others) * len(line)
+        if self._publish is not None:
+            self._publish(message.sender[0], message.text)
+        self._relay_line(line, others)
         return True
+
+    def relay_remote(self, ip: str, text: str) -> None:
+        """A member's text from another server, to every member here, as ``[ip] text``; the bus
+        has checked that ``text`` is within the datagram size limit and ``ip`` an address."""
+        self._relay_line(f"[{ip}] {text}".encode(), self.room.members())
+
+    def _relay_line(self, line: bytes, peers: list[Address]) -> None:
+        for peer in peers:
+            self._emit(line, peer)
+        with self._lock:
+            self._relayed_datagrams += len(peers)
+            self._relayed_bytes += len(peers) * len(line)
 
     def _join(self, peer: Address, cookie: str, request_size: int) -> None:
         if cookie and self._cookies.is_valid(peer, cookie):

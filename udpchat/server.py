@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
@@ -24,6 +25,7 @@ from udpchat.admission import (
     RateLimiter,
     SourceFilter,
 )
+from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusConfig, RoomBus
 from udpchat.metrics import DEFAULT_METRICS_HOST, MetricsServer
 from udpchat.output import LinePrinter, OutputFormat
 from udpchat.pipeline import Dispatcher, Handler, Message, Receiver
@@ -65,7 +67,13 @@ _AT_LEAST_ONE = (
     "max_peers",
 )
 _AT_MOST = {"workers": MAX_WORKERS, "max_datagram_size": MAX_DATAGRAM_SIZE, "max_peers": MAX_PEERS}
-_POSITIVE_OR_NONE = ("rcvbuf", "rate_limit_per_s", "rate_burst", "stats_interval_s")
+_POSITIVE_OR_NONE = (
+    "rcvbuf",
+    "rate_limit_per_s",
+    "rate_burst",
+    "stats_interval_s",
+    "nats_connect_timeout_s",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +115,19 @@ class ServerConfig:
     output_format: OutputFormat | None = None
     """Write one line per message to the server's output stream (stdout unless given), when
     no handler is given; None writes nothing."""
+    nats: tuple[str, ...] = ()
+    """NATS seed URLs (``nats://``, ``tls://``; credentials may ride in them): with ``relay``,
+    one room spans every server attached to the same NATS cluster and ``room``."""
+    room: str = DEFAULT_ROOM
+    """The room's name on NATS (letters, digits, ``_``, ``-``): several rooms share a cluster."""
+    nats_credentials: Path | None = None
+    """A NATS ``.creds`` file (user JWT and NKey seed)."""
+    nats_nkey_seed: Path | None = None
+    """A NATS NKey seed file."""
+    nats_ca_file: Path | None = None
+    """CA certificates to verify the NATS servers' TLS certificates with."""
+    nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    """How long ``start()`` waits for NATS before it fails."""
 
     def __post_init__(self) -> None:
         for name in _AT_LEAST_ONE:
@@ -135,6 +156,23 @@ class ServerConfig:
         for name in ("host", "metrics_host"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
+        if self.nats and not self.relay:
+            raise ValueError("nats needs relay=True: only a room goes onto NATS")
+        self.bus_config()  # checks the room's name and the URLs
+
+    def bus_config(self) -> BusConfig | None:
+        """The room's NATS attachment this config asks for; None without ``nats``."""
+        if not self.nats:
+            return None
+        return BusConfig(
+            self.nats,
+            room=self.room,
+            credentials_file=self.nats_credentials,
+            nkey_seed_file=self.nats_nkey_seed,
+            ca_file=self.nats_ca_file,
+            max_text_bytes=self.max_datagram_size,
+            connect_timeout_s=self.nats_connect_timeout_s,
+        )
 
     def admission(self) -> Admission | None:
         """The allow-list and rate limiter this config asks for; None when it asks for neither."""
@@ -174,9 +212,14 @@ class Server:
         if handler is None and self.config.output_format is not None:
             handler = LinePrinter(output or sys.stdout, self.config.output_format)
         self._relay: Relay | None = None
+        self._bus: RoomBus | None = None
         if self.config.relay:
             room = Room(self.config.max_peers, self.config.peer_timeout_s)
-            self._relay = Relay(room, CookieJar(), handler, self.send_datagram)
+            bus_config = self.config.bus_config()
+            if bus_config is not None:
+                self._bus = RoomBus(bus_config, self._relay_remote)
+            publish = None if self._bus is None else self._bus.publish
+            self._relay = Relay(room, CookieJar(), handler, self.send_datagram, publish)
             handler = self._relay
         self._handler = handler
         self._counters = ServerCounters()
@@ -224,6 +267,8 @@ class Server:
             config.host, config.port, rcvbuf=config.rcvbuf, reuse_port=config.reuse_port
         )
         try:
+            if self._bus is not None:
+                await self._bus.start()
             if config.metrics_port is not None:
                 self._metrics = await self._start_metrics(config.metrics_host, config.metrics_port)
             self._loop = asyncio.get_running_loop()
@@ -248,6 +293,8 @@ class Server:
             if self._metrics is not None:
                 await self._metrics.close()
                 self._metrics = None
+            if self._bus is not None:
+                await self._bus.stop()
             raise
         self._transport, self._receiver, self._socket = transport, receiver, sock
         host, port = self.address
@@ -343,6 +390,8 @@ class Server:
         finally:
             draining.cancel()
             abandoning.cancel()
+            if self._bus is not None:  # after the drain: members' last texts go out too
+                await self._bus.stop()
             if self._metrics is not None:
                 await self._metrics.close()
                 self._metrics = None
@@ -356,6 +405,11 @@ class Server:
         self._drained = idle
         self._closed.set()
         return idle
+
+    def _relay_remote(self, ip: str, text: str) -> None:
+        """A member's text from another server on the bus, to this server's members."""
+        assert self._relay is not None
+        self._relay.relay_remote(ip, text)
 
     def _output_failed_in_worker(self, error: OSError) -> None:
         """Called from a pool thread when output can no longer be written (a broken pipe, a
@@ -404,8 +458,9 @@ class Server:
     def stats(self, include_senders: bool = True) -> StatsSnapshot:
         """The counters now; ``include_senders=False`` skips the per-sender table (cheaper)."""
         relay = None if self._relay is None else self._relay.stats()
+        bus = None if self._bus is None else self._bus.stats()
         if self._dispatcher is None:
-            return self._counters.snapshot(relay=relay)
+            return self._counters.snapshot(relay=relay, bus=bus)
         delivery, senders = self._dispatcher.delivery(include_senders)
         return self._counters.snapshot(
             queue_depth=self._dispatcher.queued,
@@ -413,6 +468,7 @@ class Server:
             delivery=delivery,
             senders=senders,
             relay=relay,
+            bus=bus,
         )
 
     async def __aenter__(self) -> Server:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from udpchat.accounting import DeliveryTotals, SenderStats, sum_totals
 
 if TYPE_CHECKING:  # relay.py builds on the pipeline, which builds on this module
+    from udpchat.bus import BusStats
     from udpchat.relay import RelayStats
 
 LATENCY_BOUNDS_S = (
@@ -81,6 +82,8 @@ class StatsSnapshot:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     relay: RelayStats | None = None
     """The chat room's counters, for a server with ``relay=True``; else None."""
+    bus: BusStats | None = None
+    """The room's NATS counters, for a relay attached to NATS; else None."""
 
     @property
     def dropped_total(self) -> int:
@@ -99,6 +102,7 @@ def combine(snapshots: Sequence[StatsSnapshot]) -> StatsSnapshot:
 
     kernel = [s.kernel_drops for s in snapshots]
     relays = [s.relay for s in snapshots if s.relay is not None]
+    buses = [s.bus for s in snapshots if s.bus is not None]
     return StatsSnapshot(
         received=sum(s.received for s in snapshots),
         handled=sum(s.handled for s in snapshots),
@@ -111,6 +115,7 @@ def combine(snapshots: Sequence[StatsSnapshot]) -> StatsSnapshot:
         senders=tuple(sender for s in snapshots for sender in s.senders),
         latency=sum((s.latency for s in snapshots), LatencyHistogram()),
         relay=functools.reduce(operator.add, relays) if relays else None,
+        bus=functools.reduce(operator.add, buses) if buses else None,
     )
 
 
@@ -153,6 +158,18 @@ def format_relay(relay: RelayStats) -> str:
     return "relay: " + " ".join(f"{name}={value}" for name, value in asdict(relay).items())
 
 
+def format_bus(bus: BusStats) -> str:
+    """The room's NATS counters as ``key=value`` pairs; reasons in parentheses, as for drops."""
+    parts = []
+    for name, value in asdict(bus).items():
+        if isinstance(value, dict):
+            reasons = " ".join(f"{reason}={count}" for reason, count in sorted(value.items()))
+            parts.append(f"{name}={sum(value.values())}" + (f" ({reasons})" if reasons else ""))
+        else:
+            parts.append(f"{name}={str(value).lower() if isinstance(value, bool) else value}")
+    return "nats: " + " ".join(parts)
+
+
 def summary_lines(per_process: Sequence[StatsSnapshot]) -> list[str]:
     """What a server reports at exit: the per-sender table, the relay's counters and the totals,
     with each process's share when there are several."""
@@ -163,6 +180,8 @@ def summary_lines(per_process: Sequence[StatsSnapshot]) -> list[str]:
         lines.extend(f"  {row}" for row in format_sender_table(totals.senders))
     if totals.relay is not None:
         lines.append(format_relay(totals.relay))
+    if totals.bus is not None:
+        lines.append(format_bus(totals.bus))
     summary = format_summary(totals)
     if len(per_process) > 1:
         received = ", ".join(str(stats.received) for stats in per_process)
@@ -288,6 +307,7 @@ class ServerCounters:
         delivery: DeliveryTotals | None = None,
         senders: tuple[SenderStats, ...] = (),
         relay: RelayStats | None = None,
+        bus: BusStats | None = None,
     ) -> StatsSnapshot:
         with self._lock:
             return StatsSnapshot(
@@ -305,4 +325,5 @@ class ServerCounters:
                 senders=senders,
                 latency=LatencyHistogram(tuple(self._latency_counts), self._latency_sum_s),
                 relay=relay,
+                bus=bus,
             )

@@ -191,8 +191,10 @@ class Supervisor:
         *,
         report_senders: bool = False,
     ) -> None:
-        if config.relay:
-            raise ValueError("relay needs one process: a room cannot span processes")
+        if config.relay and not config.nats:
+            raise ValueError(
+                "relay with several processes needs nats: a room spans them through it"
+            )
         self.config = config
         self.processes = processes
         self._loop_choice = loop

@@ -1,0 +1,301 @@
+"""The room's bus on real ``nats-server`` processes: a cluster of two, kills and restarts,
+hostile bus messages, and a NATS that is not there."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import nats
+import nkeys
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.conftest import EVENT_TIMEOUT_S, eventually
+from tests.nats_servers import NatsNode
+from udpchat.bus import (
+    MAX_ENVELOPE_HEADER_BYTES,
+    BusConfig,
+    BusStats,
+    BusUnavailableError,
+    Envelope,
+    RoomBus,
+    decode_envelope,
+    encode_envelope,
+    redact_url,
+    room_subject,
+)
+
+Heard = list[tuple[str, str]]
+
+
+@asynccontextmanager
+async def running_bus(url: str, **options: Any) -> AsyncIterator[tuple[RoomBus, Heard]]:
+    """A started bus whose deliveries land in the returned list."""
+    heard: Heard = []
+    bus = RoomBus(BusConfig((url,), **options), lambda ip, text: heard.append((ip, text)))
+    await bus.start()
+    try:
+        yield bus, heard
+    finally:
+        await bus.stop()
+
+
+async def wait_for_subscriptions(nodes: list[NatsNode], count: int) -> None:
+    """Until every node knows ``count`` subscriptions, its own clients' and routed ones."""
+    await eventually_blocking(lambda: all(node.subscriptions() >= count for node in nodes))
+
+
+async def eventually_blocking(predicate: Callable[[], bool]) -> None:
+    """``eventually`` for a predicate that blocks (an HTTP request), run off the event loop."""
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
+    while not await asyncio.to_thread(predicate):
+        assert time.monotonic() < deadline, "timed out"
+
+
+def unused_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_two_servers_on_two_cluster_nodes_exchange_both_ways(
+    nats_cluster: list[NatsNode],
+) -> None:
+    baseline = max(node.subscriptions() for node in nats_cluster)
+    async with (
+        running_bus(nats_cluster[0].url) as (bus_a, heard_a),
+        running_bus(nats_cluster[1].url) as (bus_b, heard_b),
+    ):
+        await wait_for_subscriptions(nats_cluster, baseline + 2)
+        bus_a.publish("192.0.2.1", "alice: pesan ke-1")
+        bus_b.publish("2001:db8::2", "bob: halo ✓")
+        await eventually(lambda: len(heard_a) == 1 and len(heard_b) == 1)
+        assert heard_b == [("192.0.2.1", "alice: pesan ke-1")]
+        assert heard_a == [("2001:db8::2", "bob: halo ✓")]
+        await eventually(lambda: bus_a.stats().own_echoes == 1 == bus_b.stats().own_echoes)
+        stats = bus_a.stats()
+        assert (stats.published, stats.received, stats.connected) == (1, 1, True)
+        assert not stats.dropped and not stats.publish_failures
+
+
+async def test_other_rooms_are_not_heard(nats_node: NatsNode) -> None:
+    async with (
+        running_bus(nats_node.url, room="lobby") as (lobby, heard_lobby),
+        running_bus(nats_node.url, room="kitchen") as (kitchen, heard_kitchen),
+        running_bus(nats_node.url, room="kitchen") as (_, heard_also_kitchen),
+    ):
+        lobby.publish("192.0.2.1", "to the lobby")
+        kitchen.publish("192.0.2.2", "to the kitchen")
+        await eventually(lambda: len(heard_also_kitchen) == 1)
+        await eventually(lambda: lobby.stats().own_echoes == 1)
+        assert heard_lobby == [] and heard_kitchen == []
+        assert heard_also_kitchen == [("192.0.2.2", "to the kitchen")]
+
+
+async def test_malformed_and_oversize_bus_messages_are_dropped_and_counted(
+    nats_node: NatsNode,
+) -> None:
+    async with running_bus(nats_node.url, max_text_bytes=64) as (bus, heard):
+        hostile = await nats.connect(nats_node.url)
+        subject = room_subject("lobby")
+        other = "0123456789abcdef"
+        for payload in [
+            b"no header line",
+            b"udpchat/2 0123456789abcdef 192.0.2.1\nwrong version",
+            b"udpchat/1 XYZ 192.0.2.1\nbad origin",
+            b"udpchat/1 0123456789abcdef not-an-ip\nbad ip",
+            b"udpchat/1 0123456789abcdef 192.0.2.1\n\xff\xfe not utf-8",
+            encode_envelope(other, "192.0.2.1", b"x" * 65),
+            b"y" * (MAX_ENVELOPE_HEADER_BYTES + 65),
+            encode_envelope(other, "192.0.2.1", b"\x1b[2J fits"),
+        ]:
+            await hostile.publish(subject, payload)
+        await hostile.flush()
+        await eventually(lambda: len(heard) == 1)
+        await hostile.close()
+        assert heard == [("192.0.2.1", "\x1b[2J fits")]
+        assert bus.stats().dropped == {"malformed": 5, "oversize": 2}
+
+
+async def test_oversize_publish_is_refused_and_counted(nats_node: NatsNode) -> None:
+    async with running_bus(nats_node.url, max_text_bytes=8) as (bus, _):
+        bus.publish("192.0.2.1", "123456789")
+        assert bus.stats().publish_failures == {"oversize": 1}
+
+
+async def test_nats_killed_and_restarted_counts_the_gap_and_resumes(
+    nats_node: NatsNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="udpchat.bus")
+    async with (
+        running_bus(nats_node.url, max_pending_bytes=1024) as (bus_a, _),
+        running_bus(nats_node.url) as (bus_b, heard_b),
+    ):
+        bus_a.publish("192.0.2.1", "before")
+        await eventually(lambda: heard_b == [("192.0.2.1", "before")])
+
+        nats_node.kill()
+        await eventually(lambda: bus_a.stats().disconnects == 1 == bus_b.stats().disconnects)
+        for counter in range(100):
+            bus_a.publish("192.0.2.1", f"during the gap {counter:03d} " + "-" * 40)
+        await eventually(
+            lambda: bus_a.stats().published + sum(bus_a.stats().publish_failures.values()) == 101
+        )
+        gap = bus_a.stats()
+        assert gap.publish_failures["buffer_full"] > 0
+        assert 0 < gap.published_while_disconnected < 100
+        assert not gap.connected
+
+        baseline_heard = len(heard_b)
+        nats_node.start()
+        await eventually(lambda: bus_a.stats().reconnects == 1 == bus_b.stats().reconnects)
+        await eventually_blocking(lambda: nats_node.subscriptions() >= 2)
+        bus_a.publish("192.0.2.1", "after")
+        await eventually(lambda: ("192.0.2.1", "after") in heard_b[baseline_heard:])
+        assert bus_a.stats().connected
+
+    lost = [r for r in caplog.records if "lost the connection" in r.getMessage()]
+    back = [r for r in caplog.records if "is back" in r.getMessage()]
+    assert len(lost) == 2 and len(back) == 2  # once each, for each of the two buses
+
+
+async def test_unreachable_nats_at_start_raises_naming_the_url_without_credentials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"nats://alice:s3cret@127.0.0.1:{unused_tcp_port()}"
+    bus = RoomBus(BusConfig((url,), connect_timeout_s=1.0), lambda ip, text: None)
+    started = time.monotonic()
+    with pytest.raises(BusUnavailableError) as raised:
+        await bus.start()
+    assert time.monotonic() - started < 10
+    message = str(raised.value)
+    assert redact_url(url) in message and "s3cret" not in message and "alice" not in message
+    assert "s3cret" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("server_args", "url_credentials"),
+    [(("--user", "alice", "--pass", "s3cret"), "alice:s3cret@"), (("--auth", "t0ken"), "t0ken@")],
+)
+async def test_credentials_in_the_url(
+    tmp_path_factory: pytest.TempPathFactory,
+    server_args: tuple[str, ...],
+    url_credentials: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    node = NatsNode(tmp_path_factory.mktemp("auth"), "secured", *server_args)
+    node.start()
+    try:
+        good = node.url.replace("nats://", f"nats://{url_credentials}")
+        async with running_bus(good) as (bus, _):
+            assert bus.stats().connected
+        bad = node.url.replace("nats://", "nats://mallory:guess@")
+        with pytest.raises(BusUnavailableError, match=r"refused the connection .*uthorization"):
+            await RoomBus(BusConfig((bad,)), lambda ip, text: None).start()
+    finally:
+        node.kill()
+    for secret in ("s3cret", "t0ken", "guess"):
+        assert secret not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+        ("nats://alice:s3cret@host:4222", "nats://***@host:4222"),
+        ("tls://t0ken@[::1]:4222", "tls://***@[::1]:4222"),
+        ("alice:pw@host", "nats://***@host"),
+    ],
+)
+def test_redact_url(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
+
+
+def test_rooms_are_plain_tokens() -> None:
+    with pytest.raises(ValueError, match="room"):
+        BusConfig(("nats://127.0.0.1",), room="a.>")
+
+
+ips = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
+
+
+@given(ip=ips, text=st.text(max_size=64))
+def test_envelope_round_trip(ip: str, text: str) -> None:
+    data = text.encode()
+    expected = Envelope("0123456789abcdef", ip, text) if len(data) <= 100 else "oversize"
+    assert decode_envelope(encode_envelope("0123456789abcdef", ip, data), 100) == expected
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1: (CA, certificate, key)."""
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-extfile", "san.ext"]
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for command in [
+        ["req", "-x509", *new_key, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test CA"],
+        ["req", *new_key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", "server.csr", *sign, "-out", "server.pem", "-days", "1"],
+    ]:
+        subprocess.run(["openssl", *command], cwd=directory, check=True, capture_output=True)
+    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+
+async def test_tls_with_a_ca_file(tmp_path: Path) -> None:
+    ca, certificate, key = make_certificates(tmp_path)
+    node = NatsNode(tmp_path, "tls", "--tls", "--tlscert", str(certificate), "--tlskey", str(key))
+    node.start()
+    try:
+        url = node.url.replace("nats://", "tls://")
+        async with running_bus(url, ca_file=ca) as (bus, _):
+            assert bus.stats().connected
+        unverified = RoomBus(BusConfig((url,)), lambda ip, text: None)
+        with pytest.raises(
+            BusUnavailableError, match=r"refused the connection .*CERTIFICATE_VERIFY_FAILED"
+        ):
+            await unverified.start()
+    finally:
+        node.kill()
+
+
+async def test_nkey_seed_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+    public_key = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    (tmp_path / "server.conf").write_text(
+        f'authorization {{ users = [ {{ nkey: "{public_key}" }} ] }}\n'
+    )
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(seed)
+    node = NatsNode(tmp_path, "nkey", "--config", str(tmp_path / "server.conf"))
+    node.start()
+    try:
+        async with running_bus(node.url, nkey_seed_file=seed_file) as (bus, _):
+            assert bus.stats().connected
+        with pytest.raises(BusUnavailableError, match=r"refused the connection .*uthorization"):
+            await RoomBus(BusConfig((node.url,)), lambda ip, text: None).start()
+    finally:
+        node.kill()
+    assert seed.decode() not in caplog.text
+
+
+def test_stats_of_several_processes_add_up() -> None:
+    one = BusStats(published=2, publish_failures={"buffer_full": 1}, dropped={"malformed": 1},
+                   reconnects=1, connected=True)  # fmt: skip
+    two = BusStats(published=3, publish_failures={"buffer_full": 2, "oversize": 1}, received=4)
+    total = one + two
+    assert (total.published, total.received, total.reconnects) == (5, 4, 1)
+    assert total.publish_failures == {"buffer_full": 3, "oversize": 1}
+    assert total.dropped == {"malformed": 1}
+    assert not total.connected and (one + one).connected

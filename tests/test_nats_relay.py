@@ -1,0 +1,231 @@
+"""``serve --relay --nats``: one room across servers and processes, through real ``nats-server``
+nodes; members on different servers see each other, and a NATS outage only pauses that."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
+
+from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, eventually, start_cli, start_cli_server
+from tests.nats_servers import NatsNode
+from udpchat import Server, ServerConfig
+from udpchat.bus import BusStats, redact_url
+from udpchat.metrics import StatsCollector
+from udpchat.stats import StatsSnapshot
+from udpchat.wire import COOKIE, JOIN, JOINED, relay_join_request
+
+
+class Member(asyncio.DatagramProtocol):
+    """A room member on its own UDP socket (its own source ip on 127/8): it joins with the
+    cookie handshake and keeps every line the relay sends it."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self.lines.append(data.decode())
+        self._changed.set()
+
+    async def until(self, predicate: Callable[[list[str]], bool]) -> list[str]:
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            while not predicate(self.lines):
+                self._changed.clear()
+                await self._changed.wait()
+        return self.lines
+
+    async def _answer(self, prefix: str) -> str:
+        lines = await self.until(lambda lines: any(line.startswith(prefix) for line in lines))
+        return next(line for line in lines if line.startswith(prefix))
+
+    def send(self, text: str) -> None:
+        assert self._transport is not None
+        self._transport.sendto(text.encode())
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    @classmethod
+    async def join(cls, server: tuple[str, int], source_ip: str = LOOPBACK) -> Member:
+        member = cls()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: member, local_addr=(source_ip, 0), remote_addr=server
+        )
+        member._transport = transport
+        member.send(relay_join_request())
+        cookie = (await member._answer(COOKIE)).split(" ", 1)[1]
+        member.send(f"{JOIN} {cookie}")
+        await member._answer(JOINED)
+        member.lines.clear()
+        return member
+
+
+@asynccontextmanager
+async def members(*joins: tuple[tuple[str, int], str]) -> AsyncIterator[list[Member]]:
+    joined: list[Member] = []
+    try:
+        for server, source_ip in joins:
+            joined.append(await Member.join(server, source_ip))
+        yield joined
+    finally:
+        for member in joined:
+            member.close()
+
+
+def relay_server(*urls: str) -> Server:
+    return Server(ServerConfig(host=LOOPBACK, port=0, relay=True, nats=urls))
+
+
+def bus_stats(server: Server) -> BusStats:
+    stats = server.stats(include_senders=False).bus
+    assert stats is not None
+    return stats
+
+
+async def wait_for_subscriptions(nodes: list[NatsNode], count: int) -> None:
+    """Until every node knows ``count`` subscriptions, its own clients' and routed ones."""
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
+    while not await asyncio.to_thread(lambda: all(n.subscriptions() >= count for n in nodes)):
+        assert time.monotonic() < deadline, "timed out waiting for the subscriptions"
+
+
+async def test_members_on_two_servers_on_two_cluster_nodes_see_each_other(
+    nats_cluster: list[NatsNode],
+) -> None:
+    baseline = max(node.subscriptions() for node in nats_cluster)
+    async with AsyncExitStack() as stack:
+        server_a = await stack.enter_async_context(relay_server(nats_cluster[0].url))
+        server_b = await stack.enter_async_context(relay_server(nats_cluster[1].url))
+        await wait_for_subscriptions(nats_cluster, baseline + 2)
+        ana, budi = await stack.enter_async_context(
+            members((server_a.address, "127.0.0.2"), (server_b.address, "127.0.0.3"))
+        )
+        ana.send("ana: pesan ke-1")
+        assert await budi.until(bool) == ["[127.0.0.2] ana: pesan ke-1"]
+        budi.send("budi: halo \x1b[2J")
+        assert await ana.until(bool) == ["[127.0.0.3] budi: halo \x1b[2J"]
+        for server in (server_a, server_b):
+            stats = bus_stats(server)
+            assert (stats.published, stats.received, stats.connected) == (1, 1, True)
+            relay = server.stats(include_senders=False).relay
+            assert relay is not None and relay.relayed_datagrams == 1
+
+
+async def test_a_nats_outage_keeps_local_relaying_and_resumes_across_servers(
+    nats_node: NatsNode,
+) -> None:
+    async with AsyncExitStack() as stack:
+        server_a = await stack.enter_async_context(relay_server(nats_node.url))
+        server_b = await stack.enter_async_context(relay_server(nats_node.url))
+        ana, cici, budi = await stack.enter_async_context(
+            members(
+                (server_a.address, "127.0.0.2"),
+                (server_a.address, "127.0.0.4"),
+                (server_b.address, "127.0.0.3"),
+            )
+        )
+        ana.send("ana: pesan ke-1")
+        await budi.until(lambda lines: lines == ["[127.0.0.2] ana: pesan ke-1"])
+
+        nats_node.kill()
+        await eventually(lambda: bus_stats(server_a).disconnects == 1)
+        ana.send("ana: pesan ke-2")  # NATS is down: cici, on the same server, still hears it
+        await cici.until(lambda lines: "[127.0.0.2] ana: pesan ke-2" in lines)
+        await eventually(
+            lambda: (
+                bus_stats(server_a).published + sum(bus_stats(server_a).publish_failures.values())
+                == 2
+            )
+        )
+        gap = bus_stats(server_a)
+        assert not gap.connected
+        assert gap.published_while_disconnected + sum(gap.publish_failures.values()) == 1
+
+        nats_node.start()
+        await eventually(
+            lambda: bus_stats(server_a).reconnects == 1 == bus_stats(server_b).reconnects
+        )
+        await wait_for_subscriptions([nats_node], 2)
+        budi.send("budi: pesan ke-1")
+        await ana.until(lambda lines: "[127.0.0.3] budi: pesan ke-1" in lines)
+        await cici.until(lambda lines: "[127.0.0.3] budi: pesan ke-1" in lines)
+        assert bus_stats(server_b).disconnects == 1
+
+
+async def test_relay_over_processes_reaches_every_member(nats_node: NatsNode) -> None:
+    cli, port = await start_cli_server(
+        "--relay", "--nats", nats_node.url, "--processes", "2", "--quiet"
+    )
+    try:
+        joins = [((LOOPBACK, port), f"127.0.0.{index}") for index in range(2, 7)]
+        async with members(*joins) as joined:
+            *listeners, speaker = joined
+            for counter in (1, 2, 3):
+                speaker.send(f"eka: pesan ke-{counter}")
+            for listener in listeners:
+                await listener.until(lambda lines: len(lines) == 3)
+                assert listener.lines == [f"[127.0.0.6] eka: pesan ke-{n}" for n in (1, 2, 3)]
+    finally:
+        cli.signal(signal.SIGINT)
+        status, _, stderr = await cli.finish()
+    assert status == 0, stderr
+    nats_line = next(line for line in stderr.splitlines() if line.startswith("udpchat: nats:"))
+    received = re.search(r"processes=2 \(received (\d+), (\d+)\)", stderr)
+    assert received, stderr
+    if all(int(count) > 0 for count in received.groups()):  # members landed on both children
+        assert re.search(r" received=[1-9]", nats_line), nats_line
+
+
+async def test_unreachable_nats_at_start_exits_3_naming_the_url() -> None:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        url = f"nats://alice:s3cret@{LOOPBACK}:{probe.getsockname()[1]}"
+    for processes in ("1", "2"):
+        cli = await start_cli(
+            "serve", "--host", LOOPBACK, "--port", "0", "--relay", "--nats", url,
+            "--nats-connect-timeout", "1", "--processes", processes,
+        )  # fmt: skip
+        status, _, stderr = await cli.finish(timeout_s=10)
+        assert status == 3, stderr
+        assert redact_url(url) in stderr and "s3cret" not in stderr
+        if processes == "1":  # the supervisor's listener threads still print a traceback
+            assert "Traceback" not in stderr
+
+
+async def test_nats_without_relay_and_relay_processes_without_nats_are_refused() -> None:
+    for args in (["--nats", "nats://127.0.0.1:4222"], ["--relay", "--processes", "2"]):
+        cli = await start_cli("serve", "--host", LOOPBACK, "--port", "0", *args)
+        status, _, stderr = await cli.finish()
+        assert status == 2 and "--nats" in stderr, stderr
+
+
+def test_bus_counters_in_the_metrics() -> None:
+    bus = BusStats(published=3, publish_failures={"buffer_full": 2}, dropped={"malformed": 1})
+    snapshot = StatsSnapshot(received=0, handled=0, handler_errors=0, dropped={}, bus=bus)
+    families = {family.name: family for family in StatsCollector(lambda: snapshot).collect()}
+    assert families["udpchat_nats_published"].samples[0].value == 3
+    failures = families["udpchat_nats_publish_failures"].samples
+    assert [(s.labels, s.value) for s in failures] == [({"reason": "buffer_full"}, 2)]
+    assert families["udpchat_nats_connected"].samples[0].value == 0
+
+
+def test_config_checks_the_nats_fields() -> None:
+    with pytest.raises(ValueError, match="relay"):
+        ServerConfig(nats=("nats://127.0.0.1:4222",))
+    with pytest.raises(ValueError, match="room"):
+        ServerConfig(relay=True, nats=("nats://127.0.0.1:4222",), room="a.*")
+    with pytest.raises(ValueError, match="nats_connect_timeout_s"):
+        ServerConfig(relay=True, nats=("nats://127.0.0.1:4222",), nats_connect_timeout_s=0)
+    config = ServerConfig(relay=True, nats=("nats://127.0.0.1:4222",), max_datagram_size=512)
+    bus = config.bus_config()
+    assert bus is not None and (bus.room, bus.max_text_bytes) == ("lobby", 512)

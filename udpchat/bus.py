@@ -1,0 +1,462 @@
+"""The room's bridge to NATS: one subject per room, shared by every udpchat server attached to it.
+
+Each server publishes its verified members' messages as (original sender ip, text) and relays
+what the others publish to its own members. A bus message is untrusted input like a datagram:
+its size is checked before it is parsed, and whatever is malformed is dropped and counted.
+
+Publishing never blocks the caller (a pool worker): messages wait in a bounded hand-off, one task
+on the event loop sends them in order, and nats-py keeps at most ``max_pending_bytes`` while the
+connection is down. What does not fit is counted, never silently lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import logging
+import random
+import re
+import secrets
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.client import Server as NatsServer
+from nats.aio.msg import Msg
+from nats.errors import AuthorizationError, OutboundBufferLimitError, SlowConsumerError
+from nats.errors import Error as NatsError
+from nats.protocol.parser import AUTHORIZATION_VIOLATION
+
+__all__ = [
+    "BusConfig",
+    "BusStats",
+    "BusUnavailableError",
+    "RoomBus",
+    "decode_envelope",
+    "encode_envelope",
+    "redact_url",
+    "room_subject",
+]
+
+logger = logging.getLogger("udpchat.bus")
+
+DEFAULT_ROOM = "lobby"
+SUBJECT_PREFIX = "udpchat.room."
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+"""How long ``start()`` waits for a first connection; a down NATS fails well within 10 s."""
+DEFAULT_MAX_PENDING_BYTES = 256 * 1024
+"""nats-py's outgoing buffer while disconnected, in bytes; publishes beyond it are counted."""
+DEFAULT_MAX_BACKLOG = 4096
+"""Messages handed over by the workers and not yet given to nats-py, at most."""
+DEFAULT_MAX_TEXT_BYTES = 1024
+DEFAULT_INCOMING_LIMIT = 4096
+"""Bus messages received and not yet delivered, at most (nats-py's slow-consumer limit)."""
+RECONNECT_FIRST_WAIT_S = 0.1
+RECONNECT_MAX_WAIT_S = 5.0
+STOP_FLUSH_TIMEOUT_S = 2
+ENVELOPE_MAGIC = b"udpchat/1"
+ORIGIN_HEX_DIGITS = 16
+MAX_IP_TEXT = 39 + 1 + 15
+"""The longest IPv6 address with a ``%scope`` (interface names are at most 15 bytes on Linux)."""
+MAX_ENVELOPE_HEADER_BYTES = len(ENVELOPE_MAGIC) + 1 + ORIGIN_HEX_DIGITS + 1 + MAX_IP_TEXT + 1
+_ROOM_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_ORIGIN_PATTERN = re.compile(rb"[0-9a-f]{%d}\Z" % ORIGIN_HEX_DIGITS)
+
+Deliver = Callable[[str, str], None]
+"""Called on the event loop with (original sender ip, text) for each message from another server."""
+
+
+class BusUnavailableError(ConnectionError):
+    """NATS could not be reached at start; the message names the URLs, without credentials.
+
+    A ConnectionError, so that whatever reports a server that cannot start reports this too.
+    """
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user, password or token replaced by ``***``: safe for logs and errors."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" if parts.port is None else f"***@{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def room_subject(room: str) -> str:
+    """``udpchat.room.<room>``; a room is a plain token, so it can never be a wildcard."""
+    if not _ROOM_PATTERN.match(room):
+        raise ValueError(f"room must be 1-64 letters, digits, '_' or '-': {room!r}")
+    return SUBJECT_PREFIX + room
+
+
+def encode_envelope(origin: str, ip: str, text: bytes) -> bytes:
+    """``udpchat/1 ORIGIN IP\\nTEXT``: readable with ``nats sub``, and parsed without guessing."""
+    return b"%s %s %s\n%s" % (ENVELOPE_MAGIC, origin.encode(), ip.encode(), text)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    origin: str
+    ip: str
+    text: str
+
+
+def decode_envelope(data: bytes, max_text_bytes: int) -> Envelope | str:
+    """The envelope, or why it is refused: ``oversize`` or ``malformed``."""
+    if len(data) > MAX_ENVELOPE_HEADER_BYTES + max_text_bytes:
+        return "oversize"
+    header, newline, body = data.partition(b"\n")
+    if not newline or len(header) > MAX_ENVELOPE_HEADER_BYTES:
+        return "malformed"
+    if len(body) > max_text_bytes:
+        return "oversize"
+    fields = header.split(b" ")
+    if len(fields) != 3 or fields[0] != ENVELOPE_MAGIC or not _ORIGIN_PATTERN.match(fields[1]):
+        return "malformed"
+    try:
+        ip = fields[2].decode("ascii")
+        ipaddress.ip_address(ip)
+        text = body.decode("utf-8")
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        return "malformed"
+    return Envelope(fields[1].decode("ascii"), ip, text)
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """Where the room's NATS is and how to authenticate to it.
+
+    Credentials may also ride in the URLs (``nats://user:pass@host``, ``nats://token@host``);
+    they are never logged.
+    """
+
+    servers: tuple[str, ...]
+    """Seed URLs: ``nats://`` or ``tls://``; the cluster announces the rest."""
+    room: str = DEFAULT_ROOM
+    credentials_file: Path | None = None
+    """A ``.creds`` file (user JWT and NKey seed)."""
+    nkey_seed_file: Path | None = None
+    ca_file: Path | None = None
+    """CA certificates to verify the servers' TLS certificates with."""
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    """Largest text accepted from the bus or sent to it: the server's ``--max-size``."""
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
+    max_backlog: int = DEFAULT_MAX_BACKLOG
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise ValueError("at least one NATS server URL is needed")
+        room_subject(self.room)
+
+
+@dataclass(frozen=True, slots=True)
+class BusStats:
+    """The bus's counters at one moment."""
+
+    published: int = 0
+    """Messages handed to NATS, including those buffered while disconnected."""
+    published_while_disconnected: int = 0
+    publish_failures: Mapping[str, int] = field(default_factory=dict)
+    """Messages that could not be published, by reason."""
+    received: int = 0
+    """Messages from other servers delivered to this one's room."""
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    """Bus messages refused, by reason."""
+    own_echoes: int = 0
+    """This server's own messages coming back from NATS, ignored."""
+    disconnects: int = 0
+    reconnects: int = 0
+    connected: bool = False
+    """For several processes added up: whether every one of them is connected."""
+
+    def __add__(self, other: BusStats) -> BusStats:
+        return BusStats(
+            published=self.published + other.published,
+            published_while_disconnected=self.published_while_disconnected
+            + other.published_while_disconnected,
+            publish_failures=dict(
+                collections.Counter(self.publish_failures)
+                + collections.Counter(other.publish_failures)
+            ),
+            received=self.received + other.received,
+            dropped=dict(collections.Counter(self.dropped) + collections.Counter(other.dropped)),
+            own_echoes=self.own_echoes + other.own_echoes,
+            disconnects=self.disconnects + other.disconnects,
+            reconnects=self.reconnects + other.reconnects,
+            connected=self.connected and other.connected,
+        )
+
+
+class RoomBus:
+    """The room's subject on NATS: ``publish()`` from any thread, ``deliver`` for the others'.
+
+    ``start()`` connects (or raises :class:`BusUnavailableError`); after that a lost connection
+    is retried with exponential backoff for as long as the bus runs.
+    """
+
+    def __init__(self, config: BusConfig, deliver: Deliver) -> None:
+        self.config = config
+        self.origin = secrets.token_hex(ORIGIN_HEX_DIGITS // 2)
+        """This server's id in every envelope it publishes: how it recognises its own."""
+        self._subject = room_subject(config.room)
+        self._deliver = deliver
+        self._client: NatsClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._publisher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._reconnect_attempt = 0
+        self._last_error: BaseException | None = None
+        self._refused: asyncio.Future[BaseException] | None = None
+        """Set during ``start()`` by an error that retrying cannot fix (credentials, TLS)."""
+        self._published = 0
+        self._published_while_disconnected = 0
+        self._publish_failures: collections.Counter[str] = collections.Counter()
+        self._received = 0
+        self._dropped: collections.Counter[str] = collections.Counter()
+        self._own_echoes = 0
+        self._disconnects = 0
+        self._reconnects = 0
+
+    @property
+    def urls(self) -> str:
+        """The seed URLs, redacted: for messages and logs."""
+        return ", ".join(redact_url(url) for url in self.config.servers)
+
+    async def start(self) -> None:
+        if self._client is not None:
+            raise RuntimeError("the bus is already started")
+        self._loop = asyncio.get_running_loop()
+        client = NatsClient()
+        self._refused = self._loop.create_future()
+        connecting = asyncio.ensure_future(self._connect(client))
+        await asyncio.wait(
+            (connecting, self._refused),
+            timeout=self.config.connect_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not connecting.done() or connecting.exception() is not None:
+            await self._abandon(client, connecting)
+        self._client = client
+        self._publisher = asyncio.create_task(self._publish_backlog(), name="udpchat-bus-publish")
+        logger.info("room %r on NATS at %s", self.config.room, self.urls)
+
+    async def _abandon(self, client: NatsClient, connecting: asyncio.Future[None]) -> NoReturn:
+        """Give up a first connection: refused at once (credentials, TLS), or not made in time."""
+        assert self._refused is not None
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        await client.close()
+        if self._refused.done():
+            refusal = describe(self._refused.result())
+            raise BusUnavailableError(f"NATS at {self.urls} refused the connection ({refusal})")
+        failed = connecting.exception() if not connecting.cancelled() else None
+        cause = describe(failed or self._last_error or TimeoutError())
+        raise BusUnavailableError(
+            f"cannot reach NATS at {self.urls} within {self.config.connect_timeout_s:g} s ({cause})"
+        )
+
+    async def _connect(self, client: NatsClient) -> None:
+        options: dict[str, Any] = {}
+        if self.config.ca_file is not None:
+            options["tls"] = ssl.create_default_context(cafile=str(self.config.ca_file))
+        if self.config.credentials_file is not None:
+            options["user_credentials"] = str(self.config.credentials_file)
+        if self.config.nkey_seed_file is not None:
+            options["nkeys_seed"] = str(self.config.nkey_seed_file)
+        await client.connect(
+            list(self.config.servers),
+            name=f"udpchat room {self.config.room}",
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            reconnect_to_server_handler=self._next_server,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,  # between first attempts at one server; then _next_server
+            pending_size=self.config.max_pending_bytes,
+            **options,
+        )
+        await client.subscribe(
+            self._subject,
+            cb=self._on_message,
+            pending_msgs_limit=DEFAULT_INCOMING_LIMIT,
+            pending_bytes_limit=DEFAULT_INCOMING_LIMIT
+            * (MAX_ENVELOPE_HEADER_BYTES + self.config.max_text_bytes),
+        )
+        # nats-py writes a flush's PING ahead of what is still in its buffer, the SUB included:
+        # the first round trip makes sure the SUB is written, the second that the server has it.
+        await client.flush()
+        await client.flush()
+
+    def publish(self, ip: str, text: str) -> None:
+        """Put a member's message on the bus, from any thread; never blocks."""
+        data = text.encode("utf-8", "backslashreplace")
+        if len(data) > self.config.max_text_bytes:
+            self._count_failure("oversize")
+            return
+        envelope = encode_envelope(self.origin, ip, data)
+        with self._lock:
+            loop, was_empty = self._loop, not self._backlog
+            if self._stopping or loop is None:
+                refusal: str | None = "stopped"
+            elif len(self._backlog) >= self.config.max_backlog:
+                refusal = "backlog_full"
+            else:
+                refusal = None
+                self._backlog.append(envelope)
+        if refusal is not None:
+            self._count_failure(refusal)
+        elif was_empty:
+            assert loop is not None
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def _publish_backlog(self) -> None:
+        """The one task that hands messages to nats-py, in the order the workers gave them."""
+        assert self._client is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while True:
+                with self._lock:
+                    if not self._backlog:
+                        break
+                    envelope = self._backlog.popleft()
+                await self._publish_one(self._client, envelope)
+
+    async def _publish_one(self, client: NatsClient, envelope: bytes) -> None:
+        connected = client.is_connected
+        try:
+            await client.publish(self._subject, envelope)
+        except OutboundBufferLimitError:
+            self._count_failure("buffer_full")
+        except (OSError, NatsError) as error:
+            self._count_failure("error")
+            logger.debug("publish failed: %s", describe(error))
+        else:
+            with self._lock:
+                self._published += 1
+                if not connected:
+                    self._published_while_disconnected += 1
+
+    def _count_failure(self, reason: str) -> None:
+        self._count(self._publish_failures, reason, "could not publish to NATS")
+
+    def _count_drop(self, reason: str) -> None:
+        self._count(self._dropped, reason, "dropped a message from NATS")
+
+    def _count(self, counts: collections.Counter[str], reason: str, what: str) -> None:
+        """Count one more for ``reason``: the first of each is logged, the rest only counted."""
+        with self._lock:
+            first = counts[reason] == 0
+            counts[reason] += 1
+        if first:
+            logger.warning("%s (%s); counting from now on", what, reason)
+
+    async def _on_message(self, message: Msg) -> None:
+        envelope = decode_envelope(message.data, self.config.max_text_bytes)
+        if isinstance(envelope, str):
+            self._count_drop(envelope)
+            return
+        if envelope.origin == self.origin:
+            with self._lock:
+                self._own_echoes += 1
+            return
+        try:
+            self._deliver(envelope.ip, envelope.text)
+        except Exception:
+            self._count_drop("deliver_error")
+            logger.exception("delivering a message from NATS failed")
+            return
+        with self._lock:
+            self._received += 1
+
+    async def _on_error(self, error: Exception) -> None:
+        if isinstance(error, SlowConsumerError):
+            self._count_drop("slow_consumer")
+            return
+        self._last_error = error
+        if is_refusal(error) and self._refused is not None and not self._refused.done():
+            self._refused.set_result(error)  # no retry will fix it: fail the start at once
+        logger.debug("NATS: %s", describe(error))
+
+    async def _on_disconnected(self) -> None:
+        if self._stopping or self._client is None:
+            return
+        with self._lock:
+            self._disconnects += 1
+        logger.warning("lost the connection to NATS at %s; relaying locally meanwhile", self.urls)
+
+    async def _on_reconnected(self) -> None:
+        self._reconnect_attempt = 0
+        with self._lock:
+            self._reconnects += 1
+        logger.warning("connection to NATS is back (%s)", self.urls)
+
+    def _next_server(
+        self, servers: list[NatsServer], info: dict[str, Any]
+    ) -> tuple[NatsServer | None, float]:
+        """Each server in turn, waiting twice as long after each failed round, with jitter."""
+        attempt = self._reconnect_attempt
+        self._reconnect_attempt += 1
+        wait_s = min(RECONNECT_FIRST_WAIT_S * 2 ** (attempt // len(servers)), RECONNECT_MAX_WAIT_S)
+        return servers[attempt % len(servers)], wait_s * random.uniform(0.5, 1.0)
+
+    async def stop(self) -> None:
+        """Publish what is waiting (within a bounded flush) and close the connection."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        with self._lock:
+            self._stopping = True
+            leftover = list(self._backlog)
+            self._backlog.clear()
+        if self._publisher is not None:
+            self._publisher.cancel()
+            await asyncio.gather(self._publisher, return_exceptions=True)
+        for envelope in leftover:
+            await self._publish_one(client, envelope)
+        if client.is_connected:
+            try:
+                await client.flush(timeout=STOP_FLUSH_TIMEOUT_S)
+            except (OSError, NatsError, TimeoutError) as error:
+                logger.warning("could not flush NATS at stop: %s", describe(error))
+        await client.close()
+
+    def stats(self) -> BusStats:
+        with self._lock:
+            return BusStats(
+                published=self._published,
+                published_while_disconnected=self._published_while_disconnected,
+                publish_failures=dict(self._publish_failures),
+                received=self._received,
+                dropped=dict(self._dropped),
+                own_echoes=self._own_echoes,
+                disconnects=self._disconnects,
+                reconnects=self._reconnects,
+                connected=self._client is not None and self._client.is_connected,
+            )
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Credentials or a certificate that NATS refused: retrying the same cannot succeed."""
+    return isinstance(error, AuthorizationError | ssl.SSLError) or (
+        isinstance(error, NatsError) and AUTHORIZATION_VIOLATION in str(error).lower()
+    )
+
+
+def describe(error: BaseException) -> str:
+    """An error's own words, with any URL in them redacted; its type when it has none."""
+    text = str(error) or type(error).__name__
+    return re.sub(r"\b(?:nats|tls)://\S+", lambda match: redact_url(match.group()), text)
