@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import BinaryIO
 
+from udpchat.bus import BusUnavailableError
 from udpchat.metrics import MetricsServer
 from udpchat.runtime import LoopChoice, SignalStop, periodically, run, tune_for_throughput
 from udpchat.server import MetricsStartError, Server, ServerConfig
@@ -50,6 +51,8 @@ class Ready:
 @dataclass(frozen=True, slots=True)
 class StartFailed:
     error: str
+    bus: bool = False
+    """The room's bus (NATS) could not be reached, rather than the port bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,16 @@ class Done:
 ChildMessage = Ready | StartFailed | Report | Done
 """What a child sends its parent on the control pipe, in this order: Ready or StartFailed,
 any number of Report, then Done."""
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> bool:
+    """Hand ``callback`` to the supervisor's loop from a thread; False once the loop has
+    closed (the start failed and the command is ending): there is nobody left to tell."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        return False
+    return True
 
 
 class ChildStartError(OSError):
@@ -124,6 +137,9 @@ def _child_main(
         with stop.installed():
             try:
                 await server.start()
+            except BusUnavailableError as error:
+                _send(control, StartFailed(str(error), bus=True))
+                return True
             except OSError as error:
                 _send(control, StartFailed(error.strerror or str(error)))
                 return True
@@ -306,13 +322,16 @@ class Supervisor:
                     message: ChildMessage = child.control.recv()
                 except (EOFError, OSError):
                     break
-                loop.call_soon_threadsafe(self._on_message, child, message)
-        loop.call_soon_threadsafe(self._on_end, child)
+                if not _post(loop, self._on_message, child, message):
+                    return
+        _post(loop, self._on_end, child)
 
     def _on_message(self, child: _Child, message: ChildMessage) -> None:
         match message:
             case Ready():
                 child.ready.set_result(message)
+            case StartFailed(error, bus=True):
+                child.ready.set_exception(BusUnavailableError(error))
             case StartFailed(error):
                 child.ready.set_exception(ChildStartError(error))
             case Report(stats):
