@@ -26,7 +26,7 @@ import bisect
 import enum
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 REORDER_WINDOW = 3
@@ -104,15 +104,7 @@ class DeliveryTotals:
     restarts: int = 0
 
     def __add__(self, other: DeliveryTotals) -> DeliveryTotals:
-        return DeliveryTotals(
-            senders=self.senders + other.senders,
-            evicted=self.evicted + other.evicted,
-            lost=self.lost + other.lost,
-            duplicates=self.duplicates + other.duplicates,
-            reordered=self.reordered + other.reordered,
-            late=self.late + other.late,
-            restarts=self.restarts + other.restarts,
-        )
+        return DeliveryTotals(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 class _Sequence:
