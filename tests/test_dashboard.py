@@ -423,3 +423,17 @@ def test_quiet_hides_the_message_lines_under_the_view(pane_factory: Callable[[st
         pane.wait_for(row("user1", 1))
     assert "pesan ke-1" not in pane.screen()
     pane.interrupt()
+
+
+def test_names_and_addresses_are_shown_as_they_are_never_as_markup() -> None:
+    """A username is untrusted: rich markup in it must neither style nor link nor crash."""
+    hostile = ["[/bold]x", "[link=http://x.io]bank[/link]", "[reverse]boss"]
+    senders = [sender(name, 40001 + index) for index, name in enumerate(hostile)]
+    senders.append(dataclasses.replace(sender("v6", 5000), ip="fd00::1"))
+    console = Console(record=True, width=120, height=40, force_terminal=True)
+    console.print(render(Sample((snapshot(*senders),), NOW_S), None, SETTINGS))
+    text = console.export_text()
+    for name in hostile:
+        assert name in text
+    assert "[fd00::1]:5000" in text
+    assert "\x1b]8;" not in console.export_text(styles=True)  # no hyperlink escape

@@ -154,3 +154,9 @@ def test_clean_username_says_what_is_wrong(typed: str, reason: str) -> None:
     with pytest.raises(InvalidUsernameError, match=re.escape(reason)):
         clean_username(typed)
     assert clean_username("  Budi Santoso ") == "Budi Santoso"
+
+
+def test_a_counter_with_a_leading_zero_is_not_plain_decimal() -> None:
+    assert parse_text("alice: pesan ke-01") is TextProblem.INVALID_COUNTER
+    assert parse_text("Budi Santoso: pesan ke-007") is TextProblem.INVALID_COUNTER
+    assert parse_text("Budi Santoso: pesan ke-7") == ParsedText("Budi Santoso", 7)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ipaddress
 import logging
 import random
@@ -60,6 +61,8 @@ DEFAULT_INCOMING_LIMIT = 4096
 RECONNECT_FIRST_WAIT_S = 0.1
 RECONNECT_MAX_WAIT_S = 5.0
 STOP_FLUSH_TIMEOUT_S = 2
+STOP_TIMEOUT_S = 5.0
+"""Seconds a stopping bus may take in all: leftovers, flush and close."""
 ENVELOPE_MAGIC = b"udpchat/1"
 ORIGIN_HEX_DIGITS = 16
 MAX_IP_TEXT = 39 + 1 + 15
@@ -258,7 +261,8 @@ class RoomBus:
         assert self._refused is not None
         connecting.cancel()
         await asyncio.gather(connecting, return_exceptions=True)
-        await client.close()
+        with contextlib.suppress(Exception):  # a URL nats-py refused never got a connection
+            await asyncio.wait_for(client.close(), STOP_FLUSH_TIMEOUT_S)
         if self._refused.done():
             refusal = describe(self._refused.result())
             raise BusUnavailableError(f"NATS at {self.urls} refused the connection ({refusal})")
@@ -414,7 +418,14 @@ class RoomBus:
         return servers[attempt % len(servers)], wait_s * random.uniform(0.5, 1.0)
 
     async def stop(self) -> None:
-        """Publish what is waiting (within a bounded flush) and close the connection."""
+        """Publish what is waiting and close the connection, within :data:`STOP_TIMEOUT_S`
+        all told: a bus that went away must not hold up the server's exit."""
+        try:
+            await asyncio.wait_for(self._stop(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("NATS did not close within %g s; leaving it", STOP_TIMEOUT_S)
+
+    async def _stop(self) -> None:
         client, self._client = self._client, None
         if client is None:
             return

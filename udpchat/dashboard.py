@@ -164,9 +164,9 @@ def _table(
         silent_s = now_s - sender.last_heard_s
         idle = silent_s > settings.idle_after_s
         heard = f"{_duration(silent_s)} {'idle' if idle else 'ago'}"
-        cells = [
-            sender.username,
-            _address(sender.ip, sender.port),
+        cells: list[str | Text] = [
+            Text(sender.username),  # untrusted: plain text, never rich markup
+            Text(_address(sender.ip, sender.port)),
             str(sender.received),
             str(sender.lost),
             f"{sender.loss_ratio:.1%}",

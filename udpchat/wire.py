@@ -28,7 +28,8 @@ _CLEAN_SEED_BYTES = re.compile(
 :data:`MAX_COUNTER`): the per-datagram fast path, one match on the bytes before any decoding.
 What it matches is printable ASCII, so it needs no escaping either."""
 match_clean_seed = _CLEAN_SEED_BYTES.fullmatch
-_DIGITS_PATTERN = re.compile(r"[0-9]{1,19}\Z")
+_DIGITS_PATTERN = re.compile(r"[1-9][0-9]{0,18}\Z")
+"""Plain decimal: no sign, no leading zero (so ``ke-01`` is never counter 1)."""
 
 
 class ParsedText(NamedTuple):
