@@ -185,3 +185,6 @@ async def test_second_signal_forces_exit() -> None:
     assert status == 130
     assert "forced stop" in stderr
     assert "Traceback" not in stderr
+    counts = summary_counts(stderr)  # the counts stand: what was abandoned is queued
+    assert counts["received"] == counts["handled"] + counts["dropped"] + counts["queued"]
+    assert counts["queued"] > 0

@@ -363,24 +363,24 @@ async def serve_until_signalled(
                 raise
             drained = await server.wait_closed()
             return Outcome((server.stats(),), drained, error=error)
-    if stop.forced:
-        return Outcome((), drained=False, forced=True)
+    # A second signal only forced anything if it cut the drain short; the counts stand either way.
     if isinstance(result, SupervisorResult):
-        return Outcome(result.per_process, result.drained, died=result.died)
+        forced = stop.forced and not result.drained
+        return Outcome(result.per_process, result.drained, forced=forced, died=result.died)
     assert isinstance(server, Server)
-    return Outcome((server.stats(),), result)
+    return Outcome((server.stats(),), result, forced=stop.forced and not result)
 
 
 def finish(outcome: Outcome) -> None:
     """The summary on stderr, then the exit status: 130 forced, 1 after a failure, else 0."""
-    if outcome.forced:
-        report("forced stop: queued messages were abandoned")
-        exit_now(ExitCode.FORCED)
     for line in summary_lines(outcome.per_process):
         if line.startswith(" "):
             print(line, file=sys.stderr)
         else:
             report(line)
+    if outcome.forced:
+        report("forced stop: queued messages were abandoned (counted as queued)")
+        exit_now(ExitCode.FORCED)
     code = ExitCode.OK
     if outcome.error is not None:
         report(f"stopped by an error: {describe_error(outcome.error)}")
