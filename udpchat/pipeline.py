@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import threading
 import time
@@ -261,6 +262,16 @@ class RateLimitedLog:
         logger.error("%s: %r%s", what, error, more)
 
 
+_WORKER_TAKES_INITIALIZER = list(inspect.signature(_worker).parameters) == [
+    "executor_reference",
+    "work_queue",
+    "initializer",
+    "initargs",
+]
+"""The private worker function is the one this pool was written against (CPython 3.11-3.13);
+elsewhere the pool falls back to the executor's own, joined, threads rather than break."""
+
+
 class _DaemonThreadPool(concurrent.futures.ThreadPoolExecutor):
     """A ``ThreadPoolExecutor`` whose threads do not keep the interpreter alive.
 
@@ -269,6 +280,9 @@ class _DaemonThreadPool(concurrent.futures.ThreadPoolExecutor):
     """
 
     def _adjust_thread_count(self) -> None:
+        if not _WORKER_TAKES_INITIALIZER:  # another CPython's internals: the standard threads
+            super()._adjust_thread_count()
+            return
         if self._idle_semaphore.acquire(timeout=0):
             return
         threads = cast(set[threading.Thread], self._threads)
