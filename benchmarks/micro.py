@@ -60,7 +60,7 @@ class _NullDispatcher(Dispatcher):
     """Takes batches and forgets them: the receive stage alone."""
 
     def submit(self, datagrams: list[tuple[bytes, object]], received_at: float) -> None:
-        self.queued = 0
+        """Nothing: the batch is forgotten."""
 
 
 async def receive_stage(raw: list[list[tuple[bytes, tuple[str, int]]]]) -> float:

@@ -8,6 +8,7 @@ import errno
 import io
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -175,3 +176,36 @@ def test_the_daemon_pool_matches_this_interpreters_executor() -> None:
     from udpchat import pipeline  # noqa: PLC0415 - one private flag, read here only
 
     assert pipeline._WORKER_TAKES_INITIALIZER or sys.version_info >= (3, 14)
+
+
+async def test_every_snapshot_adds_up_while_traffic_flows() -> None:
+    """``received == handled + dropped + queued`` in every snapshot, from any thread, not only
+    once idle: all of them change under one lock."""
+    config = ServerConfig(host=LOOPBACK, port=0, workers=4, queue_size=500)
+    async with Server(config, LinePrinter(io.StringIO())) as server:
+        stop = threading.Event()
+
+        def blast() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for counter in range(1, 40_001):
+                    if stop.is_set():
+                        return
+                    sock.sendto(f"blast: pesan ke-{counter}".encode(), server.address)
+
+        def check() -> list[tuple[int, int, int, int]]:
+            wrong = []
+            for _ in range(3000):
+                stats = server.stats(include_senders=False)
+                total = stats.handled + stats.dropped_total + stats.queue_depth
+                if stats.received != total:
+                    wrong.append((stats.received, stats.handled, stats.dropped_total, total))
+            return wrong
+
+        sending = asyncio.create_task(asyncio.to_thread(blast))
+        try:
+            wrong = await asyncio.to_thread(check)
+        finally:
+            stop.set()
+            await sending
+    assert wrong == []
+    assert server.stats().received > 0

@@ -342,27 +342,27 @@ class Dispatcher:
         self._on_output_error = on_output_error
         self._executor = _DaemonThreadPool(max_workers=workers, thread_name_prefix="udpchat-worker")
         self._lock = threading.Lock()
-        """Guards ``queued``, the job count and the deque's order of taking."""
+        """Guards the job count and the deque's order of taking."""
         self._batches: deque[Batch] = deque()
         self._jobs = 0
         self._last_take = 0.0
         """``time.monotonic()`` when a job last took a batch."""
         self._job_futures: set[concurrent.futures.Future[None]] = set()
-        self.queued = 0
         self._order_lock = threading.Lock()
         """Held while a batch is taken and accounted; never taken by the event-loop thread."""
         self._accounting = DeliveryAccounting(max_senders)
 
     def submit(self, datagrams: list[tuple[bytes, Address]], received_at: float) -> None:
-        """Called on the loop thread: keep what fits in the queue, drop and count the rest."""
-        room = self._queue_size - self.queued
-        if len(datagrams) > room:
-            self._counters.dropped[DropReason.QUEUE_FULL] += len(datagrams) - max(room, 0)
-            datagrams = datagrams[: max(room, 0)]
-            if not datagrams:
-                return
+        """Called on the loop thread: count the batch in, keep what fits in the queue, drop
+        and count the rest."""
+        received = len(datagrams)
+        room = max(self._queue_size - self._counters.queued, 0)
+        if received > room:
+            datagrams = datagrams[:room]
+        self._counters.take_in(received, len(datagrams))
+        if not datagrams:
+            return
         with self._lock:
-            self.queued += len(datagrams)
             self._batches.append(Batch(received_at, datagrams))
             start_job = self._jobs < self._max_jobs and (
                 self._jobs == 0 or time.monotonic() - self._last_take > STALL_S
@@ -376,8 +376,12 @@ class Dispatcher:
             future.add_done_callback(self._job_futures.discard)
 
     @property
+    def queued(self) -> int:
+        return self._counters.queued
+
+    @property
     def full(self) -> bool:
-        return self.queued >= self._queue_size
+        return self._counters.queued >= self._queue_size
 
     def _take(self) -> Batch | None:
         with self._lock:
@@ -432,8 +436,6 @@ class Dispatcher:
             self._counters.add_handled(len(batch), handler_errors, batch.problems, latency_s)
         else:
             self._counters.add_dropped(dropped, len(batch))
-        with self._lock:
-            self.queued -= len(batch)
 
     def delivery(self, include_senders: bool) -> tuple[DeliveryTotals, tuple[SenderStats, ...]]:
         with self._order_lock:
@@ -451,7 +453,6 @@ class Dispatcher:
         with self._lock:
             abandoned = sum(len(batch) for batch in self._batches)
             self._batches.clear()
-            self.queued -= abandoned
         self._counters.add_dropped(DropReason.SHUTDOWN, abandoned)
         self._executor.shutdown(wait=False)
         return all(future.done() for future in list(self._job_futures))
@@ -498,8 +499,7 @@ class Receiver(asyncio.DatagramProtocol):
         if self._slow_checks or not 0 < len(data) <= self._max_size:
             refusal = self._refusal(data, addr)
             if refusal is not None:
-                self._counters.received += 1
-                self._counters.dropped[refusal] += 1
+                self._counters.refuse(refusal)
                 return
         batch = self._batch
         batch.append((data, addr))
@@ -528,7 +528,6 @@ class Receiver(asyncio.DatagramProtocol):
         from here, so that ``received == handled + dropped + queue_depth`` at every moment."""
         batch, self._batch = self._batch, []
         if batch:
-            self._counters.received += len(batch)
             self._dispatcher.submit(batch, time.time())
             if self._dispatcher.full:
                 self._shedding = self._slow_checks = True

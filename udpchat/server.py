@@ -463,7 +463,6 @@ class Server:
             return self._counters.snapshot(relay=relay, bus=bus)
         delivery, senders = self._dispatcher.delivery(include_senders)
         return self._counters.snapshot(
-            queue_depth=self._dispatcher.queued,
             kernel_drops=self.kernel_drops(),
             delivery=delivery,
             senders=senders,

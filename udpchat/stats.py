@@ -264,23 +264,38 @@ def format_sender_table(
 
 
 class ServerCounters:
-    """The server's counts.
+    """The server's counts, every one changed under one lock, so that any snapshot, from any
+    thread, has ``received == handled + dropped + queued`` exactly.
 
-    Receive-side counts are written only by the event-loop thread, so they need no lock;
-    worker-side counts are merged under a lock once per batch, off the per-message path.
+    The lock is taken once per batch on the hot path (one hand-off, one finish), and once per
+    refused datagram.
     """
 
     def __init__(self) -> None:
-        self.received = 0
-        self.dropped = dict.fromkeys(DropReason, 0)
-        """Drops counted on the event-loop thread."""
         self._lock = threading.Lock()
-        self._dropped_in_pool = dict.fromkeys(DropReason, 0)
+        self._received = 0
+        self.queued = 0
+        """Taken in and not yet counted as handled or dropped: waiting or in a worker."""
+        self._dropped = dict.fromkeys(DropReason, 0)
         self._handled = 0
         self._handler_errors = 0
         self._problems: dict[str, int] = {}
         self._latency_counts = [0] * (len(LATENCY_BOUNDS_S) + 1)
         self._latency_sum_s = 0.0
+
+    def take_in(self, received: int, queued: int) -> None:
+        """``received`` datagrams read, ``queued`` of them queued and the rest dropped as
+        ``queue_full``; on the event-loop thread."""
+        with self._lock:
+            self._received += received
+            self.queued += queued
+            self._dropped[DropReason.QUEUE_FULL] += received - queued
+
+    def refuse(self, reason: DropReason) -> None:
+        """One datagram read and dropped before it was queued."""
+        with self._lock:
+            self._received += 1
+            self._dropped[reason] += 1
 
     def add_handled(
         self, handled: int, handler_errors: int, problems: Mapping[str, int], latency_s: float
@@ -288,6 +303,7 @@ class ServerCounters:
         """Merge one handled batch, whose messages all took ``latency_s``; from pool threads."""
         bucket = bisect.bisect_left(LATENCY_BOUNDS_S, latency_s)
         with self._lock:
+            self.queued -= handled
             self._handled += handled
             self._handler_errors += handler_errors
             for name, count in problems.items():
@@ -296,13 +312,14 @@ class ServerCounters:
             self._latency_sum_s += latency_s * handled
 
     def add_dropped(self, reason: DropReason, count: int) -> None:
-        """Drops counted in pool threads (or after they stopped)."""
+        """``count`` queued datagrams dropped (output failed, shut down before a worker took
+        them)."""
         with self._lock:
-            self._dropped_in_pool[reason] += count
+            self.queued -= count
+            self._dropped[reason] += count
 
     def snapshot(
         self,
-        queue_depth: int = 0,
         kernel_drops: int | None = None,
         delivery: DeliveryTotals | None = None,
         senders: tuple[SenderStats, ...] = (),
@@ -311,15 +328,12 @@ class ServerCounters:
     ) -> StatsSnapshot:
         with self._lock:
             return StatsSnapshot(
-                received=self.received,
+                received=self._received,
                 handled=self._handled,
                 handler_errors=self._handler_errors,
-                dropped={
-                    reason.value: count + self._dropped_in_pool[reason]
-                    for reason, count in self.dropped.items()
-                },
+                dropped={reason.value: count for reason, count in self._dropped.items()},
                 problems=dict(self._problems),
-                queue_depth=queue_depth,
+                queue_depth=self.queued,
                 kernel_drops=kernel_drops,
                 delivery=delivery or DeliveryTotals(),
                 senders=senders,
