@@ -67,11 +67,13 @@ def test_room_expires_silent_members_and_is_bounded() -> None:
     assert not room.admit(("c", 3))
     assert room.refused_full == 1
     clock.now += 20
-    assert room.others(("a", 1)) == [("b", 2)]  # a spoke: refreshed
+    assert room.others(("b", 2)) == [("a", 1)]  # b's text: no cookie, no refresh
+    assert room.refresh(("a", 1))  # a's keepalive, with its cookie
     clock.now += 15
-    assert room.others(("a", 1)) == []  # b was silent for 35 s
+    assert room.others(("a", 1)) == []  # b was silent (but for a text) for 35 s
     assert room.expired == 1
     assert room.others(("b", 2)) is None  # no longer a member
+    assert not room.refresh(("b", 2))
     assert room.admit(("c", 3))
 
 

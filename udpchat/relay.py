@@ -124,18 +124,24 @@ class Room:
             return True
 
     def others(self, peer: Address) -> list[Address] | None:
-        """The other members, refreshing ``peer``; None when ``peer`` is not a member."""
+        """The other members; None when ``peer`` is not a member. A text carries no cookie, so
+        it does not refresh its sender: anyone can forge a source address."""
+        with self._lock:
+            self._expire(self._clock())
+            if peer not in self._last_heard:
+                return None
+            return [other for other in self._last_heard if other != peer]
+
+    def refresh(self, peer: Address) -> bool:
+        """Note that ``peer`` is still here (it proved it with its cookie); False when it is
+        not a member (any more)."""
         with self._lock:
             now = self._clock()
             self._expire(now)
             if peer not in self._last_heard:
-                return None
+                return False
             self._last_heard[peer] = now
-            return [other for other in self._last_heard if other != peer]
-
-    def refresh(self, peer: Address) -> bool:
-        """Note that ``peer`` is still here; False when it is not a member (any more)."""
-        return self.others(peer) is not None
+            return True
 
     def leave(self, peer: Address) -> None:
         with self._lock:
