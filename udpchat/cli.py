@@ -159,7 +159,9 @@ def serve(
     ] = DEFAULT_MAX_SOURCES,
     drain_timeout: Annotated[
         float,
-        typer.Option(min=0.0, help="Seconds to finish queued messages on Ctrl-C, SIGTERM or SIGHUP."),
+        typer.Option(
+            min=0.0, help="Seconds to finish queued messages on Ctrl-C, SIGTERM or SIGHUP."
+        ),
     ] = server_module.DEFAULT_DRAIN_TIMEOUT_S,
     processes: Annotated[
         int,
