@@ -23,10 +23,10 @@ from udpchat.pipeline import OutputError
 SEED = [f"alice: pesan ke-{n}".encode() for n in range(1, 51)]
 
 
-def serve_with_closed_stdout(payloads: list[bytes]) -> tuple[int, str]:
+def serve_with_closed_stdout(payloads: list[bytes], *args: str) -> tuple[int, str]:
     """``udpchat serve | head -1``: read the banner, close the pipe, send; (status, stderr)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0"],
+        [sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -58,6 +58,17 @@ async def test_a_broken_pipe_stops_the_server_with_the_loss_counted() -> None:
     assert dropped == received > 0
     assert "output_failed=" in stderr
     assert "Traceback" not in stderr
+
+
+async def test_with_processes_a_broken_pipe_stops_them_all_without_a_traceback() -> None:
+    many = [f"u{n % 16}: pesan ke-{n // 16 + 1}".encode() for n in range(2000)]
+    status, stderr = await asyncio.to_thread(serve_with_closed_stdout, many, "--processes", "2")
+    assert status == 1, stderr
+    assert "stopped by an error: cannot write messages: Broken pipe" in stderr
+    assert "died" not in stderr
+    assert "Traceback" not in stderr
+    summary = re.search(r"summary: received=(\d+) handled=(\d+) dropped=(\d+)", stderr)
+    assert summary, stderr
 
 
 async def test_a_full_disk_is_named_at_start() -> None:

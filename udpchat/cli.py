@@ -368,7 +368,7 @@ async def serve_until_signalled(
     # A second signal only forced anything if it cut the drain short; the counts stand either way.
     if isinstance(result, SupervisorResult):
         forced = stop.forced and not result.drained
-        return Outcome(result.per_process, result.drained, forced=forced, died=result.died)
+        return Outcome(result.per_process, result.drained, forced, result.error, died=result.died)
     assert isinstance(server, Server)
     return Outcome((server.stats(),), result, forced=stop.forced and not result)
 

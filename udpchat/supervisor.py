@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 from udpchat.bus import BusUnavailableError
 from udpchat.metrics import MetricsServer
+from udpchat.pipeline import OutputError
 from udpchat.runtime import LoopChoice, SignalStop, periodically, run, tune_for_throughput
 from udpchat.server import MetricsStartError, Server, ServerConfig
 from udpchat.sockets import bind_udp_socket
@@ -97,6 +98,8 @@ class SupervisorResult:
     """Whether every child that stopped on request finished its drain."""
     died: tuple[str, ...] = ()
     """How each child that died on its own ended (``process 2 (pid 41): killed by SIGKILL``)."""
+    error: OSError | None = None
+    """Why serving ended on its own: the parent's output could no longer be written."""
 
 
 class _ConnectionWriter(io.StringIO):
@@ -149,7 +152,11 @@ def _child_main(
                 _send(control, Report(server.stats(include_senders=report_senders)))
 
             async with periodically(REPORT_INTERVAL_S, report):
-                return await server.serve()
+                try:
+                    return await server.serve()
+                except OSError as error:  # the parent's pipe is gone: report, do not die
+                    logger.error("stopped: %s", error)
+                    return await server.wait_closed()
 
     drained = run(serve(), loop)
     _send(control, Done(server.stats(), drained))
@@ -222,6 +229,8 @@ class Supervisor:
         self._threads: list[threading.Thread] = []
         self._should_exit = asyncio.Event()
         self._abandoned = False
+        self._output_error: OutputError | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._metrics: MetricsServer | None = None
         self.address: tuple[str, int] | None = None
 
@@ -254,7 +263,7 @@ class Supervisor:
             self.config, port=port, reuse_port=True, metrics_port=None
         )
         context = multiprocessing.get_context("spawn")
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
             for index in range(self.processes):
                 control, control_child = context.Pipe()
@@ -310,9 +319,19 @@ class Supervisor:
                     chunk = connection.recv_bytes()
                 except (EOFError, OSError):
                     return
-                with self._out_lock:
-                    self._out.write(chunk)
-                    self._out.flush()
+                if self._output_error is not None:
+                    continue  # read and drop, so that no child meets a broken pipe of ours
+                try:
+                    with self._out_lock:
+                        self._out.write(chunk)
+                        self._out.flush()
+                except (OSError, ValueError) as error:
+                    reason = getattr(error, "strerror", None) or str(error)
+                    failure = OutputError(f"cannot write messages: {reason}")
+                    self._output_error = failure
+                    logger.error("%s; stopping", failure)
+                    assert self._loop is not None
+                    _post(self._loop, self._should_exit.set)
 
     def _listen(self, child: _Child, loop: asyncio.AbstractEventLoop) -> None:
         """A thread per child: pass its messages to the loop, then say it has ended."""
@@ -385,7 +404,7 @@ class Supervisor:
             for child in self._children
             if child not in dead
         )
-        return SupervisorResult(self._reports(), drained, tuple(died))
+        return SupervisorResult(self._reports(), drained, tuple(died), self._output_error)
 
     def _reports(self) -> tuple[StatsSnapshot, ...]:
         return tuple(child.latest for child in self._children if child.latest is not None)
