@@ -390,6 +390,10 @@ def finish(outcome: Outcome) -> None:
         if isinstance(outcome.error, OutputError):
             silence_stdout()
     if outcome.died:
+        report(
+            "the sender table has the senders of the processes that stopped on request; "
+            "those of a process that died are in the totals only"
+        )
         code = ExitCode.FAILURE
     if not outcome.drained:
         exit_now(code)
