@@ -391,8 +391,8 @@ def finish(outcome: Outcome) -> None:
             silence_stdout()
     if outcome.died:
         report(
-            "the sender table has the senders of the processes that stopped on request; "
-            "those of a process that died are in the totals only"
+            "a process that died sent no final report: its senders may be missing from the "
+            "sender table, and its last half second from the totals"
         )
         code = ExitCode.FAILURE
     if not outcome.drained:
