@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO, cast
@@ -33,6 +34,7 @@ from udpchat.dashboard import (
     ViewTerminal,
     find_terminal,
     render,
+    window_start,
 )
 from udpchat.relay import RelayStats
 from udpchat.stats import StatsSnapshot
@@ -437,3 +439,10 @@ def test_names_and_addresses_are_shown_as_they_are_never_as_markup() -> None:
         assert name in text
     assert "[fd00::1]:5000" in text
     assert "\x1b]8;" not in console.export_text(styles=True)  # no hyperlink escape
+
+
+def test_rates_are_taken_over_the_last_two_seconds() -> None:
+    samples = deque(Sample((snapshot(),), NOW_S + 0.25 * tick) for tick in range(12))
+    assert window_start(samples, NOW_S + 2.75 - 2.0) is samples[3]
+    assert window_start(samples, NOW_S - 5) is samples[0]
+    assert window_start(deque(), NOW_S) is None

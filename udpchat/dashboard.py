@@ -357,6 +357,17 @@ def _stderr_into(lines: ScrollingLines) -> Iterator[None]:
             handler.setStream(stderr)
 
 
+def window_start(samples: deque[Sample], since_s: float) -> Sample | None:
+    """The newest sample taken at or before ``since_s`` (else the oldest): rates over a window
+    of whole seconds read steadily for clients that send once a second."""
+    chosen = samples[0] if samples else None
+    for sample in samples:
+        if sample.at_s > since_s:
+            break
+        chosen = sample
+    return chosen
+
+
 class Dashboard:
     """The live view on a thread of its own: ``with Dashboard(source, settings, terminal):``.
 
@@ -380,7 +391,7 @@ class Dashboard:
         self._console = terminal.console
         self._lines = terminal.lines
         self._period_s = 1 / refresh_per_s
-        self._samples: deque[Sample] = deque(maxlen=max(2, int(RATE_WINDOW_S * refresh_per_s) + 1))
+        self._samples: deque[Sample] = deque(maxlen=max(2, int(2 * RATE_WINDOW_S * refresh_per_s)))
         self._live = Live(
             console=terminal.console,
             auto_refresh=False,
@@ -393,7 +404,7 @@ class Dashboard:
 
     def _draw(self, waiting: str) -> None:
         current = Sample(tuple(self._source()), time.time())
-        previous = self._samples[0] if self._samples else None
+        previous = window_start(self._samples, current.at_s - RATE_WINDOW_S)
         self._samples.append(current)
         self._live.update(render(current, previous, self._settings))
         if waiting:
