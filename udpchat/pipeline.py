@@ -349,7 +349,8 @@ class Dispatcher:
         """``time.monotonic()`` when a job last took a batch."""
         self._job_futures: set[concurrent.futures.Future[None]] = set()
         self._order_lock = threading.Lock()
-        """Held while a batch is taken and accounted; never taken by the event-loop thread."""
+        """Held while a batch is taken and accounted; the event loop takes it only for a
+        snapshot (stats), so a snapshot waits for the batch being accounted, at most."""
         self._accounting = DeliveryAccounting(max_senders)
 
     def submit(self, datagrams: list[tuple[bytes, Address]], received_at: float) -> None:
