@@ -10,6 +10,7 @@ import socket
 import urllib.request
 
 from tests.conftest import (
+    EVENT_TIMEOUT_S,
     LOOPBACK,
     CliProcess,
     Collector,
@@ -156,7 +157,16 @@ async def test_prometheus_metrics_over_http() -> None:
     raw_send((LOOPBACK, port), b"", b"x" * 2000)  # empty and oversize: dropped
     for _ in ALICE_COUNTERS:
         await cli.read_stdout_line()
-    samples = await asyncio.to_thread(scrape, url)
+
+    async def scraped_once_counted() -> dict[str, float]:
+        # A batch is counted just after its lines are written: wait for that state.
+        while True:
+            samples = await asyncio.to_thread(scrape, url)
+            if samples["udpchat_messages_handled_total"] >= 8:
+                return samples
+            await asyncio.sleep(0.01)
+
+    samples = await asyncio.wait_for(scraped_once_counted(), EVENT_TIMEOUT_S)
     assert samples["udpchat_messages_handled_total"] == 8
     assert samples["udpchat_messages_lost"] == 2
     assert samples["udpchat_duplicates_total"] == 1
