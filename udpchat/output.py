@@ -96,15 +96,17 @@ class _BinaryOut:
                     self._stream.write(data.decode("utf-8"))
                     self._stream.flush()
         except (OSError, ValueError) as error:  # ValueError: the stream was closed
-            raise OutputError(f"cannot write messages: {_reason(error)}") from error
+            raise output_failure(error) from error
 
 
 def _escaped_line(ip: str, text: str) -> bytes:
     return f"{format_line(ip, text)}\n".encode()
 
 
-def _reason(error: BaseException) -> str:
-    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+def output_failure(error: BaseException) -> OutputError:
+    """The :class:`OutputError` for a failed write, in the OS's own words (``Broken pipe``)."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return OutputError(f"cannot write messages: {reason}")
 
 
 class LinePrinter:

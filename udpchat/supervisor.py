@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 from udpchat.bus import BusUnavailableError
 from udpchat.metrics import MetricsServer
+from udpchat.output import output_failure
 from udpchat.pipeline import OutputError
 from udpchat.runtime import LoopChoice, SignalStop, periodically, run, tune_for_throughput
 from udpchat.server import MetricsStartError, Server, ServerConfig
@@ -326,8 +327,7 @@ class Supervisor:
                         self._out.write(chunk)
                         self._out.flush()
                 except (OSError, ValueError) as error:
-                    reason = getattr(error, "strerror", None) or str(error)
-                    failure = OutputError(f"cannot write messages: {reason}")
+                    failure = output_failure(error)
                     self._output_error = failure
                     logger.error("%s; stopping", failure)
                     assert self._loop is not None
