@@ -14,7 +14,7 @@ import statistics
 import time
 
 from udpchat import Message, Server, ServerConfig
-from udpchat.runtime import LoopChoice, run
+from udpchat.runtime import LoopChoice, run_coroutine
 
 
 def send_steadily(address: tuple[str, int], rate: float, count: int, stamps: list[float]) -> None:
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10_000)
     parser.add_argument("--duration", type=float, default=3.0)
     args = parser.parse_args()
-    latencies = sorted(run(measure(args.rate, args.duration), LoopChoice.AUTO))
+    latencies = sorted(run_coroutine(measure(args.rate, args.duration), LoopChoice.AUTO))
     percentiles = statistics.quantiles(latencies, n=100)
     print(
         f"latency sendto -> handler at {args.rate:,.0f} msg/s over {len(latencies):,} messages: "

@@ -7,7 +7,7 @@ Two scenarios, each run several times against ``udpchat serve`` (output to a fil
 - ``--max-size 65507 --queue-size 100 --format json``: a flood of 64 KB control-byte datagrams
   (JSON writes a control byte as six).
 
-The bound is :func:`udpchat.pipeline.memory_bound_bytes` for the same settings: what
+The bound is :meth:`udpchat.ServerConfig.memory_bound_bytes` for the same settings: what
 SECURITY.md states.
 """
 
@@ -27,8 +27,7 @@ from pathlib import Path
 
 from benchmarks.run import peak_rss_bytes
 from udpchat.accounting import DEFAULT_MAX_SENDERS, MAX_GAPS_PER_SENDER
-from udpchat.pipeline import memory_bound_bytes
-from udpchat.server import DEFAULT_QUEUE_SIZE, DEFAULT_WORKERS
+from udpchat.server import DEFAULT_QUEUE_SIZE, DEFAULT_WORKERS, ServerConfig
 
 PYTHON = sys.executable
 LOOPBACK = "127.0.0.1"
@@ -128,10 +127,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="udpchat-memory-") as directory:
         for scenario in SCENARIOS:
-            bound = memory_bound_bytes(
+            bound = ServerConfig(
                 queue_size=scenario.queue_size, max_datagram_size=scenario.max_size,
-                max_senders=DEFAULT_MAX_SENDERS, workers=DEFAULT_WORKERS, max_sources=0,
-            )  # fmt: skip
+                max_senders=DEFAULT_MAX_SENDERS, workers=DEFAULT_WORKERS,
+            ).memory_bound_bytes()  # fmt: skip
             peaks = []
             for _ in range(args.runs):
                 peak, summary = run(scenario, Path(directory))

@@ -19,10 +19,12 @@ import time
 from collections.abc import Callable
 
 from udpchat.accounting import DeliveryAccounting
+from udpchat.counters import ServerTally
+from udpchat.handlers import Batch
 from udpchat.output import LinePrinter
-from udpchat.pipeline import Batch, Dispatcher, Receiver, parse
+from udpchat.pipeline import Dispatcher, parse
+from udpchat.protocol import Receiver
 from udpchat.runtime import tune_for_throughput
-from udpchat.stats import ServerCounters
 from udpchat.wire import decode, format_line
 
 USERS = 100
@@ -64,7 +66,7 @@ class _NullDispatcher(Dispatcher):
 
 
 async def receive_stage(raw: list[list[tuple[bytes, tuple[str, int]]]]) -> float:
-    counters = ServerCounters()
+    counters = ServerTally()
     dispatcher = _NullDispatcher(
         None, counters, workers=1, queue_size=1 << 30, max_senders=10_000, ipv6_socket=False
     )
@@ -87,14 +89,14 @@ def stages(raw: list[list[tuple[bytes, tuple[str, int]]]]) -> dict[str, tuple[fl
 
         def parse_all() -> None:
             for batch in batches:
-                parse(batch, None)
+                parse(batch, False)
 
         return timed(parse_all)
 
     def parsed() -> list[Batch]:
         batches = fresh(raw)
         for batch in batches:
-            parse(batch, None)
+            parse(batch, False)
         return batches
 
     def account_stage() -> float:

@@ -5,15 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpchat.accounting import (
-    MAX_GAPS_PER_SENDER,
-    DeliveryAccounting,
-    DeliveryTotals,
-    SenderKey,
-    SenderStats,
-    Verdict,
-    sum_totals,
-)
+from udpchat.accounting import MAX_GAPS_PER_SENDER, DeliveryAccounting, SenderKey, Verdict
+from udpchat.counters import DeliveryTotals, SenderStats, add_up
 
 ALICE = (("127.0.0.1", 40000), b"alice")
 
@@ -126,7 +119,7 @@ def test_last_heard_is_the_arrival_of_the_latest_new_counter() -> None:
 def test_totals_add_up() -> None:
     first = DeliveryTotals(senders=1, lost=2, duplicates=3)
     second = DeliveryTotals(senders=2, reordered=1, late=4)
-    assert sum_totals([first, second]) == DeliveryTotals(
+    assert add_up([first, second]) == DeliveryTotals(
         senders=3, lost=2, duplicates=3, reordered=1, late=4
     )
 

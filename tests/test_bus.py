@@ -20,12 +20,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import EVENT_TIMEOUT_S, eventually
+from tests.helpers import EVENT_TIMEOUT_S, eventually
 from tests.nats_servers import NatsNode
 from udpchat.bus import (
     MAX_ENVELOPE_HEADER_BYTES,
     BusConfig,
-    BusStats,
     BusUnavailableError,
     Envelope,
     RoomBus,
@@ -34,6 +33,7 @@ from udpchat.bus import (
     redact_url,
     room_subject,
 )
+from udpchat.counters import BusStats
 
 Heard = list[tuple[str, str]]
 

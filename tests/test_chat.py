@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import pexpect
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     EVENT_TIMEOUT_S,
     LOOPBACK,
     CliProcess,

@@ -10,8 +10,14 @@ import typer
 import typer.core
 import typer.main
 
-from tests.conftest import LOOPBACK, raw_send, read_port, start_cli, start_cli_server
-from tests.test_client import BlockingSeedServer
+from tests.helpers import (
+    LOOPBACK,
+    BlockingSeedServer,
+    raw_send,
+    read_port,
+    start_cli,
+    start_cli_server,
+)
 from udpchat.cli import app, main
 
 

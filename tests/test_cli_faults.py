@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPBACK, CliProcess, read_port, start_cli
-from tests.test_client import free_udp_port
+from tests.helpers import LOOPBACK, CliProcess, free_udp_port, read_port, start_cli
 from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.cli import main
-from udpchat.pipeline import memory_bound_bytes
-from udpchat.server import DEFAULT_WORKERS
+from udpchat.server import DEFAULT_WORKERS, ServerConfig
 
 FLOOD_SCRIPT = Path(__file__).with_name("flood.py")
 
@@ -129,13 +127,12 @@ async def test_flood_memory_is_bounded_and_every_datagram_is_accounted(tmp_path:
     counts = summary_counts(stderr)
     assert counts["received"] == counts["handled"] + counts["dropped"]
     assert sent == counts["received"] + counts["kernel_drops"]
-    bound = memory_bound_bytes(
+    bound = ServerConfig(
         queue_size=queue_size,
         max_datagram_size=max_size,
         max_senders=DEFAULT_MAX_SENDERS,
         workers=DEFAULT_WORKERS,
-        max_sources=0,
-    )
+    ).memory_bound_bytes()
     assert peak < bound
     logged = (tmp_path / "messages.log").read_text().count("\n")
     assert logged == counts["handled"] + 1  # and the banner

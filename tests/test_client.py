@@ -3,38 +3,20 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-import threading
 
 import pexpect
 import pytest
 
-from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, eventually, start_cli
+from tests.helpers import (
+    EVENT_TIMEOUT_S,
+    LOOPBACK,
+    BlockingSeedServer,
+    eventually,
+    free_udp_port,
+    start_cli,
+)
 from udpchat import Client
 from udpchat.cli import main
-
-
-class BlockingSeedServer:
-    """The seed's server design: a plain blocking ``recvfrom(1024)`` loop on its own thread."""
-
-    def __init__(self, expected: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((LOOPBACK, 0))
-        self.sock.settimeout(10)
-        self.address: tuple[str, int] = self.sock.getsockname()
-        self.received: list[bytes] = []
-        self._expected = expected
-        self._thread = threading.Thread(target=self._receive)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        with self.sock:
-            while len(self.received) < self._expected:
-                data, _ = self.sock.recvfrom(1024)
-                self.received.append(data)
-
-    async def join(self) -> list[bytes]:
-        await asyncio.to_thread(self._thread.join, 10)
-        return self.received
 
 
 async def test_client_sends_seed_messages_to_a_blocking_server() -> None:
@@ -53,13 +35,6 @@ async def test_single_send_is_one_plain_datagram() -> None:
     async with Client(*server.address) as client:
         client.send("anything at all ✓")
     assert await server.join() == ["anything at all ✓".encode()]
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_nothing_listening_is_reported_once_and_sending_goes_on() -> None:

@@ -22,22 +22,20 @@ from typing import TextIO, cast
 import pytest
 from rich.console import Console
 
-from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, start_cli
-from udpchat.accounting import DeliveryTotals, SenderStats
+from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, start_cli
+from udpchat.counters import DeliveryTotals, RelayStats, SenderStats, StatsSnapshot
 from udpchat.dashboard import (
     Dashboard,
     DashboardSettings,
     NoTerminalError,
     Sample,
     ScrollingLines,
-    SortKey,
     ViewTerminal,
     find_terminal,
     render,
     window_start,
 )
-from udpchat.relay import RelayStats
-from udpchat.stats import StatsSnapshot
+from udpchat.report import SortKey
 
 NOW_S = 1_000_000.0
 SETTINGS = DashboardSettings(address=("127.0.0.1", 5002), started_at_s=NOW_S - 125)
@@ -88,7 +86,9 @@ def text_of(view: object, height: int = 40, width: int = 100) -> list[str]:
 
 def usernames(lines: list[str]) -> list[str]:
     return [
-        match.group(1) for line in lines if (match := re.match(r"\s*(?:\d+ )?(user\w*\d) ", line))
+        match.group(1)
+        for line in lines
+        if (match := re.match(r"\s*(?:\d+ +)?\S+ +(user\w*\d) ", line))
     ]
 
 
@@ -118,7 +118,7 @@ def test_rows_show_each_senders_figures() -> None:
     )
     (row,) = [line for line in text_of(render(current, None, SETTINGS)) if "user1" in line]
     assert row.split() == [
-        "user1", "127.0.0.1:40001", "98", "2", "2.0%", "0", "0", "0", "0", "4.2ms", "1s", "ago",
+        "127.0.0.1:40001", "user1", "98", "2", "2.00%", "0", "0", "0", "0", "4.200", "1s", "ago",
     ]  # fmt: skip
 
 
@@ -193,7 +193,10 @@ def test_several_processes_add_up_with_a_column_for_each_senders_process() -> No
     assert "in 30.0/s" in lines[1]
     assert "senders 2" in lines[1]
     rows = [line.split() for line in lines if re.search(r"user\d", line)]
-    assert [row[:2] for row in rows] == [["2", "user2"], ["1", "user1"]]
+    assert [row[:3] for row in rows] == [
+        ["2", "127.0.0.1:2", "user2"],
+        ["1", "127.0.0.1:1", "user1"],
+    ]
 
 
 def test_the_view_is_plain_text_without_a_colour_terminal() -> None:
@@ -339,7 +342,7 @@ def serve_command(*args: str) -> str:
 
 def row(username: str, received: int, lost: int = 0) -> str:
     """A sender's row on the view, up to its loss."""
-    return rf"^{username} +127\.0\.0\.1:\d+ +{received} +{lost} "
+    return rf"^127\.0\.0\.1:\d+ +{username} +{received} +{lost} "
 
 
 @contextlib.contextmanager

@@ -9,10 +9,10 @@ import socket
 
 import pytest
 
-from tests.conftest import LOOPBACK, Collector, eventually, raw_send
+from tests.helpers import LOOPBACK, Collector, eventually, raw_send
 from udpchat import LinePrinter, Message, Server, ServerConfig
 from udpchat.admission import parse_network
-from udpchat.stats import StatsSnapshot
+from udpchat.counters import StatsSnapshot
 
 
 async def run_through_printer(

@@ -12,8 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, CliProcess, read_port
 from tests.flood import PAYLOADS
+from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, CliProcess, read_port
 
 FLOOD_BYTES_PER_S = 5_000_000
 DATAGRAM_BYTES = 1000

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     EVENT_TIMEOUT_S,
     LOOPBACK,
     Collector,
@@ -46,7 +46,7 @@ from udpchat.cli import main
     ],
 )
 def test_config_names_the_wrong_field(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=rf"^{field} "):
+    with pytest.raises(ValueError, match=rf"^{field}: "):
         ServerConfig(**{field: value})  # type: ignore[arg-type]
 
 

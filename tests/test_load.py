@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import run as bench
-from tests.conftest import LOOPBACK, start_cli, start_cli_server
-from tests.test_client import BlockingSeedServer
+from tests.helpers import LOOPBACK, BlockingSeedServer, start_cli, start_cli_server
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
 from udpchat.wire import split_seed
 

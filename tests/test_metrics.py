@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, eventually, raw_send
+from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, eventually, raw_send
 from udpchat import Server, ServerConfig
+from udpchat.counters import ServerTally
 from udpchat.metrics import MetricsServer
-from udpchat.stats import ServerCounters
 
 HALF_OPEN_CONNECTIONS = 1000
 MAX_THREADS = 64
@@ -67,17 +67,17 @@ async def test_a_thousand_idle_connections_cost_no_threads_and_a_scrape_answers(
 
 
 async def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout() -> None:
-    metrics = await MetricsServer.start(ServerCounters().snapshot, LOOPBACK, 0, read_timeout_s=0.05)
+    metrics = await MetricsServer.start(ServerTally().snapshot, LOOPBACK, 0, read_timeout_s=0.05)
     try:
         with socket.create_connection(metrics.address, timeout=EVENT_TIMEOUT_S) as idle:
             assert await asyncio.to_thread(idle.recv, 1) == b""  # closed by the server
-        assert metrics.counters.timed_out == 1
+        assert metrics.stats().connections_dropped == {"timed_out": 1}
     finally:
         await metrics.close()
 
 
 async def test_other_paths_and_methods_are_refused() -> None:
-    metrics = await MetricsServer.start(ServerCounters().snapshot, LOOPBACK, 0)
+    metrics = await MetricsServer.start(ServerTally().snapshot, LOOPBACK, 0)
     try:
         with socket.create_connection(metrics.address, timeout=EVENT_TIMEOUT_S) as client:
             client.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n")

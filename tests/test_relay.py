@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import (
+from tests.helpers import (
     EVENT_TIMEOUT_S,
     LOOPBACK,
     Collector,
@@ -22,8 +22,9 @@ from tests.conftest import (
 )
 from udpchat import Client, Server, ServerConfig
 from udpchat.client import JoinError, JoinFailure, RoomEvent
-from udpchat.pipeline import Message
-from udpchat.relay import CookieJar, Relay, RelayStats, Room
+from udpchat.counters import RelayStats
+from udpchat.handlers import Message
+from udpchat.relay import CookieJar, Relay, Room
 from udpchat.wire import (
     COOKIE,
     EXPIRED,
@@ -65,13 +66,13 @@ def test_room_expires_silent_members_and_is_bounded() -> None:
     room = Room(max_peers=2, peer_timeout_s=30, clock=clock)
     assert room.admit(("a", 1)) and room.admit(("b", 2))
     assert not room.admit(("c", 3))
-    assert room.refused_full == 1
+    assert room.tally.snapshot().refused_full == 1
     clock.now += 20
     assert room.others(("b", 2)) == [("a", 1)]  # b's text: no cookie, no refresh
     assert room.refresh(("a", 1))  # a's keepalive, with its cookie
     clock.now += 15
     assert room.others(("a", 1)) == []  # b was silent (but for a text) for 35 s
-    assert room.expired == 1
+    assert room.tally.snapshot().expired == 1
     assert room.others(("b", 2)) is None  # no longer a member
     assert not room.refresh(("b", 2))
     assert room.admit(("c", 3))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import LOOPBACK, Collector, eventually, raw_send
+from tests.helpers import LOOPBACK, Collector, eventually, raw_send
 from udpchat import LinePrinter, Message, Server, ServerConfig
 
 

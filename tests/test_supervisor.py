@@ -10,7 +10,7 @@ import signal
 import socket
 import urllib.request
 
-from tests.conftest import EVENT_TIMEOUT_S, LOOPBACK, start_cli, start_cli_server
+from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, start_cli, start_cli_server
 
 MESSAGES = 40
 

@@ -2,6 +2,7 @@
 
 Pure logic with bounded tables; the event-loop thread calls :meth:`Admission.refusal` for each
 datagram before it is queued, so refused floods never take queue space from legitimate senders.
+What each table's bound refuses is counted (:class:`~udpchat.counters.AdmissionStats`).
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 
-from udpchat.stats import DropReason
+from udpchat.counters import AdmissionStats, DropReason, Tally
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_MAX_SOURCES = 65536
 """Sources remembered by the rate limiter and the allow-list cache, at most."""
+SOURCE_BYTES = 256
+"""Memory for one entry of the admission tables (rate limiter, allow-list cache)."""
 
 
 def parse_network(text: str) -> IPNetwork:
@@ -26,11 +29,15 @@ class SourceFilter:
     """Accepts sources inside any of the allowed networks; decisions are cached per address."""
 
     def __init__(
-        self, networks: Sequence[IPNetwork], max_cached: int = DEFAULT_MAX_SOURCES
+        self,
+        networks: Sequence[IPNetwork],
+        max_cached: int = DEFAULT_MAX_SOURCES,
+        tally: Tally[AdmissionStats] | None = None,
     ) -> None:
         self._networks = tuple(networks)
         self._cache: dict[str, bool] = {}
         self._max_cached = max_cached
+        self._tally = tally or Tally(AdmissionStats)
 
     def allows(self, ip: str) -> bool:
         allowed = self._cache.get(ip)
@@ -42,6 +49,7 @@ class SourceFilter:
             allowed = any(address in network for network in self._networks)
             if len(self._cache) >= self._max_cached:
                 self._cache.clear()
+                self._tally.add("allow_cache_resets")
             self._cache[ip] = allowed
         return allowed
 
@@ -49,9 +57,9 @@ class SourceFilter:
 class RateLimiter:
     """A token bucket per source: ``rate_per_s`` messages a second, bursts of ``burst``.
 
-    At most ``max_sources`` buckets are kept; when full, the oldest is evicted (counted in
-    :attr:`evicted`) and that source starts again with a full bucket, so spoofed sources can
-    cost us a bounded table and nothing more.
+    At most ``max_sources`` buckets are kept; when full, the oldest is evicted (counted as
+    ``sources_evicted``) and that source starts again with a full bucket, so spoofed sources
+    can cost us a bounded table and nothing more.
     """
 
     def __init__(
@@ -59,13 +67,14 @@ class RateLimiter:
         rate_per_s: float,
         burst: float | None = None,
         max_sources: int = DEFAULT_MAX_SOURCES,
+        tally: Tally[AdmissionStats] | None = None,
     ) -> None:
         if rate_per_s <= 0:
             raise ValueError("rate must be positive")
         self.rate_per_s = rate_per_s
         self.burst = burst if burst is not None else max(1.0, rate_per_s)
         self.max_sources = max_sources
-        self.evicted = 0
+        self._tally = tally or Tally(AdmissionStats)
         self._buckets: dict[str, list[float]] = {}
 
     def allow(self, source: str, now: float) -> bool:
@@ -73,7 +82,7 @@ class RateLimiter:
         if bucket is None:
             if len(self._buckets) >= self.max_sources:
                 del self._buckets[next(iter(self._buckets))]
-                self.evicted += 1
+                self._tally.add("sources_evicted")
             self._buckets[source] = [self.burst - 1.0, now]
             return True
         tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate_per_s)
@@ -94,13 +103,22 @@ class Admission:
 
     def __init__(
         self,
-        source_filter: SourceFilter | None,
-        rate_limiter: RateLimiter | None,
+        networks: Sequence[IPNetwork],
+        rate_per_s: float | None,
+        burst: float | None,
+        max_sources: int,
         clock: Callable[[], float],
     ) -> None:
-        self._filter = source_filter
-        self._limiter = rate_limiter
+        self._tally = Tally(AdmissionStats)
+        self._filter = SourceFilter(networks, max_sources, self._tally) if networks else None
+        self._limiter = None
+        if rate_per_s is not None:
+            self._limiter = RateLimiter(rate_per_s, burst, max_sources, self._tally)
         self._clock = clock
+
+    def stats(self) -> AdmissionStats:
+        sources = 0 if self._limiter is None else self._limiter.sources
+        return self._tally.snapshot(sources=sources)
 
     def refusal(self, ip: str) -> DropReason | None:
         if self._filter is not None and not self._filter.allows(ip):

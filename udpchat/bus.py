@@ -21,22 +21,21 @@ import re
 import secrets
 import ssl
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
-from nats.aio.client import Client as NatsClient
-from nats.aio.client import Server as NatsServer
-from nats.aio.msg import Msg
-from nats.errors import AuthorizationError, OutboundBufferLimitError, SlowConsumerError
-from nats.errors import Error as NatsError
-from nats.protocol.parser import AUTHORIZATION_VIOLATION
+from udpchat.counters import BusStats, Tally
+
+if TYPE_CHECKING:  # nats-py is imported when a bus starts, not with udpchat
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.client import Server as NatsServer
+    from nats.aio.msg import Msg
 
 __all__ = [
     "BusConfig",
-    "BusStats",
     "BusUnavailableError",
     "RoomBus",
     "decode_envelope",
@@ -162,44 +161,6 @@ class BusConfig:
         room_subject(self.room)
 
 
-@dataclass(frozen=True, slots=True)
-class BusStats:
-    """The bus's counters at one moment."""
-
-    published: int = 0
-    """Messages handed to NATS, including those buffered while disconnected."""
-    published_while_disconnected: int = 0
-    publish_failures: Mapping[str, int] = field(default_factory=dict)
-    """Messages that could not be published, by reason."""
-    received: int = 0
-    """Messages from other servers delivered to this one's room."""
-    dropped: Mapping[str, int] = field(default_factory=dict)
-    """Bus messages refused, by reason."""
-    own_echoes: int = 0
-    """This server's own messages coming back from NATS, ignored."""
-    disconnects: int = 0
-    reconnects: int = 0
-    connected: bool = False
-    """For several processes added up: whether every one of them is connected."""
-
-    def __add__(self, other: BusStats) -> BusStats:
-        return BusStats(
-            published=self.published + other.published,
-            published_while_disconnected=self.published_while_disconnected
-            + other.published_while_disconnected,
-            publish_failures=dict(
-                collections.Counter(self.publish_failures)
-                + collections.Counter(other.publish_failures)
-            ),
-            received=self.received + other.received,
-            dropped=dict(collections.Counter(self.dropped) + collections.Counter(other.dropped)),
-            own_echoes=self.own_echoes + other.own_echoes,
-            disconnects=self.disconnects + other.disconnects,
-            reconnects=self.reconnects + other.reconnects,
-            connected=self.connected and other.connected,
-        )
-
-
 class RoomBus:
     """The room's subject on NATS: ``publish()`` from any thread, ``deliver`` for the others'.
 
@@ -224,14 +185,8 @@ class RoomBus:
         self._last_error: BaseException | None = None
         self._refused: asyncio.Future[BaseException] | None = None
         """Set during ``start()`` by an error that retrying cannot fix (credentials, TLS)."""
-        self._published = 0
-        self._published_while_disconnected = 0
-        self._publish_failures: collections.Counter[str] = collections.Counter()
-        self._received = 0
-        self._dropped: collections.Counter[str] = collections.Counter()
-        self._own_echoes = 0
-        self._disconnects = 0
-        self._reconnects = 0
+        self._tally = Tally(BusStats)
+        self._logged_reasons: set[tuple[str, str]] = set()
 
     @property
     def urls(self) -> str:
@@ -241,8 +196,10 @@ class RoomBus:
     async def start(self) -> None:
         if self._client is not None:
             raise RuntimeError("the bus is already started")
+        from nats.aio.client import Client  # noqa: PLC0415 - only where a room uses NATS
+
         self._loop = asyncio.get_running_loop()
-        client = NatsClient()
+        client = Client()
         self._refused = self._loop.create_future()
         connecting = asyncio.ensure_future(self._connect(client))
         await asyncio.wait(
@@ -340,31 +297,33 @@ class RoomBus:
                 await self._publish_one(self._client, envelope)
 
     async def _publish_one(self, client: NatsClient, envelope: bytes) -> None:
+        from nats.errors import Error, OutboundBufferLimitError  # noqa: PLC0415
+
         connected = client.is_connected
         try:
             await client.publish(self._subject, envelope)
         except OutboundBufferLimitError:
             self._count_failure("buffer_full")
-        except (OSError, NatsError) as error:
+        except (OSError, Error) as error:
             self._count_failure("error")
             logger.debug("publish failed: %s", describe(error))
         else:
-            with self._lock:
-                self._published += 1
-                if not connected:
-                    self._published_while_disconnected += 1
+            self._tally.add("published")
+            if not connected:
+                self._tally.add("published_while_disconnected")
 
     def _count_failure(self, reason: str) -> None:
-        self._count(self._publish_failures, reason, "could not publish to NATS")
+        self._count("publish_failures", reason, "could not publish to NATS")
 
     def _count_drop(self, reason: str) -> None:
-        self._count(self._dropped, reason, "dropped a message from NATS")
+        self._count("dropped", reason, "dropped a message from NATS")
 
-    def _count(self, counts: collections.Counter[str], reason: str, what: str) -> None:
+    def _count(self, counter: str, reason: str, what: str) -> None:
         """Count one more for ``reason``: the first of each is logged, the rest only counted."""
+        self._tally.add_reason(counter, reason)
         with self._lock:
-            first = counts[reason] == 0
-            counts[reason] += 1
+            first = (counter, reason) not in self._logged_reasons
+            self._logged_reasons.add((counter, reason))
         if first:
             logger.warning("%s (%s); counting from now on", what, reason)
 
@@ -374,8 +333,7 @@ class RoomBus:
             self._count_drop(envelope)
             return
         if envelope.origin == self.origin:
-            with self._lock:
-                self._own_echoes += 1
+            self._tally.add("own_echoes")
             return
         try:
             self._deliver(envelope.ip, envelope.text)
@@ -383,10 +341,11 @@ class RoomBus:
             self._count_drop("deliver_error")
             logger.exception("delivering a message from NATS failed")
             return
-        with self._lock:
-            self._received += 1
+        self._tally.add("received")
 
     async def _on_error(self, error: Exception) -> None:
+        from nats.errors import SlowConsumerError  # noqa: PLC0415
+
         if isinstance(error, SlowConsumerError):
             self._count_drop("slow_consumer")
             return
@@ -398,14 +357,12 @@ class RoomBus:
     async def _on_disconnected(self) -> None:
         if self._stopping or self._client is None:
             return
-        with self._lock:
-            self._disconnects += 1
+        self._tally.add("disconnects")
         logger.warning("lost the connection to NATS at %s; relaying locally meanwhile", self.urls)
 
     async def _on_reconnected(self) -> None:
         self._reconnect_attempt = 0
-        with self._lock:
-            self._reconnects += 1
+        self._tally.add("reconnects")
         logger.warning("connection to NATS is back (%s)", self.urls)
 
     def _next_server(
@@ -438,32 +395,27 @@ class RoomBus:
             await asyncio.gather(self._publisher, return_exceptions=True)
         for envelope in leftover:
             await self._publish_one(client, envelope)
+        from nats.errors import Error  # noqa: PLC0415
+
         if client.is_connected:
             try:
                 await client.flush(timeout=STOP_FLUSH_TIMEOUT_S)
-            except (OSError, NatsError, TimeoutError) as error:
+            except (OSError, Error, TimeoutError) as error:
                 logger.warning("could not flush NATS at stop: %s", describe(error))
         await client.close()
 
     def stats(self) -> BusStats:
-        with self._lock:
-            return BusStats(
-                published=self._published,
-                published_while_disconnected=self._published_while_disconnected,
-                publish_failures=dict(self._publish_failures),
-                received=self._received,
-                dropped=dict(self._dropped),
-                own_echoes=self._own_echoes,
-                disconnects=self._disconnects,
-                reconnects=self._reconnects,
-                connected=self._client is not None and self._client.is_connected,
-            )
+        connected = self._client is not None and self._client.is_connected
+        return self._tally.snapshot(connected=connected)
 
 
 def is_refusal(error: BaseException) -> bool:
     """Credentials or a certificate that NATS refused: retrying the same cannot succeed."""
+    from nats.errors import AuthorizationError, Error  # noqa: PLC0415
+    from nats.protocol.parser import AUTHORIZATION_VIOLATION  # noqa: PLC0415
+
     return isinstance(error, AuthorizationError | ssl.SSLError) or (
-        isinstance(error, NatsError) and AUTHORIZATION_VIOLATION in str(error).lower()
+        isinstance(error, Error) and AUTHORIZATION_VIOLATION in str(error).lower()
     )
 
 

@@ -15,9 +15,6 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 
-from prompt_toolkit import PromptSession
-from prompt_toolkit.patch_stdout import patch_stdout
-
 from udpchat.client import Client
 from udpchat.wire import USERNAME_SEPARATOR, sanitize
 
@@ -48,6 +45,8 @@ def is_terminal() -> bool:
 async def typed_lines(username: str) -> AsyncIterator[str]:
     """Lines from the line editor until Ctrl-D or Ctrl-C; each accepted line is erased from the
     input area, so that the transcript shows it once, as sent."""
+    from prompt_toolkit import PromptSession  # noqa: PLC0415 - only with a person at a terminal
+
     session: PromptSession[str] = PromptSession(erase_when_done=True)
     while True:
         try:
@@ -92,6 +91,9 @@ async def converse(client: Client, username: str, report: Report) -> None:
     then leave the room. Everything printed meanwhile goes above the input line."""
 
     interactive = is_terminal()
+    if interactive:
+        from prompt_toolkit.patch_stdout import patch_stdout  # noqa: PLC0415
+
     with patch_stdout() if interactive else contextlib.nullcontext():
         await client.join_room(print_received, on_room=lambda _, detail: report(detail))
         report(

@@ -7,14 +7,11 @@ import contextlib
 import enum
 import logging
 import os
-import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
 import typer
 
@@ -23,34 +20,34 @@ from udpchat import client as client_module
 from udpchat import server as server_module
 from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
-from udpchat.bus import (
-    DEFAULT_CONNECT_TIMEOUT_S,
-    DEFAULT_ROOM,
-    BusUnavailableError,
-    room_subject,
-)
+from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusUnavailableError
 from udpchat.chat import converse, print_received, print_sent
 from udpchat.client import Client, JoinError
-from udpchat.dashboard import Dashboard, NoTerminalError, SortKey, find_terminal, watch
+from udpchat.handlers import OutputError
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
-from udpchat.metrics import DEFAULT_METRICS_HOST
 from udpchat.output import OutputFormat
-from udpchat.pipeline import OutputError
-from udpchat.progress import LoadProgress
 from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S
+from udpchat.report import SortKey, json_summary, summary_lines
+from udpchat.runner import run
 from udpchat.runtime import (
     LoopChoice,
     LoopUnavailableError,
     SignalStop,
     hold_stop_signals,
     release_stop_signals,
-    run,
-    tune_for_throughput,
+    run_coroutine,
 )
-from udpchat.server import MetricsStartError, Server, ServerConfig
-from udpchat.stats import StatsSnapshot, summary_lines
-from udpchat.supervisor import Supervisor, SupervisorResult
+from udpchat.server import (
+    ConfigError,
+    MetricsStartError,
+    ServerConfig,
+    ServeResult,
+    Service,
+)
 from udpchat.wire import MAX_USERNAME_LENGTH, InvalidUsernameError, clean_username
+
+if TYPE_CHECKING:
+    from udpchat.dashboard import ViewTerminal
 
 WAITING_LINE = "Server menunggu..."
 USERNAME_PROMPT = "Masukkan username: "
@@ -67,6 +64,7 @@ class ExitCode(enum.IntEnum):
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="udpchat: the seed's UDP message server and client, on asyncio with a worker pool.",
 )
 
@@ -101,9 +99,6 @@ def options(
         release_stop_signals(deliver=True)
 
 
-PortOption = Annotated[int, typer.Option(min=0, max=65535, help="UDP port.")]
-
-
 def fail(message: str, code: ExitCode) -> NoReturn:
     """One line on stderr, no traceback: how every operator error ends."""
     report(message)
@@ -117,65 +112,107 @@ def describe_error(error: BaseException) -> str:
     return str(error)
 
 
+def bounded(setting: str, help: str, *flags: str) -> Any:
+    """A ``serve`` option for a numeric :class:`ServerConfig` setting, with the setting's own
+    range (:meth:`ServerConfig.bounds`), so that the two cannot disagree."""
+    bounds = ServerConfig.bounds(setting)
+    return typer.Option(*flags, min=bounds.minimum, max=bounds.maximum, help=help)
+
+
+def no_zero(value: int) -> int | None:
+    """``--rcvbuf 0``: the OS default (None)."""
+    return value or None
+
+
+def split_urls(values: list[str] | None) -> tuple[str, ...]:
+    """``--nats`` repeated or comma-separated, as one tuple of URLs."""
+    return tuple(url.strip() for text in values or () for url in text.split(",") if url.strip())
+
+
+def parse_allow(values: list[str] | None) -> tuple[IPNetwork, ...]:
+    """``--allow`` repeated, as networks."""
+    try:
+        return tuple(parse_network(text) for text in values or ())
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="'--allow'") from None
+
+
+SERVE_ONLY = ("quiet", "output_format", "dashboard", "dashboard_sort", "loop")
+"""``serve`` options that are not :class:`ServerConfig` settings; each other option is the
+setting of the same name."""
+
+
 @app.command()
 def serve(
+    context: typer.Context,
     host: Annotated[
         str, typer.Option(help="Address to bind; '::' listens on IPv6 and IPv4.")
     ] = server_module.DEFAULT_HOST,
-    port: PortOption = server_module.DEFAULT_PORT,
+    port: Annotated[int, bounded("port", "UDP port.")] = server_module.DEFAULT_PORT,
     workers: Annotated[
-        int,
-        typer.Option(min=1, max=1024, help="Threads in the pool that handles messages."),
+        int, bounded("workers", "Threads in the pool that handles messages.")
     ] = server_module.DEFAULT_WORKERS,
-    max_size: Annotated[
+    max_datagram_size: Annotated[
         int,
-        typer.Option(
-            min=1, max=65507, help="Largest datagram accepted, in bytes; larger are dropped."
+        bounded(
+            "max_datagram_size",
+            "Largest datagram accepted, in bytes; larger are dropped.",
+            "--max-size",
         ),
     ] = server_module.DEFAULT_MAX_DATAGRAM_SIZE,
     queue_size: Annotated[
-        int,
-        typer.Option(min=1, help="Messages waiting for a worker, at most; more are dropped."),
+        int, bounded("queue_size", "Messages waiting for a worker, at most; more are dropped.")
     ] = server_module.DEFAULT_QUEUE_SIZE,
     rcvbuf: Annotated[
         int,
-        typer.Option(min=0, help="Socket receive buffer to ask for, in bytes (0: OS default)."),
+        typer.Option(
+            min=0,
+            callback=no_zero,
+            help="Socket receive buffer to ask for, in bytes (0: OS default).",
+        ),
     ] = server_module.DEFAULT_RCVBUF,
     allow: Annotated[
         list[str] | None,
-        typer.Option(help="Accept only this network (CIDR or address); repeatable."),
+        typer.Option(
+            callback=parse_allow,
+            metavar="NETWORK",
+            help="Accept only this network (CIDR or address); repeatable.",
+        ),
     ] = None,
-    rate_limit: Annotated[
+    rate_limit_per_s: Annotated[
         float | None,
-        typer.Option(min=0.001, help="Messages a second per source address; more are refused."),
+        bounded(
+            "rate_limit_per_s",
+            "Messages a second per source address; more are refused.",
+            "--rate-limit",
+        ),
     ] = None,
     rate_burst: Annotated[
         float | None,
-        typer.Option(min=1.0, help="Burst allowed above --rate-limit (default: 1 s worth)."),
+        bounded("rate_burst", "Burst allowed above --rate-limit (default: 1 s worth)."),
     ] = None,
     max_sources: Annotated[
         int,
-        typer.Option(min=1, help="Source addresses remembered for --rate-limit/--allow, at most."),
+        bounded("max_sources", "Source addresses remembered for --rate-limit/--allow, at most."),
     ] = DEFAULT_MAX_SOURCES,
-    drain_timeout: Annotated[
+    drain_timeout_s: Annotated[
         float,
-        typer.Option(
-            min=0.0, help="Seconds to finish queued messages on Ctrl-C, SIGTERM or SIGHUP."
+        bounded(
+            "drain_timeout_s",
+            "Seconds to finish queued messages on Ctrl-C, SIGTERM or SIGHUP.",
+            "--drain-timeout",
         ),
     ] = server_module.DEFAULT_DRAIN_TIMEOUT_S,
     processes: Annotated[
         int,
-        typer.Option(
-            min=1,
-            max=256,
-            help="Server processes sharing the port (Linux SO_REUSEPORT), each with its own pool.",
+        bounded(
+            "processes",
+            "Server processes sharing the port (Linux SO_REUSEPORT), each with its own pool.",
         ),
     ] = 1,
     max_senders: Annotated[
         int,
-        typer.Option(
-            min=1, help="Senders tracked for loss and reordering, at most; oldest evicted."
-        ),
+        bounded("max_senders", "Senders tracked for loss and reordering, at most; oldest evicted."),
     ] = DEFAULT_MAX_SENDERS,
     output_format: Annotated[
         OutputFormat,
@@ -184,34 +221,41 @@ def serve(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No per-message lines; counts and summary only.")
     ] = False,
-    stats_interval: Annotated[
+    stats_interval_s: Annotated[
         float | None,
-        typer.Option(min=0.1, help="Print a status line on stderr every this many seconds."),
+        bounded(
+            "stats_interval_s",
+            "Print a status line on stderr every this many seconds.",
+            "--stats-interval",
+        ),
     ] = None,
     metrics_port: Annotated[
         int | None,
-        typer.Option(
-            min=0, max=65535, help="Serve Prometheus metrics over HTTP on this TCP port (0: any)."
-        ),
+        bounded("metrics_port", "Serve Prometheus metrics over HTTP on this TCP port (0: any)."),
     ] = None,
     metrics_host: Annotated[
         str, typer.Option(help="Address for --metrics-port.")
-    ] = DEFAULT_METRICS_HOST,
+    ] = server_module.DEFAULT_METRICS_HOST,
     relay: Annotated[
         bool,
         typer.Option(help="Chat room: relay members' messages to the other members."),
     ] = False,
-    peer_timeout: Annotated[
+    peer_timeout_s: Annotated[
         float,
-        typer.Option(min=0.1, help="Seconds of silence after which a member leaves the room."),
+        bounded(
+            "peer_timeout_s",
+            "Seconds of silence after which a member leaves the room.",
+            "--peer-timeout",
+        ),
     ] = DEFAULT_PEER_TIMEOUT_S,
     max_peers: Annotated[
-        int, typer.Option(min=1, max=1024, help="Members in the room, at most.")
+        int, bounded("max_peers", "Members in the room, at most.")
     ] = DEFAULT_MAX_PEERS,
     nats: Annotated[
         list[str] | None,
         typer.Option(
             metavar="URL",
+            callback=split_urls,
             help="With --relay: share the room through this NATS server (nats:// or tls://, "
             "credentials may ride in the URL); repeatable or comma-separated.",
         ),
@@ -219,19 +263,30 @@ def serve(
     room: Annotated[
         str, typer.Option(help="The room's name on NATS: several rooms share one cluster.")
     ] = DEFAULT_ROOM,
-    nats_creds: Annotated[
+    nats_credentials: Annotated[
         Path | None,
-        typer.Option(exists=True, dir_okay=False, help="NATS credentials file (user JWT + NKey)."),
+        typer.Option(
+            "--nats-creds",
+            exists=True,
+            dir_okay=False,
+            help="NATS credentials file (user JWT + NKey).",
+        ),
     ] = None,
-    nats_nkey: Annotated[
-        Path | None, typer.Option(exists=True, dir_okay=False, help="NATS NKey seed file.")
-    ] = None,
-    nats_ca: Annotated[
+    nats_nkey_seed: Annotated[
         Path | None,
-        typer.Option(exists=True, dir_okay=False, help="CA file to verify NATS's TLS with."),
+        typer.Option("--nats-nkey", exists=True, dir_okay=False, help="NATS NKey seed file."),
     ] = None,
-    nats_connect_timeout: Annotated[
-        float, typer.Option(min=0.1, max=60.0, help="Seconds to wait for NATS at start.")
+    nats_ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--nats-ca", exists=True, dir_okay=False, help="CA file to verify NATS's TLS with."
+        ),
+    ] = None,
+    nats_connect_timeout_s: Annotated[
+        float,
+        bounded(
+            "nats_connect_timeout_s", "Seconds to wait for NATS at start.", "--nats-connect-timeout"
+        ),
     ] = DEFAULT_CONNECT_TIMEOUT_S,
     dashboard: Annotated[
         bool,
@@ -246,66 +301,27 @@ def serve(
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Receive messages and print each as '\\[ip] text', like the seed's server."""
-    if processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
-        fail("--processes needs SO_REUSEPORT, which this OS lacks", ExitCode.USAGE)
-    nats_urls = tuple(url.strip() for text in nats or () for url in text.split(",") if url.strip())
-    if nats_urls and not relay:
-        fail("--nats needs --relay: only a room goes onto NATS", ExitCode.USAGE)
-    if processes > 1 and relay and not nats_urls:
-        fail(
-            "--relay with --processes needs --nats: the room spans them through it", ExitCode.USAGE
-        )
+    settings = {name: value for name, value in context.params.items() if name not in SERVE_ONLY}
     try:
-        room_subject(room)
+        config = ServerConfig(**settings, output_format=None if quiet else output_format)
+    except ConfigError as error:
+        fail(error.describe(lambda setting: option_name(context, setting)), ExitCode.USAGE)
     except ValueError as error:
         fail(str(error), ExitCode.USAGE)
-    view, message_stream = None, sys.stdout
-    if dashboard:
-        try:
-            terminal = find_terminal(sys.stdout, sys.stderr, messages=not quiet)
-        except NoTerminalError as error:
-            fail(str(error), ExitCode.USAGE)
-        view, message_stream = partial(watch, terminal, dashboard_sort), terminal.message_stream
-    config = ServerConfig(
-        host=host,
-        port=port,
-        workers=workers,
-        max_datagram_size=max_size,
-        queue_size=queue_size,
-        drain_timeout_s=drain_timeout,
-        rcvbuf=rcvbuf or None,
-        allow=tuple(parse_allow(text) for text in allow or ()),
-        rate_limit_per_s=rate_limit,
-        rate_burst=rate_burst,
-        max_sources=max_sources,
-        max_senders=max_senders,
-        relay=relay,
-        peer_timeout_s=peer_timeout,
-        max_peers=max_peers,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-        stats_interval_s=stats_interval,
-        output_format=None if quiet else output_format,
-        nats=nats_urls,
-        room=room,
-        nats_credentials=nats_creds,
-        nats_nkey_seed=nats_nkey,
-        nats_ca_file=nats_ca,
-        nats_connect_timeout_s=nats_connect_timeout,
-    )
+    terminal = dashboard_terminal(messages=not quiet) if dashboard else None
     banner = sys.stderr if output_format is OutputFormat.JSON else sys.stdout
-    tune_for_throughput()
+
+    def on_started(service: Service) -> contextlib.AbstractContextManager[object] | None:
+        print_banner(banner)
+        if terminal is None:
+            return None
+        from udpchat.dashboard import watch  # noqa: PLC0415 - rich only for the dashboard
+
+        return watch(terminal, dashboard_sort, service)
+
+    output = None if terminal is None else terminal.message_stream
     try:
-        if processes == 1:
-            outcome = run(
-                serve_until_signalled(Server(config, output=message_stream), banner, view), loop
-            )
-        else:
-            sys.stdout.flush()
-            supervisor = Supervisor(
-                config, processes, loop, message_stream.buffer, report_senders=dashboard
-            )
-            outcome = run(serve_until_signalled(supervisor, banner, view), loop)
+        result = run(config, output=output, loop=loop, on_started=on_started)
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
     except StdoutError as error:
@@ -314,88 +330,55 @@ def serve(
     except (MetricsStartError, BusUnavailableError) as error:
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)
     except OSError as error:
-        fail(
-            f"cannot listen on {host} port {port}: {describe_error(error)}",
-            ExitCode.STARTUP_FAILURE,
-        )
-    finish(outcome)
+        where = f"{config.host} port {config.port}"
+        fail(f"cannot listen on {where}: {describe_error(error)}", ExitCode.STARTUP_FAILURE)
+    finish(result, as_json=output_format is OutputFormat.JSON)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a ``serve`` run ended, for the summary and the exit status."""
-
-    per_process: tuple[StatsSnapshot, ...]
-    drained: bool
-    forced: bool = False
-    error: BaseException | None = None
-    died: tuple[str, ...] = ()
+def option_name(context: typer.Context, setting: str) -> str:
+    """The ``serve`` option that sets ``setting`` (``--max-size``), for an error message."""
+    for parameter in context.command.params:
+        if parameter.name == setting and parameter.opts:
+            return str(parameter.opts[0])
+    return setting
 
 
-async def serve_until_signalled(
-    server: Server | Supervisor,
-    banner: TextIO,
-    view: Callable[[Server | Supervisor], Dashboard] | None = None,
-) -> Outcome:
-    """Start, print the seed's banner, serve until a stop signal; a second signal forces.
+def dashboard_terminal(*, messages: bool) -> ViewTerminal:
+    """Where ``--dashboard`` draws; usage error when neither stdout nor stderr is a terminal."""
+    from udpchat.dashboard import NoTerminalError, find_terminal  # noqa: PLC0415
 
-    ``view``: the ``--dashboard`` live view, shown from the banner until the server has stopped.
-    """
-
-    def on_first(signum: int) -> None:
-        name = signal.Signals(signum).name
-        report(f"{name}: stopping (a second signal forces)")
-        server.request_stop()
-
-    stop = SignalStop(on_first=on_first, on_force=server.abandon)
-    with stop.installed(), contextlib.ExitStack() as shown:
-        await server.start()
-        try:
-            print_banner(banner)
-        except StdoutError:
-            server.abandon()  # nothing was served yet: close the socket without a drain
-            await server.serve()
-            raise
-        if view is not None:
-            shown.enter_context(view(server))
-        try:
-            result = await server.serve()
-        except Exception as error:  # what ended Server.serve() through Server.fail()
-            if not isinstance(server, Server):
-                raise
-            drained = await server.wait_closed()
-            return Outcome((server.stats(),), drained, error=error)
-    # A second signal only forced anything if it cut the drain short; the counts stand either way.
-    if isinstance(result, SupervisorResult):
-        forced = stop.forced and not result.drained
-        return Outcome(result.per_process, result.drained, forced, result.error, died=result.died)
-    assert isinstance(server, Server)
-    return Outcome((server.stats(),), result, forced=stop.forced and not result)
+    try:
+        return find_terminal(sys.stdout, sys.stderr, messages=messages)
+    except NoTerminalError as error:
+        fail(str(error), ExitCode.USAGE)
 
 
-def finish(outcome: Outcome) -> None:
+def finish(result: ServeResult, *, as_json: bool = False) -> None:
     """The summary on stderr, then the exit status: 130 forced, 1 after a failure, else 0."""
-    for line in summary_lines(outcome.per_process):
-        if line.startswith(" "):
-            print(line, file=sys.stderr)
-        else:
-            report(line)
-    if outcome.forced:
+    if as_json:
+        print(json_summary(result.per_process), file=sys.stderr, flush=True)
+    else:
+        for line in summary_lines(result.per_process):
+            if line.startswith(" "):
+                print(line, file=sys.stderr)
+            else:
+                report(line)
+    if result.forced:
         report("forced stop: queued messages were abandoned (counted as queued)")
         exit_now(ExitCode.FORCED)
     code = ExitCode.OK
-    if outcome.error is not None:
-        report(f"stopped by an error: {describe_error(outcome.error)}")
+    if result.error is not None:
+        report(f"stopped by an error: {describe_error(result.error)}")
         code = ExitCode.FAILURE
-        if isinstance(outcome.error, OutputError):
+        if isinstance(result.error, OutputError):
             silence_stdout()
-    if outcome.died:
+    if result.died:
         report(
             "a process that died sent no final report: its senders may be missing from the "
             "sender table, and its last half second from the totals"
         )
         code = ExitCode.FAILURE
-    if not outcome.drained:
+    if not result.drained:
         exit_now(code)
     raise typer.Exit(code)
 
@@ -426,13 +409,6 @@ def exit_now(code: ExitCode) -> NoReturn:
     """Exit without joining the pool: a worker may be stuck in a write and would hang it."""
     sys.stderr.flush()
     os._exit(code)
-
-
-def parse_allow(text: str) -> IPNetwork:
-    try:
-        return parse_network(text)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="'--allow'") from None
 
 
 def report(line: str) -> None:
@@ -526,7 +502,7 @@ def prompt_username() -> str:
 def run_client(client: Client, main: Coroutine[Any, Any, None], loop: LoopChoice) -> None:
     """Run a client command; its errors end it with one line, and its counts are reported."""
     try:
-        run(main, loop)
+        run_coroutine(main, loop)
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
     except JoinError as error:
@@ -642,6 +618,8 @@ def load(
     )
     try:
         if progress:
+            from udpchat.progress import LoadProgress  # noqa: PLC0415 - rich only for the bar
+
             with LoadProgress(config) as bar:
                 result = run_load(config, bar.update)
         else:

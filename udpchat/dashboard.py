@@ -1,6 +1,6 @@
 """``serve --dashboard``: a live view of the room, redrawn from counter snapshots.
 
-The view is built only from :class:`~udpchat.stats.StatsSnapshot` values read a few times a
+The view is built only from :class:`~udpchat.counters.StatsSnapshot` values read a few times a
 second, so it adds nothing per message and its cost does not grow with the message rate.
 :func:`render` is pure (samples and settings in, a rich renderable out); :class:`Dashboard`
 is the loop that samples, renders and draws with ``rich.live.Live`` on one thread, which is
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import io
 import logging
 import sys
@@ -27,10 +26,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from udpchat.accounting import SenderStats
-from udpchat.server import Server
-from udpchat.stats import StatsSnapshot, combine
-from udpchat.supervisor import Supervisor
+from udpchat.counters import SenderStats, StatsSnapshot, add_up
+from udpchat.report import SENDER_COLUMNS, SortKey, group_lines, ranked, sender_address
+from udpchat.server import Service
 
 REFRESH_PER_S = 4.0
 """Redraws a second, at most: often enough to look live, rarely enough to cost nothing."""
@@ -41,20 +39,6 @@ DEFAULT_IDLE_AFTER_S = 10.0
 MAX_WAITING_CHARS = 1 << 20
 """Text waiting to scroll above the view, at most; writers wait beyond it, as for a slow
 terminal, rather than lose message lines."""
-
-
-class SortKey(enum.StrEnum):
-    """The sender table's order; every key puts the senders to look at first on top."""
-
-    LOSS = "loss"
-    """Highest loss ratio first, then most lost."""
-    JITTER = "jitter"
-    SILENCE = "silence"
-    """Longest silent first."""
-    RECEIVED = "received"
-    USERNAME = "username"
-    SENDER = "sender"
-    """By ip:port."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,30 +65,6 @@ class Sample:
     at_s: float
 
 
-_SORT_ORDERS: dict[SortKey, Callable[[SenderStats], tuple[object, ...]]] = {
-    SortKey.LOSS: lambda sender: (-sender.loss_ratio, -sender.lost),
-    SortKey.JITTER: lambda sender: (-sender.jitter_s,),
-    SortKey.SILENCE: lambda sender: (sender.last_heard_s,),
-    SortKey.RECEIVED: lambda sender: (-sender.received,),
-    SortKey.USERNAME: lambda sender: (sender.username,),
-    SortKey.SENDER: lambda sender: (),
-}
-
-
-def _ranked(rows: list[tuple[int, SenderStats]], key: SortKey) -> list[tuple[int, SenderStats]]:
-    """(process, sender) rows sorted by ``key``, ties by address, username and process, so
-    that rows do not jump between frames."""
-    order = _SORT_ORDERS[key]
-    return sorted(
-        rows,
-        key=lambda row: (*order(row[1]), row[1].ip, row[1].port, row[1].username, row[0]),
-    )
-
-
-def _address(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 def _duration(seconds: float) -> str:
     """``42s``, ``3m05s``, ``2h01m``: short enough for a table cell."""
     whole = max(0, int(seconds))
@@ -116,10 +76,10 @@ def _duration(seconds: float) -> str:
 
 
 def _header(current: Sample, previous: Sample | None, settings: DashboardSettings) -> Text:
-    stats = combine(current.stats)
+    stats = add_up(current.stats)
     elapsed_s = current.at_s - previous.at_s if previous is not None else 0.0
     if previous is not None and elapsed_s > 0:
-        before = combine(previous.stats)
+        before = add_up(previous.stats)
         received_per_s = f"{(stats.received - before.received) / elapsed_s:.1f}/s"
         handled_per_s = f"{(stats.handled - before.handled) / elapsed_s:.1f}/s"
     else:
@@ -130,7 +90,7 @@ def _header(current: Sample, previous: Sample | None, settings: DashboardSetting
     header = Text()
     header.append("udpchat ", style="bold")
     header.append(
-        f"{_address(*settings.address)}  up {_duration(current.at_s - settings.started_at_s)}"
+        f"{sender_address(*settings.address)}  up {_duration(current.at_s - settings.started_at_s)}"
     )
     header.append(f"{processes}\n")
     header.append(f"in {received_per_s}  handled {handled_per_s}  queue {stats.queue_depth}  ")
@@ -141,6 +101,8 @@ def _header(current: Sample, previous: Sample | None, settings: DashboardSetting
     header.append("drops ")
     header.append(drops or "none", style="bold red" if drops else "")
     header.append(f"  kernel drops {kernel}  handler errors {stats.handler_errors}")
+    for line in group_lines(stats):
+        header.append(f"\n{line}", style="dim")
     return header
 
 
@@ -150,33 +112,25 @@ def _table(
     now_s: float,
     processes: bool,
 ) -> Table:
-    """Every cell on one line, so that a row is one terminal line and the count of rows that
-    fit is exact."""
+    """The summary's sender columns (:data:`~udpchat.report.SENDER_COLUMNS`) under their short
+    headers, then when each was last heard. Every cell on one line, so that a row is one
+    terminal line and the count of rows that fit is exact."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0)
     if processes:
         table.add_column("proc", justify="right", no_wrap=True)
-    table.add_column("username", no_wrap=True, overflow="ellipsis", ratio=1)
-    table.add_column("address", no_wrap=True, overflow="ellipsis", min_width=15)
-    for name in ("recv", "lost", "loss", "dup", "reord", "late", "rst", "jitter"):
-        table.add_column(name, justify="right", no_wrap=True)
+    for column in SENDER_COLUMNS:
+        if column.numeric:
+            table.add_column(column.short, justify="right", no_wrap=True)
+        else:
+            table.add_column(column.short, no_wrap=True, overflow="ellipsis", ratio=1)
     table.add_column("heard", no_wrap=True)
     for process, sender in rows:
         silent_s = now_s - sender.last_heard_s
         idle = silent_s > settings.idle_after_s
         heard = f"{_duration(silent_s)} {'idle' if idle else 'ago'}"
-        cells: list[str | Text] = [
-            Text(sender.username),  # untrusted: plain text, never rich markup
-            Text(_address(sender.ip, sender.port)),
-            str(sender.received),
-            str(sender.lost),
-            f"{sender.loss_ratio:.1%}",
-            str(sender.duplicates),
-            str(sender.reordered),
-            str(sender.late),
-            str(sender.restarts),
-            f"{sender.jitter_s * 1000:.1f}ms",
-            heard,
-        ]
+        # Untrusted text (a username) is plain Text, never rich markup.
+        cells: list[str | Text] = [Text(column.cell(sender)) for column in SENDER_COLUMNS]
+        cells.append(heard)
         if processes:
             cells.insert(0, str(process))
         style = "dim" if idle else ("red" if sender.lost else "")
@@ -198,7 +152,7 @@ class View:
             for process, snapshot in enumerate(current.stats, start=1)
             for sender in snapshot.senders
         ]
-        self._senders = _ranked(senders, settings.sort_key)
+        self._senders = ranked(senders, settings.sort_key)
 
     def _table(self, rows: int) -> Table:
         return _table(self._senders[:rows], self._settings, self._now_s, self._processes)
@@ -437,12 +391,9 @@ class Dashboard:
         self._live.stop()
 
 
-def watch(terminal: ViewTerminal, sort_key: SortKey, server: Server | Supervisor) -> Dashboard:
-    """The view of a started server, or of a supervisor's children with a column for each."""
-    config = server.config
-    source = (lambda: [server.stats()]) if isinstance(server, Server) else server.per_process
-    address = server.address
-    assert address is not None, "start the server first"
+def watch(terminal: ViewTerminal, sort_key: SortKey, service: Service) -> Dashboard:
+    """The view of a started service, with a column for each process when there are several."""
+    config = service.config
     idle_after_s = config.peer_timeout_s if config.relay else DEFAULT_IDLE_AFTER_S
-    settings = DashboardSettings(address, time.time(), sort_key, idle_after_s)
-    return Dashboard(source, settings, terminal)
+    settings = DashboardSettings(service.address, time.time(), sort_key, idle_after_s)
+    return Dashboard(service.per_process, settings, terminal)

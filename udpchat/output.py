@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import BinaryIO, TextIO
 
 from udpchat.fastpath import text_lines
-from udpchat.pipeline import Batch, Message, OutputError
+from udpchat.handlers import Batch, Message, OutputError
 from udpchat.wire import format_line
 
 MAX_PENDING_BYTES = 256 * 1024

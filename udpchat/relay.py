@@ -25,9 +25,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import astuple, dataclass
 
-from udpchat.pipeline import Handler, Message
+from udpchat.bus import BusConfig, RoomBus
+from udpchat.counters import RelayStats, Tally
+from udpchat.handlers import Handler, Message
 from udpchat.wire import (
     COOKIE,
     COOKIE_MAC_HEX_DIGITS,
@@ -96,21 +97,23 @@ class Room:
         max_peers: int = DEFAULT_MAX_PEERS,
         peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
+        tally: Tally[RelayStats] | None = None,
     ) -> None:
         self.max_peers = max_peers
         self.peer_timeout_s = peer_timeout_s
         self._clock = clock
         self._last_heard: dict[Address, float] = {}
         self._lock = threading.Lock()
-        self.refused_full = 0
-        self.expired = 0
+        self.tally = tally or Tally(RelayStats)
+        """Where the room counts joins refused for a full room and members expired."""
 
     def _expire(self, now: float) -> None:
         timeout_s = self.peer_timeout_s
         stale = [peer for peer, heard in self._last_heard.items() if now - heard > timeout_s]
         for peer in stale:
             del self._last_heard[peer]
-        self.expired += len(stale)
+        if stale:
+            self.tally.add("expired", len(stale))
 
     def admit(self, peer: Address) -> bool:
         """Make ``peer`` a member; False when the room is full."""
@@ -118,7 +121,7 @@ class Room:
             now = self._clock()
             self._expire(now)
             if peer not in self._last_heard and len(self._last_heard) >= self.max_peers:
-                self.refused_full += 1
+                self.tally.add("refused_full")
                 return False
             self._last_heard[peer] = now
             return True
@@ -153,49 +156,20 @@ class Room:
             return list(self._last_heard)
 
 
-Send = Callable[[bytes, Address], object]
-Publish = Callable[[str, str], None]
-"""Where a member's (ip, text) goes for the other servers: :meth:`udpchat.bus.RoomBus.publish`."""
-
-
-@dataclass(frozen=True, slots=True)
-class RelayStats:
-    """The room's counters at one moment: what it admitted, refused, relayed and sent."""
-
-    members: int = 0
-    joins: int = 0
-    """Addresses admitted to the room with a valid cookie (a rejoin counts again)."""
-    refused_full: int = 0
-    ignored_joins: int = 0
-    """Cookie requests smaller than the cookie: answering them would amplify."""
-    expired: int = 0
-    relayed_datagrams: int = 0
-    """Datagrams sent to other members (one message to three members counts three)."""
-    relayed_bytes: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    """Everything sent: relayed datagrams and the handshake's answers."""
-    not_relayed: int = 0
-    """Texts that grew in decoding, so that relaying them would exceed the header bound."""
-    keepalives: int = 0
-    """Keepalives from members, with their own cookie: each kept a member in the room."""
-    expired_notices: int = 0
-    """``/expired`` answers to a keepalive or text from an address that is not a member."""
-    unanswered_non_members: int = 0
-    """Datagrams from non-members smaller than ``/expired``: answering them would amplify."""
-
-    def __add__(self, other: RelayStats) -> RelayStats:
-        return RelayStats(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+Send = Callable[[bytes, Address], bool]
+"""Sends a datagram from the server's socket; False when it could not (a full buffer)."""
 
 
 class Relay:
     """A handler that runs the room, then passes members' and others' texts to ``inner``.
 
-    It runs in the pool workers like any handler, so relaying never touches the event loop.
+    It runs in the pool workers like any handler, so relaying members' texts never touches the
+    event loop; texts from the room's other servers (:meth:`relay_remote`) come from the bus.
     Commands (``/join``, ``/keepalive``, ``/leave``) are answered, not printed. ``send`` is where
     answers and relayed datagrams go: the server's socket (:meth:`udpchat.Server.send_datagram`).
-    With ``publish``, members' texts also go to the room's other servers, and theirs come back
-    through :meth:`relay_remote`.
+    With ``bus``, the room spans servers over NATS: the relay builds its :attr:`bus`, members'
+    texts also go to the room's other servers, and theirs come back through
+    :meth:`relay_remote`; whoever runs the relay starts and stops the bus.
     """
 
     def __init__(
@@ -204,33 +178,25 @@ class Relay:
         cookies: CookieJar,
         inner: Handler | None,
         send: Send,
-        publish: Publish | None = None,
+        bus: BusConfig | None = None,
     ) -> None:
         self.room = room
         self._cookies = cookies
         self._inner = inner
         self._send = send
-        self._publish = publish
-        self._lock = threading.Lock()
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._joins = 0
-        self._ignored_joins = 0
-        self._relayed_datagrams = 0
-        self._relayed_bytes = 0
-        self._not_relayed = 0
-        self._keepalives = 0
-        self._expired_notices = 0
-        self._unanswered_non_members = 0
+        self.bus = None if bus is None else RoomBus(bus, self.relay_remote)
+        self._tally = room.tally
 
-    def _emit(self, data: bytes, peer: Address) -> None:
-        self._send(data, peer)
-        with self._lock:
-            self._bytes_out += len(data)
+    def _emit(self, data: bytes, peer: Address) -> bool:
+        """Send one datagram and count it as sent, or as a send failure."""
+        if self._send(data, peer):
+            self._tally.add("bytes_out", len(data))
+            return True
+        self._tally.add("send_failures")
+        return False
 
     def __call__(self, message: Message) -> None:
-        with self._lock:
-            self._bytes_in += message.size
+        self._tally.add("bytes_in", message.size)
         text, peer = message.text, message.sender
         command, _, argument = text.partition(" ")
         if command == JOIN:
@@ -247,8 +213,7 @@ class Relay:
 
     def _keepalive(self, peer: Address, cookie: str, request_size: int) -> None:
         if self._cookies.is_genuine(peer, cookie) and self.room.refresh(peer):
-            with self._lock:
-                self._keepalives += 1
+            self._tally.add("keepalives")
             return
         self._tell_not_a_member(peer, request_size)
 
@@ -257,12 +222,10 @@ class Relay:
         rejoins; only in answer to a datagram at least as large, so that it never amplifies."""
         answer = EXPIRED.encode()
         if request_size < len(answer):
-            with self._lock:
-                self._unanswered_non_members += 1
+            self._tally.add("unanswered_non_members")
             return
-        self._emit(answer, peer)
-        with self._lock:
-            self._expired_notices += 1
+        if self._emit(answer, peer):
+            self._tally.add("expired_notices")
 
     def _forward(self, message: Message) -> bool:
         """The text as it came, with the sender's address in front; receivers escape it for
@@ -274,11 +237,10 @@ class Relay:
             return False
         line = f"[{message.sender[0]}] {message.text}".encode()
         if len(line) > message.size + MAX_HEADER_BYTES:
-            with self._lock:
-                self._not_relayed += 1
+            self._tally.add("not_relayed")
             return True
-        if self._publish is not None:
-            self._publish(message.sender[0], message.text)
+        if self.bus is not None:
+            self.bus.publish(message.sender[0], message.text)
         self._relay_line(line, others)
         return True
 
@@ -288,49 +250,30 @@ class Relay:
         self._relay_line(f"[{ip}] {text}".encode(), self.room.members())
 
     def _relay_line(self, line: bytes, peers: list[Address]) -> None:
-        for peer in peers:
-            self._emit(line, peer)
-        with self._lock:
-            self._relayed_datagrams += len(peers)
-            self._relayed_bytes += len(peers) * len(line)
+        relayed = sum(self._emit(line, peer) for peer in peers)
+        if relayed:
+            with self._tally.lock:
+                self._tally.values["relayed_datagrams"] += relayed
+                self._tally.values["relayed_bytes"] += relayed * len(line)
 
     def _join(self, peer: Address, cookie: str, request_size: int) -> None:
         if cookie and self._cookies.is_valid(peer, cookie):
             # Both answers are smaller than the cookie they answer: a valid one proves the
             # address anyway. The peer timeout tells the client how often to keep alive.
             if self.room.admit(peer):
-                with self._lock:
-                    self._joins += 1
+                self._tally.add("joins")
                 self._emit(f"{JOINED} {self.room.peer_timeout_s:g}".encode(), peer)
             else:
                 self._emit(ROOM_FULL.encode(), peer)
             return
         answer = f"{COOKIE} {self._cookies.issue(peer)}".encode()
         if request_size < len(answer):
-            with self._lock:
-                self._ignored_joins += 1
+            self._tally.add("ignored_joins")
             return
         self._emit(answer, peer)
 
     def stats(self) -> RelayStats:
-        room = self.room
-        members = len(room.members())
-        with self._lock:
-            return RelayStats(
-                members=members,
-                joins=self._joins,
-                refused_full=room.refused_full,
-                ignored_joins=self._ignored_joins,
-                expired=room.expired,
-                relayed_datagrams=self._relayed_datagrams,
-                relayed_bytes=self._relayed_bytes,
-                bytes_in=self._bytes_in,
-                bytes_out=self._bytes_out,
-                not_relayed=self._not_relayed,
-                keepalives=self._keepalives,
-                expired_notices=self._expired_notices,
-                unanswered_non_members=self._unanswered_non_members,
-            )
+        return self._tally.snapshot(members=len(self.room.members()))
 
     def flush(self) -> None:
         flush = getattr(self._inner, "flush", None)

@@ -38,7 +38,7 @@ def loop_factory(choice: LoopChoice) -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def run(main: Coroutine[Any, Any, T], choice: LoopChoice = LoopChoice.AUTO) -> T:
+def run_coroutine(main: Coroutine[Any, Any, T], choice: LoopChoice = LoopChoice.AUTO) -> T:
     """Run a coroutine to completion on a new loop of the chosen kind."""
     with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
         return runner.run(main)

@@ -7,34 +7,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
+import re
 import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from udpchat.accounting import DEFAULT_MAX_SENDERS
-from udpchat.admission import (
-    DEFAULT_MAX_SOURCES,
-    Admission,
-    IPNetwork,
-    RateLimiter,
-    SourceFilter,
-)
-from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusConfig, RoomBus
-from udpchat.metrics import DEFAULT_METRICS_HOST, MetricsServer
+from udpchat.accounting import DEFAULT_MAX_SENDERS, SENDER_BYTES
+from udpchat.admission import DEFAULT_MAX_SOURCES, SOURCE_BYTES, Admission, IPNetwork
+from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusConfig, room_subject
+from udpchat.counters import ServerTally, StatsSnapshot
+from udpchat.handlers import BatchHandler, Handler
 from udpchat.output import LinePrinter, OutputFormat
-from udpchat.pipeline import Dispatcher, Handler, Message, Receiver
+from udpchat.pipeline import Dispatcher
+from udpchat.protocol import MAX_BATCH_BYTES, Receiver
 from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, CookieJar, Relay, Room
+from udpchat.report import StatusLine
 from udpchat.runtime import periodically
 from udpchat.sockets import bind_udp_socket, kernel_drop_count, receive_buffer_size
-from udpchat.stats import ServerCounters, StatsSnapshot, StatusLine
 
-__all__ = ["Handler", "Message", "Server", "ServerConfig"]
+if TYPE_CHECKING:  # prometheus-client is imported only by a server that serves metrics
+    from udpchat.metrics import MetricsServer
 
 logger = logging.getLogger("udpchat.server")
 status_logger = logging.getLogger("udpchat.status")
@@ -53,64 +50,108 @@ DEFAULT_QUEUE_SIZE = 65536
 DEFAULT_DRAIN_TIMEOUT_S = 5.0
 DEFAULT_RCVBUF = 4 * 1024 * 1024
 """Bytes asked for the socket's receive buffer, so that bursts wait in the kernel, not drop."""
+MAX_PROCESSES = 256
 MAX_PEERS = 1024
+MAX_PORT = 65535
+DEFAULT_METRICS_HOST = "127.0.0.1"
+"""Loopback by default: the metrics say who talks to the server, which is not for everyone."""
 MAX_READS_AT_STOP = 100_000
 MAX_UDP_PAYLOAD = 65535
-MAX_PORT = 65535
 
-_AT_LEAST_ONE = (
-    "workers",
-    "max_datagram_size",
-    "queue_size",
-    "max_sources",
-    "max_senders",
-    "max_peers",
-)
-_AT_MOST = {"workers": MAX_WORKERS, "max_datagram_size": MAX_DATAGRAM_SIZE, "max_peers": MAX_PEERS}
-_POSITIVE_OR_NONE = (
-    "rcvbuf",
-    "rate_limit_per_s",
-    "rate_burst",
-    "stats_interval_s",
-    "nats_connect_timeout_s",
-)
+BASE_RSS_BYTES = 48 * 2**20
+"""A server process at rest: the interpreter, uvloop, typer, rich, prometheus-client (measured
+44 MiB)."""
+QUEUED_DATAGRAM_OVERHEAD_BYTES = 320
+"""Beside its payload, what a waiting datagram costs: the bytes object's header, its address
+tuple and the batch entry (measured 280)."""
+OUTPUT_EXPANSION = 20
+"""Bytes held while one batch is formatted, per byte of the batch, at most: a control byte is
+six in JSON (``\u0001``), and the lines, their join and its encoding are alive at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The range a numeric setting must be in (both ends included); None: open."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with ``value``, or None."""
+        too_low = self.minimum is not None and value < self.minimum
+        too_high = self.maximum is not None and value > self.maximum
+        if not too_low and not too_high:
+            return None
+        if self.minimum is not None and self.maximum is not None:
+            return f"must be {self.minimum:g} to {self.maximum:g}, not {value!r}"
+        if self.minimum is not None:
+            return f"must be at least {self.minimum:g}, not {value!r}"
+        return f"must be at most {self.maximum:g}, not {value!r}"
+
+
+def setting(default: Any, *, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A config field with the range it is checked against (and the CLI's option too)."""
+    return field(default=default, metadata={"bounds": Bounds(minimum, maximum)})
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work. :attr:`setting` names it; :attr:`problem` says what is
+    wrong, with ``{name}`` wherever it names another setting, so that the command line can say
+    its options' names instead (:meth:`describe`)."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(self.describe(str))
+
+    def describe(self, name: Callable[[str], str]) -> str:
+        """The message, each setting called by ``name(setting)``."""
+        mentioned = {other: name(other) for other in re.findall(r"\{(\w+)\}", self.problem)}
+        return f"{name(self.setting)}: {self.problem.format(**mentioned)}"
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Everything a server needs to know before it starts; checked when it is built, so that
-    a wrong value fails here with the field's name and not later with a socket bound."""
+    """Everything a server needs to know before it starts, checked when it is built (and only
+    here), so that a wrong value fails with the field's name and not later with a socket bound.
+    """
 
     host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    workers: int = DEFAULT_WORKERS
-    max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE
-    queue_size: int = DEFAULT_QUEUE_SIZE
-    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
-    rcvbuf: int | None = DEFAULT_RCVBUF
+    port: int = setting(DEFAULT_PORT, minimum=0, maximum=MAX_PORT)
+    workers: int = setting(DEFAULT_WORKERS, minimum=1, maximum=MAX_WORKERS)
+    """Threads in the pool that handles messages."""
+    max_datagram_size: int = setting(
+        DEFAULT_MAX_DATAGRAM_SIZE, minimum=1, maximum=MAX_DATAGRAM_SIZE
+    )
+    queue_size: int = setting(DEFAULT_QUEUE_SIZE, minimum=1)
+    drain_timeout_s: float = setting(DEFAULT_DRAIN_TIMEOUT_S, minimum=0)
+    rcvbuf: int | None = setting(DEFAULT_RCVBUF, minimum=1)
     """Receive buffer to ask for, in bytes; None keeps the OS default."""
     allow: tuple[IPNetwork, ...] = ()
     """Accept only these source networks; empty accepts every source."""
-    rate_limit_per_s: float | None = None
+    rate_limit_per_s: float | None = setting(None, minimum=0.001)
     """Messages a second per source address (token bucket); None for no limit."""
-    rate_burst: float | None = None
+    rate_burst: float | None = setting(None, minimum=1)
     """Bucket size; defaults to one second's worth of ``rate_limit_per_s``."""
-    max_sources: int = DEFAULT_MAX_SOURCES
+    max_sources: int = setting(DEFAULT_MAX_SOURCES, minimum=1)
     """Per-source table entries (rate limiter, allow-list cache), at most."""
-    max_senders: int = DEFAULT_MAX_SENDERS
+    max_senders: int = setting(DEFAULT_MAX_SENDERS, minimum=1)
     """Senders (address + username) whose counters are tracked for loss, at most."""
+    processes: int = setting(1, minimum=1, maximum=MAX_PROCESSES)
+    """Server processes sharing the port (``SO_REUSEPORT``), each with its own loop and pool,
+    under a supervisor (:func:`udpchat.run`)."""
     reuse_port: bool = False
     """Share the port with other sockets (``SO_REUSEPORT``): for one server per process."""
     relay: bool = False
     """Run a chat room (:mod:`udpchat.relay`): members' texts go to the other members."""
-    peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S
+    peer_timeout_s: float = setting(DEFAULT_PEER_TIMEOUT_S, minimum=0.1)
     """Seconds of silence after which a member leaves the room."""
-    max_peers: int = DEFAULT_MAX_PEERS
+    max_peers: int = setting(DEFAULT_MAX_PEERS, minimum=1, maximum=MAX_PEERS)
     """Members in the room, at most; joins beyond it are refused and counted."""
-    metrics_port: int | None = None
+    metrics_port: int | None = setting(None, minimum=0, maximum=MAX_PORT)
     """Serve Prometheus metrics over HTTP on this TCP port (0: any free port); None: no endpoint."""
     metrics_host: str = DEFAULT_METRICS_HOST
-    stats_interval_s: float | None = None
+    stats_interval_s: float | None = setting(None, minimum=0.1)
     """Log a status line to the ``udpchat.status`` logger this often; None: never."""
     output_format: OutputFormat | None = None
     """Write one line per message to the server's output stream (stdout unless given), when
@@ -126,39 +167,42 @@ class ServerConfig:
     """A NATS NKey seed file."""
     nats_ca_file: Path | None = None
     """CA certificates to verify the NATS servers' TLS certificates with."""
-    nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    nats_connect_timeout_s: float = setting(DEFAULT_CONNECT_TIMEOUT_S, minimum=0.1, maximum=60)
     """How long ``start()`` waits for NATS before it fails."""
 
     def __post_init__(self) -> None:
-        for name in _AT_LEAST_ONE:
-            value = getattr(self, name)
-            if value < 1 or value > _AT_MOST.get(name, math.inf):
-                limit = _AT_MOST.get(name)
-                raise ValueError(
-                    f"{name} must be at least 1"
-                    + (f" and at most {limit}" if limit else "")
-                    + f", not {value!r}"
-                )
-        for name in _POSITIVE_OR_NONE:
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive or None, not {value!r}")
-        if not 0 <= self.port <= MAX_PORT:
-            raise ValueError(f"port must be 0 to {MAX_PORT}, not {self.port!r}")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= MAX_PORT:
-            raise ValueError(
-                f"metrics_port must be 0 to {MAX_PORT} or None, not {self.metrics_port!r}"
-            )
-        if not self.drain_timeout_s >= 0:
-            raise ValueError(f"drain_timeout_s must be 0 or more, not {self.drain_timeout_s!r}")
-        if not self.peer_timeout_s > 0:
-            raise ValueError(f"peer_timeout_s must be positive, not {self.peer_timeout_s!r}")
+        for each in fields(self):
+            bounds = each.metadata.get("bounds")
+            value = getattr(self, each.name)
+            if bounds is not None and value is not None:
+                problem = bounds.problem(value)
+                if problem is not None:
+                    raise ConfigError(each.name, problem)
         for name in ("host", "metrics_host"):
             if not getattr(self, name):
-                raise ValueError(f"{name} must not be empty")
+                raise ConfigError(name, "must not be empty")
+        if self.processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
+            raise ConfigError("processes", "above 1 needs SO_REUSEPORT, which this OS lacks")
         if self.nats and not self.relay:
-            raise ValueError("nats needs relay=True: only a room goes onto NATS")
-        self.bus_config()  # checks the room's name and the URLs
+            raise ConfigError("nats", "needs {relay}: only a room goes onto NATS")
+        if self.relay and self.processes > 1 and not self.nats:
+            raise ConfigError(
+                "relay", "with {processes} above 1 needs {nats}: the room spans them through it"
+            )
+        try:
+            room_subject(self.room)
+        except ValueError as error:
+            raise ConfigError("room", str(error)) from None
+        self.bus_config()  # checks the URLs
+
+    @staticmethod
+    def bounds(name: str) -> Bounds:
+        """The range of a numeric setting: for the CLI's options, so that they agree."""
+        for each in fields(ServerConfig):
+            if each.name == name:
+                bounds: Bounds = each.metadata["bounds"]
+                return bounds
+        raise KeyError(name)
 
     def bus_config(self) -> BusConfig | None:
         """The room's NATS attachment this config asks for; None without ``nats``."""
@@ -178,11 +222,62 @@ class ServerConfig:
         """The allow-list and rate limiter this config asks for; None when it asks for neither."""
         if not self.allow and self.rate_limit_per_s is None:
             return None
-        source_filter = SourceFilter(self.allow, self.max_sources) if self.allow else None
-        limiter = None
-        if self.rate_limit_per_s is not None:
-            limiter = RateLimiter(self.rate_limit_per_s, self.rate_burst, self.max_sources)
-        return Admission(source_filter, limiter, time.monotonic)
+        return Admission(
+            self.allow, self.rate_limit_per_s, self.rate_burst, self.max_sources, time.monotonic
+        )
+
+    def memory_bound_bytes(self) -> int:
+        """The most memory one server process holds for traffic, whatever the traffic: what
+        SECURITY.md states, and what the memory benchmark and the flood test measure against.
+
+        Everything that grows with traffic is here: the queue (in datagrams of at most
+        ``max_datagram_size``), the per-sender accounting, the output being formatted by each
+        worker (and the batch the event loop is filling), and the admission tables where the
+        config asks for an allow-list or a rate limit.
+        """
+        batch_bytes = max(MAX_BATCH_BYTES, self.max_datagram_size)  # at least one a batch
+        return (
+            BASE_RSS_BYTES
+            + self.queue_size * (self.max_datagram_size + QUEUED_DATAGRAM_OVERHEAD_BYTES)
+            + self.max_senders * SENDER_BYTES
+            + (self.workers + 1) * OUTPUT_EXPANSION * batch_bytes
+            + (self.max_sources * SOURCE_BYTES if self.admission() is not None else 0)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServeResult:
+    """How serving ended: each process's final counters and whether the drain finished."""
+
+    per_process: tuple[StatsSnapshot, ...]
+    drained: bool
+    """Whether every process finished its drain within ``drain_timeout_s``."""
+    error: BaseException | None = None
+    """What ended serving on its own (output that can no longer be written), if anything."""
+    died: tuple[str, ...] = ()
+    """With several processes, how each child that died on its own ended."""
+    forced: bool = False
+    """A second stop signal cut the drain short."""
+
+
+class Service(Protocol):
+    """What :func:`udpchat.run` serves, and a view watches: a :class:`Server`, or the
+    :class:`~udpchat.supervisor.Supervisor` of several server processes."""
+
+    config: ServerConfig
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+    async def start(self) -> None: ...
+
+    async def serve_until_stopped(self) -> ServeResult: ...
+
+    def request_stop(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+    def per_process(self) -> tuple[StatsSnapshot, ...]: ...
 
 
 class MetricsStartError(OSError):
@@ -197,12 +292,14 @@ class Server:
     lets queued messages finish within ``drain_timeout_s`` and counts the rest as dropped. An
     incomplete drain is logged as a warning on ``udpchat.server`` and reported by ``stop()``'s
     and ``serve()``'s result (False), never raised: the counts stay right either way.
+
+    One process only: :func:`udpchat.run` serves a config with ``processes`` above 1.
     """
 
     def __init__(
         self,
         config: ServerConfig | None = None,
-        handler: Handler | None = None,
+        handler: Handler | BatchHandler | None = None,
         *,
         output: TextIO | None = None,
     ) -> None:
@@ -212,17 +309,18 @@ class Server:
         if handler is None and self.config.output_format is not None:
             handler = LinePrinter(output or sys.stdout, self.config.output_format)
         self._relay: Relay | None = None
-        self._bus: RoomBus | None = None
         if self.config.relay:
+            if handler is not None and not callable(handler):
+                raise ValueError("the relay calls its handler per message: give a callable")
             room = Room(self.config.max_peers, self.config.peer_timeout_s)
-            bus_config = self.config.bus_config()
-            if bus_config is not None:
-                self._bus = RoomBus(bus_config, self._relay_remote)
-            publish = None if self._bus is None else self._bus.publish
-            self._relay = Relay(room, CookieJar(), handler, self.send_datagram, publish)
+            inner: Handler | None = handler  # callable, checked above
+            self._relay = Relay(
+                room, CookieJar(), inner, self.send_datagram, self.config.bus_config()
+            )
             handler = self._relay
         self._handler = handler
-        self._counters = ServerCounters()
+        self._tally = ServerTally()
+        self._admission = self.config.admission()
         self._transport: asyncio.DatagramTransport | None = None
         self._receiver: Receiver | None = None
         self._dispatcher: Dispatcher | None = None
@@ -257,7 +355,8 @@ class Server:
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         """The metrics endpoint's bound (host, port); None when the config asks for none."""
-        return None if self._metrics is None else self._metrics.address
+        metrics = self._metrics
+        return metrics.address if metrics is not None and metrics.serving else None
 
     async def start(self) -> None:
         if self._transport is not None:
@@ -266,15 +365,20 @@ class Server:
         sock = bind_udp_socket(
             config.host, config.port, rcvbuf=config.rcvbuf, reuse_port=config.reuse_port
         )
+        bus = None if self._relay is None else self._relay.bus
         try:
-            if self._bus is not None:
-                await self._bus.start()
+            if bus is not None:
+                await bus.start()
             if config.metrics_port is not None:
-                self._metrics = await self._start_metrics(config.metrics_host, config.metrics_port)
+                self._metrics = await start_metrics(
+                    lambda: self.stats(include_senders=False),
+                    config.metrics_host,
+                    config.metrics_port,
+                )
             self._loop = asyncio.get_running_loop()
             self._dispatcher = Dispatcher(
                 self._handler,
-                self._counters,
+                self._tally,
                 workers=config.workers,
                 queue_size=config.queue_size,
                 max_senders=config.max_senders,
@@ -283,9 +387,9 @@ class Server:
             )
             receiver = Receiver(
                 self._dispatcher,
-                self._counters,
+                self._tally,
                 max_datagram_size=config.max_datagram_size,
-                admission=config.admission(),
+                admission=self._admission,
             )
             transport, _ = await self._loop.create_datagram_endpoint(lambda: receiver, sock=sock)
         except BaseException:
@@ -293,8 +397,8 @@ class Server:
             if self._metrics is not None:
                 await self._metrics.close()
                 self._metrics = None
-            if self._bus is not None:
-                await self._bus.stop()
+            if bus is not None:
+                await bus.stop()
             raise
         self._transport, self._receiver, self._socket = transport, receiver, sock
         host, port = self.address
@@ -307,21 +411,10 @@ class Server:
         if self._metrics is not None:
             logger.info("metrics on http://%s:%d/metrics", *self._metrics.address)
 
-    async def _start_metrics(self, host: str, port: int) -> MetricsServer:
-        try:
-            return await MetricsServer.start(lambda: self.stats(include_senders=False), host, port)
-        except OSError as error:
-            raise MetricsStartError(
-                error.errno, f"cannot serve metrics on {host} port {port}: {error.strerror}"
-            ) from None
-
-    async def serve(self) -> bool:
+    async def serve_until_stopped(self) -> ServeResult:
         """Start (unless started), serve until :meth:`request_stop`, a fatal error or
-        cancellation, then stop; returns whether the drain finished (see :meth:`stop`).
-
-        A fatal error (see :meth:`fail`) is raised after the stop, so that the counts are final.
-        Cancellation also stops with a drain before it propagates.
-        """
+        cancellation, then stop with a drain; returns the final counters, whether the drain
+        finished and what ended serving, never raising it."""
         if self._transport is None:
             await self.start()
         try:
@@ -329,9 +422,15 @@ class Server:
                 await self._should_exit.wait()
         finally:
             drained = await self.stop()
-        if self._fatal_error is not None:
-            raise self._fatal_error
-        return drained
+        return ServeResult((self.stats(),), drained, self._fatal_error)
+
+    async def serve(self) -> bool:
+        """:meth:`serve_until_stopped`, returning whether the drain finished; a fatal error
+        (see :meth:`fail`) is raised after the stop, so that the counts are final."""
+        result = await self.serve_until_stopped()
+        if result.error is not None:
+            raise result.error
+        return result.drained
 
     def _log_status(self) -> Callable[[], None]:
         status_line = StatusLine()
@@ -390,11 +489,10 @@ class Server:
         finally:
             draining.cancel()
             abandoning.cancel()
-            if self._bus is not None:  # after the drain: members' last texts go out too
-                await self._bus.stop()
+            if self._relay is not None and self._relay.bus is not None:
+                await self._relay.bus.stop()  # after the drain: members' last texts go out too
             if self._metrics is not None:
                 await self._metrics.close()
-                self._metrics = None
         if not idle:
             logger.warning(
                 "a worker was still stuck in its handler or output after the drain timeout "
@@ -405,11 +503,6 @@ class Server:
         self._drained = idle
         self._closed.set()
         return idle
-
-    def _relay_remote(self, ip: str, text: str) -> None:
-        """A member's text from another server on the bus, to this server's members."""
-        assert self._relay is not None
-        self._relay.relay_remote(ip, text)
 
     def _output_failed_in_worker(self, error: OSError) -> None:
         """Called from a pool thread when output can no longer be written (a broken pipe, a
@@ -430,9 +523,10 @@ class Server:
 
     def send_datagram(self, data: bytes, address: tuple[str, int]) -> bool:
         """Send from the server's own socket (safe from pool threads); False when the socket's
-        buffer is full or the address is unreachable: UDP gives no other guarantee anyway."""
+        buffer is full, the address is unreachable or the server is not serving: UDP gives
+        no other guarantee anyway."""
         if self._socket is None:
-            raise RuntimeError("the server is not started")
+            return False
         host, port = address
         if self._socket.family == socket.AF_INET6 and "." in host and ":" not in host:
             host = f"::ffff:{host}"  # an IPv4 peer of a dual-stack socket
@@ -442,13 +536,6 @@ class Server:
             return False
         return True
 
-    @property
-    def receive_buffer_bytes(self) -> int:
-        """The receive buffer the OS granted (Linux reports twice the asked size)."""
-        if self._socket is None:
-            raise RuntimeError("the server is not started")
-        return receive_buffer_size(self._socket)
-
     def kernel_drops(self) -> int | None:
         """Datagrams the kernel dropped before we could read them; None where the OS cannot say."""
         if self._transport is None or self._socket is None:
@@ -457,18 +544,21 @@ class Server:
 
     def stats(self, include_senders: bool = True) -> StatsSnapshot:
         """The counters now; ``include_senders=False`` skips the per-sender table (cheaper)."""
-        relay = None if self._relay is None else self._relay.stats()
-        bus = None if self._bus is None else self._bus.stats()
-        if self._dispatcher is None:
-            return self._counters.snapshot(relay=relay, bus=bus)
-        delivery, senders = self._dispatcher.delivery(include_senders)
-        return self._counters.snapshot(
-            kernel_drops=self.kernel_drops(),
-            delivery=delivery,
-            senders=senders,
-            relay=relay,
-            bus=bus,
-        )
+        relay, bus = self._relay, None if self._relay is None else self._relay.bus
+        parts: dict[str, Any] = {
+            "relay": None if relay is None else relay.stats(),
+            "bus": None if bus is None else bus.stats(),
+            "admission": None if self._admission is None else self._admission.stats(),
+            "endpoint": None if self._metrics is None else self._metrics.stats(),
+        }
+        if self._dispatcher is not None:
+            parts["delivery"], parts["senders"] = self._dispatcher.delivery(include_senders)
+            parts["kernel_drops"] = self.kernel_drops()
+        return self._tally.snapshot(**parts)
+
+    def per_process(self) -> tuple[StatsSnapshot, ...]:
+        """The counters of each process serving: this one's alone."""
+        return (self.stats(),)
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -481,3 +571,15 @@ class Server:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+async def start_metrics(stats: Callable[[], StatsSnapshot], host: str, port: int) -> MetricsServer:
+    """The metrics endpoint on this loop, or :class:`MetricsStartError` saying why not."""
+    from udpchat.metrics import MetricsServer  # noqa: PLC0415 - prometheus-client only here
+
+    try:
+        return await MetricsServer.start(stats, host, port)
+    except OSError as error:
+        raise MetricsStartError(
+            error.errno, f"cannot serve metrics on {host} port {port}: {error.strerror}"
+        ) from None

@@ -95,3 +95,13 @@ def find_drops(rows: list[str], inode: str) -> int | None:
         if len(columns) > _DROPS_COLUMN and columns[_INODE_COLUMN] == inode:
             return int(columns[_DROPS_COLUMN])
     return None
+
+
+def plain_ip(ip: str) -> str:
+    """``::ffff:1.2.3.4`` (an IPv4 sender on a dual-stack socket) shown as ``1.2.3.4``."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
+
+
+def plain_sender(address: tuple[str, int, int, int]) -> tuple[str, int]:
+    """(ip, port) from an IPv6 socket's 4-tuple; IPv4 sockets give (ip, port) already."""
+    return plain_ip(address[0]), address[1]

@@ -26,16 +26,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
 
 from udpchat.bus import BusUnavailableError
-from udpchat.metrics import MetricsServer
+from udpchat.counters import StatsSnapshot, add_up
+from udpchat.handlers import OutputError
 from udpchat.output import output_failure
-from udpchat.pipeline import OutputError
-from udpchat.runtime import LoopChoice, SignalStop, periodically, run, tune_for_throughput
-from udpchat.server import MetricsStartError, Server, ServerConfig
+from udpchat.runtime import (
+    LoopChoice,
+    SignalStop,
+    periodically,
+    run_coroutine,
+    tune_for_throughput,
+)
+from udpchat.server import Server, ServerConfig, ServeResult, start_metrics
 from udpchat.sockets import bind_udp_socket
-from udpchat.stats import StatsSnapshot, combine
+
+if TYPE_CHECKING:
+    from udpchat.metrics import MetricsServer
 
 logger = logging.getLogger("udpchat.supervisor")
 
@@ -91,27 +99,33 @@ class ChildStartError(OSError):
     """A child could not start its server; carries the child's own error text."""
 
 
-@dataclass(frozen=True, slots=True)
-class SupervisorResult:
-    per_process: tuple[StatsSnapshot, ...]
-    """Each child's last report, in child order."""
-    drained: bool
-    """Whether every child that stopped on request finished its drain."""
-    died: tuple[str, ...] = ()
-    """How each child that died on its own ended (``process 2 (pid 41): killed by SIGKILL``)."""
-    error: OSError | None = None
-    """Why serving ended on its own: the parent's output could no longer be written."""
+class _PipeBytes:
+    """Bytes to the parent, one message per write (the printer writes whole lines)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def write(self, data: bytes) -> int:
+        self._connection.send_bytes(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Each write is sent whole: nothing waits."""
 
 
-class _ConnectionWriter(io.StringIO):
-    """A text stream whose writes go to the parent as one message each (whole lines)."""
+class _PipeOutput(io.TextIOBase):
+    """The child's message stream: the printer writes its lines' bytes to :attr:`buffer`, as
+    to stdout's, so that they cross to the parent without being decoded and encoded again."""
 
     def __init__(self, connection: Connection) -> None:
         super().__init__()
-        self._connection = connection
+        self.buffer = _PipeBytes(connection)
+
+    def writable(self) -> bool:
+        return True
 
     def write(self, text: str) -> int:
-        self._connection.send_bytes(text.encode("utf-8"))
+        self.buffer.write(text.encode("utf-8"))
         return len(text)
 
 
@@ -125,7 +139,6 @@ def _child_main(
     loop: LoopChoice,
     control: Connection,
     output: Connection,
-    report_senders: bool,
 ) -> None:
     """One child: serve until the parent's SIGTERM, then report its counters and leave."""
     for signum in (signal.SIGINT, getattr(signal, "SIGHUP", None)):
@@ -134,7 +147,7 @@ def _child_main(
     logging.basicConfig(level=logging.WARNING, format=f"udpchat: {label}%(message)s")
     logging.getLogger("udpchat.status").setLevel(logging.INFO)
     tune_for_throughput()
-    server = Server(config, output=_ConnectionWriter(output))
+    server = Server(config, output=cast(TextIO, _PipeOutput(output)))
 
     async def serve() -> bool:
         stop = SignalStop(signals=(signal.SIGTERM,), on_first=lambda _: server.request_stop())
@@ -150,16 +163,15 @@ def _child_main(
             _send(control, Ready(server.address))
 
             def report() -> None:
-                _send(control, Report(server.stats(include_senders=report_senders)))
+                _send(control, Report(server.stats()))
 
             async with periodically(REPORT_INTERVAL_S, report):
-                try:
-                    return await server.serve()
-                except OSError as error:  # the parent's pipe is gone: report, do not die
-                    logger.error("stopped: %s", error)
-                    return await server.wait_closed()
+                result = await server.serve_until_stopped()
+            if result.error is not None:  # the parent's pipe is gone: report, do not die
+                logger.error("stopped: %s", result.error)
+            return result.drained
 
-    drained = run(serve(), loop)
+    drained = run_coroutine(serve(), loop)
     _send(control, Done(server.stats(), drained))
     output.close()
     os._exit(0)  # a stuck worker must not keep the child alive
@@ -184,7 +196,7 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
-_NO_REPORT = StatsSnapshot(received=0, handled=0, handler_errors=0, dropped={})
+_NO_REPORT = StatsSnapshot()
 
 
 class _Child:
@@ -200,7 +212,8 @@ class _Child:
 
 
 class Supervisor:
-    """Runs ``processes`` children of ``config`` until :meth:`request_stop` or a child's death.
+    """Runs ``config.processes`` children of ``config`` until :meth:`request_stop` or a
+    child's death.
 
     ``out`` receives the children's message lines. The metrics endpoint, when the config asks
     for one, is the parent's and serves :meth:`combined`.
@@ -209,23 +222,14 @@ class Supervisor:
     def __init__(
         self,
         config: ServerConfig,
-        processes: int,
         loop: LoopChoice,
         out: BinaryIO,
-        *,
-        report_senders: bool = False,
     ) -> None:
-        if config.relay and not config.nats:
-            raise ValueError(
-                "relay with several processes needs nats: a room spans them through it"
-            )
         self.config = config
-        self.processes = processes
+        self.processes = config.processes
         self._loop_choice = loop
         self._out = out
         self._out_lock = threading.Lock()
-        self._report_senders = report_senders
-        """Children's periodic reports carry their sender tables (for ``--dashboard``)."""
         self._children: list[_Child] = []
         self._threads: list[threading.Thread] = []
         self._should_exit = asyncio.Event()
@@ -233,15 +237,26 @@ class Supervisor:
         self._output_error: OutputError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._metrics: MetricsServer | None = None
-        self.address: tuple[str, int] | None = None
+        self._address: tuple[str, int] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the children share."""
+        if self._address is None:
+            raise RuntimeError("the supervisor is not started")
+        return self._address
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         return None if self._metrics is None else self._metrics.address
 
     def combined(self) -> StatsSnapshot:
-        """The children's latest reports added up (each at most :data:`REPORT_INTERVAL_S` old)."""
-        return combine(self._reports())
+        """The children's latest reports added up (each at most :data:`REPORT_INTERVAL_S` old),
+        with the parent's metrics endpoint."""
+        total = add_up(self._reports() or (_NO_REPORT,))
+        if self._metrics is None:
+            return total
+        return dataclasses.replace(total, endpoint=self._metrics.stats())
 
     def per_process(self) -> tuple[StatsSnapshot, ...]:
         """Each child's latest report, in the children's order; zeros before the first."""
@@ -261,7 +276,7 @@ class Supervisor:
         them all with :class:`ChildStartError`."""
         port = claim_port(self.config)
         child_config = dataclasses.replace(
-            self.config, port=port, reuse_port=True, metrics_port=None
+            self.config, port=port, reuse_port=True, metrics_port=None, processes=1
         )
         context = multiprocessing.get_context("spawn")
         loop = self._loop = asyncio.get_running_loop()
@@ -272,7 +287,7 @@ class Supervisor:
                 process = context.Process(
                     target=_child_main,
                     args=(child_config, f"process {index + 1}: ", self._loop_choice,
-                          control_child, output_child, self._report_senders),
+                          control_child, output_child),
                     daemon=True,
                 )  # fmt: skip
                 process.start()
@@ -283,20 +298,14 @@ class Supervisor:
                 self._spawn_thread(self._copy_output, output)
                 self._spawn_thread(self._listen, child, loop)
             readies = await asyncio.gather(*(child.ready for child in self._children))
-            self.address = readies[0].address
+            self._address = readies[0].address
             if self.config.metrics_port is not None:
-                host, metrics_port = self.config.metrics_host, self.config.metrics_port
-                try:
-                    self._metrics = await MetricsServer.start(self.combined, host, metrics_port)
-                except OSError as error:
-                    raise MetricsStartError(
-                        error.errno,
-                        f"cannot serve metrics on {host} port {metrics_port}: {error.strerror}",
-                    ) from None
+                self._metrics = await start_metrics(
+                    self.combined, self.config.metrics_host, self.config.metrics_port
+                )
         except BaseException:
             self._kill_all()
             raise
-        assert self.address is not None
         pids = ", ".join(str(child.process.pid) for child in self._children)
         logger.info(
             "listening on %s port %d (%d processes: pids %s)",
@@ -365,7 +374,7 @@ class Supervisor:
         if child.done is None:
             self._should_exit.set()
 
-    async def serve(self) -> SupervisorResult:
+    async def serve_until_stopped(self) -> ServeResult:
         """Start (unless started), supervise until a stop request or a child's death, then stop
         the children with a drain; returns what they reported."""
         if not self._children:
@@ -378,9 +387,9 @@ class Supervisor:
             if self._metrics is not None:
                 await self._metrics.close()
 
-    async def _stop_children(self) -> SupervisorResult:
+    async def _stop_children(self) -> ServeResult:
         if self._abandoned:
-            return SupervisorResult(self._reports(), drained=False)
+            return ServeResult(self._reports(), drained=False)
         deadline = self.config.drain_timeout_s + CHILD_EXIT_GRACE_S
         dead = [child for child in self._children if child.ended.is_set() and child.done is None]
         died = []
@@ -404,7 +413,7 @@ class Supervisor:
             for child in self._children
             if child not in dead
         )
-        return SupervisorResult(self._reports(), drained, tuple(died), self._output_error)
+        return ServeResult(self._reports(), drained, self._output_error, tuple(died))
 
     def _reports(self) -> tuple[StatsSnapshot, ...]:
         return tuple(child.latest for child in self._children if child.latest is not None)

@@ -1,0 +1,579 @@
+"""Every counter udpchat keeps, declared once.
+
+A counter is a field of a frozen dataclass (a :class:`Counts`) whose metadata is its
+declaration: help text, unit, kind, the key it has in ``key=value`` text and the name it has
+in /metrics. Everything that shows counters derives from these declarations: the sum across
+processes (:meth:`Counts.__add__`), the summary, status line and JSON summary
+(:mod:`udpchat.report`), /metrics (:mod:`udpchat.metrics`) and the dashboard. Adding a counter
+is adding a field here and counting it where it happens.
+
+The live values are kept in a :class:`Tally`, changed under one lock, whose snapshot is the
+frozen :class:`Counts`. Pure: no I/O, and nothing of udpchat is imported.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import enum
+import functools
+import operator
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+DECLARATION = "udpchat.counter"
+"""The metadata key under which a field holds its :class:`Declaration`."""
+
+
+class Kind(enum.Enum):
+    """How a counter behaves, and so how it is added up across processes and exposed."""
+
+    TOTAL = "total"
+    """Only grows: a Prometheus counter; summed across processes."""
+    LEVEL = "level"
+    """A value now (queue depth, members): a Prometheus gauge; summed across processes."""
+    FLAG = "flag"
+    """A yes or no now: a gauge of 0 or 1; across processes, whether all of them say yes."""
+    BY_REASON = "by_reason"
+    """Totals by a label value (a drop reason): one Prometheus counter with a label."""
+    UNKNOWN_OK = "unknown_ok"
+    """A total the OS may not know (None): unknown in a sum when unknown in any process."""
+    PART = "part"
+    """A group of counters, a table or a histogram inside a snapshot: added with ``+``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    """One counter: what it means, in what unit, and the names it goes by."""
+
+    name: str
+    """The field's name: the attribute in Python and the key in the JSON summary."""
+    help: str
+    unit: str
+    kind: Kind
+    key: str
+    """Its key in ``key=value`` text (the summary, the status line)."""
+    metric: str
+    """Its Prometheus family name, without the group's prefix and ``_total``."""
+    label: str = ""
+    """The label of a :attr:`Kind.BY_REASON` counter (``reason``)."""
+
+    @property
+    def zero(self) -> Any:
+        if self.kind is Kind.BY_REASON:
+            return {}
+        return False if self.kind is Kind.FLAG else 0
+
+
+def _declare(kind: Kind, help: str, unit: str, key: str, metric: str, label: str = "") -> Any:
+    spec = {"kind": kind, "help": help, "unit": unit, "key": key, "metric": metric, "label": label}
+    if kind is Kind.BY_REASON:
+        return field(default_factory=dict, metadata={DECLARATION: spec})
+    if kind is Kind.UNKNOWN_OK:
+        return field(default=None, metadata={DECLARATION: spec})
+    return field(default=False if kind is Kind.FLAG else 0, metadata={DECLARATION: spec})
+
+
+def total(help: str, *, unit: str, key: str = "", metric: str = "") -> Any:
+    """A counter that only grows."""
+    return _declare(Kind.TOTAL, help, unit, key, metric)
+
+
+def level(help: str, *, unit: str, key: str = "", metric: str = "") -> Any:
+    """A value now, that goes up and down."""
+    return _declare(Kind.LEVEL, help, unit, key, metric)
+
+
+def flag(help: str, *, key: str = "", metric: str = "") -> Any:
+    """A yes or no now."""
+    return _declare(Kind.FLAG, help, "", key, metric)
+
+
+def by_reason(help: str, *, unit: str, label: str, key: str = "", metric: str = "") -> Any:
+    """Totals by reason: a mapping from the label's value to its count."""
+    return _declare(Kind.BY_REASON, help, unit, key, metric, label)
+
+
+def unknown_ok(help: str, *, unit: str, key: str = "", metric: str = "") -> Any:
+    """A total that may be unknown (None)."""
+    return _declare(Kind.UNKNOWN_OK, help, unit, key, metric)
+
+
+def part(default: Any = None, *, default_factory: Callable[[], Any] | None = None) -> Any:
+    """A group, table or histogram inside a snapshot, added up with ``+``."""
+    spec = {"kind": Kind.PART, "help": "", "unit": "", "key": "", "metric": "", "label": ""}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata={DECLARATION: spec})
+    return field(default=default, metadata={DECLARATION: spec})
+
+
+_DECLARED: dict[type, tuple[Declaration, ...]] = {}
+
+
+def declarations(counts_type: type) -> tuple[Declaration, ...]:
+    """The declarations of a :class:`Counts` class, in field order."""
+    declared = _DECLARED.get(counts_type)
+    if declared is None:
+        specs = [
+            (each.name, dict(each.metadata[DECLARATION]))
+            for each in dataclasses.fields(counts_type)
+        ]
+        declared = _DECLARED[counts_type] = tuple(
+            Declaration(
+                name=name,
+                **{**spec, "key": spec["key"] or name, "metric": spec["metric"] or name},
+            )
+            for name, spec in specs
+        )
+    return declared
+
+
+def _add(kind: Kind, a: Any, b: Any) -> Any:
+    if kind is Kind.FLAG:
+        return a and b
+    if kind is Kind.BY_REASON:
+        summed = dict(a)
+        for reason, count in b.items():
+            summed[reason] = summed.get(reason, 0) + count
+        return summed
+    if kind is Kind.UNKNOWN_OK:
+        return None if a is None or b is None else a + b
+    if kind is Kind.PART and (a is None or b is None):
+        return b if a is None else a
+    return a + b
+
+
+class Counts:
+    """A frozen group of declared counters: added up field by field as each one's kind says."""
+
+    __slots__ = ()
+    text_prefix: ClassVar[str] = ""
+    """What the group's line starts with in text (``relay``); empty where it has no line."""
+    metric_prefix: ClassVar[str] = "udpchat_"
+    """Before each counter's metric name in /metrics."""
+
+    def __add__(self, other: Self) -> Self:
+        values = {
+            declared.name: _add(
+                declared.kind, getattr(self, declared.name), getattr(other, declared.name)
+            )
+            for declared in declarations(type(self))
+        }
+        return type(self)(**values)
+
+    def items(self) -> Iterator[tuple[Declaration, Any]]:
+        """Each declaration with its value here."""
+        for declared in declarations(type(self)):
+            yield declared, getattr(self, declared.name)
+
+
+C = TypeVar("C", bound=Counts)
+
+
+def add_up(counts: Sequence[C]) -> C:
+    """The sum of several processes' counts (at least one)."""
+    return functools.reduce(operator.add, counts)
+
+
+class Tally(Generic[C]):
+    """The live values of one :class:`Counts` class, changed under one lock.
+
+    Code that counts names the counter: ``tally.add("joins")``. The name is checked, so that a
+    counter that is not declared fails at once in the tests rather than count nothing.
+    """
+
+    def __init__(self, counts_type: type[C]) -> None:
+        self._type = counts_type
+        self.lock = threading.Lock()
+        self.values: dict[str, Any] = {
+            declared.name: declared.zero
+            for declared in declarations(counts_type)
+            if declared.kind in (Kind.TOTAL, Kind.LEVEL, Kind.BY_REASON)
+        }
+        """Guarded by :attr:`lock`; hot paths may change several at once under it."""
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self.lock:
+            self.values[name] += amount
+
+    def add_reason(self, name: str, reason: str, amount: int = 1) -> None:
+        with self.lock:
+            by_reason = self.values[name]
+            by_reason[reason] = by_reason.get(reason, 0) + amount
+
+    def snapshot(self, **now: Any) -> C:
+        """The counts now; ``now`` gives the values read elsewhere (levels, flags)."""
+        with self.lock:
+            values = self._copy()
+        values.update(now)
+        return self._type(**values)
+
+    def _copy(self) -> dict[str, Any]:
+        """The values, copied under the lock."""
+        return {
+            name: dict(value) if isinstance(value, dict) else value
+            for name, value in self.values.items()
+        }
+
+
+# What a server counts. Every datagram read is counted once as received and ends in exactly one
+# of handled or a drop reason, so that received == handled + dropped + queued at every moment.
+
+
+class DropReason(enum.Enum):
+    """Why a received datagram was not handed to the handler."""
+
+    EMPTY = "empty"
+    OVERSIZE = "oversize"
+    NOT_ALLOWED = "not_allowed"
+    RATE_LIMITED = "rate_limited"
+    QUEUE_FULL = "queue_full"
+    SHUTDOWN = "shutdown"
+    OUTPUT_FAILED = "output_failed"
+    """The batch's output could not be written (a broken pipe, a full disk)."""
+    INTERNAL_ERROR = "internal_error"
+    """Parsing or accounting raised: a bug, counted rather than lost."""
+
+
+LATENCY_BOUNDS_S = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+"""Upper bounds of the handler-latency histogram's buckets, in seconds (one more for +Inf)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyHistogram:
+    """Time from the event loop reading a datagram's batch to the batch being handled (its
+    handlers returned and its output written)."""
+
+    counts: tuple[int, ...] = (0,) * (len(LATENCY_BOUNDS_S) + 1)
+    """Messages per bucket (not cumulative); the last bucket is above every bound."""
+    sum_s: float = 0.0
+    bounds_s: tuple[float, ...] = LATENCY_BOUNDS_S
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def __add__(self, other: LatencyHistogram) -> LatencyHistogram:
+        counts = tuple(a + b for a, b in zip(self.counts, other.counts, strict=True))
+        return LatencyHistogram(counts, self.sum_s + other.sum_s, self.bounds_s)
+
+
+def latency_bucket(latency_s: float) -> int:
+    return bisect.bisect_left(LATENCY_BOUNDS_S, latency_s)
+
+
+@dataclass(frozen=True, slots=True)
+class SenderStats:
+    """One sender's delivery figures, over all its sessions: a row of the sender table."""
+
+    ip: str
+    port: int
+    username: str
+    received: int
+    highest_counter: int
+    lost: int
+    """Counters skipped and not (yet) arrived."""
+    duplicates: int
+    reordered: int
+    late: int
+    restarts: int
+    jitter_s: float
+    """Smoothed deviation of arrival gaps from the sender's mean interval (RFC 3550 style)."""
+    last_heard_s: float
+    """When the sender's latest new counter arrived, on the clock of ``record``'s ``arrival``
+    (the server passes ``time.time()``, so that processes sharing a port agree)."""
+
+    @property
+    def loss_ratio(self) -> float:
+        """Lost over expected, where expected is every counter the sessions spanned."""
+        expected = self.received - self.duplicates + self.lost
+        return self.lost / expected if expected > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTotals(Counts):
+    """Delivery figures summed over every sender, evicted ones included."""
+
+    senders: int = level("Senders tracked now.", unit="senders")
+    lost: int = level(
+        "Counters skipped by senders and not arrived (yet); falls when late ones arrive.",
+        unit="messages",
+        metric="messages_lost",
+    )
+    duplicates: int = total("Messages whose counter had arrived already.", unit="messages")
+    reordered: int = total("Messages that filled a gap a few places back.", unit="messages")
+    late: int = total("Messages that filled a gap further back.", unit="messages")
+    restarts: int = total("Senders whose counter went back to 1.", unit="senders")
+    evicted: int = total(
+        "Senders forgotten to bound the table (their figures stay in these totals).",
+        unit="senders",
+        key="senders_evicted",
+        metric="senders_evicted",
+    )
+    gaps_given_up: int = total(
+        "Gaps closed to bound a sender's state: their messages stay lost, a late one counts "
+        "as late.",
+        unit="gaps",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStats(Counts):
+    """The room's counters at one moment: what it admitted, refused, relayed and sent."""
+
+    text_prefix: ClassVar[str] = "relay"
+    metric_prefix: ClassVar[str] = "udpchat_relay_"
+
+    members: int = level("Members in the relay room.", unit="members")
+    joins: int = total(
+        "Addresses admitted to the room with a valid cookie (a rejoin counts again).",
+        unit="joins",
+    )
+    refused_full: int = total("Joins refused because the room was full.", unit="joins")
+    ignored_joins: int = total(
+        "Cookie requests smaller than the cookie, ignored: answering would amplify.",
+        unit="requests",
+    )
+    expired: int = total("Members that left the room by silence.", unit="members")
+    relayed_datagrams: int = total(
+        "Datagrams sent to other members (one message to three members counts three).",
+        unit="datagrams",
+    )
+    relayed_bytes: int = total("Bytes relayed to members.", unit="bytes")
+    bytes_in: int = total("Bytes the relay received.", unit="bytes")
+    bytes_out: int = total(
+        "Bytes the relay sent: relayed texts and handshake answers.", unit="bytes"
+    )
+    send_failures: int = total(
+        "Datagrams the relay could not send (socket buffer full, unreachable).", unit="datagrams"
+    )
+    not_relayed: int = total(
+        "Texts not relayed because they grew in decoding past the header bound.", unit="messages"
+    )
+    keepalives: int = total(
+        "Keepalives from members, with their own cookie: each kept a member in the room.",
+        unit="datagrams",
+    )
+    expired_notices: int = total(
+        "/expired answers to a keepalive or text from an address that is not a member.",
+        unit="datagrams",
+    )
+    unanswered_non_members: int = total(
+        "Datagrams from non-members smaller than /expired, unanswered: answering would amplify.",
+        unit="datagrams",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BusStats(Counts):
+    """The room's NATS counters at one moment."""
+
+    text_prefix: ClassVar[str] = "nats"
+    metric_prefix: ClassVar[str] = "udpchat_nats_"
+
+    connected: bool = flag("1 while connected to NATS (with several processes: every one).")
+    published: int = total(
+        "Members' messages handed to NATS, buffered ones included.", unit="messages"
+    )
+    published_while_disconnected: int = total(
+        "Messages buffered while NATS was unreachable.", unit="messages"
+    )
+    publish_failures: Mapping[str, int] = by_reason(
+        "Members' messages that could not be published, by reason.",
+        unit="messages",
+        label="reason",
+    )
+    received: int = total(
+        "Messages from the room's other servers relayed to this server's members.",
+        unit="messages",
+    )
+    dropped: Mapping[str, int] = by_reason(
+        "Messages from NATS refused (malformed, oversize, slow consumer), by reason.",
+        unit="messages",
+        label="reason",
+    )
+    own_echoes: int = total("This server's own messages back from NATS, ignored.", unit="messages")
+    disconnects: int = total("Times the connection to NATS was lost.", unit="events")
+    reconnects: int = total("Times the connection to NATS came back.", unit="events")
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionStats(Counts):
+    """The allow-list's and rate limiter's own tables, bounded by ``max_sources``."""
+
+    text_prefix: ClassVar[str] = "admission"
+    metric_prefix: ClassVar[str] = "udpchat_admission_"
+
+    sources: int = level("Source addresses the rate limiter keeps a bucket for.", unit="sources")
+    sources_evicted: int = total(
+        "Rate-limiter buckets dropped to bound the table; the source starts again full.",
+        unit="sources",
+    )
+    allow_cache_resets: int = total(
+        "Times the allow-list's cache of decisions was full and started over.", unit="events"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStats(Counts):
+    """What the metrics endpoint refused, so that its own bounds are visible."""
+
+    text_prefix: ClassVar[str] = "metrics"
+    metric_prefix: ClassVar[str] = "udpchat_metrics_"
+
+    connections_dropped: Mapping[str, int] = by_reason(
+        "Scrape connections closed without an answer, by reason: evicted (to make room under "
+        "the cap), timed_out, bad_request.",
+        unit="connections",
+        label="reason",
+    )
+    bad_requests: int = total("Malformed requests answered 400 or 431.", unit="requests")
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot(Counts):
+    """A server's counters at one moment, safe to keep, compare and add up across processes.
+
+    Taken under one lock, so ``received == handled + dropped_total + queue_depth`` holds in
+    every snapshot, from any thread.
+    """
+
+    received: int = total(
+        "Datagrams read from the socket.", unit="datagrams", metric="datagrams_received"
+    )
+    handled: int = total(
+        "Messages handled: their handler returned and their output was written.",
+        unit="messages",
+        metric="messages_handled",
+    )
+    dropped: Mapping[str, int] = by_reason(
+        "Datagrams read but not handled, by reason.",
+        unit="datagrams",
+        label="reason",
+        metric="datagrams_dropped",
+    )
+    handler_errors: int = total("Handled messages whose handler raised.", unit="messages")
+    problems: Mapping[str, int] = by_reason(
+        "Handled messages that were not clean seed text, by problem.",
+        unit="messages",
+        label="problem",
+        metric="messages_malformed",
+    )
+    queue_depth: int = level(
+        "Datagrams taken in and not yet handled or dropped: waiting or in a worker.",
+        unit="datagrams",
+        key="queued",
+    )
+    kernel_drops: int | None = unknown_ok(
+        "Datagrams the kernel dropped before udpchat could read them (receive buffer full); "
+        "unknown where the OS cannot say.",
+        unit="datagrams",
+    )
+    batches: int = total("Batches of datagrams handed to the worker pool.", unit="batches")
+    jobs_started: int = total(
+        "Pool jobs started: a second one starts only when the running one stalls.",
+        unit="jobs",
+        metric="pool_jobs_started",
+    )
+    delivery: DeliveryTotals = part(default_factory=DeliveryTotals)
+    """Loss, duplicates and reordering read from the senders' counters, over all senders."""
+    senders: tuple[SenderStats, ...] = part(default=())
+    """Per-sender figures; empty when the snapshot was taken without them."""
+    latency: LatencyHistogram = part(default_factory=LatencyHistogram)
+    relay: RelayStats | None = part()
+    """The chat room's counters, for a server with ``relay=True``; else None."""
+    bus: BusStats | None = part()
+    """The room's NATS counters, for a relay attached to NATS; else None."""
+    admission: AdmissionStats | None = part()
+    """The allow-list's and rate limiter's tables, where the config asks for either."""
+    endpoint: EndpointStats | None = part()
+    """The metrics endpoint's refusals, where the config asks for one."""
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    def groups(self) -> Iterator[Counts]:
+        """The groups this snapshot carries, delivery first."""
+        for _, value in self.items():
+            if isinstance(value, Counts):
+                yield value
+
+
+COUNT_GROUPS: tuple[type[Counts], ...] = (
+    StatsSnapshot,
+    DeliveryTotals,
+    RelayStats,
+    BusStats,
+    AdmissionStats,
+    EndpointStats,
+)
+"""Every group of declared counters a server can report."""
+
+
+class ServerTally(Tally[StatsSnapshot]):
+    """The server's live counts: one hand-off and one finish per batch on the hot path, one
+    call per datagram refused before it was queued, each under the one lock, so that any
+    snapshot from any thread has ``received == handled + dropped + queued`` exactly."""
+
+    def __init__(self) -> None:
+        super().__init__(StatsSnapshot)
+        self.values["dropped"] = {reason.value: 0 for reason in DropReason}
+        self._latency_counts = [0] * (len(LATENCY_BOUNDS_S) + 1)
+        self._latency_sum_s = 0.0
+
+    @property
+    def queued(self) -> int:
+        return int(self.values["queue_depth"])
+
+    def take_in(self, received: int, queued: int) -> None:
+        """``received`` datagrams read as one batch, ``queued`` of them queued and the rest
+        dropped as ``queue_full``; on the event-loop thread."""
+        values = self.values
+        with self.lock:
+            values["received"] += received
+            values["queue_depth"] += queued
+            values["dropped"][DropReason.QUEUE_FULL.value] += received - queued
+            if queued:
+                values["batches"] += 1
+
+    def refuse(self, reason: DropReason) -> None:
+        """One datagram read and dropped before it was queued."""
+        values = self.values
+        with self.lock:
+            values["received"] += 1
+            values["dropped"][reason.value] += 1
+
+    def add_handled(
+        self, handled: int, handler_errors: int, problems: Mapping[str, int], latency_s: float
+    ) -> None:
+        """Merge one handled batch, whose messages all took ``latency_s``; from pool threads."""
+        bucket = latency_bucket(latency_s)
+        values = self.values
+        with self.lock:
+            values["queue_depth"] -= handled
+            values["handled"] += handled
+            values["handler_errors"] += handler_errors
+            if problems:
+                counted = values["problems"]
+                for name, count in problems.items():
+                    counted[name] = counted.get(name, 0) + count
+            self._latency_counts[bucket] += handled
+            self._latency_sum_s += latency_s * handled
+
+    def add_dropped(self, reason: DropReason, count: int) -> None:
+        """``count`` queued datagrams dropped (output failed, shut down before a worker took
+        them, or an internal error)."""
+        values = self.values
+        with self.lock:
+            values["queue_depth"] -= count
+            values["dropped"][reason.value] += count
+
+    def _copy(self) -> dict[str, Any]:
+        values = super()._copy()
+        values["latency"] = LatencyHistogram(tuple(self._latency_counts), self._latency_sum_s)
+        return values
