@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from udpchat import Message
+from udpchat import Message, StatsSnapshot
 
 LOOPBACK = "127.0.0.1"
 EVENT_TIMEOUT_S = 10.0
@@ -198,3 +198,27 @@ def free_udp_port() -> int:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def assert_balanced(stats: StatsSnapshot, sent: int | None = None) -> None:
+    """Every datagram read is handled, dropped for a named reason or still queued; and where
+    the sender is known, every datagram sent was read or dropped by the kernel."""
+    assert stats.received == stats.handled + stats.dropped_total + stats.queue_depth, stats
+    if sent is not None:
+        assert sent == stats.received + (stats.kernel_drops or 0), (sent, stats)
+
+
+def summary_counts(stderr: str) -> dict[str, int]:
+    """The numbers of the ``udpchat: summary:`` line, by key (a reason's count under its own
+    name, the total under the counter's)."""
+    (line,) = [line for line in stderr.splitlines() if line.startswith("udpchat: summary:")]
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
+
+
+def assert_summary_balanced(stderr: str, sent: int | None = None) -> dict[str, int]:
+    """:func:`assert_balanced` on the summary a ``serve`` process printed; returns its counts."""
+    counts = summary_counts(stderr)
+    assert counts["received"] == counts["handled"] + counts["dropped"] + counts["queued"], counts
+    if sent is not None:
+        assert sent == counts["received"] + counts.get("kernel_drops", 0), (sent, counts)
+    return counts

@@ -5,7 +5,13 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpchat.accounting import MAX_GAPS_PER_SENDER, DeliveryAccounting, SenderKey, Verdict
+from udpchat.accounting import (
+    MAX_GAPS_PER_SENDER,
+    REORDER_WINDOW,
+    DeliveryAccounting,
+    SenderKey,
+    Verdict,
+)
 from udpchat.counters import DeliveryTotals, SenderStats, add_up
 
 ALICE = (("127.0.0.1", 40000), b"alice")
@@ -122,6 +128,155 @@ def test_totals_add_up() -> None:
     assert add_up([first, second]) == DeliveryTotals(
         senders=3, lost=2, duplicates=3, reordered=1, late=4
     )
+
+
+class ReferenceSender:
+    """The module docstring's rules, written as plainly as possible: every counter seen is kept
+    in a set, so a gap is simply a counter between the session's base and its highest that is
+    not in it. Slow, obviously right, and only for sequences that never hit the gap bound."""
+
+    def __init__(self, counter: int) -> None:
+        self.received, self.lost, self.duplicates = 1, 0, 0
+        self.reordered, self.late, self.restarts = 0, 0, 0
+        self.start(counter)
+
+    def start(self, counter: int) -> None:
+        self.base = self.highest = counter
+        self.seen = {counter}
+
+    def record(self, counter: int) -> Verdict:
+        self.received += 1
+        if counter > self.highest:
+            self.lost += counter - self.highest - 1
+            self.highest = counter
+            self.seen.add(counter)
+            return Verdict.NEW
+        if self.base <= counter and counter not in self.seen:
+            self.seen.add(counter)
+            self.lost -= 1
+            if self.highest - counter <= REORDER_WINDOW:
+                self.reordered += 1
+                return Verdict.REORDERED
+            self.late += 1
+            return Verdict.LATE
+        if counter < self.base and self.base - counter <= REORDER_WINDOW:
+            self.lost += self.base - counter - 1
+            self.base = counter
+            self.seen.add(counter)
+            self.reordered += 1
+            return Verdict.REORDERED
+        if counter == 1:
+            self.restarts += 1
+            self.start(counter)
+            return Verdict.NEW
+        self.duplicates += 1
+        return Verdict.DUPLICATE
+
+    def figures(self) -> tuple[int, ...]:
+        return (
+            self.received, self.highest, self.lost, self.duplicates, self.reordered, self.late,
+            self.restarts,
+        )  # fmt: skip
+
+
+def reference(
+    arrivals: list[tuple[SenderKey, int]],
+) -> tuple[list[Verdict], dict[SenderKey, tuple[int, ...]]]:
+    senders: dict[SenderKey, ReferenceSender] = {}
+    verdicts = []
+    for key, counter in arrivals:
+        sender = senders.get(key)
+        if sender is None:
+            senders[key] = ReferenceSender(counter)
+            verdicts.append(Verdict.NEW)
+        else:
+            verdicts.append(sender.record(counter))
+    return verdicts, {key: sender.figures() for key, sender in senders.items()}
+
+
+def figures(accounting: DeliveryAccounting) -> dict[SenderKey, tuple[int, ...]]:
+    return {
+        ((s.ip, s.port), s.username.encode()): (
+            s.received,
+            s.highest_counter,
+            s.lost,
+            s.duplicates,
+            s.reordered,
+            s.late,
+            s.restarts,
+        )
+        for s in accounting.senders()
+    }
+
+
+SENDERS = [(("127.0.0.1", 40000 + n), b"user%d" % n) for n in range(3)]
+HIGHEST = 2 * MAX_GAPS_PER_SENDER - 8
+"""Counters at most this, so that no sender can open more gaps than are kept."""
+STEPS = ["next"] * 6 + ["skip", "repeat", "back", "restart"]
+
+
+@st.composite
+def arrivals_like_a_network(draw: st.DrawFn) -> list[tuple[SenderKey, int]]:
+    """Mostly each sender's next counter (the common case the batch path settles inline), with
+    skips, repeats, stragglers and restarts among them, the senders interleaved."""
+    steps = draw(
+        st.lists(
+            st.tuples(st.sampled_from(SENDERS), st.sampled_from(STEPS), st.integers(1, 5)),
+            max_size=300,
+        )
+    )
+    last = dict.fromkeys(SENDERS, 0)
+    arrivals = []
+    for key, step, size in steps:
+        counter = {
+            "next": last[key] + 1,
+            "skip": last[key] + 1 + size,
+            "repeat": max(last[key], 1),
+            "back": max(last[key] - size, 1),
+            "restart": 1,
+        }[step]
+        counter = min(counter, HIGHEST)
+        last[key] = counter if step in ("next", "skip", "restart") else max(last[key], counter)
+        arrivals.append((key, counter))
+    return arrivals
+
+
+ARRIVALS = st.one_of(
+    arrivals_like_a_network(),
+    st.lists(st.tuples(st.sampled_from(SENDERS), st.integers(1, HIGHEST)), max_size=300),
+)
+
+
+@given(ARRIVALS)
+def test_record_agrees_with_the_reference_model(arrivals: list[tuple[SenderKey, int]]) -> None:
+    accounting = DeliveryAccounting()
+    verdicts = [accounting.record(key, counter, 0.0) for key, counter in arrivals]
+    expected_verdicts, expected = reference(arrivals)
+    assert verdicts == expected_verdicts
+    assert figures(accounting) == expected
+    assert accounting.totals().lost == sum(sender[2] for sender in expected.values())
+
+
+@given(ARRIVALS, st.lists(st.integers(min_value=1, max_value=40), min_size=1))
+def test_record_batch_agrees_with_the_reference_model(
+    arrivals: list[tuple[SenderKey, int]], batch_sizes: list[int]
+) -> None:
+    """The batch path settles a sender's next counter inline: any batching gives the model's
+    verdicts and figures, and None for what is not seed text."""
+    accounting = DeliveryAccounting()
+    verdicts: list[Verdict | None] = []
+    position, sizes = 0, iter(batch_sizes * (len(arrivals) + 1))
+    while position < len(arrivals):
+        chunk = arrivals[position : position + next(sizes)]
+        addresses = [key[0] for key, _ in chunk] + [("127.0.0.1", 1)]
+        seeds: list[tuple[bytes, int] | None] = [(key[1], counter) for key, counter in chunk]
+        got = accounting.record_batch(addresses, [*seeds, None], float(position))
+        assert got[-1] is None  # not seed text
+        verdicts.extend(got[:-1])
+        position += len(chunk)
+    expected_verdicts, expected = reference(arrivals)
+    assert verdicts == expected_verdicts
+    assert figures(accounting) == expected
 
 
 @given(st.lists(st.integers(min_value=2, max_value=200), max_size=300))

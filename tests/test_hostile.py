@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from tests.flood import PAYLOADS
-from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, CliProcess, read_port
+from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, CliProcess, assert_summary_balanced, read_port
 
 FLOOD_BYTES_PER_S = 5_000_000
 DATAGRAM_BYTES = 1000
@@ -75,4 +75,5 @@ async def test_floods_of_hostile_bytes_do_not_starve_a_normal_sender(tmp_path: P
     status, _, stderr = await server.finish(timeout_s=30)
     assert status == 0, stderr
     assert normal_lines() == expected, stderr
+    assert_summary_balanced(stderr, sent=sum(flooded) + NORMAL_MESSAGES)
     assert min(flooded) >= FLOOD_BYTES_PER_S // DATAGRAM_BYTES * 5  # at least 5 s of each

@@ -17,6 +17,8 @@ from tests.helpers import (
     EVENT_TIMEOUT_S,
     LOOPBACK,
     Collector,
+    assert_balanced,
+    assert_summary_balanced,
     eventually,
     raw_send,
     read_port,
@@ -93,20 +95,27 @@ async def test_cancelling_serve_still_drains(collector: Collector) -> None:
     serving = asyncio.create_task(server.serve())
     drained = asyncio.create_task(server.wait_closed())
     await eventually(lambda: server.started)
+    raw_send(server.address, b"a: pesan ke-1", b"a: pesan ke-2")
+    await eventually(lambda: server.stats().received == 2)
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await serving
     assert await drained is True
+    assert server.stats().handled == 2
+    assert_balanced(server.stats(), sent=2)
 
 
 async def test_a_fatal_error_ends_serve_after_the_drain(collector: Collector) -> None:
     server = Server(ServerConfig(host=LOOPBACK, port=0), collector)
     serving = asyncio.create_task(server.serve())
     await eventually(lambda: server.started)
+    raw_send(server.address, b"a: pesan ke-1")
+    await collector.wait_for(1)
     server.fail(BrokenPipeError("stdout closed"))
     with pytest.raises(BrokenPipeError):
         await serving
     assert await server.wait_closed() is True
+    assert_balanced(server.stats(), sent=1)
 
 
 async def test_an_incomplete_drain_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
@@ -124,6 +133,9 @@ async def test_an_incomplete_drain_is_logged_not_raised(caplog: pytest.LogCaptur
             raw_send(server.address, b"a: pesan ke-1")
             await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
     assert await server.wait_closed() is False
+    stats = server.stats()
+    assert (stats.handled, stats.queue_depth) == (0, 1)  # the stuck one stays counted as queued
+    assert_balanced(stats, sent=1)
     release.set()
     assert any("still stuck" in record.getMessage() for record in caplog.records)
 
@@ -146,6 +158,9 @@ async def test_abandon_ends_serve_without_waiting_for_the_drain() -> None:
     server.request_stop()
     server.abandon()  # at once, as two quick Ctrl-C do
     assert await asyncio.wait_for(serving, EVENT_TIMEOUT_S) is False
+    stats = server.stats()
+    assert (stats.handled, stats.queue_depth) == (0, 1)
+    assert_balanced(stats, sent=1)
     release.set()
 
 
@@ -159,11 +174,6 @@ def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[s
     assert udpchat.__version__ == version("udpchat")
 
 
-def summary(stderr: str) -> str:
-    (line,) = [line for line in stderr.splitlines() if line.startswith("udpchat: summary:")]
-    return line
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 async def test_every_stop_signal_drains_and_summarises(signum: int) -> None:
     cli, port = await start_cli_server()
@@ -173,7 +183,8 @@ async def test_every_stop_signal_drains_and_summarises(signum: int) -> None:
     status, _, stderr = await cli.finish()
     assert status == 0, stderr
     assert f"{signal.Signals(signum).name}: stopping" in stderr
-    assert "received=1 handled=1 " in summary(stderr)
+    counts = assert_summary_balanced(stderr, sent=1)
+    assert (counts["received"], counts["handled"]) == (1, 1)
     assert "Traceback" not in stderr
 
 
@@ -194,7 +205,8 @@ async def test_a_signal_during_start_up_is_a_clean_stop(signum: int) -> None:
     status, _, stderr = await cli.finish()
     assert status == 0, stderr
     assert "Traceback" not in stderr
-    assert "received=0 handled=0 " in summary(stderr)
+    counts = assert_summary_balanced(stderr, sent=0)
+    assert counts["received"] == 0
 
 
 async def test_json_mode_keeps_stdout_for_json() -> None:

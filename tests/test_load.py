@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from benchmarks import run as bench
-from tests.helpers import LOOPBACK, BlockingSeedServer, start_cli, start_cli_server
+from tests.helpers import (
+    LOOPBACK,
+    BlockingSeedServer,
+    assert_summary_balanced,
+    start_cli,
+    start_cli_server,
+)
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
 from udpchat.wire import split_seed
 
@@ -87,6 +93,7 @@ async def test_processes_share_the_port_and_combine_their_summaries() -> None:
     assert summary, stderr
     per_process = [int(n) for n in summary.group(3).split(", ")]
     assert int(summary.group(1)) == int(summary.group(2)) == sum(per_process) == 2000
+    assert_summary_balanced(stderr, sent=2000)
     assert len(per_process) == 2
     assert all(count > 0 for count in per_process)  # 32 source ports: both children got some
 

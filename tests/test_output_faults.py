@@ -16,7 +16,14 @@ import threading
 
 import pytest
 
-from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, Collector, raw_send
+from tests.helpers import (
+    EVENT_TIMEOUT_S,
+    LOOPBACK,
+    Collector,
+    assert_balanced,
+    assert_summary_balanced,
+    raw_send,
+)
 from udpchat import LinePrinter, Message, Server, ServerConfig
 from udpchat.handlers import OutputError
 
@@ -51,12 +58,9 @@ async def test_a_broken_pipe_stops_the_server_with_the_loss_counted() -> None:
     status, stderr = await asyncio.to_thread(serve_with_closed_stdout, SEED)
     assert status == 1, stderr
     assert "Broken pipe" in stderr
-    summary = re.search(r"summary: received=(\d+) handled=(\d+) dropped=(\d+)", stderr)
-    assert summary, stderr
-    received, handled, dropped = map(int, summary.groups())
-    assert handled == 0, "nothing written may count as handled"
-    assert dropped == received > 0
-    assert "output_failed=" in stderr
+    counts = assert_summary_balanced(stderr, sent=len(SEED))
+    assert counts["handled"] == 0, "nothing written may count as handled"
+    assert counts["output_failed"] == counts["dropped"] == counts["received"] > 0
     assert "Traceback" not in stderr
 
 
@@ -67,8 +71,7 @@ async def test_with_processes_a_broken_pipe_stops_them_all_without_a_traceback()
     assert "stopped by an error: cannot write messages: Broken pipe" in stderr
     assert "died" not in stderr
     assert "Traceback" not in stderr
-    summary = re.search(r"summary: received=(\d+) handled=(\d+) dropped=(\d+)", stderr)
-    assert summary, stderr
+    assert_summary_balanced(stderr)
 
 
 async def test_a_full_disk_is_named_at_start() -> None:
@@ -99,7 +102,8 @@ async def test_failed_output_is_counted_as_dropped_and_ends_serve() -> None:
         await asyncio.wait_for(serving, EVENT_TIMEOUT_S)
     stats = server.stats()
     assert stats.handled == 0
-    assert stats.dropped["output_failed"] == stats.received > 0
+    assert stats.dropped["output_failed"] == stats.received == 5
+    assert_balanced(stats, sent=5)
 
 
 @pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
@@ -121,7 +125,7 @@ async def test_a_handler_raising_any_exception_is_counted_and_never_wedges_a_wor
     stats = server.stats()
     assert drained
     assert (stats.handled, stats.handler_errors) == (40, 40)
-    assert stats.received == stats.handled + stats.dropped_total + stats.queue_depth
+    assert_balanced(stats, sent=40)
 
 
 STUCK_HANDLER_PROGRAM = textwrap.dedent(
@@ -179,6 +183,7 @@ async def test_counts_are_final_once_the_server_has_stopped() -> None:
     stats = server.stats()
     assert stats.handled == len(handled) == len(SEED)
     assert stats.queue_depth == 0
+    assert_balanced(stats, sent=len(SEED))
 
 
 async def test_every_snapshot_adds_up_while_traffic_flows() -> None:

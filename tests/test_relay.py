@@ -216,12 +216,15 @@ async def test_interactive_chat_in_a_pseudo_terminal() -> None:
 
 
 class Outbox:
-    """The relay's ``send``, kept: what went to which address."""
+    """The relay's ``send``, kept: what went to which address; refuses all when ``refusing``."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.refusing = False
 
     def __call__(self, data: bytes, peer: tuple[str, int]) -> bool:
+        if self.refusing:
+            return False
         self.sent.append((data, peer))
         return True
 
@@ -247,6 +250,34 @@ def join(relay: Relay, outbox: Outbox, peer: tuple[str, int]) -> str:
     cookie = outbox.to(peer)[-1].decode().removeprefix(f"{COOKIE} ")
     relay(datagram(peer, f"{JOIN} {cookie}"))
     return cookie
+
+
+@pytest.mark.parametrize(("age_s", "admitted"), [(0, True), (59, True), (61, False), (3600, False)])
+def test_a_join_takes_a_cookie_only_within_its_lifetime(age_s: int, admitted: bool) -> None:
+    """SECURITY.md: a cookie is good for a join for 60 s; an older one proves nothing about
+    the address now, and is answered with a fresh cookie rather than a seat."""
+    relay, outbox, clock, _ = offline_relay()
+    relay(datagram(PEER, relay_join_request()))
+    cookie = outbox.to(PEER)[-1].decode().removeprefix(f"{COOKIE} ")
+    clock.now += age_s
+    relay(datagram(PEER, f"{JOIN} {cookie}"))
+    assert outbox.to(PEER)[-1].startswith(JOINED.encode()) is admitted
+    assert (PEER in relay.room.members()) is admitted
+    assert relay.stats().joins == int(admitted)
+
+
+def test_what_could_not_be_sent_is_counted_as_such_not_as_relayed() -> None:
+    relay, outbox, _, _ = offline_relay()
+    other = ("127.0.0.1", 40001)
+    for peer in (PEER, other):
+        relay.room.admit(peer)
+    relay(datagram(PEER, "ana: hello"))
+    assert relay.stats().relayed_datagrams == 1
+    outbox.refusing = True
+    relay(datagram(PEER, "ana: hello again"))
+    stats = relay.stats()
+    assert (stats.relayed_datagrams, stats.send_failures) == (1, 1)
+    assert stats.bytes_out == len(f"[{PEER[0]}] ana: hello".encode())
 
 
 def test_joined_says_the_peer_timeout_and_a_full_room_says_so() -> None:

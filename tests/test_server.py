@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.helpers import LOOPBACK, Collector, eventually, raw_send
+from tests.helpers import LOOPBACK, Collector, assert_balanced, eventually, raw_send
 from udpchat import LinePrinter, Message, Server, ServerConfig
 
 
@@ -109,11 +109,14 @@ async def test_stop_lets_queued_messages_finish() -> None:
     await server.stop()
     stats = server.stats()
     assert (stats.received, stats.handled, stats.dropped_total) == (2, 2, 0)
+    assert_balanced(stats, sent=2)
 
 
 async def test_stop_counts_what_the_drain_timeout_abandons() -> None:
     server, handler = await start_blocked_server(drain_timeout_s=0.05)
     await server.stop()
     stats = server.stats()
-    assert stats.dropped["shutdown"] == 1
+    assert stats.dropped["shutdown"] == 1  # the second, which no worker took
+    assert stats.queue_depth == 1  # the first, in the stuck handler
+    assert_balanced(stats, sent=2)
     handler.release.set()

@@ -1,0 +1,109 @@
+"""The layout shows the data flow: each module imports only from layers below its own, so there
+is no import circle; the package imports nothing heavy until used; the CLI stays thin."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import udpchat
+
+PACKAGE = Path(udpchat.__file__).parent
+
+LAYERS = [
+    {"counters", "wire", "logs", "pool", "sockets", "runtime"},
+    {"accounting", "admission", "bus", "metrics", "report", "client", "load"},
+    {"fastpath", "handlers", "chat", "progress"},
+    {"pipeline", "output", "relay"},
+    {"protocol"},
+    {"server"},
+    {"supervisor", "dashboard"},
+    {"runner"},
+    {"cli"},
+]
+"""Bottom to top: bytes and counts, then accounting and the room's parts, the handler types,
+the queue and its handlers, the protocol on the loop, the server, what runs or watches servers,
+the one library entry, and the command line over all of it."""
+ENTRY_POINTS = {"__init__", "__main__"}
+HEAVY = ("nats", "rich", "prometheus_client", "prompt_toolkit")
+MAX_CLI_FUNCTION_LINES = 60
+
+
+def imports_of(module: str) -> set[str]:
+    """The udpchat modules ``module`` imports, anywhere in it (lazy and type-only included)."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "udpchat":
+                found.update(alias.name for alias in node.names)
+            elif node.module.startswith("udpchat."):
+                found.add(node.module.removeprefix("udpchat."))
+        elif isinstance(node, ast.Import):
+            found.update(
+                alias.name.removeprefix("udpchat.")
+                for alias in node.names
+                if alias.name.startswith("udpchat.")
+            )
+    return found - {"_fastpath", "__version__"}
+
+
+def layer(module: str) -> int:
+    return next(index for index, modules in enumerate(LAYERS) if module in modules)
+
+
+def test_every_module_has_a_layer() -> None:
+    modules = {path.stem for path in PACKAGE.glob("*.py")} - ENTRY_POINTS
+    assert modules == set().union(*LAYERS)
+
+
+def test_each_module_imports_only_from_the_layers_below() -> None:
+    wrong = [
+        f"{module} (layer {layer(module)}) imports {imported} (layer {layer(imported)})"
+        for modules in LAYERS
+        for module in sorted(modules)
+        for imported in sorted(imports_of(module))
+        if layer(imported) >= layer(module)
+    ]
+    assert wrong == []
+
+
+def test_the_package_exports_what_it_declares_for_type_checkers() -> None:
+    """``__init__``'s lazy table and its TYPE_CHECKING imports name the same things."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    checked = {
+        alias.name: node.module.removeprefix("udpchat.")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("udpchat.")
+        for alias in node.names
+    }
+    assert checked == udpchat._MODULE_OF
+    assert all(getattr(udpchat, name) is not None for name in udpchat.__all__)
+
+
+def loaded_after(code: str) -> list[str]:
+    program = f"{code}\nimport sys\nprint(' '.join(sorted(sys.modules)))"
+    output = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    ).stdout
+    return [name for name in output.split() if name.split(".")[0] in HEAVY]
+
+
+def test_import_and_version_load_nothing_heavy() -> None:
+    """So that ``python -m udpchat`` holds stop signals within milliseconds of starting."""
+    assert loaded_after("import udpchat") == []
+    assert loaded_after("from udpchat.cli import main\nmain(['--version'])") == []
+
+
+def test_no_cli_function_runs_over_60_lines_but_for_its_options() -> None:
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    long = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            body_start = node.body[0].lineno  # after the signature with its options
+            length = (node.end_lineno or body_start) - body_start + 1
+            if length > MAX_CLI_FUNCTION_LINES:
+                long.append(f"{node.name}: {length} lines")
+    assert long == []
