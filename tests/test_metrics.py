@@ -4,6 +4,7 @@ timeout, and cannot lock out a real scrape."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import threading
@@ -71,7 +72,7 @@ async def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout(
     try:
         with socket.create_connection(metrics.address, timeout=EVENT_TIMEOUT_S) as idle:
             assert await asyncio.to_thread(idle.recv, 1) == b""  # closed by the server
-        assert metrics.stats().connections_dropped == {"timed_out": 1}
+        assert metrics.stats().connections_dropped["timed_out"] == 1
     finally:
         await metrics.close()
 
@@ -87,5 +88,33 @@ async def test_other_paths_and_methods_are_refused() -> None:
             client.sendall(b"GET /secrets HTTP/1.1\r\nHost: x\r\n\r\n")
             answer = await asyncio.to_thread(client.recv, 4096)
         assert answer.startswith(b"HTTP/1.1 404 ")
+    finally:
+        await metrics.close()
+
+
+async def test_malformed_requests_are_answered_counted_and_logged_at_most_once_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More than http.client's 100 headers, a head over the limit, a broken request line: each
+    is answered 400 or 431 and counted, never a traceback."""
+    metrics = await MetricsServer.start(ServerTally().snapshot, LOOPBACK, 0)
+    requests = [
+        b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(101)) + b"\r\n",
+        b"GET /metrics HTTP/1.1\r\nX: " + b"y" * 9000 + b"\r\n\r\n",
+        b"nonsense\r\n\r\n",
+    ] * 3
+
+    def ask(request: bytes) -> bytes:
+        with socket.create_connection(metrics.address, timeout=EVENT_TIMEOUT_S) as client:
+            client.sendall(request)
+            return client.recv(4096)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="udpchat.metrics"):
+            answers = [await asyncio.to_thread(ask, request) for request in requests]
+        assert [answer.split(b" ", 2)[1] for answer in answers] == [b"431", b"431", b"400"] * 3
+        assert metrics.stats().bad_requests == len(requests)
+        logged = [record for record in caplog.records if record.name == "udpchat.metrics"]
+        assert len(logged) == 1 and "malformed" in logged[0].getMessage()
     finally:
         await metrics.close()

@@ -427,7 +427,7 @@ class EndpointStats(Counts):
 
     connections_dropped: Mapping[str, int] = by_reason(
         "Scrape connections closed without an answer, by reason: evicted (to make room under "
-        "the cap), timed_out, bad_request.",
+        "the cap), timed_out, incomplete (closed before its request was whole).",
         unit="connections",
         label="reason",
     )

@@ -42,6 +42,7 @@ DEFAULT_READ_TIMEOUT_S = 5.0
 """Seconds a client has to send its request, and to take the answer."""
 MAX_REQUEST_HEAD_BYTES = 8192
 METRICS_PATHS = ("/metrics", "/")
+CONNECTION_DROP_REASONS = ("evicted", "timed_out", "incomplete")
 
 Metric = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 
@@ -104,6 +105,7 @@ class MetricsServer:
     ) -> None:
         self._registry = registry
         self._tally = Tally(EndpointStats)
+        self._tally.values["connections_dropped"] = dict.fromkeys(CONNECTION_DROP_REASONS, 0)
         self._bad_request_log = RateLimitedLog(logger, level=logging.WARNING)
         self._max_connections = max_connections
         self._read_timeout_s = read_timeout_s
