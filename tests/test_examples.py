@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.helpers import LOOPBACK, CliProcess, raw_send
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -35,3 +39,19 @@ def test_room_example_runs() -> None:
         "udpchat_relay_members 2.0",
         "drained=True joins=2 relayed_datagrams=1",
     ]
+
+
+async def test_run_example_serves_two_processes_until_a_signal() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLES / "serve.py"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    cli = CliProcess(process)
+    port = int((await cli.read_stdout_line()).removeprefix("serving on port "))
+    raw_send((LOOPBACK, port), b"ana: pesan ke-1", b"ana: pesan ke-2")
+    lines = [await cli.read_stdout_line() for _ in range(2)]
+    assert sorted(lines) == [f"[{LOOPBACK}] ana: pesan ke-{n}" for n in (1, 2)]
+    cli.signal(signal.SIGINT)
+    status, rest, stderr = await cli.finish()
+    assert status == 0, stderr
+    assert rest == "processes=2 received=2 drained=True\n"
