@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers import LOOPBACK, Collector, assert_balanced, eventually, raw_send
 from udpchat import LinePrinter, Message, Server, ServerConfig
+from udpchat import server as server_module
 from udpchat.admission import parse_network
 from udpchat.counters import StatsSnapshot
 
@@ -184,3 +185,18 @@ async def test_kernel_drops_reconcile_what_was_sent() -> None:
     assert stats.kernel_drops is not None
     assert stats.kernel_drops > 0
     assert_balanced(stats, sent=sent)
+
+
+async def test_a_stop_that_cannot_read_everything_the_socket_holds_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At stop the server reads what the kernel already holds, up to a cap; past it, what is
+    left is neither received nor a kernel drop, and ``stop_reads_capped`` says so."""
+    monkeypatch.setattr(server_module, "MAX_READS_AT_STOP", 5)
+    server = Server(ServerConfig(host=LOOPBACK, port=0), Collector())
+    await server.start()
+    raw_send(server.address, *(f"u: pesan ke-{n}".encode() for n in range(1, 21)))
+    await server.stop()  # the loop never ran: all 20 wait in the socket
+    stats = server.stats()
+    assert (stats.received, stats.stop_reads_capped) == (5, 1)
+    assert_balanced(stats)

@@ -479,6 +479,11 @@ class StatsSnapshot(Counts):
         unit="jobs",
         metric="pool_jobs_started",
     )
+    stop_reads_capped: int = total(
+        "Stops whose last read of the socket hit its cap with datagrams still arriving: what "
+        "the socket held after it was neither received nor a kernel drop.",
+        unit="stops",
+    )
     delivery: DeliveryTotals = part(default_factory=DeliveryTotals)
     """Loss, duplicates and reordering read from the senders' counters, over all senders."""
     senders: tuple[SenderStats, ...] = part(default=())

@@ -520,6 +520,7 @@ class Server:
             except OSError:
                 return
             self._receiver.datagram_received(data, address)
+        self._tally.add("stop_reads_capped")
 
     def send_datagram(self, data: bytes, address: tuple[str, int]) -> bool:
         """Send from the server's own socket (safe from pool threads); False when the socket's
