@@ -13,7 +13,7 @@ import udpchat
 PACKAGE = Path(udpchat.__file__).parent
 
 LAYERS = [
-    {"counters", "wire", "logs", "pool", "sockets", "runtime"},
+    {"counters", "wire", "logs", "pool", "signals", "sockets", "runtime"},
     {"accounting", "admission", "bus", "metrics", "report", "client", "load"},
     {"fastpath", "handlers", "chat", "progress"},
     {"pipeline", "output", "relay"},

@@ -7,6 +7,8 @@ import asyncio
 import logging
 import re
 import signal
+import subprocess
+import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -225,3 +227,21 @@ def test_a_handler_and_an_output_format_are_one_too_many() -> None:
     config = ServerConfig(output_format=OutputFormat.TEXT)
     with pytest.raises(ValueError, match=r"handler or config\.output_format"):
         Server(config, lambda message: None)
+
+
+@pytest.mark.parametrize("entry", ["-m udpchat", "the udpchat script"])
+def test_stop_signals_are_held_before_anything_slow_is_imported(entry: str) -> None:
+    """The window in which a stop signal is not yet a clean stop is the interpreter's own
+    start-up: ``udpchat.signals`` is the first of ours, before asyncio, typing or typer."""
+    script = Path(sys.executable).with_name("udpchat")
+    command = ["-m", "udpchat"] if entry == "-m udpchat" else [str(script)]
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *command, "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = [line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()]
+    before = imported[: imported.index("udpchat.signals")]
+    slow = {"asyncio", "typing", "typer", "udpchat.cli", "udpchat.runtime"}
+    assert slow.isdisjoint(before), sorted(slow & set(before))

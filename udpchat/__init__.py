@@ -8,11 +8,10 @@ application pays only for what it uses.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import version
-from typing import TYPE_CHECKING, Any
 
-__version__ = version("udpchat")
-"""From the installed package's metadata, so that it cannot disagree with pyproject.toml."""
+TYPE_CHECKING = False
+"""Not ``typing.TYPE_CHECKING``: importing typing (and re, enum) would cost the start-up what
+the stop signals must not wait for."""
 
 _EXPORTS = {
     "accounting": ("Verdict",),
@@ -56,10 +55,12 @@ __all__ = sorted([*_MODULE_OF, "__version__"])  # noqa: PLE0605 - one list: _EXP
 
 
 def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
+    if name == "__version__":  # from the installed metadata: it cannot disagree with pyproject
+        value: Any = importlib.import_module("importlib.metadata").version("udpchat")
+    elif name in _MODULE_OF:
+        value = getattr(importlib.import_module(f"udpchat.{_MODULE_OF[name]}"), name)
+    else:
         raise AttributeError(f"module 'udpchat' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"udpchat.{module}"), name)
     globals()[name] = value
     return value
 
@@ -69,6 +70,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from typing import Any
+
+    __version__: str
     from udpchat.accounting import Verdict as Verdict
     from udpchat.bus import BusUnavailableError as BusUnavailableError
     from udpchat.client import (

@@ -29,14 +29,7 @@ from udpchat.output import OutputFormat
 from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S
 from udpchat.report import SortKey, json_summary, summary_lines
 from udpchat.runner import run
-from udpchat.runtime import (
-    LoopChoice,
-    LoopUnavailableError,
-    SignalStop,
-    hold_stop_signals,
-    release_stop_signals,
-    run_coroutine,
-)
+from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, run_coroutine
 from udpchat.server import (
     ConfigError,
     MetricsStartError,
@@ -44,6 +37,7 @@ from udpchat.server import (
     ServeResult,
     Service,
 )
+from udpchat.signals import hold_stop_signals, release_stop_signals
 from udpchat.wire import MAX_USERNAME_LENGTH, InvalidUsernameError, clean_username
 
 if TYPE_CHECKING:

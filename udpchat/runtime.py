@@ -11,6 +11,8 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
+from udpchat.signals import STOP_SIGNALS, take_held_signals
+
 T = TypeVar("T")
 
 
@@ -65,44 +67,6 @@ def tune_for_throughput() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
-STOP_SIGNALS: tuple[int, ...] = tuple(
-    signum
-    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
-    if signum is not None
-)
-"""Ctrl-C, a service manager's stop and a closed terminal: each asks for a drain."""
-
-_early_signals: list[int] = []
-_held_handlers: dict[int, Any] = {}
-"""The handlers :func:`hold_stop_signals` replaced, for :func:`release_stop_signals`."""
-
-
-def _remember(signum: int, frame: object) -> None:
-    _early_signals.append(signum)
-
-
-def hold_stop_signals() -> None:
-    """Remember stop signals instead of dying of them, until :class:`SignalStop` takes over.
-
-    Called first thing by the CLI, so that Ctrl-C during start-up (imports, binding) ends in a
-    clean stop rather than a ``KeyboardInterrupt`` traceback or, for SIGHUP, no summary.
-    """
-    for signum in STOP_SIGNALS:
-        _held_handlers.setdefault(signum, signal.signal(signum, _remember))
-
-
-def release_stop_signals(*, deliver: bool) -> None:
-    """Give the stop signals back to the handlers :func:`hold_stop_signals` replaced; with
-    ``deliver``, raise again those that arrived meanwhile (for commands that take no signals)."""
-    for signum, handler in _held_handlers.items():
-        signal.signal(signum, handler)
-    _held_handlers.clear()
-    pending = list(_early_signals) if deliver else []
-    _early_signals.clear()
-    for signum in pending:
-        signal.raise_signal(signum)
-
-
 @contextlib.contextmanager
 def capture_signals(
     on_signal: Callable[[int], None], signals: tuple[int, ...] = STOP_SIGNALS
@@ -115,10 +79,9 @@ def capture_signals(
         loop.call_soon_threadsafe(on_signal, signum)
 
     previous = {signum: signal.signal(signum, handle) for signum in signals}
-    for signum in _early_signals:
+    for signum in take_held_signals():
         if signum in signals:
             loop.call_soon(on_signal, signum)
-    _early_signals.clear()
     try:
         yield
     finally:
