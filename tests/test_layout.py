@@ -13,8 +13,8 @@ import udpchat
 PACKAGE = Path(udpchat.__file__).parent
 
 LAYERS = [
-    {"counters", "wire", "logs", "pool", "signals", "sockets", "runtime"},
-    {"accounting", "admission", "bus", "metrics", "report", "client", "load"},
+    {"counters", "wire", "logs", "pool", "signals", "sockets"},
+    {"accounting", "admission", "bus", "metrics", "report", "client", "load", "runtime"},
     {"fastpath", "handlers", "chat", "progress"},
     {"pipeline", "output", "relay"},
     {"protocol"},
