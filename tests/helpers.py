@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from udpchat import Message, StatsSnapshot
 
@@ -222,3 +223,36 @@ def assert_summary_balanced(stderr: str, sent: int | None = None) -> dict[str, i
     if sent is not None:
         assert sent == counts["received"] + counts.get("kernel_drops", 0), (sent, counts)
     return counts
+
+
+FLOOD_SCRIPT = Path(__file__).with_name("flood.py")
+
+
+async def flood(port: int, size: int, count: int, seconds: float) -> int:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(FLOOD_SCRIPT),
+        LOOPBACK,
+        str(port),
+        str(size),
+        str(count),
+        str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await process.communicate()
+    return int(stdout)
+
+
+async def start_server_with_unread_stdout(*args: str) -> tuple[CliProcess, int, int]:
+    """A server whose stdout is a pipe nobody reads, as with a terminal that stopped scrolling.
+
+    Returns the process, its port, and the pipe's read end (for the caller to close).
+    """
+    read_end, write_end = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0", *args,
+        stdout=write_end, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write_end)
+    server = CliProcess(process)
+    return server, await read_port(server), read_end

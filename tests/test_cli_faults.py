@@ -16,15 +16,15 @@ from tests.helpers import (
     LOOPBACK,
     CliProcess,
     assert_summary_balanced,
+    flood,
     free_udp_port,
     read_port,
     start_cli,
+    start_server_with_unread_stdout,
 )
 from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.cli import main
 from udpchat.server import DEFAULT_WORKERS, ServerConfig
-
-FLOOD_SCRIPT = Path(__file__).with_name("flood.py")
 
 
 @pytest.mark.parametrize(
@@ -89,21 +89,6 @@ async def test_client_reports_refusal_once_and_reaches_a_late_server() -> None:
     assert (await server.finish())[0] == 0
 
 
-async def flood(port: int, size: int, count: int, seconds: float) -> int:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(FLOOD_SCRIPT),
-        LOOPBACK,
-        str(port),
-        str(size),
-        str(count),
-        str(seconds),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    stdout, _ = await process.communicate()
-    return int(stdout)
-
-
 def peak_rss_bytes(cli: CliProcess) -> int:
     status = Path(f"/proc/{cli.process.pid}/status").read_text()
     (kilobytes,) = re.findall(r"VmHWM:\s+(\d+) kB", status)
@@ -137,21 +122,6 @@ async def test_flood_memory_is_bounded_and_every_datagram_is_accounted(tmp_path:
     assert peak < bound
     logged = (tmp_path / "messages.log").read_text().count("\n")
     assert logged == counts["handled"] + 1  # and the banner
-
-
-async def start_server_with_unread_stdout(*args: str) -> tuple[CliProcess, int, int]:
-    """A server whose stdout is a pipe nobody reads, as with a terminal that stopped scrolling.
-
-    Returns the process, its port, and the pipe's read end (for the caller to close).
-    """
-    read_end, write_end = os.pipe()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0", *args,
-        stdout=write_end, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    os.close(write_end)
-    server = CliProcess(process)
-    return server, await read_port(server), read_end
 
 
 async def test_stuck_output_drains_within_the_timeout_then_exits_0() -> None:

@@ -4,18 +4,25 @@ and one metrics endpoint adding up what the children reported."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import socket
+import sys
 import urllib.request
 
 from tests.helpers import (
     EVENT_TIMEOUT_S,
     LOOPBACK,
+    CliProcess,
     assert_summary_balanced,
+    eventually,
+    flood,
+    read_port,
     start_cli,
     start_cli_server,
+    start_server_with_unread_stdout,
 )
 
 MESSAGES = 40
@@ -78,3 +85,72 @@ async def test_a_dead_child_is_noticed_and_the_summary_keeps_its_counts() -> Non
     counts = assert_summary_balanced(stderr, sent=MESSAGES)
     assert counts["received"] == counts["handled"] == MESSAGES
     assert "Traceback" not in stderr
+
+
+async def test_lines_the_parent_cannot_write_are_counted_as_lost_not_handled() -> None:
+    """Children count a line once it is in the pipe to the parent; when the parent cannot write
+    stdout (a full disk), those lines move from handled to output_failed."""
+    with open("/dev/full", "wb") as full:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0",
+            "--processes", "2", "--format", "json",
+            stdout=full, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    cli = CliProcess(process)
+    port = await read_port(cli)
+    await cli.read_stderr_until("Server menunggu...")
+    sent = await flood(port, size=100, count=20_000, seconds=2.0)
+    status, _, stderr = await cli.finish(timeout_s=30)
+    assert status == 1, stderr
+    assert "No space left on device" in stderr
+    summary = json.loads(next(line for line in stderr.splitlines() if line.startswith("{")))
+    summary = summary["summary"]
+    assert summary["handled"] == 0, summary
+    dropped = sum(summary["dropped"].values())
+    assert summary["received"] == dropped + summary["queue_depth"] > 0
+    assert summary["dropped"]["output_failed"] > 0
+    assert sent >= summary["received"]
+
+
+async def blocked_processes(*args: str) -> tuple[CliProcess, int, int, int]:
+    """``--processes 2`` with a stdout nobody reads, flooded until the children's pipes and the
+    parent's queue are full; returns the server, its port, what was sent, the pipe's read end."""
+    cli, port, unread = await start_server_with_unread_stdout("--processes", "2", *args)
+    assert await asyncio.to_thread(os.read, unread, 19) == b"Server menunggu...\n"
+    sent = await flood(port, size=1000, count=20_000, seconds=2.0)
+    return cli, port, sent, unread
+
+
+def port_is_free(port: int) -> bool:
+    """Whether the children have closed their sockets: they stopped receiving and drain."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+async def test_a_second_signal_ends_every_process_while_stdout_is_blocked() -> None:
+    cli, port, sent, unread = await blocked_processes("--drain-timeout", "60")
+    cli.signal(signal.SIGINT)
+    await cli.read_stderr_until("stopping")
+    await eventually(lambda: port_is_free(port))  # the children drain, stuck on stdout
+    cli.signal(signal.SIGINT)
+    status, _, stderr = await cli.finish(timeout_s=5)  # not the 60 s drain
+    os.close(unread)
+    assert status == 130, stderr
+    assert "Traceback" not in stderr
+    counts = assert_summary_balanced(stderr)
+    assert counts["received"] <= sent
+
+
+async def test_one_signal_ends_within_the_drain_timeout_while_stdout_is_blocked() -> None:
+    cli, _, sent, unread = await blocked_processes("--drain-timeout", "1")
+    cli.signal(signal.SIGTERM)
+    status, _, stderr = await cli.finish(timeout_s=6)  # 1 s drain + 0.5 s grace, and slack
+    os.close(unread)
+    assert status == 0, stderr
+    counts = assert_summary_balanced(stderr)
+    assert counts["shutdown"] > 0  # lines the parent gave up on are not counted as handled
+    assert counts["received"] <= sent

@@ -20,8 +20,11 @@ import io
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import threading
+import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -29,7 +32,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
 
 from udpchat.bus import BusUnavailableError
-from udpchat.counters import StatsSnapshot, add_up
+from udpchat.counters import DropReason, StatsSnapshot, add_up
 from udpchat.handlers import OutputError
 from udpchat.output import output_failure
 from udpchat.runtime import (
@@ -49,8 +52,14 @@ logger = logging.getLogger("udpchat.supervisor")
 
 REPORT_INTERVAL_S = 0.5
 """How often each child sends its counters: the staleness bound of the combined metrics."""
-CHILD_EXIT_GRACE_S = 5.0
-"""Seconds beyond the drain timeout that a stopping child gets before it is killed."""
+CHILD_EXIT_GRACE_S = 0.5
+"""Seconds beyond the drain timeout that the children, and the writing of their last lines,
+get before the parent gives up on them: a stop ends within the drain timeout and a second."""
+WAIT_FOR_ROOM_S = 0.005
+"""How often a waiting reader, or the stop, looks again at the writer's queue."""
+MAX_WAITING_CHUNKS = 16
+"""Children's output chunks (a batch's lines each) waiting for the parent's stdout, at most;
+beyond it the children's pipes fill and their workers wait, as for a slow terminal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +218,113 @@ class _Child:
         self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
         self.ended = asyncio.Event()
         """The control pipe closed: the child has left, of its own will or not."""
+        self._lost_lock = threading.Lock()
+        self._lost: dict[DropReason, int] = {}
+        """Lines the child counted as handled (they were in the pipe) that the parent could not
+        write, by why: it reports them, and the parent moves them from handled to dropped."""
+
+    def count_lost(self, chunk: bytes, reason: DropReason) -> None:
+        with self._lost_lock:
+            self._lost[reason] = self._lost.get(reason, 0) + chunk.count(b"\n")
+
+    def report(self) -> StatsSnapshot | None:
+        """The latest report, with the lines the parent lost moved from handled to dropped."""
+        if self.latest is None:
+            return None
+        with self._lost_lock:
+            lost = dict(self._lost)
+        if not lost:
+            return self.latest
+        dropped = dict(self.latest.dropped)
+        for reason, lines in lost.items():
+            dropped[reason.value] = dropped.get(reason.value, 0) + lines
+        handled = self.latest.handled - sum(lost.values())
+        return dataclasses.replace(self.latest, handled=handled, dropped=dropped)
+
+
+class _Writer:
+    """The parent's stdout, written by one thread: the children's chunks (whole lines) wait in
+    a bounded queue, so that no reader blocks on stdout. A chunk that is not written is counted
+    against its child: ``output_failed`` after a write failed, ``shutdown`` once the parent gave
+    up at the stop's deadline."""
+
+    def __init__(self, out: BinaryIO, on_failure: Callable[[OutputError], None]) -> None:
+        self._out = out
+        self._on_failure = on_failure
+        self._queue: queue.Queue[tuple[_Child, bytes]] = queue.Queue(MAX_WAITING_CHUNKS)
+        self._lock = threading.Lock()
+        self._writing: tuple[_Child, bytes] | None = None
+        self.error: OutputError | None = None
+        self._given_up = False
+        threading.Thread(target=self._write, name="udpchat-stdout", daemon=True).start()
+
+    def put(self, child: _Child, chunk: bytes) -> None:
+        """From a child's reader thread: queue the chunk, or count it lost."""
+        while True:
+            with self._lock:
+                reason = self._refusal()
+                if reason is None:
+                    try:
+                        self._queue.put_nowait((child, chunk))
+                        return
+                    except queue.Full:
+                        pass
+            if reason is not None:
+                child.count_lost(chunk, reason)
+                return
+            time.sleep(WAIT_FOR_ROOM_S)
+
+    def _refusal(self) -> DropReason | None:
+        if self.error is not None:
+            return DropReason.OUTPUT_FAILED
+        return DropReason.SHUTDOWN if self._given_up else None
+
+    def _write(self) -> None:
+        while True:
+            child, chunk = self._queue.get()
+            with self._lock:
+                reason = self._refusal()
+                if reason is None:
+                    self._writing = (child, chunk)
+            if reason is not None:
+                child.count_lost(chunk, reason)
+                continue
+            try:
+                self._out.write(chunk)
+                self._out.flush()
+            except (OSError, ValueError) as error:
+                failure = output_failure(error)
+                with self._lock:
+                    self.error = failure
+                    counted = self._writing is None  # give_up() counted it already
+                    self._writing = None
+                if not counted:
+                    child.count_lost(chunk, DropReason.OUTPUT_FAILED)
+                logger.error("%s; stopping", failure)
+                self._on_failure(failure)
+                continue
+            with self._lock:
+                self._writing = None
+
+    def idle(self) -> bool:
+        """Nothing waiting and nothing being written."""
+        with self._lock:
+            return self._writing is None and self._queue.empty()
+
+    def give_up(self) -> None:
+        """Count as ``shutdown`` what is waiting or being written: the parent stops now."""
+        with self._lock:
+            self._given_up = True
+            if self._writing is not None:
+                child, chunk = self._writing
+                child.count_lost(chunk, DropReason.SHUTDOWN)
+                self._writing = None
+            while True:
+                try:
+                    child, chunk = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                child.count_lost(chunk, DropReason.SHUTDOWN)
 
 
 class Supervisor:
@@ -228,13 +344,11 @@ class Supervisor:
         self.config = config
         self.processes = config.processes
         self._loop_choice = loop
-        self._out = out
-        self._out_lock = threading.Lock()
+        self._writer = _Writer(out, self._output_failed)
         self._children: list[_Child] = []
-        self._threads: list[threading.Thread] = []
+        self._readers: list[threading.Thread] = []
         self._should_exit = asyncio.Event()
-        self._abandoned = False
-        self._output_error: OutputError | None = None
+        self._abandoned = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._metrics: MetricsServer | None = None
         self._address: tuple[str, int] | None = None
@@ -260,14 +374,15 @@ class Supervisor:
 
     def per_process(self) -> tuple[StatsSnapshot, ...]:
         """Each child's latest report, in the children's order; zeros before the first."""
-        return tuple(child.latest or _NO_REPORT for child in self._children)
+        return tuple(child.report() or _NO_REPORT for child in self._children)
 
     def request_stop(self) -> None:
         self._should_exit.set()
 
     def abandon(self) -> None:
-        """Stop now: kill the children without a drain (an operator's second Ctrl-C)."""
-        self._abandoned = True
+        """Stop now: kill the children without a drain (an operator's second Ctrl-C), and
+        count what their lines still waiting for stdout as ``shutdown``."""
+        self._abandoned.set()
         self._kill_all()
         self._should_exit.set()
 
@@ -295,7 +410,7 @@ class Supervisor:
                 output_child.close()
                 child = _Child(index, process, control)
                 self._children.append(child)
-                self._spawn_thread(self._copy_output, output)
+                self._readers.append(self._spawn_thread(self._read_output, child, output))
                 self._spawn_thread(self._listen, child, loop)
             readies = await asyncio.gather(*(child.ready for child in self._children))
             self._address = readies[0].address
@@ -316,31 +431,27 @@ class Supervisor:
         if self._metrics is not None:
             logger.info("metrics on http://%s:%d/metrics", *self._metrics.address)
 
-    def _spawn_thread(self, target: Callable[..., None], *args: object) -> None:
+    def _spawn_thread(self, target: Callable[..., None], *args: object) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, daemon=True)
         thread.start()
-        self._threads.append(thread)
+        return thread
 
-    def _copy_output(self, connection: Connection) -> None:
-        """Copy one child's output chunks (whole lines each) to ``out`` until the child ends."""
+    def _read_output(self, child: _Child, connection: Connection) -> None:
+        """Pass one child's output chunks (whole lines each) to the writer until the child
+        ends; after a failure or the give-up they are read and counted, so that no child meets
+        a broken pipe of ours or waits on a full one."""
         with connection:
             while True:
                 try:
                     chunk = connection.recv_bytes()
                 except (EOFError, OSError):
                     return
-                if self._output_error is not None:
-                    continue  # read and drop, so that no child meets a broken pipe of ours
-                try:
-                    with self._out_lock:
-                        self._out.write(chunk)
-                        self._out.flush()
-                except (OSError, ValueError) as error:
-                    failure = output_failure(error)
-                    self._output_error = failure
-                    logger.error("%s; stopping", failure)
-                    assert self._loop is not None
-                    _post(self._loop, self._should_exit.set)
+                self._writer.put(child, chunk)
+
+    def _output_failed(self, error: OutputError) -> None:
+        """From the writer's thread: stdout is gone, so serving is pointless."""
+        if self._loop is not None:
+            _post(self._loop, self._should_exit.set)
 
     def _listen(self, child: _Child, loop: asyncio.AbstractEventLoop) -> None:
         """A thread per child: pass its messages to the loop, then say it has ended."""
@@ -388,35 +499,52 @@ class Supervisor:
                 await self._metrics.close()
 
     async def _stop_children(self) -> ServeResult:
-        if self._abandoned:
-            return ServeResult(self._reports(), drained=False)
-        deadline = self.config.drain_timeout_s + CHILD_EXIT_GRACE_S
-        dead = [child for child in self._children if child.ended.is_set() and child.done is None]
-        died = []
+        """SIGTERM each living child and wait, within the drain timeout and
+        :data:`CHILD_EXIT_GRACE_S`, for them to end and their lines to be written; a second
+        signal (:meth:`abandon`) ends the wait at once. What is not written by then is counted
+        as ``shutdown``."""
+        died = [self._died(child) for child in self._children if self._has_died(child)]
         for child in self._children:
-            if child in dead:
-                await asyncio.to_thread(child.process.join, deadline)
-                line = f"{child.label} (pid {child.process.pid}) died: "
-                line += describe_exit(child.process.exitcode)
-                logger.error("%s; stopping the others", line)
-                died.append(line)
-            elif child.process.pid is not None and not child.ended.is_set():
+            if child.process.pid is not None and not child.ended.is_set():
                 os.kill(child.process.pid, signal.SIGTERM)
-        ended = [asyncio.ensure_future(child.ended.wait()) for child in self._children]
-        _, pending = await asyncio.wait(ended, timeout=deadline)
-        for waiter in pending:
-            waiter.cancel()
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, deadline)
-        drained = all(
+        orderly = asyncio.ensure_future(self._children_and_output_done())
+        forced = asyncio.ensure_future(self._abandoned.wait())
+        deadline_s = self.config.drain_timeout_s + CHILD_EXIT_GRACE_S
+        await asyncio.wait({orderly, forced}, timeout=deadline_s, return_when=FIRST_COMPLETED)
+        finished = orderly.done()
+        orderly.cancel()
+        forced.cancel()
+        self._kill_all()
+        self._writer.give_up()
+        for reader in self._readers:  # the children are gone: their pipes end at once
+            await asyncio.to_thread(reader.join, CHILD_EXIT_GRACE_S)
+        drained = finished and all(
             child.done is not None and child.done.drained
             for child in self._children
-            if child not in dead
+            if not self._has_died(child)
         )
-        return ServeResult(self._reports(), drained, self._output_error, tuple(died))
+        return ServeResult(self._reports(), drained, self._writer.error, tuple(died))
+
+    @staticmethod
+    def _has_died(child: _Child) -> bool:
+        return child.ended.is_set() and child.done is None
+
+    def _died(self, child: _Child) -> str:
+        line = f"{child.label} (pid {child.process.pid}) died: "
+        child.process.join(CHILD_EXIT_GRACE_S)  # its pipe closed: it has exited, or is exiting
+        line += describe_exit(child.process.exitcode)
+        logger.error("%s; stopping the others", line)
+        return line
+
+    async def _children_and_output_done(self) -> None:
+        await asyncio.gather(*(child.ended.wait() for child in self._children))
+        for reader in self._readers:
+            await asyncio.to_thread(reader.join)
+        while not self._writer.idle():
+            await asyncio.sleep(WAIT_FOR_ROOM_S)
 
     def _reports(self) -> tuple[StatsSnapshot, ...]:
-        return tuple(child.latest for child in self._children if child.latest is not None)
+        return tuple(report for child in self._children if (report := child.report()) is not None)
 
     def _kill_all(self) -> None:
         for child in self._children:
