@@ -71,7 +71,7 @@ async def test_with_processes_a_broken_pipe_stops_them_all_without_a_traceback()
     assert "stopped by an error: cannot write messages: Broken pipe" in stderr
     assert "died" not in stderr
     assert "Traceback" not in stderr
-    counts = assert_summary_balanced(stderr, sent=len(many))
+    counts = assert_summary_balanced(stderr)  # it stops while datagrams still arrive
     assert counts["handled"] == 0, "stdout was closed before the first line: none was written"
     assert counts["output_failed"] > 0
 
