@@ -290,3 +290,60 @@ def test_figures_stay_consistent_for_any_arrival_order(counters: list[int]) -> N
         unique = len(set(counters))
         assert sender.received - sender.duplicates - sender.late <= unique
         assert sender.lost == totals.lost
+
+
+def flood_between(
+    accounting: DeliveryAccounting, counters: range, forged_each: int
+) -> list[SenderStats]:
+    """The real sender ALICE sends ``counters``; ``forged_each`` one-shot identities arrive
+    between each two of its messages. Returns ALICE's rows."""
+    forged = 0
+    for counter in counters:
+        accounting.record(ALICE, counter, float(counter))
+        for _ in range(forged_each):
+            forged += 1
+            accounting.record((("10.0.0.1", forged), b"x"), 1, float(counter) + 0.5)
+    return [s for s in accounting.senders() if s.username == "alice"]
+
+
+def test_a_flood_of_one_shot_identities_cannot_evict_a_steady_sender_or_its_loss() -> None:
+    """SECURITY.md: a forged sender distorts only its own figures. Twice the table's size in
+    one-shot identities arrive between each of a real sender's messages, which skip every other
+    counter; the sender had spoken before the flood."""
+    accounting = DeliveryAccounting(max_senders=100, seed=1)
+    flood_between(accounting, range(1, 3), 0)
+    (alice,) = flood_between(accounting, range(3, 200, 2), forged_each=200)
+    assert (alice.received, alice.highest_counter, alice.lost) == (101, 199, 98)
+    totals = accounting.totals()
+    assert (totals.lost, totals.evicted_lost) == (98, 0)  # the one-shots lost nothing
+
+
+def test_a_sender_that_starts_during_the_flood_soon_keeps_its_row() -> None:
+    """Ties among one-shots are drawn at random, so a new sender survives to its second message
+    within a few tries; what it lost before is kept under evicted_lost."""
+    accounting = DeliveryAccounting(max_senders=100, seed=7)
+    (alice,) = flood_between(accounting, range(1, 200, 2), forged_each=200)
+    assert alice.received >= 90  # established within the first few of its 100 messages
+    totals = accounting.totals()
+    assert alice.lost + totals.evicted_lost == totals.lost
+    assert totals.lost >= alice.lost >= alice.received - 2
+
+
+def test_silent_senders_are_evicted_before_any_that_still_talk() -> None:
+    accounting = DeliveryAccounting(max_senders=10, seed=3)
+    for port in range(9):  # busy once, then silent
+        for counter in range(1, 21):
+            accounting.record((("10.0.0.1", port), b"old"), counter, 0.0)
+    accounting.record((("10.0.0.2", 1), b"new"), 1, 100.0)
+    accounting.record((("10.0.0.2", 2), b"newer"), 1, 100.0)  # full: evict one
+    assert {s.username for s in accounting.senders()} >= {"new", "newer"}
+
+
+def test_an_evicted_senders_loss_stays_in_the_totals_under_its_own_name() -> None:
+    accounting = DeliveryAccounting(max_senders=10)
+    for port in range(10):
+        for counter in (1, 5):  # 3 lost each
+            accounting.record((("10.0.0.1", port), b"u"), counter, float(port))
+    accounting.record((("10.0.0.2", 1), b"new"), 1, 99.0)  # the table is full: one evicted
+    totals = accounting.totals()
+    assert (totals.evicted, totals.evicted_lost, totals.lost) == (1, 3, 30)

@@ -23,7 +23,10 @@ counts as late and leaves ``lost`` as it was (it may be a straggler or a duplica
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import enum
+import heapq
+import random
 from array import array
 from collections.abc import Sequence
 from typing import Any
@@ -36,11 +39,13 @@ late: like TCP's duplicate-ACK threshold, three positions."""
 MAX_GAPS_PER_SENDER = 64
 """Open gaps remembered per sender; beyond it the oldest is closed, its messages lost for good."""
 DEFAULT_MAX_SENDERS = 10_000
-"""Senders tracked at once; when full, the least recently heard from are evicted and counted."""
+"""Senders tracked at once; when full, the least active are evicted and counted."""
 SENDER_BYTES = 2048
 """Memory for one sender's delivery state with its 64 gaps open, key included (measured 1,620)."""
 EVICTION_FRACTION = 0.1
 """Share of the table evicted at once when it is full, so that eviction is rare and cheap."""
+IDLE_EVICTION_S = 60.0
+"""Senders silent this long are evicted before any that still talk: their figures are final."""
 JITTER_GAIN = 1 / 16
 """RFC 3550's smoothing gain for the interarrival jitter estimate."""
 JITTER_MIN_SPACING_S = 0.01
@@ -157,10 +162,12 @@ class _Sequence:
 class DeliveryAccounting:
     """Per-sender sequence accounting, bounded to ``max_senders`` senders."""
 
-    def __init__(self, max_senders: int = DEFAULT_MAX_SENDERS) -> None:
+    def __init__(self, max_senders: int = DEFAULT_MAX_SENDERS, seed: int | None = None) -> None:
         if max_senders < 1:
             raise ValueError("max_senders must be at least 1")
         self._max_senders = max_senders
+        self._random = random.Random(seed)
+        """Breaks ties among the least active when evicting (a seed makes it reproducible)."""
         self._senders: dict[SenderKey, _Sequence] = {}
         self._evicted = DeliveryTotals()
         """What the evicted senders had, so that the totals keep it."""
@@ -172,7 +179,7 @@ class DeliveryAccounting:
         sequence = self._senders.get(key)
         if sequence is None:
             if len(self._senders) >= self._max_senders:
-                self._evict()
+                self._evict(arrival)
             self._senders[key] = _Sequence(counter, arrival)
             return Verdict.NEW
         sequence.received += 1
@@ -242,14 +249,30 @@ class DeliveryAccounting:
             append(new)
         return verdicts
 
-    def _evict(self) -> None:
-        """Forget the least recently heard-from senders; their figures stay in the totals."""
+    def _evict(self, now: float) -> None:
+        """Forget the least active senders; their figures stay in the totals, their loss also
+        under ``evicted_lost``.
+
+        First those silent for :data:`IDLE_EVICTION_S` (their figures are final), then those
+        with the fewest messages, ties drawn at random. Fewest messages, so that a flood of
+        one-shot identities (a forged source address costs an attacker nothing) evicts its own
+        kind and never a sender that keeps talking; at random, so that a new sender arriving
+        during such a flood soon gets the second message that makes it more than a one-shot,
+        where oldest-first would evict it every time.
+        """
         count = max(1, int(self._max_senders * EVICTION_FRACTION))
-        by_last_arrival = sorted(self._senders.items(), key=lambda item: item[1].last_arrival)
-        evicted = [sequence for _, sequence in by_last_arrival[:count]]
-        for key, _ in by_last_arrival[:count]:
+        horizon = now - IDLE_EVICTION_S
+        draw = self._random.random
+        least_active = heapq.nsmallest(
+            count,
+            self._senders.items(),
+            key=lambda item: (item[1].last_arrival > horizon, item[1].received, draw()),
+        )
+        evicted = [sequence for _, sequence in least_active]
+        for key, _ in least_active:
             del self._senders[key]
-        self._evicted += _sum_sequences(evicted, senders=0, evicted=len(evicted))
+        gone = _sum_sequences(evicted, senders=0, evicted=len(evicted))
+        self._evicted += dataclasses.replace(gone, evicted_lost=gone.lost)
 
     def totals(self) -> DeliveryTotals:
         """Summed over the senders tracked now and those evicted; O(senders), for snapshots."""

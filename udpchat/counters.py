@@ -309,10 +309,15 @@ class DeliveryTotals(Counts):
     late: int = total("Messages that filled a gap further back.", unit="messages")
     restarts: int = total("Senders whose counter went back to 1.", unit="senders")
     evicted: int = total(
-        "Senders forgotten to bound the table (their figures stay in these totals).",
+        "Senders forgotten to bound the table, the least active first (their figures stay in "
+        "these totals).",
         unit="senders",
         key="senders_evicted",
         metric="senders_evicted",
+    )
+    evicted_lost: int = total(
+        "Messages lost by senders that were evicted since: part of lost, no longer in any row.",
+        unit="messages",
     )
     gaps_given_up: int = total(
         "Gaps closed to bound a sender's state: their messages stay lost, a late one counts "
