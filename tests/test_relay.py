@@ -24,7 +24,7 @@ from udpchat import Client, Server, ServerConfig
 from udpchat.client import JoinError, JoinFailure, RoomEvent
 from udpchat.counters import RelayStats
 from udpchat.handlers import Message
-from udpchat.relay import CookieJar, Relay, Room
+from udpchat.relay import CookieJar, Refusal, Relay, Room
 from udpchat.wire import (
     COOKIE,
     EXPIRED,
@@ -68,19 +68,28 @@ def test_room_expires_silent_members_and_is_bounded() -> None:
     assert not room.admit(("c", 3))
     assert room.tally.snapshot().refused_full == 1
     clock.now += 20
-    assert room.others(("b", 2)) == [("a", 1)]  # b's text: no cookie, no refresh
+    assert room.recipients(("b", 2)) == [("a", 1)]  # b's text: no cookie, no refresh
     assert room.refresh(("a", 1))  # a's keepalive, with its cookie
     clock.now += 15
-    assert room.others(("a", 1)) == []  # b was silent (but for a text) for 35 s
+    assert room.recipients(("a", 1)) == []  # b was silent (but for a text) for 35 s
     assert room.tally.snapshot().expired == 1
-    assert room.others(("b", 2)) is None  # no longer a member
+    assert room.recipients(("b", 2)) is Refusal.NOT_A_MEMBER  # no longer a member
     assert not room.refresh(("b", 2))
     assert room.admit(("c", 3))
 
 
-async def start_relay(max_peers: int = 8) -> tuple[Server, Collector]:
+async def start_relay(
+    max_peers: int = 8, relay_rate_per_s: float = 10.0
+) -> tuple[Server, Collector]:
     collector = Collector()
-    server = Server(ServerConfig(host=LOOPBACK, port=0, relay=True, max_peers=max_peers), collector)
+    config = ServerConfig(
+        host=LOOPBACK,
+        port=0,
+        relay=True,
+        max_peers=max_peers,
+        relay_rate_per_s=relay_rate_per_s,
+    )
+    server = Server(config, collector)
     await server.start()
     return server, collector
 
@@ -127,7 +136,8 @@ async def test_an_address_that_never_echoes_the_cookie_gets_nothing_more() -> No
             answer = await asyncio.to_thread(stranger.recv, 2048)
             assert answer.startswith(COOKIE.encode())
             assert len(answer) <= len(request)
-            stranger.sendto(f"{JOIN} too-short".encode(), server.address)  # no answer: amplifies
+            stranger.sendto(f"{JOIN} ---".encode(), server.address)  # no answer: amplifies
+            stranger.sendto(f"{JOIN} 1700000000.\u00e9".encode(), server.address)  # malformed
             stranger.sendto(b"s: hai", server.address)  # not relayed; /expired would amplify
             await ana.open()
             await budi.open()
@@ -143,8 +153,10 @@ async def test_an_address_that_never_echoes_the_cookie_gets_nothing_more() -> No
                 unexpected = b""
             assert unexpected == b""
             assert ana_inbox.texts == []
-            assert relay_stats(server).ignored_joins == 1
-            assert relay_stats(server).unanswered_non_members == 1
+            stats = relay_stats(server)
+            assert (stats.ignored_joins, stats.malformed_joins) == (1, 1)
+            assert stats.unanswered_non_members == 1
+            assert server.stats().handler_errors == 0
         finally:
             ana.close()
             budi.close()
@@ -153,7 +165,7 @@ async def test_an_address_that_never_echoes_the_cookie_gets_nothing_more() -> No
 
 async def test_outgoing_bytes_stay_within_the_amplification_bound() -> None:
     max_peers = 4
-    server, collector = await start_relay(max_peers=max_peers)
+    server, collector = await start_relay(max_peers=max_peers, relay_rate_per_s=1000)
     members = [Client(*server.address) for _ in range(max_peers)]
     inboxes = [Inbox() for _ in members]
     flood = 100  # what the members' default receive buffers hold while the test loop is busy
@@ -393,3 +405,33 @@ async def test_a_member_the_room_forgot_rejoins_and_says_so_once() -> None:
     finally:
         member.close()
         await server.stop()
+
+
+@pytest.mark.parametrize("cookie", ["1700000000.\u00e9", "\u00b2.x", "12.\uff10" * 3, "-.-x"])
+def test_a_malformed_join_is_a_counted_refusal_not_a_handler_error(cookie: str) -> None:
+    relay, outbox, _, printed = offline_relay()
+    relay(datagram(PEER, f"{JOIN} {cookie}"))
+    relay(datagram(PEER, f"{KEEPALIVE} {cookie}"))
+    assert relay.stats().malformed_joins == 1
+    assert outbox.to(PEER) == [EXPIRED.encode()]  # the keepalive: not a member
+    assert relay.room.members() == []
+    assert printed == []
+
+
+def test_a_member_over_its_text_rate_is_shown_but_not_relayed() -> None:
+    """What one member can make the server send is bounded: its texts beyond the rate (bursts
+    of twice it) are printed like any datagram, counted, and not fanned out."""
+    relay, outbox, clock, printed = offline_relay()
+    other = ("127.0.0.1", 40001)
+    for peer in (PEER, other):
+        relay.room.admit(peer)
+    burst = int(2 * relay.room.text_rate_per_s)
+    for counter in range(burst + 30):
+        relay(datagram(PEER, f"ana: line {counter}"))
+    assert len(outbox.to(other)) == burst
+    assert relay.stats().over_rate == 30
+    assert len(printed) == burst + 30  # every text still reaches the printer
+    clock.now += 1.0  # a second later, a second's worth more
+    for counter in range(20):
+        relay(datagram(PEER, f"ana: later {counter}"))
+    assert len(outbox.to(other)) == burst + int(relay.room.text_rate_per_s)

@@ -26,7 +26,7 @@ from udpchat.client import Client, JoinError
 from udpchat.handlers import OutputError
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
 from udpchat.output import OutputFormat
-from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S
+from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, DEFAULT_TEXT_RATE_PER_S
 from udpchat.report import SortKey, json_summary, summary_lines
 from udpchat.runner import run
 from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, run_coroutine
@@ -245,6 +245,14 @@ def serve(
     max_peers: Annotated[
         int, bounded("max_peers", "Members in the room, at most.")
     ] = DEFAULT_MAX_PEERS,
+    relay_rate_per_s: Annotated[
+        float,
+        bounded(
+            "relay_rate_per_s",
+            "Texts a second each member may have relayed (bursts of twice that).",
+            "--relay-rate",
+        ),
+    ] = DEFAULT_TEXT_RATE_PER_S,
     nats: Annotated[
         list[str] | None,
         typer.Option(

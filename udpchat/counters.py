@@ -359,6 +359,14 @@ class RelayStats(Counts):
     not_relayed: int = total(
         "Texts not relayed because they grew in decoding past the header bound.", unit="messages"
     )
+    over_rate: int = total(
+        "Members' texts not relayed: their member was over --relay-rate texts a second.",
+        unit="messages",
+    )
+    malformed_joins: int = total(
+        "Joins whose argument was neither a cookie nor a request's padding, refused.",
+        unit="datagrams",
+    )
     keepalives: int = total(
         "Keepalives from members, with their own cookie: each kept a member in the room.",
         unit="datagrams",

@@ -19,12 +19,15 @@ than what it answers, and none is sent in answer to a datagram smaller than itse
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from udpchat.bus import BusConfig, RoomBus
 from udpchat.counters import RelayStats, Tally
@@ -43,7 +46,11 @@ from udpchat.wire import (
 
 DEFAULT_PEER_TIMEOUT_S = 30.0
 DEFAULT_MAX_PEERS = 32
+DEFAULT_TEXT_RATE_PER_S = 10.0
+"""Texts a second each member may have relayed (bursts of twice that): so one member can make
+the server send at most this times ``max_peers - 1`` datagrams a second. People type slower."""
 COOKIE_LIFETIME_S = 60
+_COOKIE_PATTERN = re.compile(rf"[0-9]{{1,12}}\.[0-9a-f]{{{COOKIE_MAC_HEX_DIGITS}}}\Z", re.ASCII)
 
 Address = tuple[str, int]
 
@@ -64,11 +71,16 @@ class CookieJar:
         issued = int(self._clock())
         return f"{issued}.{self._mac(address, issued)}"
 
+    @staticmethod
+    def is_well_formed(cookie: str) -> bool:
+        """``TIME.MAC`` in ASCII digits and lower-case hex, as :meth:`issue` writes them."""
+        return _COOKIE_PATTERN.match(cookie) is not None
+
     def _age_s(self, address: Address, cookie: str) -> float | None:
         """Seconds since this jar issued ``cookie`` to ``address``; None if it did not."""
-        issued_text, _, mac = cookie.partition(".")
-        if not issued_text.isdigit() or len(issued_text) > 12:
+        if not self.is_well_formed(cookie):
             return None
+        issued_text, _, mac = cookie.partition(".")
         issued = int(issued_text)
         if not hmac.compare_digest(mac, self._mac(address, issued)):
             return None
@@ -86,8 +98,25 @@ class CookieJar:
         return age is not None and age >= -1
 
 
+class Refusal(enum.Enum):
+    """Why a text is not relayed to the room."""
+
+    NOT_A_MEMBER = "not_a_member"
+    OVER_RATE = "over_rate"
+
+
+@dataclass(slots=True)
+class _Member:
+    last_heard: float
+    """When the member last proved itself (join, keepalive)."""
+    tokens: float
+    """Texts it may still have relayed now (a token bucket)."""
+    refilled_at: float
+
+
 class Room:
-    """The members: addresses that proved themselves, each expiring after a silence.
+    """The members: addresses that proved themselves, each expiring after a silence, each
+    allowed ``text_rate_per_s`` relayed texts a second.
 
     Thread-safe, because pool workers call it concurrently. Bounded by ``max_peers``.
     """
@@ -98,20 +127,26 @@ class Room:
         peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         tally: Tally[RelayStats] | None = None,
+        text_rate_per_s: float = DEFAULT_TEXT_RATE_PER_S,
     ) -> None:
         self.max_peers = max_peers
         self.peer_timeout_s = peer_timeout_s
+        self.text_rate_per_s = text_rate_per_s
+        self._burst = max(1.0, 2 * text_rate_per_s)
         self._clock = clock
-        self._last_heard: dict[Address, float] = {}
+        self._members: dict[Address, _Member] = {}
         self._lock = threading.Lock()
         self.tally = tally or Tally(RelayStats)
-        """Where the room counts joins refused for a full room and members expired."""
+        """Where the room counts joins refused for a full room, members expired and texts over
+        the rate."""
 
     def _expire(self, now: float) -> None:
         timeout_s = self.peer_timeout_s
-        stale = [peer for peer, heard in self._last_heard.items() if now - heard > timeout_s]
+        stale = [
+            peer for peer, member in self._members.items() if now - member.last_heard > timeout_s
+        ]
         for peer in stale:
-            del self._last_heard[peer]
+            del self._members[peer]
         if stale:
             self.tally.add("expired", len(stale))
 
@@ -120,20 +155,35 @@ class Room:
         with self._lock:
             now = self._clock()
             self._expire(now)
-            if peer not in self._last_heard and len(self._last_heard) >= self.max_peers:
+            member = self._members.get(peer)
+            if member is not None:
+                member.last_heard = now
+                return True
+            if len(self._members) >= self.max_peers:
                 self.tally.add("refused_full")
                 return False
-            self._last_heard[peer] = now
+            self._members[peer] = _Member(now, self._burst, now)
             return True
 
-    def others(self, peer: Address) -> list[Address] | None:
-        """The other members; None when ``peer`` is not a member. A text carries no cookie, so
-        it does not refresh its sender: anyone can forge a source address."""
+    def recipients(self, peer: Address) -> list[Address] | Refusal:
+        """The other members, for a text from ``peer`` that is within its rate; else why not.
+        A text carries no cookie, so it does not refresh its sender: anyone can forge a source
+        address."""
         with self._lock:
-            self._expire(self._clock())
-            if peer not in self._last_heard:
-                return None
-            return [other for other in self._last_heard if other != peer]
+            now = self._clock()
+            self._expire(now)
+            member = self._members.get(peer)
+            if member is None:
+                return Refusal.NOT_A_MEMBER
+            member.tokens = min(
+                self._burst, member.tokens + (now - member.refilled_at) * self.text_rate_per_s
+            )
+            member.refilled_at = now
+            if member.tokens < 1:
+                self.tally.add("over_rate")
+                return Refusal.OVER_RATE
+            member.tokens -= 1
+            return [other for other in self._members if other != peer]
 
     def refresh(self, peer: Address) -> bool:
         """Note that ``peer`` is still here (it proved it with its cookie); False when it is
@@ -141,19 +191,20 @@ class Room:
         with self._lock:
             now = self._clock()
             self._expire(now)
-            if peer not in self._last_heard:
+            member = self._members.get(peer)
+            if member is None:
                 return False
-            self._last_heard[peer] = now
+            member.last_heard = now
             return True
 
     def leave(self, peer: Address) -> None:
         with self._lock:
-            self._last_heard.pop(peer, None)
+            self._members.pop(peer, None)
 
     def members(self) -> list[Address]:
         with self._lock:
             self._expire(self._clock())
-            return list(self._last_heard)
+            return list(self._members)
 
 
 Send = Callable[[bytes, Address], bool]
@@ -232,9 +283,11 @@ class Relay:
         display. A text that grew in decoding (invalid UTF-8 shown as escapes) is not relayed,
         so that nothing sent is larger than what came in plus the header. False when the
         sender is not a member."""
-        others = self.room.others(message.sender)
-        if others is None:
+        others = self.room.recipients(message.sender)
+        if others is Refusal.NOT_A_MEMBER:
             return False
+        if others is Refusal.OVER_RATE:
+            return True
         line = f"[{message.sender[0]}] {message.text}".encode()
         if len(line) > message.size + MAX_HEADER_BYTES:
             self._tally.add("not_relayed")
@@ -257,7 +310,10 @@ class Relay:
                 self._tally.values["relayed_bytes"] += relayed * len(line)
 
     def _join(self, peer: Address, cookie: str, request_size: int) -> None:
-        if cookie and self._cookies.is_valid(peer, cookie):
+        if cookie.strip("-") and not self._cookies.is_well_formed(cookie):
+            self._tally.add("malformed_joins")  # neither a cookie nor a padded request
+            return
+        if cookie.strip("-") and self._cookies.is_valid(peer, cookie):
             # Both answers are smaller than the cookie they answer: a valid one proves the
             # address anyway. The peer timeout tells the client how often to keep alive.
             if self.room.admit(peer):

@@ -25,7 +25,14 @@ from udpchat.handlers import BatchHandler, Handler
 from udpchat.output import LinePrinter, OutputFormat
 from udpchat.pipeline import Dispatcher
 from udpchat.protocol import MAX_BATCH_BYTES, Receiver
-from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, CookieJar, Relay, Room
+from udpchat.relay import (
+    DEFAULT_MAX_PEERS,
+    DEFAULT_PEER_TIMEOUT_S,
+    DEFAULT_TEXT_RATE_PER_S,
+    CookieJar,
+    Relay,
+    Room,
+)
 from udpchat.report import StatusLine
 from udpchat.runtime import periodically
 from udpchat.sockets import bind_udp_socket, kernel_drop_count, receive_buffer_size
@@ -148,6 +155,9 @@ class ServerConfig:
     """Seconds of silence after which a member leaves the room."""
     max_peers: int = setting(DEFAULT_MAX_PEERS, minimum=1, maximum=MAX_PEERS)
     """Members in the room, at most; joins beyond it are refused and counted."""
+    relay_rate_per_s: float = setting(DEFAULT_TEXT_RATE_PER_S, minimum=0.01)
+    """Texts a second each member may have relayed (bursts of twice that); beyond it they are
+    shown but not relayed, and counted: what one member can make the server send is bounded."""
     metrics_port: int | None = setting(None, minimum=0, maximum=MAX_PORT)
     """Serve Prometheus metrics over HTTP on this TCP port (0: any free port); None: no endpoint."""
     metrics_host: str = DEFAULT_METRICS_HOST
@@ -312,7 +322,11 @@ class Server:
         if self.config.relay:
             if handler is not None and not callable(handler):
                 raise ValueError("the relay calls its handler per message: give a callable")
-            room = Room(self.config.max_peers, self.config.peer_timeout_s)
+            room = Room(
+                self.config.max_peers,
+                self.config.peer_timeout_s,
+                text_rate_per_s=self.config.relay_rate_per_s,
+            )
             inner: Handler | None = handler  # callable, checked above
             self._relay = Relay(
                 room, CookieJar(), inner, self.send_datagram, self.config.bus_config()
