@@ -8,6 +8,7 @@ import logging
 import secrets
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -111,20 +112,62 @@ async def test_malformed_and_oversize_bus_messages_are_dropped_and_counted(
         other = "0123456789abcdef"
         for payload in [
             b"no header line",
-            b"udpchat/2 0123456789abcdef 192.0.2.1\nwrong version",
-            b"udpchat/1 XYZ 192.0.2.1\nbad origin",
-            b"udpchat/1 0123456789abcdef not-an-ip\nbad ip",
-            b"udpchat/1 0123456789abcdef 192.0.2.1\n\xff\xfe not utf-8",
-            encode_envelope(other, "192.0.2.1", b"x" * 65),
+            b"udpchat/1 0123456789abcdef 192.0.2.1\nan older version",
+            b"udpchat/2 XYZ 1 192.0.2.1\nbad origin",
+            b"udpchat/2 0123456789abcdef 1 not-an-ip\nbad ip",
+            b"udpchat/2 0123456789abcdef 01 192.0.2.1\nbad sequence",
+            b"udpchat/2 0123456789abcdef 1 fe80::1%\x1b]0;pwn\x07\x1b[2J\nscope with escapes",
+            b"udpchat/2 0123456789abcdef 1 192.0.2.1\n\xff\xfe not utf-8",
+            encode_envelope(other, 1, "192.0.2.1", b"x" * 65),
             b"y" * (MAX_ENVELOPE_HEADER_BYTES + 65),
-            encode_envelope(other, "192.0.2.1", b"\x1b[2J fits"),
+            encode_envelope(other, 1, "fe80::1%eth0", b"\x1b[2J fits"),
         ]:
             await hostile.publish(subject, payload)
         await hostile.flush()
         await eventually(lambda: len(heard) == 1)
         await hostile.close()
-        assert heard == [("192.0.2.1", "\x1b[2J fits")]
-        assert bus.stats().dropped == {"malformed": 5, "oversize": 2}
+        assert heard == [("fe80::1%eth0", "\x1b[2J fits")]
+        assert bus.stats().dropped == {"malformed": 7, "oversize": 2}
+
+
+async def test_what_another_server_published_and_never_arrived_is_counted(
+    nats_node: NatsNode,
+) -> None:
+    """NATS drops messages to a slow consumer without a word: a jump in the origin's sequence
+    is what shows it."""
+    async with running_bus(nats_node.url) as (bus, heard):
+        other = await nats.connect(nats_node.url)
+        for sequence in (1, 2, 5, 6, 10):
+            data = encode_envelope("0123456789abcdef", sequence, "192.0.2.1", b"t%d" % sequence)
+            await other.publish(room_subject("lobby"), data)
+        await other.flush()
+        await eventually(lambda: len(heard) == 5)
+        await other.close()
+        stats = bus.stats()
+        assert (stats.received, stats.lost_in_transit) == (5, 5)  # 3, 4, 7, 8, 9
+
+
+async def test_messages_from_the_bus_are_delivered_off_the_event_loop(
+    nats_node: NatsNode,
+) -> None:
+    """Fanning a bus message out to the members is a delivery thread's work, never the loop's,
+    so that a flood on the bus cannot starve the UDP socket."""
+    threads: list[str] = []
+    bus = RoomBus(
+        BusConfig((nats_node.url,)),
+        lambda ip, text: threads.append(threading.current_thread().name),
+    )
+    await bus.start()
+    try:
+        other = await nats.connect(nats_node.url)
+        data = encode_envelope("0123456789abcdef", 1, "192.0.2.1", b"hello")
+        await other.publish(room_subject("lobby"), data)
+        await other.flush()
+        await eventually(lambda: len(threads) == 1)
+        await other.close()
+    finally:
+        await bus.stop()
+    assert threads == ["udpchat-bus-delivery"]
 
 
 async def test_oversize_publish_is_refused_and_counted(nats_node: NatsNode) -> None:
@@ -231,11 +274,12 @@ def test_rooms_are_plain_tokens() -> None:
 ips = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
 
 
-@given(ip=ips, text=st.text(max_size=64))
-def test_envelope_round_trip(ip: str, text: str) -> None:
+@given(ip=ips, sequence=st.integers(1, 10**19), text=st.text(max_size=64))
+def test_envelope_round_trip(ip: str, sequence: int, text: str) -> None:
     data = text.encode()
-    expected = Envelope("0123456789abcdef", ip, text) if len(data) <= 100 else "oversize"
-    assert decode_envelope(encode_envelope("0123456789abcdef", ip, data), 100) == expected
+    expected = Envelope("0123456789abcdef", sequence, ip, text) if len(data) <= 100 else "oversize"
+    envelope = encode_envelope("0123456789abcdef", sequence, ip, data)
+    assert decode_envelope(envelope, 100) == expected
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:

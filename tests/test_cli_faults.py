@@ -152,6 +152,7 @@ async def test_second_signal_forces_exit() -> None:
     os.close(unread)
     assert status == 130
     assert "forced stop" in stderr
+    assert "after the drain timeout" not in stderr  # it was forced long before the 60 s
     assert "Traceback" not in stderr
     counts = assert_summary_balanced(stderr, sent=sent)  # what was abandoned is queued
     assert counts["queued"] > 0

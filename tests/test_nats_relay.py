@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 
 import pytest
 
@@ -115,6 +116,8 @@ async def test_members_on_two_servers_on_two_cluster_nodes_see_each_other(
         budi.send("budi: halo \x1b[2J")
         assert await ana.until(bool) == ["[127.0.0.3] budi: halo \x1b[2J"]
         for server in (server_a, server_b):
+            # counted once its fan-out returned, on the delivery thread, after members got it
+            await eventually(partial(lambda each: bus_stats(each).received == 1, server))
             stats = bus_stats(server)
             assert (stats.published, stats.received, stats.connected) == (1, 1, True)
             relay = server.stats(include_senders=False).relay

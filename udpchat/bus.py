@@ -16,6 +16,7 @@ import collections
 import contextlib
 import ipaddress
 import logging
+import queue
 import random
 import re
 import secrets
@@ -56,22 +57,34 @@ DEFAULT_MAX_BACKLOG = 4096
 """Messages handed over by the workers and not yet given to nats-py, at most."""
 DEFAULT_MAX_TEXT_BYTES = 1024
 DEFAULT_INCOMING_LIMIT = 4096
-"""Bus messages received and not yet delivered, at most (nats-py's slow-consumer limit)."""
+"""Bus messages received and not yet delivered, at most: in nats-py's subscription (its
+slow-consumer limit), and again waiting for the delivery thread; beyond either they are
+dropped and counted."""
+MAX_ORIGINS = 1024
+"""Other servers whose sequence is followed to count what never arrived, at most."""
 RECONNECT_FIRST_WAIT_S = 0.1
 RECONNECT_MAX_WAIT_S = 5.0
 STOP_FLUSH_TIMEOUT_S = 2
 STOP_TIMEOUT_S = 5.0
 """Seconds a stopping bus may take in all: leftovers, flush and close."""
-ENVELOPE_MAGIC = b"udpchat/1"
+ENVELOPE_MAGIC = b"udpchat/2"
 ORIGIN_HEX_DIGITS = 16
+MAX_SEQUENCE_DIGITS = 20
 MAX_IP_TEXT = 39 + 1 + 15
 """The longest IPv6 address with a ``%scope`` (interface names are at most 15 bytes on Linux)."""
-MAX_ENVELOPE_HEADER_BYTES = len(ENVELOPE_MAGIC) + 1 + ORIGIN_HEX_DIGITS + 1 + MAX_IP_TEXT + 1
+MAX_ENVELOPE_HEADER_BYTES = (
+    len(ENVELOPE_MAGIC) + 1 + ORIGIN_HEX_DIGITS + 1 + MAX_SEQUENCE_DIGITS + 1 + MAX_IP_TEXT + 1
+)
 _ROOM_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _ORIGIN_PATTERN = re.compile(rb"[0-9a-f]{%d}\Z" % ORIGIN_HEX_DIGITS)
+_SEQUENCE_PATTERN = re.compile(rb"[1-9][0-9]{0,%d}\Z" % (MAX_SEQUENCE_DIGITS - 1))
+_IP_PATTERN = re.compile(rb"[0-9A-Fa-f:.]{2,45}(?:%[A-Za-z0-9_.-]{1,15})?\Z")
+"""An address in the characters addresses have, with an interface-name scope at most: so that
+an ``ip`` field can never carry a control byte into the ``[ip]`` members are sent."""
 
 Deliver = Callable[[str, str], None]
-"""Called on the event loop with (original sender ip, text) for each message from another server."""
+"""Called on the bus's delivery thread with (original sender ip, text) for each message from
+another server."""
 
 
 class BusUnavailableError(ConnectionError):
@@ -100,14 +113,16 @@ def room_subject(room: str) -> str:
     return SUBJECT_PREFIX + room
 
 
-def encode_envelope(origin: str, ip: str, text: bytes) -> bytes:
-    """``udpchat/1 ORIGIN IP\\nTEXT``: readable with ``nats sub``, and parsed without guessing."""
-    return b"%s %s %s\n%s" % (ENVELOPE_MAGIC, origin.encode(), ip.encode(), text)
+def encode_envelope(origin: str, sequence: int, ip: str, text: bytes) -> bytes:
+    """``udpchat/2 ORIGIN SEQUENCE IP\\nTEXT``: readable with ``nats sub``, parsed without
+    guessing; the sequence (1, 2, 3 ... per origin) tells a receiver what never arrived."""
+    return b"%s %s %d %s\n%s" % (ENVELOPE_MAGIC, origin.encode(), sequence, ip.encode(), text)
 
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
     origin: str
+    sequence: int
     ip: str
     text: str
 
@@ -122,15 +137,21 @@ def decode_envelope(data: bytes, max_text_bytes: int) -> Envelope | str:
     if len(body) > max_text_bytes:
         return "oversize"
     fields = header.split(b" ")
-    if len(fields) != 3 or fields[0] != ENVELOPE_MAGIC or not _ORIGIN_PATTERN.match(fields[1]):
+    if (
+        len(fields) != 4
+        or fields[0] != ENVELOPE_MAGIC
+        or not _ORIGIN_PATTERN.match(fields[1])
+        or not _SEQUENCE_PATTERN.match(fields[2])
+        or not _IP_PATTERN.match(fields[3])
+    ):
         return "malformed"
     try:
-        ip = fields[2].decode("ascii")
+        ip = fields[3].decode("ascii")
         ipaddress.ip_address(ip)
         text = body.decode("utf-8")
     except ValueError:  # UnicodeDecodeError is a ValueError
         return "malformed"
-    return Envelope(fields[1].decode("ascii"), ip, text)
+    return Envelope(fields[1].decode("ascii"), int(fields[2]), ip, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +186,9 @@ class RoomBus:
     """The room's subject on NATS: ``publish()`` from any thread, ``deliver`` for the others'.
 
     ``start()`` connects (or raises :class:`BusUnavailableError`); after that a lost connection
-    is retried with exponential backoff for as long as the bus runs.
+    is retried with exponential backoff for as long as the bus runs. What arrives is checked on
+    the event loop (cheap) and handed to one delivery thread through a bounded queue, so that a
+    flood on the bus costs the loop no fan-out and is shed, counted, like a UDP flood.
     """
 
     def __init__(self, config: BusConfig, deliver: Deliver) -> None:
@@ -187,6 +210,12 @@ class RoomBus:
         """Set during ``start()`` by an error that retrying cannot fix (credentials, TLS)."""
         self._tally = Tally(BusStats)
         self._logged_reasons: set[tuple[str, str]] = set()
+        self._sequence = 0
+        """The last sequence number this server published."""
+        self._expected: collections.OrderedDict[str, int] = collections.OrderedDict()
+        """The next sequence number due from each other server, the most recent last."""
+        self._inbox: queue.Queue[Envelope | None] = queue.Queue(DEFAULT_INCOMING_LIMIT)
+        self._delivery: threading.Thread | None = None
 
     @property
     def urls(self) -> str:
@@ -211,6 +240,10 @@ class RoomBus:
             await self._abandon(client, connecting)
         self._client = client
         self._publisher = asyncio.create_task(self._publish_backlog(), name="udpchat-bus-publish")
+        self._delivery = threading.Thread(
+            target=self._deliver_inbox, name="udpchat-bus-delivery", daemon=True
+        )
+        self._delivery.start()
         logger.info("room %r on NATS at %s", self.config.room, self.urls)
 
     async def _abandon(self, client: NatsClient, connecting: asyncio.Future[None]) -> NoReturn:
@@ -267,7 +300,6 @@ class RoomBus:
         if len(data) > self.config.max_text_bytes:
             self._count_failure("oversize")
             return
-        envelope = encode_envelope(self.origin, ip, data)
         with self._lock:
             loop, was_empty = self._loop, not self._backlog
             if self._stopping or loop is None:
@@ -276,7 +308,8 @@ class RoomBus:
                 refusal = "backlog_full"
             else:
                 refusal = None
-                self._backlog.append(envelope)
+                self._sequence += 1
+                self._backlog.append(encode_envelope(self.origin, self._sequence, ip, data))
         if refusal is not None:
             self._count_failure(refusal)
         elif was_empty:
@@ -328,6 +361,7 @@ class RoomBus:
             logger.warning("%s (%s); counting from now on", what, reason)
 
     async def _on_message(self, message: Msg) -> None:
+        """On the event loop: check, follow the origin's sequence, and hand over."""
         envelope = decode_envelope(message.data, self.config.max_text_bytes)
         if isinstance(envelope, str):
             self._count_drop(envelope)
@@ -335,13 +369,31 @@ class RoomBus:
         if envelope.origin == self.origin:
             self._tally.add("own_echoes")
             return
+        self._follow(envelope.origin, envelope.sequence)
         try:
-            self._deliver(envelope.ip, envelope.text)
-        except Exception:
-            self._count_drop("deliver_error")
-            logger.exception("delivering a message from NATS failed")
-            return
-        self._tally.add("received")
+            self._inbox.put_nowait(envelope)
+        except queue.Full:
+            self._count_drop("delivery_backlog_full")
+
+    def _follow(self, origin: str, sequence: int) -> None:
+        """Count what an origin sent that never arrived: a jump in its sequence."""
+        expected = self._expected.pop(origin, None)
+        if expected is not None and sequence > expected:
+            self._tally.add("lost_in_transit", sequence - expected)
+        self._expected[origin] = max(sequence + 1, expected or 0)
+        if len(self._expected) > MAX_ORIGINS:
+            self._expected.popitem(last=False)
+
+    def _deliver_inbox(self) -> None:
+        """The delivery thread: fan each message out to the room's members."""
+        while (envelope := self._inbox.get()) is not None:
+            try:
+                self._deliver(envelope.ip, envelope.text)
+            except Exception:
+                self._count_drop("deliver_error")
+                logger.exception("delivering a message from NATS failed")
+                continue
+            self._tally.add("received")
 
     async def _on_error(self, error: Exception) -> None:
         from nats.errors import SlowConsumerError  # noqa: PLC0415
@@ -403,6 +455,19 @@ class RoomBus:
             except (OSError, Error, TimeoutError) as error:
                 logger.warning("could not flush NATS at stop: %s", describe(error))
         await client.close()
+        await self._stop_delivery()
+
+    async def _stop_delivery(self) -> None:
+        """Deliver what is waiting, within what is left of the stop's time."""
+        if self._delivery is None:
+            return
+        while True:  # the sentinel goes in behind what waits, even when the queue is full
+            try:
+                self._inbox.put_nowait(None)
+                break
+            except queue.Full:
+                await asyncio.sleep(0.01)
+        await asyncio.to_thread(self._delivery.join)
 
     def stats(self) -> BusStats:
         connected = self._client is not None and self._client.is_connected

@@ -405,9 +405,16 @@ class BusStats(Counts):
         unit="messages",
     )
     dropped: Mapping[str, int] = by_reason(
-        "Messages from NATS refused (malformed, oversize, slow consumer), by reason.",
+        "Messages from NATS refused, by reason: malformed, oversize, slow_consumer (nats-py's "
+        "subscription limit), delivery_backlog_full (the delivery thread fell behind), "
+        "deliver_error.",
         unit="messages",
         label="reason",
+    )
+    lost_in_transit: int = total(
+        "Messages other servers published that never arrived here: a jump in their sequence "
+        "(NATS dropped them, e.g. for a slow consumer, or they could not be published).",
+        unit="messages",
     )
     own_echoes: int = total("This server's own messages back from NATS, ignored.", unit="messages")
     disconnects: int = total("Times the connection to NATS was lost.", unit="events")

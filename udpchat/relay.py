@@ -214,8 +214,9 @@ Send = Callable[[bytes, Address], bool]
 class Relay:
     """A handler that runs the room, then passes members' and others' texts to ``inner``.
 
-    It runs in the pool workers like any handler, so relaying members' texts never touches the
-    event loop; texts from the room's other servers (:meth:`relay_remote`) come from the bus.
+    It runs in the pool workers like any handler, and texts from the room's other servers
+    (:meth:`relay_remote`) come from the bus's delivery thread: relaying never runs on the
+    event loop.
     Commands (``/join``, ``/keepalive``, ``/leave``) are answered, not printed. ``send`` is where
     answers and relayed datagrams go: the server's socket (:meth:`udpchat.Server.send_datagram`).
     With ``bus``, the room spans servers over NATS: the relay builds its :attr:`bus`, members'

@@ -507,7 +507,9 @@ class Server:
                 await self._relay.bus.stop()  # after the drain: members' last texts go out too
             if self._metrics is not None:
                 await self._metrics.close()
-        if not idle:
+        if self._abandoned.is_set():
+            logger.warning("forced stop: %d messages were not finished", self._dispatcher.queued)
+        elif not idle:
             logger.warning(
                 "a worker was still stuck in its handler or output after the drain timeout "
                 "(%s s); %d messages were not finished",
