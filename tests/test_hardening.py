@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import socket
+import sys
 
 import pytest
 
@@ -14,6 +15,7 @@ from udpchat import LinePrinter, Message, Server, ServerConfig
 from udpchat import server as server_module
 from udpchat.admission import parse_network
 from udpchat.counters import StatsSnapshot
+from udpchat.sockets import kernel_drop_count, proc_drop_count
 
 
 async def run_through_printer(
@@ -200,3 +202,15 @@ async def test_a_stop_that_cannot_read_everything_the_socket_holds_says_so(
     stats = server.stats()
     assert (stats.received, stats.stop_reads_capped) == (5, 1)
     assert_balanced(stats)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux's drop counts")
+def test_the_kernels_drop_count_is_read_in_constant_time_and_agrees_with_proc() -> None:
+    """SO_MEMINFO, not a scan of /proc/net/udp (every UDP socket of the machine, on the loop)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver.bind((LOOPBACK, 0))
+        raw_send(receiver.getsockname(), *([b"x" * 100] * 500))
+        drops = kernel_drop_count(receiver)
+        assert drops is not None and drops > 0
+        assert drops == proc_drop_count(receiver)

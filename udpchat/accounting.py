@@ -46,6 +46,12 @@ EVICTION_FRACTION = 0.1
 """Share of the table evicted at once when it is full, so that eviction is rare and cheap."""
 IDLE_EVICTION_S = 60.0
 """Senders silent this long are evicted before any that still talk: their figures are final."""
+SKETCH_ROWS = 4
+SKETCH_WIDTH = 1 << 16
+"""The admission sketch: 4 rows of 65,536 16-bit counters, 512 KiB however many senders."""
+SKETCH_PERIOD_PER_SENDER = 10
+"""The sketch halves its counters every this many admissions per table entry, so that it
+follows the recent past."""
 JITTER_GAIN = 1 / 16
 """RFC 3550's smoothing gain for the interarrival jitter estimate."""
 JITTER_MIN_SPACING_S = 0.01
@@ -159,6 +165,36 @@ class _Sequence:
         self.lost += end - start
 
 
+class _AdmissionSketch:
+    """How often each sender was admitted to the table lately, evicted or not: a count-min
+    sketch, so that a sender that keeps coming back is told apart from one-shot identities in
+    fixed memory. Only admissions count (never the per-message path)."""
+
+    def __init__(self, period: int, rng: random.Random) -> None:
+        self._rows = [array("H", bytes(2 * SKETCH_WIDTH)) for _ in range(SKETCH_ROWS)]
+        self._salts = [rng.getrandbits(64) for _ in range(SKETCH_ROWS)]
+        self._period = period
+        self._added = 0
+
+    def _slots(self, key: SenderKey) -> list[int]:
+        hashed = hash(key)
+        return [hash((salt, hashed)) & (SKETCH_WIDTH - 1) for salt in self._salts]
+
+    def add(self, key: SenderKey) -> None:
+        for row, slot in zip(self._rows, self._slots(key), strict=True):
+            if row[slot] < 0xFFFF:
+                row[slot] += 1
+        self._added += 1
+        if self._added >= self._period:
+            self._added = 0
+            for index, row in enumerate(self._rows):
+                self._rows[index] = array("H", (count >> 1 for count in row))
+
+    def estimate(self, key: SenderKey) -> int:
+        """At least how often ``key`` was admitted lately (never less, sometimes more)."""
+        return min(row[slot] for row, slot in zip(self._rows, self._slots(key), strict=True))
+
+
 class DeliveryAccounting:
     """Per-sender sequence accounting, bounded to ``max_senders`` senders."""
 
@@ -168,6 +204,7 @@ class DeliveryAccounting:
         self._max_senders = max_senders
         self._random = random.Random(seed)
         """Breaks ties among the least active when evicting (a seed makes it reproducible)."""
+        self._admissions = _AdmissionSketch(SKETCH_PERIOD_PER_SENDER * max_senders, self._random)
         self._senders: dict[SenderKey, _Sequence] = {}
         self._evicted = DeliveryTotals()
         """What the evicted senders had, so that the totals keep it."""
@@ -180,6 +217,7 @@ class DeliveryAccounting:
         if sequence is None:
             if len(self._senders) >= self._max_senders:
                 self._evict(arrival)
+            self._admissions.add(key)
             self._senders[key] = _Sequence(counter, arrival)
             return Verdict.NEW
         sequence.received += 1
@@ -254,19 +292,23 @@ class DeliveryAccounting:
         under ``evicted_lost``.
 
         First those silent for :data:`IDLE_EVICTION_S` (their figures are final), then those
-        with the fewest messages, ties drawn at random. Fewest messages, so that a flood of
-        one-shot identities (a forged source address costs an attacker nothing) evicts its own
-        kind and never a sender that keeps talking; at random, so that a new sender arriving
-        during such a flood soon gets the second message that makes it more than a one-shot,
-        where oldest-first would evict it every time.
+        least active: the fewest messages in the table plus admissions lately (evicted or
+        not), ties drawn at random. A forged source address costs an attacker nothing, so a
+        flood of identities churns the table; a real sender that keeps talking keeps being
+        admitted more often than any one forged identity, and so keeps its row, unless the
+        flood comes from more identities than the table holds, each faster than that sender.
         """
         count = max(1, int(self._max_senders * EVICTION_FRACTION))
         horizon = now - IDLE_EVICTION_S
-        draw = self._random.random
+        draw, admitted = self._random.random, self._admissions.estimate
         least_active = heapq.nsmallest(
             count,
             self._senders.items(),
-            key=lambda item: (item[1].last_arrival > horizon, item[1].received, draw()),
+            key=lambda item: (
+                item[1].last_arrival > horizon,
+                item[1].received + admitted(item[0]),
+                draw(),
+            ),
         )
         evicted = [sequence for _, sequence in least_active]
         for key, _ in least_active:

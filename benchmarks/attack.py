@@ -1,0 +1,398 @@
+"""``make attack``: replay the attacks of issue #19 where the parts meet, and print what held.
+
+Each scenario runs real processes on loopback, several times, and prints one line of figures
+per run, then one line saying what held. They take longer than a test should (about four
+minutes in all on the 2-core development machine), so they live here rather than in
+``make test``; the behaviour each pins also has a fast test, named in SECURITY.md.
+
+Scenarios (``--only NAME`` runs one):
+
+- ``forged``: 20,000 rotating forged identities (two C generators) against a table of 2,000
+  senders, at a rate the server takes without kernel drops, while a real sender sends counters
+  1, 3, 5 ... 199 at 10/s: the real sender keeps its row and its loss, exactly.
+- ``bus``: 31 relay members, and a NATS publisher at 20,000 valid messages a second: a normal
+  UDP sender loses no more to the kernel than without the flood.
+- ``fanout``: ``--max-peers 1024`` with 200 members, one of which sends 2,000 texts a second:
+  a normal sender's 40 lines all print.
+- ``startup``: how long after exec the stop signals are held, and whether a signal at a random
+  moment of start-up is always a clean stop.
+- ``force``: ``--processes 2`` with a stdout nobody reads: how long a second signal, and one
+  signal with ``--drain-timeout 2``, take to end every process.
+- ``headers``: three seconds of metrics requests with 101 headers: answered, counted, and how
+  many bytes of stderr they cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from benchmarks.run import BLAST, build_generator, free_port
+from udpchat import Client
+
+PYTHON = sys.executable
+LOOPBACK = "127.0.0.1"
+READY_TIMEOUT_S = 30.0
+
+
+def serve(
+    *args: str, stdout: int | None = subprocess.DEVNULL
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``udpchat serve`` on a free loopback port; returns once it listens."""
+    port = free_port()
+    process = subprocess.Popen(
+        [PYTHON, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", str(port), *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = process.stderr.readline().decode()
+        if "listening on" in line:
+            return process, port
+        if not line:
+            break
+    process.kill()
+    raise RuntimeError("the server did not start")
+
+
+def stop(process: subprocess.Popen[bytes], signum: int = signal.SIGINT) -> str:
+    """Signal the server and return the rest of its stderr once it exited."""
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    return stderr.decode(errors="replace")
+
+
+def summary_counts(stderr: str) -> dict[str, int]:
+    lines = [line for line in stderr.splitlines() if line.startswith("udpchat: summary:")]
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", lines[-1])}
+
+
+def blast(port: int, rate: int, seconds: float, users: int, prefix: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BLAST), str(port), str(rate), str(seconds), str(users), prefix],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def send_paced(port: int, texts: list[bytes], interval_s: float) -> None:
+    """Send ``texts`` from one socket on a fixed grid (a client's steady timer)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((LOOPBACK, port))
+        started = time.monotonic()
+        for index, text in enumerate(texts):
+            time.sleep(max(0.0, started + index * interval_s - time.monotonic()))
+            sock.send(text)
+
+
+def spread(values: list[float], unit: str = "", digits: int = 1) -> str:
+    ordered = sorted(values)
+    return (
+        f"median {statistics.median(ordered):.{digits}f}{unit} "
+        f"({ordered[0]:.{digits}f}-{ordered[-1]:.{digits}f}) over {len(ordered)} runs"
+    )
+
+
+def forged(runs: int) -> None:
+    """The real sender's row under a flood of rotating forged identities: 4,000 of them arrive
+    between two of its messages, twice the table's 2,000."""
+    texts = [f"real: pesan ke-{counter}".encode() for counter in range(1, 200, 2)]
+    verdicts = []
+    for run in range(runs):
+        server, port = serve("--quiet", "--format", "json", "--max-senders", "2000")
+        floods = [blast(port, FORGED_RATE // 2, 11.0, 10_000, prefix) for prefix in ("fa", "fb")]
+        time.sleep(0.5)  # the flood is on before the real sender starts
+        send_paced(port, texts, 0.1)
+        flooded = sum(int(re.findall(r"sent=(\d+)", f.communicate()[0])[0]) for f in floods)
+        stderr = stop(server)
+        summary = json.loads(stderr.splitlines()[-1])["summary"]
+        delivery = summary["delivery"]
+        rows = [row for row in summary["senders"] if row["username"] == "real"]
+        lost = rows[0]["lost"] if rows else -1
+        if summary["kernel_drops"]:
+            verdict = "not measurable: the kernel dropped some"
+        elif rows and lost + delivery["evicted_lost"] == TRUE_LOSS:
+            verdict = "exact"
+        else:
+            verdict = "WRONG"
+        verdicts.append(verdict)
+        print(
+            f"  run {run + 1}: forged sent {flooded:,}, kernel_drops {summary['kernel_drops']:,}, "
+            f"senders_evicted {delivery['evicted']:,}; the real sender's row: "
+            f"{rows[0] if rows else 'none'}; evicted_lost {delivery['evicted_lost']}: {verdict}",
+            flush=True,
+        )
+    print(
+        f"forged: the real sender's loss of {TRUE_LOSS} (its row, plus evicted_lost for what "
+        f"was measured before its row was kept) exact in {verdicts.count('exact')} of {runs} "
+        f"runs, wrong in {verdicts.count('WRONG')}"
+    )
+
+
+FORGED_RATE = 40_000
+"""Forged datagrams a second: what the server takes on this machine without kernel drops, so
+that the real sender's true loss is known exactly (99 of 199)."""
+TRUE_LOSS = 99
+
+
+@contextlib.contextmanager
+def nats_node() -> Iterator[str]:
+    from tests.nats_servers import NatsNode  # noqa: PLC0415 - the tests' real nats-server
+
+    with tempfile.TemporaryDirectory(prefix="udpchat-attack-") as directory:
+        node = NatsNode(Path(directory), "attack")
+        node.start()
+        try:
+            yield node.url
+        finally:
+            node.kill()
+
+
+async def join_members(port: int, count: int) -> list[Client]:
+    members = [Client(LOOPBACK, port) for _ in range(count)]
+    for member in members:
+        await member.open()
+        await member.join_room(lambda text: None)
+    return members
+
+
+async def publish_flood(url: str, rate: int, seconds: float) -> int:
+    """Valid envelopes from a foreign origin at ``rate`` a second."""
+    import nats  # noqa: PLC0415
+
+    from udpchat.bus import encode_envelope, room_subject  # noqa: PLC0415
+
+    client = await nats.connect(url)
+    subject, sent = room_subject("lobby"), 0
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        due = int(elapsed * rate) - sent
+        for _ in range(max(0, min(due, 1000))):
+            sent += 1
+            await client.publish(subject, encode_envelope("f" * 16, sent, "192.0.2.9", b"x: y"))
+        await asyncio.sleep(0.001)
+    await client.flush()
+    await client.close()
+    return sent
+
+
+def bus(runs: int) -> None:
+    """A normal UDP sender's kernel drops with and without a NATS flood on 31 members."""
+    normal = [f"normal: pesan ke-{n}".encode() for n in range(1, 3001)]
+    results: dict[bool, list[float]] = {False: [], True: []}
+    with nats_node() as url:
+        for run in range(runs):
+            for flooding in (False, True):
+                server, port = serve("--quiet", "--relay", "--max-peers", "40", "--nats", url)
+
+                async def scenario(port: int = port, flooding: bool = flooding) -> int:
+                    members = await join_members(port, 31)
+                    sender = asyncio.to_thread(send_paced, port, normal, 1 / 1000)
+                    flood = publish_flood(url, 20_000, 3.0) if flooding else asyncio.sleep(0)
+                    published, _ = await asyncio.gather(flood, sender)
+                    for member in members:
+                        member.close()
+                    return published or 0
+
+                published = asyncio.run(scenario())
+                stderr = stop(server)
+                counts = summary_counts(stderr)
+                drops = counts["kernel_drops"] / len(normal)
+                results[flooding].append(drops * 100)
+                nats_line = next((line for line in stderr.splitlines() if "nats:" in line), "")
+                print(
+                    f"  run {run + 1} {'flood' if flooding else 'quiet'}: published {published:,}; "
+                    f"normal sender's kernel drops {counts['kernel_drops']} "
+                    f"({drops:.2%}); {nats_line.removeprefix('udpchat: ')[:160]}",
+                    flush=True,
+                )
+    print(
+        f"bus: kernel drops of 3,000 normal datagrams, quiet: {spread(results[False], '%', 2)}; "
+        f"with 20,000 bus messages/s to 31 members: {spread(results[True], '%', 2)}"
+    )
+
+
+def fanout(runs: int) -> None:
+    """One member's text flood against 200 members, and a normal sender's 40 lines."""
+    shown = []
+    for run in range(runs):
+        with tempfile.TemporaryFile() as out:
+            server, port = serve("--relay", "--max-peers", "1024", stdout=out.fileno())
+
+            async def scenario(port: int = port) -> None:
+                members = await join_members(port, 200)
+                flooder = members[0]
+                normal = [f"normal: pesan ke-{n}".encode() for n in range(1, 41)]
+                sender = asyncio.to_thread(send_paced, port, normal, 0.1)
+
+                async def flood() -> None:
+                    for index in range(8000):  # 2,000 a second for 4 s
+                        flooder.send(f"m0: spam {index}")
+                        if index % 20 == 0:
+                            await asyncio.sleep(0.01)
+
+                await asyncio.gather(sender, flood())
+                for member in members:
+                    member.close()
+
+            asyncio.run(scenario())
+            stderr = stop(server)
+            out.seek(0)
+            lines = out.read().decode(errors="replace").splitlines()
+        normal_lines = sum(1 for line in lines if "] normal: " in line)
+        shown.append(normal_lines)
+        relay = next((line for line in stderr.splitlines() if "relay:" in line), "")
+        over = re.findall(r"over_rate=(\d+)", relay)
+        relayed = re.findall(r"relayed_datagrams=(\d+)", relay)
+        print(
+            f"  run {run + 1}: normal lines {normal_lines} of 40; over_rate {over}; "
+            f"relayed_datagrams {relayed}; {summary_counts(stderr)['dropped']} dropped",
+            flush=True,
+        )
+    held = all(count == 40 for count in shown)
+    print(f"fanout: a normal sender's 40 lines printed in {shown.count(40)} of {runs} runs: "
+          f"{'HELD' if held else 'BROKEN'}")  # fmt: skip
+
+
+def holds_sighup(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    (caught,) = re.findall(r"SigCgt:\s+([0-9a-f]+)", status)
+    return bool(int(caught, 16) & (1 << (signal.SIGHUP - 1)))
+
+
+def startup(runs: int) -> None:
+    """The window before stop signals are held, and signals at random moments of start-up."""
+    script = Path(sys.executable).with_name("udpchat")
+    entries = {"python -m udpchat": [PYTHON, "-m", "udpchat"], "udpchat script": [str(script)]}
+    args = ["serve", "--host", LOOPBACK, "--port", "0"]
+    for name, command in entries.items():
+        windows = []
+        for _ in range(runs):
+            started = time.monotonic()
+            process = subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)  # fmt: skip
+            while not holds_sighup(process.pid) and process.poll() is None:
+                time.sleep(0.0005)
+            windows.append((time.monotonic() - started) * 1000)
+            process.send_signal(signal.SIGINT)
+            process.wait(30)
+        print(f"  {name}: signals held {spread(windows, ' ms')} after exec", flush=True)
+    outcomes: dict[str, list[int]] = {}
+    rng = random.Random(19)
+    for _ in range(runs):
+        for command in entries.values():
+            process = subprocess.Popen([*command, *args], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)  # fmt: skip
+            delay_s = rng.uniform(0.0, 0.25)
+            time.sleep(delay_s)
+            process.send_signal(rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP]))
+            _, stderr = process.communicate(timeout=30)
+            clean = process.returncode == 0 and b"summary:" in stderr
+            kind = "clean" if clean else f"rc {process.returncode}"
+            if b"Traceback" in stderr:
+                kind += " with a traceback"
+            outcomes.setdefault(kind, []).append(round(delay_s * 1000))
+    shown = {kind: len(delays) for kind, delays in outcomes.items()}
+    unclean = sorted(
+        delay for kind, delays in outcomes.items() if kind != "clean" for delay in delays
+    )
+    print(f"startup: a stop signal 0-250 ms after exec, {2 * runs} runs: {shown}; the others "
+          f"were signalled {unclean} ms after exec")  # fmt: skip
+
+
+def force(runs: int) -> None:
+    """``--processes 2`` with stdout blocked: a second signal, and one with a 2 s drain."""
+    timings: dict[str, list[float]] = {"second signal": [], "one signal, --drain-timeout 2": []}
+    for _ in range(runs):
+        for case, seconds in timings.items():
+            read_end, write_end = os.pipe()
+            drain = "60" if case == "second signal" else "2"
+            server, port = serve("--processes", "2", "--drain-timeout", drain, stdout=write_end)
+            os.close(write_end)
+            subprocess.run([PYTHON, "tests/flood.py", LOOPBACK, str(port), "1000", "20000", "2"],
+                           check=True, capture_output=True)  # fmt: skip
+            server.send_signal(signal.SIGTERM if case != "second signal" else signal.SIGINT)
+            if case == "second signal":
+                time.sleep(1.0)  # as an operator would: a second Ctrl-C a second later
+                server.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            server.communicate(timeout=120)
+            seconds.append(time.monotonic() - started)
+            os.close(read_end)
+    for case, seconds in timings.items():
+        print(
+            f"force: {case} with stdout blocked ended every process in {spread(seconds, ' s', 2)}"
+        )
+
+
+def headers(seconds: float) -> None:
+    """Metrics requests with 101 headers for a while: answered 431, counted, quiet."""
+    metrics_port = free_port_tcp()
+    server, _ = serve("--quiet", "--metrics-port", str(metrics_port))
+    request = b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(101))
+    answers: dict[bytes, int] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.create_connection((LOOPBACK, metrics_port), timeout=5) as client:
+            client.sendall(request + b"\r\n")
+            status = client.recv(64).split(b" ", 2)[1:2] or [b"none"]
+            answers[status[0]] = answers.get(status[0], 0) + 1
+    stderr = stop(server)
+    bad = re.findall(r"bad_requests=(\d+)", stderr)
+    print(f"headers: {sum(answers.values()):,} requests in {seconds:g} s, answers {answers}, "
+          f"bad_requests {bad}, {len(stderr.encode()):,} bytes of stderr in all")  # fmt: skip
+
+
+def free_port_tcp() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "forged": lambda args: forged(args.runs),
+    "bus": lambda args: bus(args.runs),
+    "fanout": lambda args: fanout(args.runs),
+    "startup": lambda args: startup(args.runs * 5),
+    "force": lambda args: force(args.runs),
+    "headers": lambda args: headers(3.0),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario")
+    parser.add_argument("--only", choices=list(SCENARIOS), action="append")
+    args = parser.parse_args()
+    build_generator()
+    for name in args.only or list(SCENARIOS):
+        print(f"{name}:", flush=True)
+        started = time.monotonic()
+        SCENARIOS[name](args)
+        print(f"  ({time.monotonic() - started:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "attack"
+    main()
