@@ -76,9 +76,7 @@ class Climb:
     results: dict[int, Result] = field(default_factory=dict)
     passed: int | None = None
     failed: int | None = None
-    """The lowest rate failed; with a generator that fell short, the rate it did send."""
-    failed_offered: int | None = None
-    """The rate offered when :attr:`failed` was found."""
+    """The lowest rate failed; the search never tries above it, so it stays above the pass."""
     stopped_by: str | None = None
     """Why it ended without a bracket: the generator's limit, the floor or ``max_rate``."""
 
@@ -98,20 +96,17 @@ class Climb:
         rate = self.rate
         self.results[rate] = result
         if result.passed:
-            self.passed = max(self.passed or 0, rate)
-            if result.generator_limited:
+            if result.generator_limited:  # it passed what the generator could send
+                self.passed = max(self.passed or 0, round_rate(result.achieved_per_s))
                 self.stopped_by = "generator"
                 return
-        else:  # with a generator short of the rate, what it did send was already too much
-            sent = round_rate(result.achieved_per_s) if result.generator_limited else rate
-            if self.failed is None or sent < self.failed:
-                self.failed, self.failed_offered = sent, rate
+            self.passed = max(self.passed or 0, rate)
+        elif self.failed is None or rate < self.failed:
+            self.failed = rate  # even when the generator fell short: the table says so
         if self.done:
             return
         if self.passed is not None and self.failed is not None:
-            if self.failed <= self.passed:
-                self.stopped_by = "generator"  # it failed below a rate it had passed
-            elif self.bisect:
+            if self.bisect:
                 middle = round_rate(math.sqrt(self.passed * self.failed))
                 self.rate = middle if middle > self.passed else self.failed
             else:

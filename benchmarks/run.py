@@ -138,9 +138,15 @@ def estimate_s(profile: Profile, users: Sequence[int], start: int) -> tuple[floa
     return min(counts) * per_rate, max(counts) * per_rate
 
 
-def generator_ceiling(users: int, trials: int, duration_s: float, workdir: Path) -> list[Trial]:
+def generator_ceiling(
+    users: int, trials: int, duration_s: float, workdir: Path, progress: Progress
+) -> list[Trial]:
     """The generator flat out against the C sink: the most it can offer on this box."""
-    return [run_trial(C_SINK, 0, duration_s, users, workdir) for _ in range(trials)]
+    runs = []
+    for _ in range(trials):
+        runs.append(run_trial(C_SINK, 0, duration_s, users, workdir))
+        progress(runs[-1], "  generator ceiling")
+    return runs
 
 
 def describe_ceiling(climb: Climb) -> tuple[str, str, str]:
@@ -157,11 +163,11 @@ def describe_ceiling(climb: Climb) -> tuple[str, str, str]:
     if climb.stopped_by == "max rate":
         top = max(climb.results)
         return passed, f"not reached: {top:,}/s is --max-rate", climb.results[top].spread()
-    assert climb.failed is not None and climb.failed_offered is not None
-    result = climb.results[climb.failed_offered]
+    assert climb.failed is not None
+    result = climb.results[climb.failed]
     failed = f"{climb.failed:,}/s"
-    if climb.failed != climb.failed_offered:
-        failed += f" (sent, of {climb.failed_offered:,}/s offered)"
+    if result.generator_limited:
+        failed += f" (the generator sent {result.achieved_per_s:,.0f}/s)"
     return passed, failed, result.spread()
 
 
@@ -292,8 +298,8 @@ def print_plan(profile: Profile, users: Sequence[int], start: int) -> None:
             else f"up from its highest pass in steps of at most {STEP:.0%}"
         )
         + f" until the two are at most {STEP:.0%} apart; a design that passes while the "
-        f"generator falls short (< {GENERATOR_SHORTFALL:.0%} of the offered rate) stops there; "
-        "one that fails then has failed at the rate sent"
+        f"generator falls short (< {GENERATOR_SHORTFALL:.0%} of the offered rate) stops there, "
+        "its ceiling not reached"
     )
     if profile.reuse_ceiling and len(users) > 1:
         print(
@@ -307,7 +313,7 @@ def print_plan(profile: Profile, users: Sequence[int], start: int) -> None:
         f"{MAX_LOSS:.1%} within {GRACE_S:g} s of the generator's end"
     )
     sink_trials = 1 if profile.decide_early else trials
-    print(f"  first: the generator flat out against the C sink, {sink_trials} trial(s) per users")
+    print(f"  first, per user count: the generator flat out against the C sink, {sink_trials}x")
     described = {
         "overload": "per user count, udpchat offered "
         f"{' and '.join(f'{f}x' for f in OVERLOAD_FACTORS)} its ceiling",
@@ -378,9 +384,7 @@ def main() -> None:
         previous: dict[str, int] = {}
         for user_count in users:
             sink_trials = 1 if profile.decide_early else profile.trials
-            sink = generator_ceiling(user_count, sink_trials, profile.duration_s, workdir)
-            for trial in sink:
-                progress(trial, "  generator ceiling")
+            sink = generator_ceiling(user_count, sink_trials, profile.duration_s, workdir, progress)
             climbs = []
             for design in profile.designs:
                 if design in previous:
