@@ -153,9 +153,9 @@ def describe_ceiling(climb: Climb) -> tuple[str, str, str]:
     """(highest passed, first failed, the loss there) as table cells."""
     passed = f"{climb.passed:,}/s" if climb.passed is not None else "none"
     if climb.stopped_by == "generator":
-        top = max(climb.results)
-        result = climb.results[top]
-        failed = f"not reached: generator sent {result.achieved_per_s:,.0f}/s of {top:,}"
+        last = list(climb.results)[-1]
+        result = climb.results[last]
+        failed = f"not reached: generator sent {result.achieved_per_s:,.0f}/s of {last:,}"
         return passed, failed, result.spread()
     if climb.stopped_by == "floor":
         lowest = min(climb.results)
