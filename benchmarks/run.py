@@ -318,8 +318,9 @@ def print_plan(profile: Profile, users: Sequence[int], start: int) -> None:
         "overload": "per user count, udpchat offered "
         f"{' and '.join(f'{f}x' for f in OVERLOAD_FACTORS)} its ceiling",
         "dashboard": "per user count, --dashboard's cost with the generator flat out",
-        "saturation": f"the saturation benchmark at udpchat's first failed rate, {users[0]} "
-        f"users ({saturation.ROUNDS} rounds of {saturation.DURATION_S:g} s per design"
+        "saturation": "the saturation benchmark at udpchat's first failed rate, at the first "
+        f"user count where it failed ({saturation.ROUNDS} rounds of "
+        f"{saturation.DURATION_S:g} s per design"
         f"{', then py-spy' if saturation.py_spy() else ''})",
         "cpu": f"CPU per message at {cpu.RATE:,}/s ({cpu.ROUNDS} rounds of "
         f"{cpu.MESSAGES:,} messages per design)",
@@ -378,7 +379,8 @@ def main() -> None:
         sys.exit("the C sink needs a C compiler (cc)")
     print_plan(profile, users, args.start)
     progress = Progress()
-    first_failed: int | None = None
+    saturation_at: tuple[int, int] | None = None
+    """udpchat's first failed rate and its user count: the first user count where it failed."""
     with tempfile.TemporaryDirectory(prefix="udpchat-bench-") as directory:
         workdir = Path(directory)
         previous: dict[str, int] = {}
@@ -401,8 +403,8 @@ def main() -> None:
             if profile.reuse_ceiling:
                 previous = {c.design: c.passed for c in climbs if c.passed is not None}
             udpchat = next((climb for climb in climbs if climb.design == UDPCHAT), None)
-            if udpchat is not None and user_count == users[0]:
-                first_failed = udpchat.failed
+            if udpchat and udpchat.failed is not None and saturation_at is None:
+                saturation_at = (udpchat.failed, user_count)
             if "overload" in profile.sections and udpchat and udpchat.passed is not None:
                 overload(
                     udpchat.passed, profile.trials, profile.duration_s, user_count, workdir,
@@ -412,12 +414,12 @@ def main() -> None:
                 dashboard_cost(profile.trials, profile.duration_s, user_count, workdir, progress)
             sys.stdout.flush()
         if "saturation" in profile.sections:
-            if first_failed is None:
-                print("\nsaturation: skipped, udpchat's first failed rate was not found")
+            if saturation_at is None:
+                print("\nsaturation: skipped, udpchat failed at no rate the generator could send")
             else:
-                saturation.run(
-                    first_failed, users[0], workdir, progress, "udpchat's first failed rate"
-                )
+                rate, at_users = saturation_at
+                reason = "udpchat's first failed rate"
+                saturation.run(rate, at_users, workdir, progress, reason)
         if "cpu" in profile.sections:
             cpu.run(workdir, progress)
     minutes = (time.monotonic() - started) / 60
