@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SERVE_ARGS ?=
 
-.PHONY: serve test test-busy lint bench bench-micro bench-memory clean
+.PHONY: serve test test-busy lint bench bench-full bench-saturation bench-cpu bench-micro bench-memory clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,12 +31,30 @@ test-busy: lint
 	status=0; for run in 1 2 3; do echo "run $$run of 3, two busy loops"; \
 	$(BIN)/python -m pytest -q || status=1; done; kill $$busy 2>/dev/null; exit $$status
 
-# Designs side by side in one run, trials interleaved and repeated (medians and spreads), then
-# the per-stage micro-benchmark and handler latency. The C generator is built on first use.
+# udpchat's and the bare baseline's ceilings, bracketed within 10%, at 100 and 10 users, one
+# trial per rate, trials interleaved; then the per-stage micro-benchmark and handler latency.
+# Under 3 minutes on the 2-core box. The C generator and sink are built on first use.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.micro
 	$(BIN)/python -m benchmarks.latency
+
+# The same ladder with 3 trials per rate, each user count climbed from the start, with
+# --processes 2; then overload, the dashboard's cost, the saturation benchmark (with py-spy
+# when installed: pip install py-spy) and the CPU per message. It prints its estimate first.
+bench-full: $(STAMP)
+	$(BIN)/python -m benchmarks.run --full $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.micro
+	$(BIN)/python -m benchmarks.latency
+
+# Second by second at udpchat's first failed rate (found by a quick ladder, or BENCH_ARGS=
+# --rate N), side by side with the baseline: CPU per thread, batches, jobs, queue, drops.
+bench-saturation: $(STAMP)
+	$(BIN)/python -m benchmarks.saturation $(BENCH_ARGS)
+
+# CPU time per message at a fixed 100,000 msg/s, udpchat against the baseline.
+bench-cpu: $(STAMP)
+	$(BIN)/python -m benchmarks.cpu $(BENCH_ARGS)
 
 bench-micro: $(STAMP)
 	$(BIN)/python -m benchmarks.micro

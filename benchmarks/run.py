@@ -1,317 +1,254 @@
-"""``make bench``: the highest rate each design handles with under 0.1% loss, side by side.
+"""``make bench`` / ``make bench-full``: each design's ceiling, bracketed, side by side.
 
-Each trial starts a design as a subprocess with its per-message output going to a file, drives
-it with the C generator (``benchmarks/blast.c``, built by ``make bench``; ``udpchat load``
-where no C compiler is found) at one rate for a few seconds, stops it with SIGINT and counts
-the lines it wrote. At each rate every design still in the race runs once per round, and the
-rounds repeat, so that the machine's other work falls on all designs alike; a design passes a
-rate when the median loss of its trials is under 0.1%. Then udpchat is offered 2x and 4x the
-rate it sustained, to show what overload costs it.
+The ceiling is the highest offered rate a design handles with a median loss under 0.1% (what
+is not written within a grace period after the generator stops counts as lost). Each design
+climbs on its own: from ``--start`` the rate is multiplied by 1.5 until the design fails (or
+divided until it passes), then rises from its highest pass in steps of at most 10% until it
+fails again, so the ceiling lies between the highest rate passed and the first rate failed, at
+most 10% apart. A design whose generator fell short of the offered
+rate stops there, reported as the generator's limit, which is measured first against a C
+receive-only sink. Trials of all designs alternate, so the machine's other work falls on all
+alike. udpchat's ratio to the bare baseline is read only when both ceilings are bracketed.
+
+``make bench`` runs one trial per rate and starts the second user count at the first one's
+ceiling; ``make bench-full`` runs three, climbs each user count from the start, and adds
+overload, the dashboard's cost, the saturation benchmark and the CPU per message
+(``--skip`` leaves any of these out).
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import platform
-import pty
 import re
-import shutil
-import signal
-import socket
 import statistics
-import struct
-import subprocess
 import sys
 import tempfile
-import termios
-import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_LOSS = 0.001
-GENERATOR_SHORTFALL = 0.95
-"""A trial whose generator sent under this share of the offered rate measured the generator."""
-DEFAULT_RATES = (5_000, 10_000, 50_000, 100_000, 150_000, 175_000, 200_000, 225_000, 250_000)
-DEFAULT_USERS = (10, 100)
-READY_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 60.0
+from benchmarks import cpu, saturation
+from benchmarks.harness import (
+    BARE,
+    BLAST,
+    C_SINK,
+    DASHBOARD,
+    DESIGNS,
+    GENERATOR_SHORTFALL,
+    GRACE_S,
+    QUIET,
+    SINK,
+    UDPCHAT,
+    Trial,
+    build,
+    peak_rss_bytes,
+    run_trial,
+)
+from benchmarks.ladder import (
+    COARSE_FACTOR,
+    MAX_LOSS,
+    START_RATE,
+    STEP,
+    Climb,
+    Progress,
+    Result,
+    climb_all,
+    round_rate,
+)
+
+__all__ = ["BARE", "accounts_balance", "main", "peak_rss_bytes", "run_trial"]
+"""What benchmarks.memory and tests/test_load.py import from here."""
+
+DEFAULT_USERS = (100, 10)
 OVERLOAD_FACTORS = (2, 4)
-
-PYTHON = sys.executable
-BLAST = Path(__file__).with_name("blast")
-UDPCHAT = "udpchat serve"
-BARE = "bare: uvloop, batch per iteration, 2 threads"
-DESIGNS: dict[str, list[str]] = {
-    UDPCHAT: ["-m", "udpchat", "serve", "--host", "127.0.0.1", "--port", "{port}"],
-    BARE: ["-m", "benchmarks.baselines.bare_uvloop", "{port}"],
-    "udpchat serve --processes 2": [
-        *("-m", "udpchat", "serve", "--host", "127.0.0.1", "--port", "{port}", "--processes", "2"),
-    ],
-    "seed: thread per datagram": ["-m", "benchmarks.baselines.seed_threads", "{port}"],
-    "naive: run_in_executor per datagram": ["-m", "benchmarks.baselines.naive_executor", "{port}"],
-}
+SECTIONS = ("overload", "dashboard", "saturation", "cpu")
+TRIAL_OVERHEAD_S = 1.5
+"""Start, grace and drain around each trial's generator run, for the estimate."""
 
 
-@dataclass
-class Trial:
-    design: str
-    offered_per_s: int
-    achieved_per_s: float
-    sent: int
-    handled: int
-    peak_rss_bytes: int
-    elapsed_s: float
-    stderr: str
+@dataclass(frozen=True)
+class Profile:
+    """What ``make bench`` and ``make bench-full`` run."""
 
-    @property
-    def generator_limited(self) -> bool:
-        return self.achieved_per_s < GENERATOR_SHORTFALL * self.offered_per_s
-
-    @property
-    def loss(self) -> float:
-        return 1.0 - self.handled / self.sent if self.sent else 1.0
-
-    @property
-    def handled_per_s(self) -> float:
-        return self.handled / self.elapsed_s if self.elapsed_s else 0.0
+    designs: tuple[str, ...]
+    trials: int
+    duration_s: float
+    decide_early: bool
+    """Stop a rate's trials once two agree."""
+    bisect: bool
+    """Halve the bracket rather than rise in steps of at most 10%."""
+    reuse_ceiling: bool
+    """Start the next user count's climb at this one's highest pass, in 10% steps."""
+    sections: tuple[str, ...]
+    """Which of :data:`SECTIONS` follow the ladder."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+QUICK = Profile(
+    (UDPCHAT, BARE),
+    trials=3,
+    duration_s=2.0,
+    decide_early=True,
+    bisect=True,
+    reuse_ceiling=True,
+    sections=(),
+)
+FULL = Profile(
+    (UDPCHAT, BARE, "udpchat serve --processes 2"),
+    trials=3,
+    duration_s=3.0,
+    decide_early=False,
+    bisect=False,
+    reuse_ceiling=False,
+    sections=SECTIONS,
+)
 
 
-def peak_rss_bytes(pid: int) -> int:
-    """The process's peak RSS, or with ``--processes`` its children's largest."""
-    peaks = []
-    for candidate in [pid, *child_pids(pid)]:
-        try:
-            status = Path(f"/proc/{candidate}/status").read_text()
-        except OSError:
-            continue
-        found = re.search(r"VmHWM:\s+(\d+) kB", status)
-        if found:
-            peaks.append(int(found.group(1)) * 1024)
-    return max(peaks, default=0)
+def climb_rates(ceiling: float, start: int, factor: float, bisect: bool) -> int:
+    """Rates a :class:`Climb` tries for a design whose ceiling is ``ceiling``, for the
+    estimate printed before the run."""
+    climb = Climb("estimate", start, factor, bisect)
+    tried = 0
+    while not climb.done and tried < 50:
+        tried += 1
+        handled = 1 if climb.rate <= ceiling else 0
+        trial = Trial("estimate", 0, climb.rate, climb.rate, 1, handled, handled, 0, "")
+        climb.record(Result([trial]))
+    return tried
 
 
-def child_pids(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(child) for child in text.split()]
+EXPECTED_TRIALS_DECIDING_EARLY = 2.3
+"""Trials per rate, on average, when they stop once two agree (seen on the 2-core box)."""
 
 
-def wait_for_banner(output: Path, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while b"Server menunggu..." not in output.read_bytes():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"server did not start: {output}")
-        time.sleep(0.02)
+def estimate_s(profile: Profile, users: Sequence[int], start: int) -> tuple[float, float]:
+    """The ladder's seconds for ceilings between 100,000/s and 300,000/s."""
+    counts = []
+    for ceiling in (100_000, 150_000, 200_000, 250_000, 300_000):
+        rates = climb_rates(ceiling, start, COARSE_FACTOR, profile.bisect)
+        if profile.reuse_ceiling:
+            again = climb_rates(ceiling, round_rate(ceiling), 1 + STEP, profile.bisect)
+        else:
+            again = rates
+        counts.append(rates + again * (len(users) - 1))
+    trials = EXPECTED_TRIALS_DECIDING_EARLY if profile.decide_early else profile.trials
+    per_rate = (profile.duration_s + TRIAL_OVERHEAD_S) * trials * len(profile.designs)
+    return min(counts) * per_rate, max(counts) * per_rate
 
 
-def generate(port: int, rate: int, duration_s: float, users: int) -> tuple[int, float]:
-    """Send at ``rate`` for ``duration_s``; returns (sent, achieved rate)."""
-    if BLAST.exists():
-        command = [str(BLAST), str(port), str(rate), str(duration_s), str(users)]
-    else:
-        command = [
-            PYTHON, "-m", "udpchat", "load", "--port", str(port), "--rate", str(rate),
-            "--duration", str(duration_s), "--users", str(users), "--no-progress",
-        ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    fields = dict(re.findall(r"(\w+)=([\d.]+)", result.stdout))
-    return int(fields["sent"]), float(fields["rate_per_s"])
+def generator_ceiling(
+    users: int, trials: int, duration_s: float, workdir: Path, progress: Progress
+) -> list[Trial]:
+    """The generator flat out against the C sink: the most it can offer on this box."""
+    runs = []
+    for _ in range(trials):
+        runs.append(run_trial(C_SINK, 0, duration_s, users, workdir))
+        progress(runs[-1], "  generator ceiling")
+    return runs
 
 
-QUIET = "udpchat serve --quiet"
-DASHBOARD = "udpchat serve --quiet --dashboard"
-ON_A_TERMINAL: dict[str, list[str]] = {
-    QUIET: [*DESIGNS[UDPCHAT], "--quiet"],
-    DASHBOARD: [*DESIGNS[UDPCHAT], "--quiet", "--dashboard"],
-}
-"""Designs whose stderr is a pseudo-terminal (where the view draws) and whose handled count
-comes from the summary, as ``--quiet`` writes no lines."""
-TERMINAL_SIZE = (40, 120)
+def describe_ceiling(climb: Climb) -> tuple[str, str, str]:
+    """(highest passed, first failed, the loss there) as table cells."""
+    passed = f"{climb.passed:,}/s" if climb.passed is not None else "none"
+    if climb.stopped_by == "generator":
+        last = list(climb.results)[-1]
+        result = climb.results[last]
+        failed = f"not reached: generator sent {result.achieved_per_s:,.0f}/s of {last:,}"
+        return passed, failed, result.spread()
+    if climb.stopped_by == "floor":
+        lowest = min(climb.results)
+        return passed, f"{lowest:,}/s (the floor)", climb.results[lowest].spread()
+    if climb.stopped_by == "max rate":
+        top = max(climb.results)
+        return passed, f"not reached: {top:,}/s is --max-rate", climb.results[top].spread()
+    assert climb.failed is not None
+    result = climb.results[climb.failed]
+    failed = f"{climb.failed:,}/s"
+    if result.generator_limited:
+        failed += f" (the generator sent {result.achieved_per_s:,.0f}/s)"
+    return passed, failed, result.spread()
 
 
-class PseudoTerminal:
-    """A pseudo-terminal of :data:`TERMINAL_SIZE` whose output a thread keeps reading (a full
-    terminal would stop its writer) into ``text``."""
-
-    def __init__(self) -> None:
-        self.leader, self.follower = pty.openpty()
-        rows, columns = TERMINAL_SIZE
-        fcntl.ioctl(self.follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-        self._chunks: list[bytes] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self.leader, 1 << 16)
-            except OSError:
-                return
-            if not chunk:
-                return
-            self._chunks.append(chunk)
-
-    def close(self) -> str:
-        os.close(self.follower)
-        self._reader.join(10)
-        os.close(self.leader)
-        return b"".join(self._chunks).decode(errors="replace")
+def ratio(udpchat: Climb, bare: Climb) -> str:
+    """udpchat's ceiling over the baseline's, read only when both are bracketed: the passes'
+    ratio, with the range the two brackets allow."""
+    if not udpchat.bracketed:
+        reason = "udpchat's ceiling not bracketed"
+        if bare.bracketed and udpchat.passed is not None and bare.failed is not None:
+            return f"≥ {udpchat.passed / bare.failed:.2f}x ({reason})"
+        return f"none ({reason})"
+    assert udpchat.passed is not None and udpchat.failed is not None
+    if not bare.bracketed:
+        if bare.passed is None:
+            return "none (the baseline passed no rate)"
+        return f"≤ {udpchat.failed / bare.passed:.2f}x (the baseline's ceiling not bracketed)"
+    assert bare.passed is not None and bare.failed is not None
+    low, high = udpchat.passed / bare.failed, udpchat.failed / bare.passed
+    return f"{udpchat.passed / bare.passed:.2f}x (bracket allows {low:.2f}-{high:.2f}x)"
 
 
-def run_trial(design: str, rate: int, duration_s: float, users: int, workdir: Path) -> Trial:
-    port = free_port()
-    output = workdir / f"out-{port}.log"
-    errors = workdir / f"err-{port}.log"
-    terminal = PseudoTerminal() if design in ON_A_TERMINAL else None
-    parts = ON_A_TERMINAL.get(design) or DESIGNS[design]
-    command = [PYTHON, *(part.format(port=port) for part in parts)]
-    with output.open("wb") as out, errors.open("wb") as err:
-        stderr_to = err.fileno() if terminal is None else terminal.follower
-        process = subprocess.Popen(command, stdout=out, stderr=stderr_to)
-    try:
-        wait_for_banner(output, process)
-        started = time.monotonic()
-        sent, achieved = generate(port, rate, duration_s, users)
-        peak = peak_rss_bytes(process.pid)
-        process.send_signal(signal.SIGINT)
-        process.wait(STOP_TIMEOUT_S)
-        elapsed_s = time.monotonic() - started
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    with output.open("rb") as lines:
-        handled = sum(chunk.count(b"\n") for chunk in iter(lambda: lines.read(1 << 20), b"")) - 1
-    stderr = errors.read_text(errors="replace")
-    if terminal is not None:
-        stderr = terminal.close()
-        summary = re.findall(r"summary: received=\d+ handled=(\d+)", stderr)
-        handled = int(summary[-1]) if summary else 0
-    output.unlink()
-    errors.unlink()
-    return Trial(design, rate, achieved, sent, handled, peak, elapsed_s, stderr)
-
-
-@dataclass
-class Result:
-    """One design's trials at one rate."""
-
-    trials: list[Trial]
-
-    @property
-    def median_loss(self) -> float:
-        return statistics.median(trial.loss for trial in self.trials)
-
-    @property
-    def passed(self) -> bool:
-        return self.median_loss < MAX_LOSS
-
-    @property
-    def generator_limited(self) -> bool:
-        return statistics.median(trial.achieved_per_s for trial in self.trials) < (
-            GENERATOR_SHORTFALL * self.trials[0].offered_per_s
+def print_ladder(users: int, climbs: list[Climb], trials: int, sink: list[Trial]) -> None:
+    generator = statistics.median(trial.achieved_per_s for trial in sink)
+    received = statistics.median(trial.handled / trial.sent for trial in sink if trial.sent)
+    plural = "trial" if trials == 1 else "trials"
+    print(f"\n{users} users, {trials} {plural} per rate, pass: median loss < {MAX_LOSS:.1%}:\n")
+    print("| design | highest rate passed | first rate failed | loss there | tried |")
+    print("|---|---:|---:|---:|---|")
+    for climb in climbs:
+        passed, failed, loss = describe_ceiling(climb)
+        tried = ", ".join(
+            f"{rate // 1000}k{'' if result.passed else '✗'}"
+            for rate, result in sorted(climb.results.items())
         )
-
-    def spread(self) -> str:
-        losses = sorted(trial.loss for trial in self.trials)
-        return f"{self.median_loss:.3%} ({losses[0]:.3%}-{losses[-1]:.3%})"
-
-
-def race(
-    designs: list[str], rates: list[int], trials: int, duration_s: float, users: int, workdir: Path
-) -> dict[str, dict[int, Result]]:
-    """Rates rising; at each, ``trials`` rounds of one trial per design still in; a design is
-    out after the first rate it fails, or once the generator could not offer more."""
-    results: dict[str, dict[int, Result]] = {design: {} for design in designs}
-    running = list(designs)
-    for rate in rates:
-        if not running:
-            break
-        at_rate: dict[str, list[Trial]] = {design: [] for design in running}
-        for round_ in range(trials):
-            for design in running:
-                trial = run_trial(design, rate, duration_s, users, workdir)
-                at_rate[design].append(trial)
-                print(
-                    f"  users {users:>3}  {design:<46} offered {rate:>8,}/s  round {round_ + 1}  "
-                    f"sent {trial.sent:>9,}  handled {trial.handled:>9,}  loss {trial.loss:7.3%}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        for design, design_trials in at_rate.items():
-            results[design][rate] = Result(design_trials)
-        running = [
-            design
-            for design in running
-            if results[design][rate].passed and not results[design][rate].generator_limited
-        ]
-    return results
+        print(f"| {climb.design} | {passed} | {failed} | {loss} | {tried} |")
+    sent = sorted(trial.achieved_per_s for trial in sink)
+    print(
+        f"| generator flat out → C sink | {generator:,.0f}/s sent "
+        f"({sent[0]:,.0f}-{sent[-1]:,.0f}), {received:.1%} received | | | |"
+    )
+    by_design = {climb.design: climb for climb in climbs}
+    if UDPCHAT in by_design and BARE in by_design:
+        read = ratio(by_design[UDPCHAT], by_design[BARE])
+        print(f"\nudpchat / bare baseline, {users} users, ceiling / ceiling: {read}")
 
 
-def best(by_rate: dict[int, Result]) -> tuple[int, Result] | None:
-    passed = [(rate, result) for rate, result in by_rate.items() if result.passed]
-    return max(passed, key=lambda item: item[0]) if passed else None
-
-
-def print_table(users: int, results: dict[str, dict[int, Result]], trials: int) -> None:
-    reference = best(results.get(UDPCHAT, {}))
-    print(f"\n{users} users, {trials} trials per rate (median loss, min-max across trials):\n")
-    print("| design | highest rate with median loss < 0.1% | loss there | "
-          "udpchat's ratio to it | peak RSS there |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|")
-    for design, by_rate in results.items():
-        top = best(by_rate)
-        if top is None:
-            first = min(by_rate) if by_rate else 0
-            print(f"| {design} | < {first:,}/s | {by_rate[first].spread()} | — | — |")
-            continue
-        rate, result = top
-        shown = f"{rate:,}/s"
-        if result.generator_limited:
-            achieved = statistics.median(t.achieved_per_s for t in result.trials)
-            shown = f"≥ {achieved:,.0f}/s (the generator's limit)"
-        ratio = "—" if design == UDPCHAT or reference is None else f"{reference[0] / rate:.2f}x"
-        rss = max(trial.peak_rss_bytes for trial in result.trials) / 2**20
-        print(f"| {design} | {shown} | {result.spread()} | {ratio} | {rss:.0f} MiB |")
-
-
-def overload(sustained: int, trials: int, duration_s: float, users: int, workdir: Path) -> None:
+def overload(
+    sustained: int, trials: int, duration_s: float, users: int, workdir: Path, progress: Progress
+) -> None:
     """udpchat offered more than it sustains: goodput, and whether every datagram adds up."""
-    print(f"\noverload, {users} users, udpchat serve (sustained {sustained:,}/s):\n")
-    print("| offered | handled/s median (min-max) | share of sustained | accounts balance |")
-    print("|---:|---:|---:|---|")
+    rows = []
     for factor in OVERLOAD_FACTORS:
         rate = sustained * factor
-        runs = [run_trial(UDPCHAT, rate, duration_s, users, workdir) for _ in range(trials)]
+        runs = []
+        for _ in range(trials):
+            runs.append(run_trial(UDPCHAT, rate, duration_s, users, workdir))
+            progress(runs[-1], "  overload")
         goodput = sorted(trial.handled / duration_s for trial in runs)
         balanced = all(accounts_balance(trial) for trial in runs)
         sent = statistics.median(trial.achieved_per_s for trial in runs)
-        print(
+        rows.append(
             f"| {factor}x = {rate:,}/s (sent median {sent:,.0f}/s) "
             f"| {statistics.median(goodput):,.0f}/s ({goodput[0]:,.0f}-{goodput[-1]:,.0f}) "
             f"| {statistics.median(goodput) / sustained:.0%} | {'yes' if balanced else 'NO'} |"
         )
+    print(f"\noverload, {users} users, udpchat serve (sustained {sustained:,}/s):\n")
+    print("| offered | handled/s median (min-max) | share of sustained | accounts balance |")
+    print("|---:|---:|---:|---|")
+    print("\n".join(rows))
 
 
-def dashboard_cost(trials: int, duration_s: float, users: int, workdir: Path) -> None:
+def dashboard_cost(
+    trials: int, duration_s: float, users: int, workdir: Path, progress: Progress
+) -> None:
     """``--quiet --dashboard`` against ``--quiet`` with the generator flat out, more than
     either sustains, in interleaved rounds: the view's cost shows as lower goodput."""
     goodput: dict[str, list[float]] = {QUIET: [], DASHBOARD: []}
     for _ in range(trials):
         for design, rates in goodput.items():
             trial = run_trial(design, 0, duration_s, users, workdir)
+            progress(trial, "  dashboard cost")
             rates.append(trial.handled / duration_s)
     quiet, dashboard = (statistics.median(goodput[design]) for design in (QUIET, DASHBOARD))
     print(f"\n--dashboard cost, {users} users, generator flat out, {trials} rounds:\n")
@@ -336,50 +273,157 @@ def accounts_balance(trial: Trial) -> bool:
     return trial.sent == received + kernel and received == handled + dropped + queued
 
 
-def build_generator() -> None:
-    """Compile ``blast.c`` when a C compiler is here and the binary is missing or stale."""
-    source = BLAST.with_suffix(".c")
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
-        print("no C compiler: using `udpchat load` as the generator", file=sys.stderr)
-        return
-    if BLAST.exists() and BLAST.stat().st_mtime >= source.stat().st_mtime:
-        return
-    subprocess.run([compiler, "-O2", "-o", str(BLAST), str(source)], check=True)
+def print_plan(profile: Profile, users: Sequence[int], start: int) -> None:
+    low_s, high_s = estimate_s(profile, users, start)
+    trials = profile.trials
+    sink_s = len(users) * (1.0 if profile.decide_early else trials)
+    sink_s *= profile.duration_s + TRIAL_OVERHEAD_S
+    per_trial = profile.duration_s + TRIAL_OVERHEAD_S
+    extras_s = {
+        "overload": len(users) * trials * len(OVERLOAD_FACTORS) * per_trial,
+        "dashboard": len(users) * trials * 2 * per_trial,
+        "saturation": saturation.estimate_s(),
+        "cpu": cpu.estimate_s(),
+    }
+    sections_s = sum(extras_s[section] for section in profile.sections)
+    print("plan:")
+    print(f"  designs: {'; '.join(profile.designs)}")
+    print(f"  users: {', '.join(map(str, users))}")
+    print(
+        f"  ladder: from {start:,}/s, x{COARSE_FACTOR} until a design fails (/{COARSE_FACTOR} "
+        "until it passes), then "
+        + (
+            "the bracket between its highest pass and first failure halved"
+            if profile.bisect
+            else f"up from its highest pass in steps of at most {STEP:.0%}"
+        )
+        + f" until the two are at most {STEP:.0%} apart; a design that passes while the "
+        f"generator falls short (< {GENERATOR_SHORTFALL:.0%} of the offered rate) stops there, "
+        "its ceiling not reached"
+    )
+    if profile.reuse_ceiling and len(users) > 1:
+        print(
+            f"  after {users[0]} users each design starts at its highest pass there, in "
+            f"{STEP:.0%} steps"
+        )
+    counted = f"up to {trials}, stopping once two agree," if profile.decide_early else trials
+    print(
+        f"  {counted} trial(s) per design and rate, {profile.duration_s:g} s each (plus about "
+        f"{TRIAL_OVERHEAD_S:g} s to start, wait {GRACE_S:g} s and stop); pass: median loss < "
+        f"{MAX_LOSS:.1%} within {GRACE_S:g} s of the generator's end"
+    )
+    sink_trials = 1 if profile.decide_early else trials
+    print(f"  first, per user count: the generator flat out against the C sink, {sink_trials}x")
+    described = {
+        "overload": "per user count, udpchat offered "
+        f"{' and '.join(f'{f}x' for f in OVERLOAD_FACTORS)} its ceiling",
+        "dashboard": "per user count, --dashboard's cost with the generator flat out",
+        "saturation": "the saturation benchmark at udpchat's first failed rate, at the first "
+        f"user count where it failed ({saturation.ROUNDS} rounds of "
+        f"{saturation.DURATION_S:g} s per design"
+        f"{', then py-spy' if saturation.py_spy() else ''})",
+        "cpu": f"CPU per message at {cpu.RATE:,}/s ({cpu.ROUNDS} rounds of "
+        f"{cpu.MESSAGES:,} messages per design)",
+    }
+    for section in profile.sections:
+        print(f"  then: {described[section]}")
+    total_low = sink_s + low_s + sections_s
+    total_high = sink_s + high_s + sections_s
+    print(
+        f"  estimate: {total_low / 60:.1f}-{total_high / 60:.1f} minutes on an idle machine "
+        "(ceilings between 100,000/s and 300,000/s); more when the machine is busy",
+        flush=True,
+    )
+
+
+def parse_list(convert: Callable[[str], int]) -> Callable[[str], list[int]]:
+    return lambda text: [convert(part) for part in text.split(",")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per trial")
-    parser.add_argument("--trials", type=int, default=3, help="trials per design and rate")
-    parser.add_argument("--users", type=lambda text: [int(u) for u in text.split(",")])
-    parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")])
-    parser.add_argument("--designs", type=lambda text: text.split(";"), default=list(DESIGNS))
-    parser.add_argument("--no-overload", action="store_true", help="skip the overload trials")
+    parser.add_argument("--full", action="store_true", help="the make bench-full profile")
+    parser.add_argument("--duration", type=float, help="seconds per trial")
+    parser.add_argument("--trials", type=int, help="trials per design and rate")
+    parser.add_argument("--users", type=parse_list(int), help="e.g. 100,10")
+    parser.add_argument("--start", type=int, default=START_RATE, help="the first rate offered")
+    parser.add_argument("--max-rate", type=int, help="climb no higher (for a quick check)")
+    parser.add_argument("--designs", type=lambda text: text.split(";"), help="';'-separated")
     parser.add_argument(
-        "--no-dashboard", action="store_true", help="skip --dashboard against --quiet"
+        "--skip", type=lambda text: text.split(","), default=[], help=f"of {','.join(SECTIONS)}"
     )
     args = parser.parse_args()
-    build_generator()
+    base = FULL if args.full else QUICK
+    profile = Profile(
+        tuple(args.designs or base.designs),
+        args.trials or base.trials,
+        args.duration or base.duration_s,
+        base.decide_early,
+        base.bisect,
+        base.reuse_ceiling,
+        tuple(section for section in base.sections if section not in args.skip),
+    )
+    unknown = [design for design in profile.designs if design not in DESIGNS]
+    if unknown:
+        parser.error(f"unknown designs {unknown}; known: {'; '.join(DESIGNS)}")
+    users = args.users or list(DEFAULT_USERS)
+    started = time.monotonic()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        f", {platform.system()} {platform.release()}; generator: "
-        f"{'blast (C, sendmmsg)' if BLAST.exists() else 'udpchat load'}",
+        f", {platform.system()} {platform.release()}; load average "
+        f"{', '.join(f'{load:.2f}' for load in os.getloadavg())}; generator: "
+        f"{'blast (C, sendmmsg)' if build(BLAST) else 'udpchat load'}",
         flush=True,
     )
+    if not build(SINK):
+        sys.exit("the C sink needs a C compiler (cc)")
+    print_plan(profile, users, args.start)
+    progress = Progress()
+    saturation_at: tuple[int, int] | None = None
+    """udpchat's first failed rate and its user count: the first user count where it failed."""
     with tempfile.TemporaryDirectory(prefix="udpchat-bench-") as directory:
         workdir = Path(directory)
-        for users in args.users or DEFAULT_USERS:
-            results = race(
-                args.designs, args.rates or list(DEFAULT_RATES), args.trials, args.duration,
-                users, workdir,
+        previous: dict[str, int] = {}
+        for user_count in users:
+            sink_trials = 1 if profile.decide_early else profile.trials
+            sink = generator_ceiling(user_count, sink_trials, profile.duration_s, workdir, progress)
+            climbs = []
+            for design in profile.designs:
+                if design in previous:
+                    start, factor = previous[design], 1 + STEP
+                else:
+                    start, factor = args.start, COARSE_FACTOR
+                climbs.append(Climb(design, start, factor, profile.bisect, args.max_rate))
+            climb_all(
+                climbs, profile.trials, profile.duration_s, user_count, workdir, progress,
+                profile.decide_early,
             )  # fmt: skip
-            print_table(users, results, args.trials)
-            sustained = best(results.get(UDPCHAT, {}))
-            if sustained and not args.no_overload:
-                overload(sustained[0], args.trials, args.duration, users, workdir)
-            if not args.no_dashboard:
-                dashboard_cost(args.trials, args.duration, users, workdir)
+            print_ladder(user_count, climbs, profile.trials, sink)
+            sys.stdout.flush()
+            if profile.reuse_ceiling:
+                previous = {c.design: c.passed for c in climbs if c.passed is not None}
+            udpchat = next((climb for climb in climbs if climb.design == UDPCHAT), None)
+            if udpchat and udpchat.failed is not None and saturation_at is None:
+                saturation_at = (udpchat.failed, user_count)
+            if "overload" in profile.sections and udpchat and udpchat.passed is not None:
+                overload(
+                    udpchat.passed, profile.trials, profile.duration_s, user_count, workdir,
+                    progress,
+                )  # fmt: skip
+            if "dashboard" in profile.sections:
+                dashboard_cost(profile.trials, profile.duration_s, user_count, workdir, progress)
+            sys.stdout.flush()
+        if "saturation" in profile.sections:
+            if saturation_at is None:
+                print("\nsaturation: skipped, udpchat failed at no rate the generator could send")
+            else:
+                rate, at_users = saturation_at
+                reason = "udpchat's first failed rate"
+                saturation.run(rate, at_users, workdir, progress, reason)
+        if "cpu" in profile.sections:
+            cpu.run(workdir, progress)
+    minutes = (time.monotonic() - started) / 60
+    print(f"\nbench took {minutes:.1f} minutes ({progress.count} trials)")
 
 
 if __name__ == "__main__":
