@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SERVE_ARGS ?=
 
-.PHONY: serve test test-busy lint bench bench-full bench-saturation bench-cpu bench-micro bench-memory clean
+.PHONY: serve test test-busy lint bench bench-full bench-saturation bench-cpu bench-micro bench-memory attack clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,5 +63,10 @@ bench-micro: $(STAMP)
 bench-memory: $(STAMP)
 	$(BIN)/python -m benchmarks.memory
 
+# The attacks of issue #19 where the parts meet, replayed with real processes: what held, with
+# figures (a few minutes; each also has a fast test, named in SECURITY.md).
+attack: $(STAMP)
+	$(BIN)/python -m benchmarks.attack $(ATTACK_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast benchmarks/sink

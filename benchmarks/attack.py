@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from benchmarks.run import BLAST, build_generator, free_port
+from benchmarks.harness import BLAST, build, free_port
 from udpchat import Client
 
 PYTHON = sys.executable
@@ -385,7 +385,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario")
     parser.add_argument("--only", choices=list(SCENARIOS), action="append")
     args = parser.parse_args()
-    build_generator()
+    if not build(BLAST):
+        raise SystemExit("make attack needs a C compiler for benchmarks/blast.c")
     for name in args.only or list(SCENARIOS):
         print(f"{name}:", flush=True)
         started = time.monotonic()

@@ -58,8 +58,9 @@ class Result:
 
 
 def round_rate(rate: float) -> int:
-    """Down to two or three significant figures, so a step never grows past its bound."""
-    unit = 1_000 if rate >= 20_000 else 100
+    """Down to three significant figures (1,000s from 100,000/s), so a step never grows past
+    its bound and a bracket can always be halved."""
+    unit = 10 ** max(0, int(math.log10(max(rate, 1))) - 2)
     return max(unit, int(rate // unit) * unit)
 
 
@@ -108,7 +109,7 @@ class Climb:
         if self.passed is not None and self.failed is not None:
             if self.bisect:
                 middle = round_rate(math.sqrt(self.passed * self.failed))
-                self.rate = middle if middle > self.passed else self.failed
+                self.rate = middle if self.passed < middle < self.failed else self.failed
             else:
                 self.rate = min(round_rate(self.passed * (1 + STEP)), self.failed)
         elif self.failed is None:
