@@ -60,7 +60,7 @@ class Result:
 def round_rate(rate: float) -> int:
     """Down to three significant figures (1,000s from 100,000/s), so a step never grows past
     its bound and a bracket can always be halved."""
-    unit = 10 ** max(0, int(math.log10(max(rate, 1))) - 2)
+    unit: int = 10 ** max(0, int(math.log10(max(rate, 1))) - 2)
     return max(unit, int(rate // unit) * unit)
 
 
