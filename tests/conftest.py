@@ -3,14 +3,28 @@ NATS servers. Helpers live in :mod:`tests.helpers`."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import LOOPBACK, Collector
+from tests.helpers import LOOPBACK, STARTED, Collector
 from tests.nats_servers import NatsNode, start_cluster
 from udpchat import Server, ServerConfig
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """Kill what a test started and left running (it failed before stopping it)."""
+    yield
+    while STARTED:
+        cli = STARTED.pop()
+        if cli.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(cli.process.pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from udpchat import Message, StatsSnapshot
 
 LOOPBACK = "127.0.0.1"
 EVENT_TIMEOUT_S = 10.0
+STARTED: list[CliProcess] = []
+"""Every CLI process a test started, for the fixture that kills what is left."""
 
 
 class Collector:
@@ -100,10 +102,15 @@ def raw_send(address: tuple[str, int], *payloads: bytes) -> None:
 
 @dataclass
 class CliProcess:
-    """A running ``python -m udpchat`` with line-by-line access to its output."""
+    """A running ``python -m udpchat`` with line-by-line access to its output. Every one is
+    killed at the end of its test if still running (a fixture in conftest), so that a failing
+    test leaves no server behind."""
 
     process: asyncio.subprocess.Process
     stdout_lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        STARTED.append(self)
 
     async def read_stdout_line(self, timeout_s: float = EVENT_TIMEOUT_S) -> str:
         assert self.process.stdout is not None

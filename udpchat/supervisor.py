@@ -172,7 +172,10 @@ def _child_main(
             _send(control, Ready(server.address))
 
             def report() -> None:
-                _send(control, Report(server.stats()))
+                try:
+                    _send(control, Report(server.stats()))
+                except OSError:  # the parent is gone (killed): nobody to serve for
+                    server.request_stop()
 
             async with periodically(REPORT_INTERVAL_S, report):
                 result = await server.serve_until_stopped()
