@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import urllib.request
+from pathlib import Path
 
 from tests.helpers import (
     EVENT_TIMEOUT_S,
@@ -154,3 +155,23 @@ async def test_one_signal_ends_within_the_drain_timeout_while_stdout_is_blocked(
     counts = assert_summary_balanced(stderr)
     assert counts["shutdown"] > 0  # lines the parent gave up on are not counted as handled
     assert counts["received"] <= sent
+
+
+async def test_children_stop_when_their_parent_is_killed() -> None:
+    """A child whose parent died (kill -9) stops at its next report: no orphan keeps the port."""
+    cli = await start_cli("serve", "--host", LOOPBACK, "--port", "0", "--processes", "2")
+    listening = await cli.read_stderr_until("listening on")
+    port = int(re.findall(r" port (\d+)", listening)[0])
+    pids = [int(pid) for pid in re.findall(r"pids ([\d, ]+)", listening)[0].split(", ")]
+    cli.process.kill()
+    await cli.process.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return state != "Z"  # a zombie has exited
+
+    await eventually(lambda: not any(alive(pid) for pid in pids))
+    assert port_is_free(port)
