@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from udpchat import accounting as accounting_module
+from udpchat import fastpath
 from udpchat.accounting import (
     MAX_GAPS_PER_SENDER,
     REORDER_WINDOW,
@@ -259,13 +262,18 @@ def test_record_agrees_with_the_reference_model(arrivals: list[tuple[SenderKey, 
     assert accounting.totals().lost == sum(sender[2] for sender in expected.values())
 
 
+ACCOUNT_NEXT = {"compiled": fastpath.account_next, "python": fastpath.py_account_next}
+
+
+@pytest.mark.parametrize("implementation", list(ACCOUNT_NEXT))
 @given(ARRIVALS, st.lists(st.integers(min_value=1, max_value=40), min_size=1))
 def test_record_batch_agrees_with_the_reference_model(
-    arrivals: list[tuple[SenderKey, int]], batch_sizes: list[int]
+    implementation: str, arrivals: list[tuple[SenderKey, int]], batch_sizes: list[int]
 ) -> None:
-    """The batch path settles a sender's next counter inline: any batching gives the model's
-    verdicts and figures, and None for what is not seed text."""
+    """The batch path settles a sender's next counter inline (compiled, or its Python twin):
+    any batching gives the model's verdicts and figures, and None for what is not seed text."""
     accounting = DeliveryAccounting()
+    accounting_module.account_next = ACCOUNT_NEXT[implementation]  # type: ignore[attr-defined]
     verdicts: list[Verdict | None] = []
     position, sizes = 0, iter(batch_sizes * (len(arrivals) + 1))
     while position < len(arrivals):
@@ -276,6 +284,7 @@ def test_record_batch_agrees_with_the_reference_model(
         assert got[-1] is None  # not seed text
         verdicts.extend(got[:-1])
         position += len(chunk)
+    accounting_module.account_next = fastpath.account_next  # type: ignore[attr-defined]
     expected_verdicts, expected = reference(arrivals)
     assert verdicts == expected_verdicts
     assert figures(accounting) == expected

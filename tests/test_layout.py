@@ -14,8 +14,9 @@ PACKAGE = Path(udpchat.__file__).parent
 
 LAYERS = [
     {"counters", "wire", "logs", "pool", "signals", "sockets"},
-    {"accounting", "admission", "bus", "metrics", "report", "client", "load", "runtime"},
-    {"fastpath", "handlers", "chat", "progress"},
+    {"fastpath", "admission", "bus", "metrics", "report", "client", "load", "runtime"},
+    {"accounting", "chat", "progress"},
+    {"handlers"},
     {"pipeline", "output", "relay"},
     {"protocol"},
     {"server"},
@@ -23,9 +24,9 @@ LAYERS = [
     {"runner"},
     {"cli"},
 ]
-"""Bottom to top: bytes and counts, then accounting and the room's parts, the handler types,
-the queue and its handlers, the protocol on the loop, the server, what runs or watches servers,
-the one library entry, and the command line over all of it."""
+"""Bottom to top: bytes and counts; the compiled loops, the room's parts and the views; the
+accounting; the handler types; the queue and its handlers; the protocol on the loop; the
+server; what runs or watches servers; the one library entry; the command line over it all."""
 ENTRY_POINTS = {"__init__", "__main__"}
 HEAVY = ("nats", "rich", "prometheus_client", "prompt_toolkit")
 MAX_CLI_FUNCTION_LINES = 60

@@ -11,3 +11,12 @@ def text_lines(
     prefixes: dict[str, bytes],
     format_other: Callable[[str, str], bytes],
 ) -> bytes: ...
+def account_next(
+    senders: dict[Any, Any],
+    record: Callable[[Any, int, float], Any],
+    addresses: list[Any],
+    seeds: list[tuple[bytes, int] | None],
+    arrival: float,
+    jitter_spacing_s: float,
+    new: object,
+) -> list[Any]: ...

@@ -83,3 +83,29 @@ def text_lines(list datagrams, list senders, dict texts, dict prefixes, format_o
         parts.append((<tuple>datagrams[index])[0])
         parts.append(b"\n")
     return b"".join(parts)
+
+
+def account_next(dict senders, record, list addresses, list seeds, double arrival,
+                 double jitter_spacing_s, new):
+    cdef list verdicts = []
+    cdef Py_ssize_t index
+    cdef object seed, key, sequence, counter
+    if len(addresses) != len(seeds):
+        raise ValueError("addresses and seeds differ in length")
+    for index in range(len(addresses)):
+        seed = seeds[index]
+        if seed is None:
+            verdicts.append(None)
+            continue
+        counter = (<tuple>seed)[1]
+        key = (addresses[index], (<tuple>seed)[0])
+        sequence = senders.get(key)
+        if sequence is None or counter != sequence.highest + 1:
+            verdicts.append(record(key, counter, arrival))
+            continue
+        sequence.highest = counter
+        sequence.received += 1
+        if arrival - sequence.last_arrival >= jitter_spacing_s:
+            sequence.sample_jitter(counter, arrival)
+        verdicts.append(new)
+    return verdicts

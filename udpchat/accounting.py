@@ -28,10 +28,11 @@ import enum
 import heapq
 import random
 from array import array
-from collections.abc import Sequence
 from typing import Any
 
 from udpchat.counters import DeliveryTotals, SenderStats
+from udpchat.fastpath import account_next
+from udpchat.wire import SeedFields
 
 REORDER_WINDOW = 3
 """How far behind the highest counter a gap filler may be and still count as reordered, not
@@ -72,8 +73,6 @@ class Verdict(enum.Enum):
 SenderKey = tuple[tuple[str, int], bytes]
 """((ip, port), username as UTF-8): one sending client. Bytes, because the fast path reads
 the name straight from the datagram and never decodes it."""
-SeedFields = tuple[bytes, int]
-"""(username as UTF-8, counter) of a message in the seed's format."""
 
 
 class _Sequence:
@@ -258,34 +257,18 @@ class DeliveryAccounting:
         return Verdict.DUPLICATE
 
     def record_batch(
-        self, addresses: Sequence[Any], seeds: Sequence[SeedFields | None], arrival: float
+        self, addresses: list[Any], seeds: list[SeedFields | None], arrival: float
     ) -> list[Verdict | None]:
         """Account a batch read at one ``arrival`` time, in order; None where a datagram was
         not seed text.
 
-        The common case, a sender's next counter, is settled inline without a call; every
-        other case goes through :meth:`record`, so the rules live in one place.
+        The common case, a sender's next counter, is settled inline (compiled where a C
+        compiler was found: :func:`udpchat.fastpath.account_next`); every other case goes
+        through :meth:`record`, so the rules live in one place.
         """
-        verdicts: list[Verdict | None] = []
-        append = verdicts.append
-        find = self._senders.get
-        new = Verdict.NEW
-        for address, seed in zip(addresses, seeds, strict=True):
-            if seed is None:
-                append(None)
-                continue
-            name, counter = seed
-            key = (address, name)
-            sequence = find(key)
-            if sequence is None or counter != sequence.highest + 1:
-                append(self.record(key, counter, arrival))
-                continue
-            sequence.highest = counter
-            sequence.received += 1
-            if arrival - sequence.last_arrival >= JITTER_MIN_SPACING_S:
-                sequence.sample_jitter(counter, arrival)
-            append(new)
-        return verdicts
+        return account_next(
+            self._senders, self.record, addresses, seeds, arrival, JITTER_MIN_SPACING_S, Verdict.NEW
+        )
 
     def _evict(self, now: float) -> None:
         """Forget the least active senders; their figures stay in the totals, their loss also

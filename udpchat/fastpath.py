@@ -1,7 +1,7 @@
-"""The two per-message loops that cost the most, in pure Python: spotting clean seed text and
-writing its lines. ``udpchat/_fastpath.pyx`` is the same in Cython, compiled by the normal
-``pip install`` where a C compiler is found; :data:`COMPILED` says which one runs. A test holds
-both to identical results on the same inputs.
+"""The per-message loops that cost the most, in pure Python: spotting clean seed text,
+settling a sender's next counter, and writing the lines. ``udpchat/_fastpath.pyx`` is the same
+in Cython, compiled by the normal ``pip install`` where a C compiler is found; :data:`COMPILED`
+says which one runs. Tests hold both to identical results on the same inputs.
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from udpchat.accounting import SeedFields
-from udpchat.wire import match_clean_seed
+from udpchat.wire import SeedFields, match_clean_seed
 
 LineFormatter = Callable[[str, str], bytes]
 """``[ip] text`` with the text escaped, as bytes: for what is not clean seed text."""
@@ -60,12 +59,58 @@ def py_text_lines(
     return b"".join(parts)
 
 
+Record = Callable[[Any, int, float], Any]
+"""The accounting's way with every case but the common one: ``record(key, counter, arrival)``."""
+
+
+def py_account_next(
+    senders: dict[Any, Any],
+    record: Record,
+    addresses: list[Any],
+    seeds: list[SeedFields | None],
+    arrival: float,
+    jitter_spacing_s: float,
+    new: object,
+) -> list[Any]:
+    """The accounting's batch loop: a sender's next counter is settled inline (``new``), every
+    other case goes through ``record``; None where a datagram was not seed text. ``senders``
+    maps ``(address, name)`` to a sequence with ``highest``, ``received``, ``last_arrival``
+    and ``sample_jitter``."""
+    verdicts: list[Any] = []
+    append = verdicts.append
+    find = senders.get
+    for address, seed in zip(addresses, seeds, strict=True):
+        if seed is None:
+            append(None)
+            continue
+        name, counter = seed
+        key = (address, name)
+        sequence = find(key)
+        if sequence is None or counter != sequence.highest + 1:
+            append(record(key, counter, arrival))
+            continue
+        sequence.highest = counter
+        sequence.received += 1
+        if arrival - sequence.last_arrival >= jitter_spacing_s:
+            sequence.sample_jitter(counter, arrival)
+        append(new)
+    return verdicts
+
+
 try:
-    from udpchat._fastpath import clean_seeds, text_lines
+    from udpchat._fastpath import account_next, clean_seeds, text_lines
 except ImportError:  # not compiled here: the same code, in Python
-    clean_seeds, text_lines = py_clean_seeds, py_text_lines
+    account_next, clean_seeds, text_lines = py_account_next, py_clean_seeds, py_text_lines
     COMPILED = False
 else:
     COMPILED = True
 
-__all__ = ["COMPILED", "clean_seeds", "py_clean_seeds", "py_text_lines", "text_lines"]
+__all__ = [
+    "COMPILED",
+    "account_next",
+    "clean_seeds",
+    "py_account_next",
+    "py_clean_seeds",
+    "py_text_lines",
+    "text_lines",
+]

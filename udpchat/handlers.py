@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from udpchat.accounting import SeedFields, Verdict
+from udpchat.accounting import Verdict
 from udpchat.logs import RateLimitedLog
+from udpchat.wire import SeedFields
 
 logger = logging.getLogger("udpchat.handlers")
 

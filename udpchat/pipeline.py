@@ -18,14 +18,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from udpchat.accounting import DeliveryAccounting, SeedFields
+from udpchat.accounting import DeliveryAccounting
 from udpchat.counters import DeliveryTotals, DropReason, SenderStats, ServerTally
 from udpchat.fastpath import clean_seeds
 from udpchat.handlers import Address, Batch, BatchHandler, Handler, as_batch_handler
 from udpchat.logs import RateLimitedLog
 from udpchat.pool import DaemonThreadPool
 from udpchat.sockets import plain_sender
-from udpchat.wire import TextProblem, decode, parse_text
+from udpchat.wire import SeedFields, TextProblem, decode, parse_text
 
 logger = logging.getLogger("udpchat.pipeline")
 

@@ -32,6 +32,11 @@ _DIGITS_PATTERN = re.compile(r"[1-9][0-9]{0,18}\Z")
 """Plain decimal: no sign, no leading zero (so ``ke-01`` is never counter 1)."""
 
 
+SeedFields = tuple[bytes, int]
+"""(username as UTF-8, counter) of a message in the seed's format, as the fast path reads them
+from the datagram's bytes."""
+
+
 class ParsedText(NamedTuple):
     """The username and counter of a text in the seed's format."""
 
