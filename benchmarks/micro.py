@@ -23,7 +23,7 @@ from udpchat.counters import ServerTally
 from udpchat.handlers import Batch
 from udpchat.output import LinePrinter
 from udpchat.pipeline import Dispatcher, parse
-from udpchat.protocol import Receiver
+from udpchat.protocol import DropNotices, Receiver
 from udpchat.runtime import tune_for_throughput
 from udpchat.wire import decode, format_line
 
@@ -70,7 +70,10 @@ async def receive_stage(raw: list[list[tuple[bytes, tuple[str, int]]]]) -> float
     dispatcher = _NullDispatcher(
         None, counters, workers=1, queue_size=1 << 30, max_senders=10_000, ipv6_socket=False
     )
-    receiver = Receiver(dispatcher, counters, max_datagram_size=1024, admission=None)
+    notices = DropNotices(max_datagram_size=1024, queue_size=1 << 30, rate_limit_per_s=None)
+    receiver = Receiver(
+        dispatcher, counters, max_datagram_size=1024, admission=None, notices=notices
+    )
     received = receiver.datagram_received
     started = time.perf_counter()
     for datagrams in raw:

@@ -10,7 +10,15 @@ import sys
 
 import pytest
 
-from tests.helpers import LOOPBACK, Collector, assert_balanced, eventually, raw_send
+from tests.helpers import (
+    LOOPBACK,
+    Collector,
+    assert_balanced,
+    assert_summary_balanced,
+    eventually,
+    raw_send,
+    start_cli_server,
+)
 from udpchat import LinePrinter, Message, Server, ServerConfig
 from udpchat import server as server_module
 from udpchat.admission import parse_network
@@ -214,3 +222,21 @@ def test_the_kernels_drop_count_is_read_in_constant_time_and_agrees_with_proc() 
         drops = kernel_drop_count(receiver)
         assert drops is not None and drops > 0
         assert drops == proc_drop_count(receiver)
+
+
+async def test_a_drop_is_said_on_stderr_while_it_happens_once_a_while_per_reason() -> None:
+    """A student whose message did not appear learns why at once, not only at Ctrl-C."""
+    cli, port = await start_cli_server()
+    raw_send((LOOPBACK, port), b"x" * 2000, b"", *([b"y" * 3000] * 20), b"")
+    oversize = await cli.read_stderr_until("over max_datagram_size")
+    assert f"dropped a datagram of 2000 bytes from {LOOPBACK}: over" in oversize
+    assert "(--max-size) 1024" in oversize
+    empty = await cli.read_stderr_until("empty datagram")
+    assert f"dropped an empty datagram from {LOOPBACK}" in empty
+    cli.signal()
+    status, _, stderr = await cli.finish()
+    assert status == 0
+    assert "over max_datagram_size" not in stderr  # the other 20 within 5 s: counted, not said
+    assert "empty datagram" not in stderr
+    counts = assert_summary_balanced(stderr, sent=23)
+    assert (counts["oversize"], counts["empty"]) == (21, 2)

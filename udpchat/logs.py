@@ -29,12 +29,23 @@ class RateLimitedLog:
 
     def record(self, what: str, error: BaseException | None = None) -> None:
         """Log ``what`` (and ``error``), unless a line went out less than an interval ago."""
+        suppressed = self.due()
+        if suppressed is not None:
+            self.log(what, error, suppressed)
+
+    def due(self) -> int | None:
+        """Whether a line may go out now: how many were left out since the last, or None (and
+        this one is counted as left out). For callers whose line is costly to make."""
         with self._lock:
             now = time.monotonic()
             if now - self._last_logged < self._interval_s:
                 self._suppressed += 1
-                return
+                return None
             suppressed, self._suppressed, self._last_logged = self._suppressed, 0, now
+        return suppressed
+
+    def log(self, what: str, error: BaseException | None = None, suppressed: int = 0) -> None:
+        """The line, when :meth:`due` said so."""
         more = f" ({suppressed} more since the last report)" if suppressed else ""
         detail = "" if error is None else f": {error!r}"
         self._logger.log(self._level, "%s%s%s", what, detail, more)

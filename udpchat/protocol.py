@@ -18,6 +18,7 @@ from typing import Any
 from udpchat.admission import Admission
 from udpchat.counters import DropReason, ServerTally
 from udpchat.handlers import Address
+from udpchat.logs import RateLimitedLog
 from udpchat.pipeline import Dispatcher
 from udpchat.sockets import plain_ip
 
@@ -26,6 +27,43 @@ logger = logging.getLogger("udpchat.protocol")
 MAX_BATCH_BYTES = 128 * 1024
 """Datagram bytes in one batch, at most (a batch holds at least one datagram): what one worker
 formats and writes at once, so pending output per worker stays bounded whatever the rate."""
+NOTICE_INTERVAL_S = 5.0
+"""A drop's reason is said on the log at most this often (with how many it left out)."""
+
+
+class DropNotices:
+    """Says on the ``udpchat.protocol`` log, at WARNING, why datagrams are being dropped while
+    it happens, not only in the summary: at most once per reason every
+    :data:`NOTICE_INTERVAL_S`, naming the setting that governs it and its ``serve`` option, so
+    that a student whose message did not appear learns why."""
+
+    def __init__(
+        self, *, max_datagram_size: int, queue_size: int, rate_limit_per_s: float | None
+    ) -> None:
+        self._why = {
+            DropReason.EMPTY: "dropped an empty datagram from {ip}",
+            DropReason.OVERSIZE: "dropped a datagram of {size} bytes from {ip}: over "
+            f"max_datagram_size (--max-size) {max_datagram_size}",
+            DropReason.NOT_ALLOWED: "dropped a datagram from {ip}: not in the allow-list (--allow)",
+            DropReason.RATE_LIMITED: "dropped a datagram from {ip}: over rate_limit_per_s "
+            f"(--rate-limit) {rate_limit_per_s:g}/s"
+            if rate_limit_per_s
+            else "",
+            DropReason.QUEUE_FULL: "dropping datagrams: the workers fell behind by queue_size "
+            f"(--queue-size) {queue_size}",
+        }
+        self._logs = {
+            reason: RateLimitedLog(logger, NOTICE_INTERVAL_S, logging.WARNING)
+            for reason in self._why
+        }
+
+    def __call__(self, reason: DropReason, data: bytes, address: Any) -> None:
+        log = self._logs[reason]
+        suppressed = log.due()
+        if suppressed is not None:
+            log.log(
+                self._why[reason].format(size=len(data), ip=plain_ip(address[0])), None, suppressed
+            )
 
 
 class Receiver(asyncio.DatagramProtocol):
@@ -38,8 +76,10 @@ class Receiver(asyncio.DatagramProtocol):
         *,
         max_datagram_size: int,
         admission: Admission | None,
+        notices: DropNotices,
     ):
         self._max_size = max_datagram_size
+        self._notices = notices
         self._max_batch = max(1, MAX_BATCH_BYTES // max_datagram_size)
         self._admission = admission
         self._dispatcher = dispatcher
@@ -55,6 +95,7 @@ class Receiver(asyncio.DatagramProtocol):
             refusal = self._refusal(data, addr)
             if refusal is not None:
                 self._tally.refuse(refusal)
+                self._notices(refusal, data, addr)
                 return
         batch = self._batch
         batch.append((data, addr))
@@ -86,6 +127,7 @@ class Receiver(asyncio.DatagramProtocol):
             self._dispatcher.submit(batch, time.time())
             if self._dispatcher.full:
                 self._shedding = self._slow_checks = True
+                self._notices(DropReason.QUEUE_FULL, b"", batch[0][1])
 
     def error_received(self, exc: Exception) -> None:
         logger.warning("socket error: %s", exc)

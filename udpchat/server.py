@@ -24,7 +24,7 @@ from udpchat.counters import ServerTally, StatsSnapshot
 from udpchat.handlers import BatchHandler, Handler
 from udpchat.output import LinePrinter, OutputFormat
 from udpchat.pipeline import Dispatcher
-from udpchat.protocol import MAX_BATCH_BYTES, Receiver
+from udpchat.protocol import MAX_BATCH_BYTES, DropNotices, Receiver
 from udpchat.relay import (
     DEFAULT_MAX_PEERS,
     DEFAULT_PEER_TIMEOUT_S,
@@ -404,6 +404,11 @@ class Server:
                 self._tally,
                 max_datagram_size=config.max_datagram_size,
                 admission=self._admission,
+                notices=DropNotices(
+                    max_datagram_size=config.max_datagram_size,
+                    queue_size=config.queue_size,
+                    rate_limit_per_s=config.rate_limit_per_s,
+                ),
             )
             transport, _ = await self._loop.create_datagram_endpoint(lambda: receiver, sock=sock)
         except BaseException:
