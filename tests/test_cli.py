@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 import typer
@@ -94,7 +97,7 @@ async def test_prompt_without_input_fails_cleanly() -> None:
     client = await start_cli("send", "--count", "1", stdin=b"")
     status, _, stderr = await client.finish()
     assert status == 2
-    assert stderr.strip() == "udpchat: no username given"
+    assert stderr.strip() == "udpchat send: no username given"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -145,6 +148,28 @@ def test_main_returns_exit_codes_without_a_subprocess(capsys: pytest.CaptureFixt
     assert main(["serve", "--format", "xml"]) == 2
     assert main(["send", "--username", "bad: name", "--count", "1"]) == 2
     assert "invalid username" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["", "serve", "send", "chat", "load", "impair"])
+def test_help_reads_whole_at_80_columns(command: str) -> None:
+    """No option or description cut short, no type placeholders, at a terminal's 80 columns."""
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    if command and command not in group.commands:
+        pytest.skip(f"no {command} command here")
+    result = subprocess.run(
+        [sys.executable, "-m", "udpchat", *([command] if command else []), "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for unwanted in ("\u2026", "<str>", "<bool>", "list[", "range>", "\u2502"):
+        assert unwanted not in result.stdout, (unwanted, result.stdout)
+    cut = [line for line in lines if line.endswith("...") and not line.startswith("Usage:")]
+    assert cut == []
 
 
 def test_every_option_is_described() -> None:

@@ -7,6 +7,7 @@ import contextlib
 import enum
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Coroutine, Sequence
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
 import typer
+from typer._click.exceptions import BadParameter, NoSuchOption, UsageError
+from typer._click.globals import get_current_context
 
 from udpchat import __version__
 from udpchat import client as client_module
@@ -59,6 +62,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="udpchat: the seed's UDP message server and client, on asyncio with a worker pool.",
 )
 
@@ -95,6 +99,8 @@ def options(
 
 def fail(message: str, code: ExitCode) -> NoReturn:
     """One line on stderr, no traceback: how every operator error ends."""
+    if code is ExitCode.USAGE:  # said like the parser's own: udpchat COMMAND: what is wrong
+        raise UsageError(message, get_current_context(silent=True))
     report(message)
     raise typer.Exit(code)
 
@@ -110,7 +116,22 @@ def bounded(setting: str, help: str, *flags: str) -> Any:
     """A ``serve`` option for a numeric :class:`ServerConfig` setting, with the setting's own
     range (:meth:`ServerConfig.bounds`), so that the two cannot disagree."""
     bounds = ServerConfig.bounds(setting)
-    return typer.Option(*flags, min=bounds.minimum, max=bounds.maximum, help=help)
+    return typer.Option(
+        *flags, min=bounds.minimum, max=bounds.maximum, help=help, metavar=metavar_of(setting)
+    )
+
+
+def metavar_of(setting: str) -> str:
+    """What ``--help`` shows a setting's value as, from its name and unit."""
+    if setting.endswith("_per_s"):
+        return "PER_S"
+    if setting.endswith("_s"):
+        return "SECONDS"
+    if setting.endswith("port"):
+        return "PORT"
+    if setting in ("max_datagram_size", "rcvbuf"):
+        return "BYTES"
+    return "N"
 
 
 def no_zero(value: int) -> int | None:
@@ -136,11 +157,11 @@ SERVE_ONLY = ("quiet", "output_format", "dashboard", "dashboard_sort", "loop")
 setting of the same name."""
 
 
-@app.command()
+@app.command(short_help="Receive messages; print each as '[ip] text' (the seed's server).")
 def serve(
     context: typer.Context,
     host: Annotated[
-        str, typer.Option(help="Address to bind; '::' listens on IPv6 and IPv4.")
+        str, typer.Option(metavar="HOST", help="Address to bind; '::' listens on IPv6 and IPv4.")
     ] = server_module.DEFAULT_HOST,
     port: Annotated[int, bounded("port", "UDP port.")] = server_module.DEFAULT_PORT,
     workers: Annotated[
@@ -161,6 +182,7 @@ def serve(
         int,
         typer.Option(
             min=0,
+            metavar="BYTES",
             callback=no_zero,
             help="Socket receive buffer to ask for, in bytes (0: OS default).",
         ),
@@ -206,11 +228,18 @@ def serve(
     ] = 1,
     max_senders: Annotated[
         int,
-        bounded("max_senders", "Senders tracked for loss and reordering, at most; oldest evicted."),
+        bounded(
+            "max_senders",
+            "Senders tracked for loss and reordering, at most; the least active are evicted.",
+        ),
     ] = DEFAULT_MAX_SENDERS,
     output_format: Annotated[
         OutputFormat,
-        typer.Option("--format", help="Message lines: the seed's text, or one JSON object each."),
+        typer.Option(
+            "--format",
+            help="Message lines: the seed's text, or JSON Lines (one JSON object a line; the "
+            "summary on stderr is JSON too).",
+        ),
     ] = OutputFormat.TEXT,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No per-message lines; counts and summary only.")
@@ -228,7 +257,7 @@ def serve(
         bounded("metrics_port", "Serve Prometheus metrics over HTTP on this TCP port (0: any)."),
     ] = None,
     metrics_host: Annotated[
-        str, typer.Option(help="Address for --metrics-port.")
+        str, typer.Option(metavar="HOST", help="Address for --metrics-port.")
     ] = server_module.DEFAULT_METRICS_HOST,
     relay: Annotated[
         bool,
@@ -263,12 +292,16 @@ def serve(
         ),
     ] = None,
     room: Annotated[
-        str, typer.Option(help="The room's name on NATS: several rooms share one cluster.")
+        str,
+        typer.Option(
+            metavar="NAME", help="The room's name on NATS: several rooms share one cluster."
+        ),
     ] = DEFAULT_ROOM,
     nats_credentials: Annotated[
         Path | None,
         typer.Option(
             "--nats-creds",
+            metavar="FILE",
             exists=True,
             dir_okay=False,
             help="NATS credentials file (user JWT + NKey).",
@@ -276,12 +309,18 @@ def serve(
     ] = None,
     nats_nkey_seed: Annotated[
         Path | None,
-        typer.Option("--nats-nkey", exists=True, dir_okay=False, help="NATS NKey seed file."),
+        typer.Option(
+            "--nats-nkey", metavar="FILE", exists=True, dir_okay=False, help="NATS NKey seed file."
+        ),
     ] = None,
     nats_ca_file: Annotated[
         Path | None,
         typer.Option(
-            "--nats-ca", exists=True, dir_okay=False, help="CA file to verify NATS's TLS with."
+            "--nats-ca",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            help="CA file to verify NATS's TLS with.",
         ),
     ] = None,
     nats_connect_timeout_s: Annotated[
@@ -302,7 +341,7 @@ def serve(
     ] = SortKey.LOSS,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
-    """Receive messages and print each as '\\[ip] text', like the seed's server."""
+    """Receive messages and print each as '[ip] text', like the seed's server."""
     settings = {name: value for name, value in context.params.items() if name not in SERVE_ONLY}
     try:
         config = ServerConfig(**settings, output_format=None if quiet else output_format)
@@ -426,31 +465,37 @@ def unbracket(host: str) -> str:
 HostOption = Annotated[
     str,
     typer.Option(
+        metavar="HOST",
         help="Server address; an IPv6 address with or without brackets ([::1]).",
         callback=unbracket,
     ),
 ]
-TargetPortOption = Annotated[int, typer.Option(min=1, max=65535, help="Server's UDP port.")]
+TargetPortOption = Annotated[
+    int, typer.Option(min=1, max=65535, metavar="PORT", help="Server's UDP port.")
+]
 
 
 def username_option(purpose: str) -> Any:
     return typer.Option(
+        metavar="NAME",
         help=f"Name to {purpose} as: 1-{MAX_USERNAME_LENGTH} printable characters, spaces "
-        "inside allowed, no ': ' (else asked)."
+        "inside allowed, no ': ' (else asked).",
     )
 
 
-@app.command()
+@app.command(short_help="Send 'USERNAME: pesan ke-N' on a timer (the seed's client).")
 def send(
     username: Annotated[str | None, username_option("send")] = None,
     host: HostOption = client_module.DEFAULT_HOST,
     port: TargetPortOption = client_module.DEFAULT_PORT,
     interval: Annotated[
-        float, typer.Option(min=0.0, help="Seconds between messages.")
+        float, typer.Option(min=0.0, metavar="SECONDS", help="Seconds between messages.")
     ] = client_module.DEFAULT_INTERVAL_S,
     count: Annotated[
         int | None,
-        typer.Option(min=1, help="Stop after this many messages (default: until Ctrl-C)."),
+        typer.Option(
+            min=1, metavar="N", help="Stop after this many messages (default: until Ctrl-C)."
+        ),
     ] = None,
     relay: Annotated[
         bool,
@@ -573,28 +618,38 @@ async def chat_until_done(client: Client, username: str) -> None:
     report("left the room")
 
 
-@app.command()
+@app.command(short_help="A bounded load generator: USERS users at RATE for DURATION.")
 def load(
     host: Annotated[
         str,
         typer.Option(
+            metavar="HOST",
             help="Server address (loopback unless --allow-remote).",
             callback=unbracket,
         ),
     ] = client_module.DEFAULT_HOST,
     port: TargetPortOption = client_module.DEFAULT_PORT,
     users: Annotated[
-        int, typer.Option(min=1, max=10_000, help="Simulated users, each with its own socket.")
+        int,
+        typer.Option(
+            min=1, max=10_000, metavar="N", help="Simulated users, each with its own socket."
+        ),
     ] = 10,
     rate: Annotated[
         float,
-        typer.Option(min=0.0, help="Messages a second over all users; 0: as fast as possible."),
+        typer.Option(
+            min=0.0,
+            metavar="PER_S",
+            help="Messages a second over all users; 0: as fast as possible.",
+        ),
     ] = 10_000.0,
     duration: Annotated[
-        float, typer.Option(min=0.0, max=3600.0, help="Seconds to send for, at most.")
+        float,
+        typer.Option(min=0.0, max=3600.0, metavar="SECONDS", help="Seconds to send for, at most."),
     ] = 5.0,
     count: Annotated[
-        int | None, typer.Option(min=1, help="Messages to send, at most (default: no limit).")
+        int | None,
+        typer.Option(min=1, metavar="N", help="Messages to send, at most (default: no limit)."),
     ] = None,
     batch: Annotated[
         bool, typer.Option(help="Batch sends with sendmmsg where the OS has it.")
@@ -651,10 +706,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = library_logger.level
     library_logger.setLevel(logging.INFO)  # the status lines and "listening on"
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="udpchat")
+        code = app(
+            args=list(argv) if argv is not None else None,
+            prog_name="udpchat",
+            standalone_mode=False,
+        )
+    except UsageError as error:
+        print(usage_error_line(error), file=sys.stderr, flush=True)
+        return ExitCode.USAGE
+    except typer.Abort:
+        print("udpchat: aborted", file=sys.stderr, flush=True)
+        return ExitCode.FAILURE
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else ExitCode.FAILURE
     finally:
         library_logger.setLevel(level)
         release_stop_signals(deliver=False)
-    return ExitCode.OK
+    return code if isinstance(code, int) else ExitCode.OK
+
+
+def usage_error_line(error: UsageError) -> str:
+    """``udpchat serve: --format: 'xml' is not one of text, json``: a usage error in one line,
+    naming the command and the option."""
+    where = error.ctx.command_path if error.ctx is not None else "udpchat"
+    param = getattr(error, "param", None)
+    if isinstance(error, BadParameter) and param is not None and param.opts:
+        text = f"{param.opts[0]}: {error.message}"
+    elif isinstance(error, NoSuchOption):
+        text = f"no such option {error.option_name}; '{where} --help' lists them"
+    else:
+        text = error.message
+    text = text.replace("Value error, ", "").rstrip(".")
+    text = re.sub(r"is not one of (.*)$", lambda found: found.group(0).replace("'", ""), text)
+    return f"{where}: {text}"
