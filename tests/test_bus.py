@@ -343,3 +343,18 @@ def test_stats_of_several_processes_add_up() -> None:
     assert total.publish_failures == {"buffer_full": 3, "oversize": 1}
     assert total.dropped == {"malformed": 1}
     assert not total.connected and (one + one).connected
+
+
+async def test_a_failover_names_the_node_it_reconnected_to(
+    nats_cluster: list[NatsNode], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seeded with node A only, the bus learns node B from the cluster; when A dies, the log
+    names B, where it is connected now, not the seed."""
+    caplog.set_level(logging.WARNING, logger="udpchat.bus")
+    first, second = nats_cluster
+    async with running_bus(first.url) as (bus, _):
+        await eventually_blocking(lambda: first.subscriptions() >= 1)
+        first.kill()
+        await eventually(lambda: bus.stats().reconnects == 1)
+    (back,) = [r.getMessage() for r in caplog.records if "is back" in r.getMessage()]
+    assert f":{second.port}" in back and f":{first.port}" not in back, back

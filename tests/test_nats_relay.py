@@ -18,6 +18,7 @@ from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, eventually, start_cli, star
 from tests.nats_servers import NatsNode
 from udpchat import Server, ServerConfig
 from udpchat.bus import redact_url
+from udpchat.cli import main
 from udpchat.counters import BusStats, StatsSnapshot
 from udpchat.metrics import StatsCollector
 from udpchat.wire import COOKIE, JOIN, JOINED, relay_join_request
@@ -232,3 +233,23 @@ def test_config_checks_the_nats_fields() -> None:
     config = ServerConfig(relay=True, nats=("nats://127.0.0.1:4222",), max_datagram_size=512)
     bus = config.bus_config()
     assert bus is not None and (bus.room, bus.max_text_bytes) == ("lobby", 512)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("notaurl", "is not a NATS URL"),
+        ("http://127.0.0.1:4222", "is not a NATS URL"),
+        ("nats://:4222", "names no host"),
+        ("nats://127.0.0.1:99999", "has an invalid port"),
+        ("nats://user:secret@:4222", "names no host"),
+    ],
+)
+def test_a_malformed_nats_url_is_a_usage_error_at_once(
+    url: str, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No connection attempt, no timeout: one line, exit 2, credentials redacted."""
+    assert main(["serve", "--relay", "--port", "0", "--nats", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("udpchat serve: --nats: ") and problem in err and err.count("\n") == 1
+    assert "secret" not in err

@@ -106,6 +106,24 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a NATS server URL, found at once rather than by a connection that
+    times out: the scheme (``nats://``, ``tls://``, ``ws://``, ``wss://``), a host, a port."""
+    parts = urlsplit(url)
+    if parts.scheme not in NATS_SCHEMES:
+        return f"is not a NATS URL: it must start with {', '.join(f'{s}://' for s in NATS_SCHEMES)}"
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError:
+        return "has an invalid port"
+    if not parts.hostname:
+        return "names no host"
+    return None
+
+
 def room_subject(room: str) -> str:
     """``udpchat.room.<room>``; a room is a plain token, so it can never be a wildcard."""
     if not _ROOM_PATTERN.match(room):
@@ -179,6 +197,10 @@ class BusConfig:
     def __post_init__(self) -> None:
         if not self.servers:
             raise ValueError("at least one NATS server URL is needed")
+        for url in self.servers:
+            problem = url_problem(url)
+            if problem is not None:
+                raise ValueError(f"{redact_url(url)} {problem}")
         room_subject(self.room)
 
 
@@ -406,16 +428,24 @@ class RoomBus:
             self._refused.set_result(error)  # no retry will fix it: fail the start at once
         logger.debug("NATS: %s", describe(error))
 
+    def _connected_to(self) -> str:
+        """The server of the cluster the connection is to now (or was, just before it was
+        lost), redacted: not the seed URLs, which may name another node."""
+        url = None if self._client is None else self._client.connected_url
+        return self.urls if url is None else redact_url(url.geturl())
+
     async def _on_disconnected(self) -> None:
         if self._stopping or self._client is None:
             return
         self._tally.add("disconnects")
-        logger.warning("lost the connection to NATS at %s; relaying locally meanwhile", self.urls)
+        logger.warning(
+            "lost the connection to NATS at %s; relaying locally meanwhile", self._connected_to()
+        )
 
     async def _on_reconnected(self) -> None:
         self._reconnect_attempt = 0
         self._tally.add("reconnects")
-        logger.warning("connection to NATS is back (%s)", self.urls)
+        logger.warning("connection to NATS is back (%s)", self._connected_to())
 
     def _next_server(
         self, servers: list[NatsServer], info: dict[str, Any]

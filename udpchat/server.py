@@ -203,7 +203,10 @@ class ServerConfig:
             room_subject(self.room)
         except ValueError as error:
             raise ConfigError("room", str(error)) from None
-        self.bus_config()  # checks the URLs
+        try:
+            self.bus_config()
+        except ValueError as error:
+            raise ConfigError("nats", str(error)) from None
 
     @staticmethod
     def bounds(name: str) -> Bounds:
