@@ -1,19 +1,25 @@
-# Two commands on a fresh machine: `make serve` and `make test`. Both build .venv first.
+# Two commands on a fresh machine: `make serve` and `make test`. Both build .venv first:
+# `make serve` with what serving needs, `make test` adds the test and lint tools.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+SERVE_STAMP := $(VENV)/.serve-stamp
+STAMP := $(VENV)/.dev-stamp
 SERVE_ARGS ?=
 
 .PHONY: serve test test-busy lint bench bench-full bench-saturation bench-cpu bench-micro bench-memory attack clean
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(SERVE_STAMP)
+
+$(STAMP): $(SERVE_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(BIN)/python -m udpchat serve $(SERVE_ARGS)
 
 lint: $(STAMP)
