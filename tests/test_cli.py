@@ -179,3 +179,18 @@ def test_every_option_is_described() -> None:
         for param in command.params:
             if param.name != "help":
                 assert getattr(param, "help", None), f"{name} --{param.name} has no help"
+
+
+def test_a_python_without_udpchats_packages_says_what_to_run() -> None:
+    """``python3 -m udpchat`` outside the venv: one line naming the missing package and the way
+    to the venv, not a ModuleNotFoundError traceback."""
+    program = (
+        "import sys; sys.modules['typer'] = None; sys.argv = ['udpchat', 'serve']; "
+        "from udpchat.__main__ import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "lacks the package 'typer'" in result.stderr and "make serve" in result.stderr

@@ -74,6 +74,17 @@ async def test_send_exits_1_when_every_datagram_was_refused() -> None:
     assert f"every datagram was refused: nothing listens at {LOOPBACK} port {port}" in stderr
 
 
+async def test_a_refusal_of_the_last_datagram_does_not_promise_more() -> None:
+    """``send --count 1`` to nothing: the refusal is said, without 'still sending'."""
+    cli = await start_cli(
+        "send", "--username", "ana", "--port", str(free_udp_port()), "--count", "1"
+    )
+    status, _, stderr = await cli.finish()
+    assert status == 1
+    assert "udpchat: send failed: Connection refused\n" in stderr
+    assert "still sending" not in stderr
+
+
 def test_load_says_the_target_refused(capsys: pytest.CaptureFixture[str]) -> None:
     port = free_udp_port()
     args = ["load", "--port", str(port), "--users", "1", "--rate", "0", "--count", "500"]

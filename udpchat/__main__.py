@@ -8,8 +8,13 @@ from udpchat.signals import hold_stop_signals
 def main() -> None:
     """Stop signals are held before the CLI's imports: Ctrl-C while they load is a clean stop."""
     hold_stop_signals()
-    from udpchat.cli import main as cli_main  # noqa: PLC0415 - after the signals are held
-
+    try:
+        from udpchat.cli import main as cli_main  # noqa: PLC0415 - after the signals are held
+    except ModuleNotFoundError as error:  # run by a Python without udpchat's packages
+        sys.exit(
+            f"udpchat: {sys.executable} lacks the package {error.name!r}: run 'make serve' "
+            "(it builds .venv), then '.venv/bin/python -m udpchat' or '.venv/bin/udpchat'"
+        )
     sys.exit(cli_main())
 
 

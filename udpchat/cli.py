@@ -508,10 +508,14 @@ def send(
     Exits 1 when every datagram was refused (nothing listens at HOST PORT), else 0: UDP
     says nothing of the datagrams that were not refused.
     """
+
+    def report_send_error(error: Exception) -> None:
+        going_on = "; still sending" if count is None or client.sent < count else ""
+        report(f"send failed: {describe_error(error)}{going_on}")
+
     client = Client(host, port, on_error=report_send_error)
-    run_client(
-        client, send_until_stopped(client, ask_username(username), interval, count, relay), loop
-    )
+    sending = send_until_stopped(client, ask_username(username), interval, count, relay)
+    run_client(client, sending, loop)
     if client.sent and client.send_errors >= client.sent:
         fail(f"every datagram was refused: nothing listens at {host} port {port}", ExitCode.FAILURE)
 
@@ -560,12 +564,6 @@ def run_client(client: Client, main: Coroutine[Any, Any, None], loop: LoopChoice
             ExitCode.FAILURE,
         )
     report(f"summary: sent={client.sent} send_errors={client.send_errors}")
-
-
-def report_send_error(error: Exception) -> None:
-    print(
-        f"udpchat: send failed: {describe_error(error)}; still sending", file=sys.stderr, flush=True
-    )
 
 
 async def until_stopped(work: Coroutine[Any, Any, object], stop: SignalStop) -> None:
