@@ -27,6 +27,8 @@ from tests.helpers import (
     start_cli_server,
 )
 from udpchat import Client
+from udpchat import chat as chat_module
+from udpchat.wire import text_digest
 
 SCREEN_POLL_S = 0.05
 _sessions = itertools.count()
@@ -233,3 +235,45 @@ async def test_chat_with_a_server_without_relay_says_to_start_it_with_relay() ->
     finally:
         server.signal(signal.SIGINT)
         await server.finish()
+
+
+async def test_a_line_is_shown_as_sent_only_once_the_room_has_it() -> None:
+    """A line typed after the server went is said not delivered, never 'Ter kirim'; the member
+    is back within seconds of the server, and its lines are confirmed again."""
+    server, port = await start_cli_server("--relay")
+    chat = spawn_chat(port, "ana")
+    try:
+        await expect(chat, "joined the room")
+        chat.sendline("satu")
+        await expect(chat, "Ter kirim: ana: satu")  # the room's /ok came back
+        server.signal(signal.SIGINT)
+        await server.finish()
+        chat.sendline("ada orang?")
+        before = await expect(chat, "not delivered (out of the room): ana: ada orang?")
+        assert "Ter kirim: ana: ada orang?" not in before
+        server = await start_cli("serve", "--host", LOOPBACK, "--port", str(port), "--relay")
+        await read_port(server)
+        await expect(chat, "back in the room", timeout_s=5)  # rejoins every second when out
+        chat.sendline("halo lagi")
+        await expect(chat, "Ter kirim: ana: halo lagi")
+        await leave(chat)
+    finally:
+        chat.terminate(force=True)
+        server.signal(signal.SIGINT)
+        await server.finish()
+
+
+async def test_an_unconfirmed_line_is_said_not_delivered(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(chat_module, "CONFIRM_TIMEOUT_S", 0.01)
+    said: list[str] = []
+    deliveries = chat_module.Deliveries(said.append)
+    deliveries.sent("ana: satu")
+    deliveries.sent("ana: dua")
+    deliveries.confirmed(text_digest(b"ana: dua"))
+    await asyncio.wait_for(deliveries.idle.wait(), EVENT_TIMEOUT_S)
+    assert capsys.readouterr().out == "Ter kirim: ana: dua\n"
+    assert said == ["not delivered (the room did not confirm it): ana: satu"]
+    deliveries.confirmed(text_digest(b"ana: satu"))  # too late: already said
+    assert capsys.readouterr().out == ""

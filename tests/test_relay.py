@@ -27,6 +27,7 @@ from udpchat.handlers import Message
 from udpchat.relay import CookieJar, Refusal, Relay, Room
 from udpchat.wire import (
     COOKIE,
+    DELIVERED,
     EXPIRED,
     JOIN,
     JOINED,
@@ -35,6 +36,7 @@ from udpchat.wire import (
     MAX_HEADER_BYTES,
     ROOM_FULL,
     relay_join_request,
+    text_digest,
 )
 
 PEER = ("127.0.0.1", 40000)
@@ -288,8 +290,9 @@ def test_what_could_not_be_sent_is_counted_as_such_not_as_relayed() -> None:
     outbox.refusing = True
     relay(datagram(PEER, "ana: hello again"))
     stats = relay.stats()
-    assert (stats.relayed_datagrams, stats.send_failures) == (1, 1)
-    assert stats.bytes_out == len(f"[{PEER[0]}] ana: hello".encode())
+    assert (stats.relayed_datagrams, stats.send_failures) == (1, 2)  # the text and its /ok
+    assert stats.bytes_out == len(f"[{PEER[0]}] ana: hello".encode()) + len("/ok 01234567")
+    assert stats.confirmations == 1
 
 
 def test_joined_says_the_peer_timeout_and_a_full_room_says_so() -> None:
@@ -435,3 +438,12 @@ def test_a_member_over_its_text_rate_is_shown_but_not_relayed() -> None:
     for counter in range(20):
         relay(datagram(PEER, f"ana: later {counter}"))
     assert len(outbox.to(other)) == burst + int(relay.room.text_rate_per_s)
+
+
+def test_the_room_confirms_each_text_it_relayed_to_its_sender() -> None:
+    relay, outbox, _, _ = offline_relay()
+    relay.room.admit(PEER)
+    relay(datagram(PEER, "ana: halo"))
+    assert outbox.to(PEER) == [f"{DELIVERED} {text_digest(b'ana: halo')}".encode()]
+    relay(datagram(("127.0.0.1", 40009), "stranger: halo"))  # not a member: no /ok
+    assert relay.stats().confirmations == 1

@@ -1,5 +1,5 @@
-"""The ``chat`` command's conversation: lines typed are sent as ``USERNAME: line``, the other
-members' lines are printed as they arrive.
+"""The ``chat`` command's conversation: lines typed are sent as ``USERNAME: line`` and shown as
+sent once the room confirms them, the other members' lines are printed as they arrive.
 
 On a terminal the input line is prompt_toolkit's (``PromptSession`` under ``patch_stdout``, as
 ipython and pgcli use it), so arriving messages are printed above the line being typed and never
@@ -15,9 +15,13 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 
-from udpchat.client import Client
-from udpchat.wire import USERNAME_SEPARATOR, sanitize
+from udpchat.client import Client, RoomEvent
+from udpchat.wire import USERNAME_SEPARATOR, sanitize, text_digest
 
+CONFIRM_TIMEOUT_S = 2.0
+"""How long a line waits for the room's ``/ok`` before it is said not delivered."""
+MAX_UNCONFIRMED = 256
+"""Lines awaiting their ``/ok``, at most; a person types far fewer in two seconds."""
 SENT_PREFIX = "Ter kirim: "
 RECEIVED_PREFIX = "Diterima: "
 """Before another member's message relayed to this client ("received")."""
@@ -70,20 +74,79 @@ async def piped_lines() -> AsyncIterator[str]:
         yield line
 
 
+class Deliveries:
+    """Lines sent and not yet confirmed: each is shown as sent (``Ter kirim:``) when the room's
+    ``/ok`` for it arrives, and said plainly not delivered when it does not come within
+    :data:`CONFIRM_TIMEOUT_S`, or when the client finds itself out of the room."""
+
+    def __init__(self, report: Report) -> None:
+        self._report = report
+        self._waiting: dict[str, list[tuple[str, asyncio.TimerHandle]]] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def sent(self, text: str) -> None:
+        """``text`` went out; wait for its confirmation."""
+        if sum(len(texts) for texts in self._waiting.values()) >= MAX_UNCONFIRMED:
+            self._report(f"sent, not followed (too many unconfirmed): {sanitize(text)}")
+            return
+        digest = text_digest(text.encode())
+        timer = asyncio.get_running_loop().call_later(
+            CONFIRM_TIMEOUT_S, self._not_delivered, digest, "the room did not confirm it"
+        )
+        self._waiting.setdefault(digest, []).append((text, timer))
+        self.idle.clear()
+
+    def confirmed(self, digest: str) -> None:
+        """The room's ``/ok DIGEST``: the oldest line of that digest is delivered."""
+        text = self._take(digest)
+        if text is not None:
+            print_sent(text)
+
+    def out_of_the_room(self) -> None:
+        """What still waits was sent to a room that no longer has us: not delivered."""
+        for digest in list(self._waiting):
+            while digest in self._waiting:
+                self._not_delivered(digest, "out of the room")
+
+    def _not_delivered(self, digest: str, why: str) -> None:
+        text = self._take(digest)
+        if text is not None:
+            self._report(f"not delivered ({why}): {sanitize(text)}")
+
+    def _take(self, digest: str) -> str | None:
+        waiting = self._waiting.get(digest)
+        if not waiting:
+            return None
+        text, timer = waiting.pop(0)
+        timer.cancel()
+        if not waiting:
+            del self._waiting[digest]
+        if not self._waiting:
+            self.idle.set()
+        return text
+
+
 async def send_typed_lines(
-    client: Client, username: str, lines: AsyncIterator[str], report: Report
+    client: Client,
+    username: str,
+    lines: AsyncIterator[str],
+    report: Report,
+    deliveries: Deliveries,
 ) -> None:
-    """Send each non-blank line as ``USERNAME: line`` and show it as sent; while the client is
-    out of the room, say that the line was not sent rather than send it into the void."""
+    """Send each non-blank line as ``USERNAME: line``, shown as sent once the room confirms
+    it; while the client is out of the room, say that the line was not sent rather than send
+    it into the void. At the end, wait for what is still unconfirmed."""
     async for line in lines:
         if not line.strip():
             continue
         text = f"{username}{USERNAME_SEPARATOR}{line}"
         if client.in_room:
             client.send(text)
-            print_sent(text)
+            deliveries.sent(text)
         else:
             report(f"not sent, out of the room while rejoining: {sanitize(line)}")
+    await deliveries.idle.wait()
 
 
 async def converse(client: Client, username: str, report: Report) -> None:
@@ -94,14 +157,21 @@ async def converse(client: Client, username: str, report: Report) -> None:
     if interactive:
         from prompt_toolkit.patch_stdout import patch_stdout  # noqa: PLC0415
 
+    deliveries = Deliveries(report)
+
+    def on_room(event: RoomEvent, detail: str) -> None:
+        report(detail)
+        if event is RoomEvent.OUT:
+            deliveries.out_of_the_room()
+
     with patch_stdout() if interactive else contextlib.nullcontext():
-        await client.join_room(print_received, on_room=lambda _, detail: report(detail))
+        await client.join_room(print_received, on_room=on_room, on_delivered=deliveries.confirmed)
         report(
             f"joined the room at {client.host} port {client.port} as {username}; "
             "Ctrl-D or Ctrl-C leaves"
         )
         lines = typed_lines(username) if interactive else piped_lines()
         try:
-            await send_typed_lines(client, username, lines, report)
+            await send_typed_lines(client, username, lines, report, deliveries)
         finally:
             client.leave_room()

@@ -14,6 +14,7 @@ from types import TracebackType
 
 from udpchat.wire import (
     COOKIE,
+    DELIVERED,
     EXPIRED,
     JOIN,
     JOINED,
@@ -32,6 +33,9 @@ DEFAULT_PORT = 5002
 DEFAULT_INTERVAL_S = 1.0
 JOIN_ATTEMPTS = 3
 JOIN_TIMEOUT_S = 1.0
+REJOIN_INTERVAL_S = 1.0
+"""Out of the room, a join is tried this often (each waits :data:`JOIN_TIMEOUT_S`), so that a
+member is back within two seconds of its server."""
 JOIN_QUEUE_SIZE = 16
 KEEPALIVES_PER_PEER_TIMEOUT = 3
 """Keepalives sent within the server's ``--peer-timeout``: two may be lost before it expires us."""
@@ -191,15 +195,19 @@ class Client:
         on_text: Callable[[str], None],
         *,
         on_room: Callable[[RoomEvent, str], None] | None = None,
+        on_delivered: Callable[[str], None] | None = None,
         attempts: int = JOIN_ATTEMPTS,
         timeout_s: float = JOIN_TIMEOUT_S,
     ) -> None:
         """Join a ``serve --relay`` room: ask for a cookie, echo it, and from then on pass each
-        relayed text (``[ip] text``, not yet escaped for display) to ``on_text``.
+        relayed text (``[ip] text``, not yet escaped for display) to ``on_text``, and the
+        digest of each of our texts the room confirmed (:func:`udpchat.wire.text_digest`) to
+        ``on_delivered``.
 
         Afterwards the client sends a cookie-bearing keepalive every :attr:`keepalive_s` and,
-        when the server says it no longer knows us or stops listening, rejoins by itself;
-        ``on_room`` hears of each such change once. Raises :class:`JoinError` saying why.
+        when the server says it no longer knows us or stops listening, rejoins by itself
+        (every :data:`REJOIN_INTERVAL_S`); ``on_room`` hears of each such change once. Raises
+        :class:`JoinError` saying why.
         """
 
         def receive(data: bytes) -> None:
@@ -207,6 +215,9 @@ class Client:
             if not text.startswith("/"):
                 if self.in_room:
                     on_text(text)
+            elif text.startswith(f"{DELIVERED} "):
+                if on_delivered is not None:
+                    on_delivered(text[len(DELIVERED) + 1 :])
             elif text == EXPIRED:
                 self._leave_room(on_room, "the server no longer counts us as a member")
             elif not self._answers.full():
@@ -294,10 +305,12 @@ class Client:
     async def _keep_membership(
         self, on_room: Callable[[RoomEvent, str], None] | None, timeout_s: float
     ) -> None:
-        """Keepalives while in the room; out of it, a join attempt at the same pace."""
+        """Keepalives while in the room; out of it, a join attempt every
+        :data:`REJOIN_INTERVAL_S`."""
         while True:
+            pause_s = self._keepalive_s if self.in_room else REJOIN_INTERVAL_S
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._keepalive_s):
+                async with asyncio.timeout(pause_s):
                     await self._rejoin_now.wait()
             self._rejoin_now.clear()
             if self.in_room:

@@ -359,6 +359,11 @@ class RelayStats(Counts):
     not_relayed: int = total(
         "Texts not relayed because they grew in decoding past the header bound.", unit="messages"
     )
+    confirmations: int = total(
+        "/ok answers to members' texts the room relayed (a chat client shows a line as sent "
+        "only then).",
+        unit="datagrams",
+    )
     over_rate: int = total(
         "Members' texts not relayed: their member was over --relay-rate texts a second.",
         unit="messages",

@@ -7,8 +7,9 @@ that one cookie, never larger than the request, goes to an address that has not 
 so the server cannot be used to reflect or amplify traffic at a forged source.
 
 A member's text goes to every other member as ``[ip] text``: the incoming datagram plus a
-header of at most :data:`udpchat.wire.MAX_HEADER_BYTES`. Each incoming datagram causes at most
-``max_peers`` outgoing ones.
+header of at most :data:`udpchat.wire.MAX_HEADER_BYTES`, and the member gets ``/ok DIGEST``
+(12 bytes) back, so that its client knows the room took it. Each incoming datagram causes at
+most ``max_peers`` outgoing ones.
 
 A member stays with ``/keepalive COOKIE`` (the cookie it joined with, so that only an address
 that once received the cookie can stay). An address that is not a member, because it expired or
@@ -35,6 +36,7 @@ from udpchat.handlers import Handler, Message
 from udpchat.wire import (
     COOKIE,
     COOKIE_MAC_HEX_DIGITS,
+    DELIVERED,
     EXPIRED,
     JOIN,
     JOINED,
@@ -42,6 +44,7 @@ from udpchat.wire import (
     LEAVE,
     MAX_HEADER_BYTES,
     ROOM_FULL,
+    text_digest,
 )
 
 DEFAULT_PEER_TIMEOUT_S = 30.0
@@ -296,6 +299,9 @@ class Relay:
         if self.bus is not None:
             self.bus.publish(message.sender[0], message.text)
         self._relay_line(line, others)
+        digest = text_digest(message.text.encode("utf-8", "surrogatepass"))
+        if self._emit(f"{DELIVERED} {digest}".encode(), message.sender):
+            self._tally.add("confirmations")
         return True
 
     def relay_remote(self, ip: str, text: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+import zlib
 from typing import NamedTuple
 
 MESSAGE_SEPARATOR = ": pesan ke-"
@@ -197,3 +198,12 @@ EXPIRED = "/expired"
 """The answer to a keepalive or text from an address that is not (or no longer) a member."""
 ROOM_FULL = "/full"
 """The answer to a valid join cookie when the room has ``max_peers`` members already."""
+DELIVERED = "/ok"
+"""``/ok DIGEST``: the answer to a member's text the room took and relayed, so that a chat
+client shows a line as sent only once it is (:func:`text_digest` names the text)."""
+
+
+def text_digest(data: bytes) -> str:
+    """Eight hex digits naming a text in a ``/ok``: its CRC-32, enough to match a line typed
+    with its confirmation among the few a person has in flight."""
+    return f"{zlib.crc32(data):08x}"
