@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import enum
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -34,6 +36,17 @@ STALL_S = 0.02
 on I/O, say): only then does the dispatcher start another one. A job that is merely busy keeps
 the work to itself, because with the GIL a second thread on CPU-bound work only adds
 switching."""
+JOB_IDLE_S = 1.0
+"""A job with nothing to take waits this long for the next batch before it ends: at a steady
+rate the same job takes every batch, and the event loop only wakes it (cheap) instead of
+submitting a new job to the pool for each burst (a Future, a work item, a queue each time)."""
+
+
+class _NoBatch(enum.Enum):
+    WAIT = "wait"
+    """Nothing to take: the job is counted idle and waits for a wake-up."""
+    STOP = "stop"
+    """Nothing to take and the dispatcher is draining: the job ends."""
 
 
 def parse(batch: Batch, ipv6_socket: bool) -> None:
@@ -93,11 +106,16 @@ class Dispatcher:
         self._on_output_error = on_output_error
         self._executor = DaemonThreadPool(max_workers=workers, thread_name_prefix="udpchat-worker")
         self._lock = threading.Lock()
-        """Guards the job count and the deque's order of taking."""
+        """Guards the job counts and the deque's order of taking."""
         self._batches: deque[Batch] = deque()
         self._jobs = 0
+        self._idle = 0
+        """Jobs waiting for a wake-up that nobody has claimed yet."""
+        self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
+        """One token per claimed wake-up; any idle job takes it."""
+        self._draining = False
         self._last_take = 0.0
-        """``time.monotonic()`` when a job last took a batch."""
+        """``time.monotonic()`` when a job last took a batch (or was woken or started)."""
         self._job_futures: set[concurrent.futures.Future[None]] = set()
         self._order_lock = threading.Lock()
         """Held while a batch is taken and accounted; the event loop takes it only for a
@@ -114,15 +132,21 @@ class Dispatcher:
         self._tally.take_in(received, len(datagrams))
         if not datagrams:
             return
+        wake = start_job = False
         with self._lock:
             self._batches.append(Batch(received_at, datagrams))
-            start_job = self._jobs < self._max_jobs and (
-                self._jobs == 0 or time.monotonic() - self._last_take > STALL_S
-            )
-            if start_job:
-                self._jobs += 1
-                self._last_take = time.monotonic()
-        if start_job:
+            now = time.monotonic()
+            if self._jobs == self._idle or now - self._last_take > STALL_S:
+                if self._idle:  # nobody is taking (or they stalled): a waiting job takes it
+                    self._idle -= 1
+                    wake = True
+                elif self._jobs < self._max_jobs:
+                    self._jobs += 1
+                    start_job = True
+                self._last_take = now
+        if wake:
+            self._wakeups.put(None)
+        elif start_job:
             self._tally.add("jobs_started")
             future = self._executor.submit(self._run_job)
             self._job_futures.add(future)
@@ -136,13 +160,30 @@ class Dispatcher:
     def full(self) -> bool:
         return self._tally.queued >= self._queue_size
 
-    def _take(self) -> Batch | None:
+    def _take(self) -> Batch | _NoBatch:
         with self._lock:
             if self._batches:
                 self._last_take = time.monotonic()
                 return self._batches.popleft()
-            self._jobs -= 1
-            return None
+            if self._draining:
+                self._jobs -= 1
+                return _NoBatch.STOP
+            self._idle += 1
+            return _NoBatch.WAIT
+
+    def _wait_for_work(self) -> bool:
+        """An idle job's wait for a wake-up, outside the order lock; False to end the job:
+        idle for :data:`JOB_IDLE_S` with nobody claiming it."""
+        try:
+            self._wakeups.get(timeout=JOB_IDLE_S)
+        except queue.Empty:
+            with self._lock:
+                if self._idle:  # unclaimed: leave
+                    self._idle -= 1
+                    self._jobs -= 1
+                    return False
+            self._wakeups.get()  # every idle job was claimed: a token is on its way
+        return True
 
     def _run_job(self) -> None:
         while True:
@@ -150,18 +191,28 @@ class Dispatcher:
             # order even though several workers take them; the handlers then run in parallel.
             with self._order_lock:
                 batch = self._take()
-                if batch is None:
+                if batch is _NoBatch.STOP:
                     return
-                try:
-                    parse(batch, self._ipv6_socket)
-                    batch.verdicts = self._accounting.record_batch(
-                        batch.senders, batch.seeds, batch.received_at
-                    )
-                except BaseException as error:
-                    self._error_log.record("parsing or accounting failed on a batch", error)
-                    self._tally.add_dropped(DropReason.INTERNAL_ERROR, len(batch))
+                if batch is not _NoBatch.WAIT and not self._parse_and_account(batch):
                     continue
+            if batch is _NoBatch.WAIT:
+                if not self._wait_for_work():
+                    return
+                continue
             self._handle(batch)
+
+    def _parse_and_account(self, batch: Batch) -> bool:
+        """Stages one and two; False when they raised (a bug), the batch counted as dropped."""
+        try:
+            parse(batch, self._ipv6_socket)
+            batch.verdicts = self._accounting.record_batch(
+                batch.senders, batch.seeds, batch.received_at
+            )
+        except BaseException as error:
+            self._error_log.record("parsing or accounting failed on a batch", error)
+            self._tally.add_dropped(DropReason.INTERNAL_ERROR, len(batch))
+            return False
+        return True
 
     def _handle(self, batch: Batch) -> None:
         """Stages three and four: the handler, then the counts, whatever happened."""
@@ -191,6 +242,11 @@ class Dispatcher:
 
         Returns False when a job is still running in a worker (a stuck handler or output).
         """
+        with self._lock:  # each job ends once nothing is left to take; wake those waiting
+            self._draining = True
+            waiting, self._idle = self._idle, 0
+        for _ in range(waiting):
+            self._wakeups.put(None)
         jobs = [asyncio.wrap_future(future) for future in list(self._job_futures)]
         if jobs:
             await asyncio.wait(jobs, timeout=timeout_s)
