@@ -58,7 +58,12 @@ LOOPBACK = "127.0.0.1"
 FLOOD_PROCESSES = 2
 READY_TIMEOUT_S = 30.0
 GAP_DATAGRAMS_PER_S = 50_000
+GAP_CHUNK = 4_000
+"""Gap datagrams sent at most before the server has read them: well within its receive buffer
+(some 10,000 small datagrams)."""
 GAPS_TIMEOUT_S = 180.0
+STATUS_READ = r"status: .* received=(\d+) .* kernel_drops=(\d+) "
+"""The status line's datagrams read and dropped by the kernel: all that left its buffer."""
 SLOW_READ_BYTES = 4096
 SLOW_READ_PERIOD_S = 0.02
 """The slow reader takes 4 KiB every 20 ms: 200 KB/s, some 50 lines of 1 KB of control bytes."""
@@ -177,18 +182,24 @@ def report_datagram_costs(size: int = 1024) -> None:
         )
 
 
-def open_gaps(port: int, senders: int) -> None:
+def open_gaps(port: int, senders: int, errors: Path, server: subprocess.Popen[bytes]) -> None:
     """Each sender (its own source port) sends counters 1, 3, 5, ...: every gap stays open.
-    Paced at about 50,000 datagrams a second, well below what the server takes in, so that the
-    kernel drops none of a sender's datagrams even on a busy machine."""
+    Paced at about 50,000 datagrams a second, and never more than :data:`GAP_CHUNK` ahead of
+    what the server's status line says it has read, so that the kernel drops none of a
+    sender's datagrams even when the machine is busy."""
     counters = range(1, 2 * MAX_GAPS_PER_SENDER + 2, 2)
     started = time.monotonic()
+    sent = read = 0
     for sender in range(senders):
+        if sent - read >= GAP_CHUNK:
+            wait_for_line(errors, STATUS_READ, server, at_least=sent)
+            read = sent  # read, or dropped by the kernel: out of the socket's buffer either way
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.connect((LOOPBACK, port))
             for counter in counters:
                 sock.send(b"g%05d: pesan ke-%d" % (sender, counter))
-        ahead_s = started + (sender + 1) * len(counters) / GAP_DATAGRAMS_PER_S - time.monotonic()
+        sent += len(counters)
+        ahead_s = started + sent / GAP_DATAGRAMS_PER_S - time.monotonic()
         if ahead_s > 0:
             time.sleep(ahead_s)
 
@@ -198,12 +209,15 @@ def wait_for_line(
     pattern: str,
     process: subprocess.Popen[bytes],
     timeout_s: float = READY_TIMEOUT_S,
+    at_least: int | None = None,
 ) -> re.Match[str]:
+    """The last line of ``path`` that matches, once there is one (and the numbers in its
+    groups add up to at least ``at_least``, when given)."""
     deadline = time.monotonic() + timeout_s
     while True:
         text = path.read_text(errors="replace")
         matches = list(re.finditer(pattern, text))
-        if matches:
+        if matches and (at_least is None or sum(map(int, matches[-1].groups())) >= at_least):
             return matches[-1]
         if process.poll() is not None or time.monotonic() > deadline:
             status = re.findall(r"status: .*", text)
@@ -244,7 +258,7 @@ def serving(
     output, errors = workdir / "out.log", workdir / "err.log"
     command = [
         PYTHON, "-m", "udpchat", "serve", "--host", scenario.host, "--port", "0",
-        "--stats-interval", "0.5", *scenario.serve_args,
+        "--stats-interval", "0.1", *scenario.serve_args,
     ]  # fmt: skip
     reader: Reader | None = None
     with output.open("wb") as out, errors.open("wb") as err:
@@ -270,7 +284,7 @@ def run(scenario: Scenario, workdir: Path) -> tuple[int, str]:
     with serving(scenario, workdir) as (server, errors, reader):
         port = int(wait_for_line(errors, r"listening on \S+ port (\d+)", server)[1])
         if scenario.gap_senders:
-            open_gaps(port, scenario.gap_senders)
+            open_gaps(port, scenario.gap_senders, errors, server)
             # The server may be busy writing their 650,000 lines on a loaded machine.
             wait_for_line(errors, rf"senders={scenario.gap_senders} ", server, GAPS_TIMEOUT_S)
         if reader is not None:
@@ -285,7 +299,7 @@ def run(scenario: Scenario, workdir: Path) -> tuple[int, str]:
         peak = peak_rss_bytes(server.pid)
         server.send_signal(signal.SIGINT)
         server.wait(60)
-    summary = re.findall(r"summary: .*", errors.read_text(errors="replace"))
+    summary = re.findall(r'summary: .*|\{"summary": .{,300}', errors.read_text(errors="replace"))
     return peak, summary[-1] if summary else "(no summary)"
 
 
