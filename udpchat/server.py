@@ -68,9 +68,9 @@ header, its address, ``(ip, port)``, and the batch entry (measured 253 with ``tr
 ``make bench-memory``; the longest IPv4 address adds 6: 259)."""
 QUEUED_IPV6_DATAGRAM_OVERHEAD_BYTES = 448
 """The same from an IPv6 or dual-stack socket, whose address is ``(ip, port, flowinfo,
-scope_id)`` with an ip of up to 45 characters (measured 270 for ``::ffff:127.0.0.1``; the
+scope_id)`` with an ip of up to 45 characters (measured 269 for ``::ffff:127.0.0.1``; the
 longest address adds 29 more, and a flow label and a scope id of 256 or more, which are not
-cached small ints, 28 each: 355)."""
+cached small ints, 28 each: 354)."""
 OUTPUT_EXPANSION = 20
 """Bytes held while one batch is formatted, per byte of the batch, at most: a control byte is
 six in JSON (``\u0001``), and the lines, their join and its encoding are alive at once."""
