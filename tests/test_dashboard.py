@@ -14,10 +14,11 @@ import socket
 import subprocess
 import sys
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO, cast
+from typing import Protocol, TextIO, cast
 
 import pytest
 from rich.console import Console
@@ -25,6 +26,7 @@ from rich.console import Console
 from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, start_cli
 from udpchat.counters import DeliveryTotals, RelayStats, SenderStats, StatsSnapshot
 from udpchat.dashboard import (
+    NAME_MAX_CELLS,
     Dashboard,
     DashboardSettings,
     NoTerminalError,
@@ -278,6 +280,13 @@ def test_without_a_terminal_there_is_no_view() -> None:
         find_terminal(io.StringIO(), io.StringIO(), messages=True)
 
 
+PANE_ENVIRONMENT = {
+    name: value for name, value in os.environ.items() if name not in {"COLUMNS", "LINES"}
+}
+"""The pane's size comes from the pane: readline exports COLUMNS and LINES (80 and 24 without
+a terminal) into the test process's C environment, where they would pin rich's width."""
+
+
 class Pane:
     """A real terminal: a tmux pane of a fixed size on a tmux server of the test's own."""
 
@@ -289,12 +298,24 @@ class Pane:
 
     def _run(self, *args: str) -> str:
         return subprocess.run(
-            [*self._tmux, *args], check=True, capture_output=True, text=True
+            [*self._tmux, *args], check=True, capture_output=True, text=True, env=PANE_ENVIRONMENT
         ).stdout
 
     def screen(self) -> str:
         """What the pane shows, with the lines that scrolled off it."""
         return self._run("capture-pane", "-p", "-S", "-")
+
+    def visible_when(
+        self, condition: Callable[[list[str]], bool], timeout_s: float = EVENT_TIMEOUT_S
+    ) -> list[str]:
+        """The lines the pane shows (a wrapped row is two) once ``condition`` holds for them, or
+        at the deadline, for the caller's asserts to say what is wrong."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lines = self._run("capture-pane", "-p").splitlines()
+            if condition(lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)  # a polling period, not a guess: the deadline decides
 
     def wait_for(self, pattern: str, timeout_s: float = EVENT_TIMEOUT_S) -> re.Match[str]:
         deadline = time.monotonic() + timeout_s
@@ -319,14 +340,18 @@ class Pane:
         subprocess.run([*self._tmux, "kill-server"], check=False, capture_output=True)
 
 
+class PaneFactory(Protocol):
+    def __call__(self, command: str, width: int = ..., height: int = ...) -> Pane: ...
+
+
 @pytest.fixture
-def pane_factory() -> Iterator[Callable[[str], Pane]]:
+def pane_factory() -> Iterator[PaneFactory]:
     if shutil.which("tmux") is None:
         pytest.skip("tmux drives the real terminal of these tests")
     panes: list[Pane] = []
 
-    def start(command: str) -> Pane:
-        panes.append(Pane(command))
+    def start(command: str, width: int = 110, height: int = 30) -> Pane:
+        panes.append(Pane(command, width, height))
         return panes[-1]
 
     yield start
@@ -442,6 +467,100 @@ def test_names_and_addresses_are_shown_as_they_are_never_as_markup() -> None:
         assert name in text
     assert "[fd00::1]:5000" in text
     assert "\x1b]8;" not in console.export_text(styles=True)  # no hyperlink escape
+
+
+def terminal_cells(text: str) -> int:
+    """The cells a terminal gives ``text``, as the C library's ``wcwidth()`` counts them (and
+    tmux with it): none for a combining mark, a format character or a Hangul medial vowel or
+    final consonant, two for an East Asian wide character or a circled number on a black
+    square (U+3248-U+324F), one for any other."""
+    cells = 0
+    for char in text:
+        if unicodedata.category(char) in {"Mn", "Me", "Cf"} or "\u1160" <= char <= "\u11ff":
+            continue
+        wide = unicodedata.east_asian_width(char) in {"W", "F"} or "\u3248" <= char <= "\u324f"
+        cells += 2 if wide else 1
+    return cells
+
+
+HOSTILE_NAMES = {
+    "ana\u3164": "ana\\u3164",  # a Hangul filler: no cell for rich, two for a terminal
+    "👍🏽" * 10: "👍\\U0001f3fd" * 2,  # a skin tone: no cell for rich, two for a terminal
+    "用" * 32: "用" * 15,  # 64 cells
+    "राम" * 10: "र\\u093eम" * 3,  # a spacing vowel sign: no cell for rich, one for a terminal
+    "❤\ufe0f" * 16: "❤\\ufe0f" * 3,  # an emoji's presentation: one cell or two
+    "☰" * 32: "\\u2630" * 3,  # a trigram: two cells for rich, one for a terminal
+    "㉈" * 32: "\\u3248" * 3,  # a circled ten: one cell for rich, two for the C library
+    "[bold]x\\y": "[bold]x\\y",  # shown as it is
+}
+"""Names whose width rich and terminals disagree on, with the start of what the view shows."""
+
+
+def test_every_row_is_one_terminal_line_with_its_figures_whole_whatever_the_names() -> None:
+    """Where rich counts fewer cells than the terminal, a row wraps and pushes the header off
+    the screen; where the name column takes the width, the figures are cut to '…'."""
+    names = [f"{name[:30]}{index:02d}" for index, name in enumerate(HOSTILE_NAMES)] * 3
+    senders = [
+        sender(name, 40001 + index, received=98, lost=2, jitter_s=0.0042)
+        for index, name in enumerate(names)
+    ]
+    height = 30
+    lines = text_of(render(Sample((snapshot(*senders),), NOW_S), None, SETTINGS), height)
+    assert [line for line in lines if terminal_cells(line) > 100] == []
+    assert sum(max(1, -(-terminal_cells(line) // 100)) for line in lines) <= height
+    assert lines[0].startswith("udpchat 127.0.0.1:5002  up 2m05s")
+    rows = [line for line in lines if line.startswith("127.0.0.1:")]
+    assert len(rows) == len(senders)
+    for row in rows:
+        assert re.search(r" 98 +2 +2\.00% +0 +0 +0 +0 +4\.200 +1s ago$", row), row
+
+
+def test_names_a_terminal_measures_differently_are_escaped_and_long_ones_cut() -> None:
+    senders = [sender(name, 40001 + index) for index, name in enumerate(HOSTILE_NAMES)]
+    lines = text_of(render(Sample((snapshot(*senders),), NOW_S), None, SETTINGS))
+    for index, (name, shown) in enumerate(HOSTILE_NAMES.items()):
+        (row,) = [line for line in lines if line.startswith(f"127.0.0.1:{40001 + index} ")]
+        cell = row.removeprefix(f"127.0.0.1:{40001 + index}").lstrip()
+        assert cell.startswith(shown), (name, row)
+        name_cells = terminal_cells(cell[: cell.index(" 100 ")].rstrip())
+        assert name_cells <= NAME_MAX_CELLS
+        if terminal_cells(name) > NAME_MAX_CELLS:
+            assert cell[: cell.index(" 100 ")].rstrip().endswith("…")
+
+
+LIVE_HOSTILE_NAMES = ["👍🏽" * 10, "用" * 30, "राम" * 10, "☰" * 30, "㉈" * 30]
+"""Valid names (the others are refused: ``tests/test_wire.py``) that rich and the terminal
+measure differently, or that are wider than the name column."""
+
+
+def test_hostile_names_in_a_real_terminal_keep_each_row_on_one_line(
+    pane_factory: PaneFactory,
+) -> None:
+    """A pane of 100 by 30 full of rows, three captures: a row that wraps pushes the header off."""
+    pane = pane_factory(serve_command("--dashboard", "--quiet"), width=100, height=30)
+    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    names = [f"{name}{index:02d}" for index in range(4) for name in LIVE_HOSTILE_NAMES]
+    with contextlib.ExitStack() as stack:
+        sockets = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) for _ in names
+        ]
+        for counter in (1, 2, 3):
+            for name, sock in zip(names, sockets, strict=True):
+                sock.sendto(f"{name}: pesan ke-{counter}".encode(), (LOOPBACK, port))
+            whole_row = (
+                rf"^127\.0\.0\.1:\d+ +\S.* +{counter} +0 +0\.00%( +0){{4}} +[\d.]+ +\d+s ago$"
+            )
+
+            def rows(lines: list[str], pattern: str = whole_row) -> list[str]:
+                return [line for line in lines if re.match(pattern, line)]
+
+            lines = pane.visible_when(lambda lines: len(rows(lines)) == len(names))
+            screen = "\n".join(lines)
+            assert len(rows(lines)) == len(names), screen
+            headers = [line for line in lines if line.startswith(f"udpchat 127.0.0.1:{port}  up")]
+            assert len(headers) == 1, screen
+            assert f"senders {len(names)}" in lines[lines.index(headers[0]) + 1], screen
+    pane.interrupt()
 
 
 def test_rates_are_taken_over_the_last_two_seconds() -> None:

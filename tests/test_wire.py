@@ -69,6 +69,46 @@ def test_username_rules() -> None:
     assert not is_valid_username("a\n")
 
 
+REAL_NAMES = [
+    "Budi Santoso", "budí", "用户", "राम", "सुनीता", "한국인", "ㅎㅎ", "สมชาย", "សុខា",
+    "ᠮᠣᠩᠭᠣᠯ", "محمد", "Ἀθηνᾶ", "ana 👍🏽", "❤", "🇮🇩", "⠓⠊",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", REAL_NAMES)
+def test_real_names_in_any_script_are_valid(name: str) -> None:
+    assert is_valid_username(name)
+
+
+INVISIBLE = [
+    "\u034f", "\u115f", "\u1160", "\u3164", "\uffa0", "\u17b4", "\u17b5", "\u180b", "\u180f",
+    "\ufe00", "\ufe0e", "\ufe0f", "\U000e0100", "\U000e01ef", "\u2800",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("invisible", INVISIBLE)
+def test_a_character_that_shows_nothing_is_refused_anywhere_in_a_name(invisible: str) -> None:
+    """``ana\u3164`` would pass for ``ana``, and ``❤\ufe0f`` is one cell wide or two
+    depending on the terminal."""
+    for name in (f"ana{invisible}", f"{invisible}ana", f"a{invisible}na", invisible):
+        assert not is_valid_username(name)
+        assert parse_text(f"{name}: pesan ke-1") is TextProblem.INVALID_USERNAME
+        with pytest.raises(InvalidUsernameError, match=f"U\\+{ord(invisible):04X}.*shows nothing"):
+            clean_username(name)
+
+
+def test_the_username_rule_agrees_with_the_reference_for_every_printable_character() -> None:
+    """Every printable code point, inside a name, against the categories and names: the
+    property test below rarely draws the few characters that show nothing."""
+    printable = (chr(code) for code in range(0x110000) if chr(code).isprintable())
+    disagree = [
+        f"U+{ord(char):04X}"
+        for char in printable
+        if is_valid_username(f"a{char}b") != reference_is_valid_username(f"a{char}b")
+    ]
+    assert disagree == []
+
+
 def test_decode_drops_one_trailing_newline_as_nc_sends_it() -> None:
     assert decode(b"alice: pesan ke-1\n") == ("alice: pesan ke-1", True)
     assert decode(b"alice: pesan ke-1\r\n") == ("alice: pesan ke-1", True)
@@ -94,13 +134,29 @@ def test_format_line_is_the_seed_console_line() -> None:
     assert format_line("192.168.1.100", "user1: pesan ke-1") == "[192.168.1.100] user1: pesan ke-1"
 
 
+def shows_nothing(char: str) -> bool:
+    """The printable characters that show nothing, by their Unicode names: the variation
+    selectors, the Hangul fillers, the combining grapheme joiner, the Khmer inherent vowels
+    (with the format characters, Unicode's default-ignorable code points) and the blank Braille
+    pattern."""
+    name = unicodedata.name(char, "")
+    return (
+        "VARIATION SELECTOR" in name
+        or (name.startswith(("HANGUL", "HALFWIDTH HANGUL")) and name.endswith("FILLER"))
+        or name in {"COMBINING GRAPHEME JOINER", "BRAILLE PATTERN BLANK"}
+        or name.startswith("KHMER VOWEL INHERENT")
+    )
+
+
 def reference_is_valid_username(name: str) -> bool:
-    """The rule from the character categories: no control, format, surrogate, private-use,
-    unassigned or separator character except the ASCII space, which may not end the name."""
+    """The rule from the character categories and names: no control, format, surrogate,
+    private-use, unassigned or separator character except the ASCII space, which may not end
+    the name, and nothing that shows nothing."""
     printable = all(char == " " or unicodedata.category(char)[0] not in "CZ" for char in name)
     return (
         0 < len(name) <= MAX_USERNAME_LENGTH
         and printable
+        and not any(shows_nothing(char) for char in name)
         and not name.startswith(" ")
         and not name.endswith(" ")
         and ": " not in name

@@ -16,11 +16,14 @@ import logging
 import sys
 import threading
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from functools import lru_cache
 from typing import IO, BinaryIO, TextIO, cast
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.live import Live
 from rich.table import Table
@@ -29,6 +32,7 @@ from rich.text import Text
 from udpchat.counters import SenderStats, StatsSnapshot, add_up
 from udpchat.report import SENDER_COLUMNS, SortKey, group_lines, ranked, sender_address
 from udpchat.server import Service
+from udpchat.wire import INVISIBLE_CHARACTERS
 
 REFRESH_PER_S = 4.0
 """Redraws a second, at most: often enough to look live, rarely enough to cost nothing."""
@@ -39,6 +43,11 @@ DEFAULT_IDLE_AFTER_S = 10.0
 MAX_WAITING_CHARS = 1 << 20
 """Text waiting to scroll above the view, at most; writers wait beyond it, as for a slow
 terminal, rather than lose message lines."""
+NAME_MAX_CELLS = 32
+"""The username column's width at most: every ASCII name whole, a CJK name cut to '…' rather
+than the figures beside it."""
+ADDRESS_MAX_CELLS = 47
+"""The address column's width at most: ``[IPv6 address]:port``, a scope id cut."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,6 +82,52 @@ def _duration(seconds: float) -> str:
     if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def _terminal_cells(char: str) -> int:
+    """The cells a terminal gives one printable ``char``, as the C library's ``wcwidth()``
+    counts them from the Unicode database (and tmux with it): none for a combining mark or a
+    Hangul medial vowel or final consonant (which join the syllable before), two for an East
+    Asian wide character and for the circled numbers on black squares (U+3248-U+324F, ambiguous
+    in Unicode but wide in the C library, like the CJK block around them), one for any other."""
+    if unicodedata.category(char) in {"Mn", "Me"} or "\u1160" <= char <= "\u11ff":
+        return 0
+    if "\ud7b0" <= char <= "\ud7ff":
+        return 0
+    wide = unicodedata.east_asian_width(char) in {"W", "F"} or "\u3248" <= char <= "\u324f"
+    return 2 if wide else 1
+
+
+@lru_cache(maxsize=4096)
+def _shown_as_is(char: str) -> bool:
+    """Whether the view can show ``char`` itself: printable, visible, and as wide for rich as
+    for a terminal, so that rich's layout is the terminal's. Rich counts no cell for a spacing
+    vowel sign (U+093E), a skin tone (U+1F3FD) or the Hangul filler (U+3164), which terminals
+    count, and two for a trigram (U+2630), which they count as one."""
+    return (
+        char.isprintable()
+        and char not in INVISIBLE_CHARACTERS
+        and cell_len(char) == _terminal_cells(char)
+    )
+
+
+def _escaped(char: str) -> str:
+    if not char.isprintable():
+        return repr(char)[1:-1]  # \n, \x1b, \u202e: as wire.sanitize() shows it
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def displayed(text: str) -> str:
+    """Untrusted ``text`` (a username, an address) as the view shows it: unchanged when every
+    character can be shown as it is, else in Python's string notation for the others (and a
+    backslash doubled), so that one row is always one terminal line and no name passes for
+    another."""
+    if all(map(_shown_as_is, text)):
+        return text
+    return "".join(
+        "\\\\" if char == "\\" else char if _shown_as_is(char) else _escaped(char) for char in text
+    )
 
 
 def _header(current: Sample, previous: Sample | None, settings: DashboardSettings) -> Text:
@@ -114,7 +169,8 @@ def _table(
 ) -> Table:
     """The summary's sender columns (:data:`~udpchat.report.SENDER_COLUMNS`) under their short
     headers, then when each was last heard. Every cell on one line, so that a row is one
-    terminal line and the count of rows that fit is exact."""
+    terminal line and the count of rows that fit is exact; the figures whole, the address and
+    the name capped and the first to give way (cut to '…') when the terminal is narrow."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0)
     if processes:
         table.add_column("proc", justify="right", no_wrap=True)
@@ -122,20 +178,33 @@ def _table(
         if column.numeric:
             table.add_column(column.short, justify="right", no_wrap=True)
         else:
-            table.add_column(column.short, no_wrap=True, overflow="ellipsis", ratio=1)
+            # A column rich may wrap is one it narrows first; its cells are cut, not wrapped.
+            table.add_column(
+                _one_line(column.short),
+                max_width=NAME_MAX_CELLS if column.key == "username" else ADDRESS_MAX_CELLS,
+            )
     table.add_column("heard", no_wrap=True)
     for process, sender in rows:
         silent_s = now_s - sender.last_heard_s
         idle = silent_s > settings.idle_after_s
         heard = f"{_duration(silent_s)} {'idle' if idle else 'ago'}"
         # Untrusted text (a username) is plain Text, never rich markup.
-        cells: list[str | Text] = [Text(column.cell(sender)) for column in SENDER_COLUMNS]
+        cells: list[str | Text] = [
+            Text(column.cell(sender))
+            if column.numeric
+            else _one_line(displayed(column.cell(sender)))
+            for column in SENDER_COLUMNS
+        ]
         cells.append(heard)
         if processes:
             cells.insert(0, str(process))
         style = "dim" if idle else ("red" if sender.lost else "")
         table.add_row(*cells, style=style)
     return table
+
+
+def _one_line(text: str) -> Text:
+    return Text(text, no_wrap=True, overflow="ellipsis")
 
 
 class View:

@@ -6,6 +6,7 @@ and the status line the config asks for, serves until stopped and stops with a b
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import socket
@@ -69,11 +70,26 @@ BASE_RSS_BYTES = 48 * 2**20
 """A server process at rest: the interpreter, uvloop, typer, rich, prometheus-client (measured
 44 MiB)."""
 QUEUED_DATAGRAM_OVERHEAD_BYTES = 320
-"""Beside its payload, what a waiting datagram costs: the bytes object's header, its address
-tuple and the batch entry (measured 280)."""
+"""Beside its payload, what a waiting datagram from an IPv4 socket costs: the bytes object's
+header, its address, ``(ip, port)``, and the batch entry (measured 253 with ``tracemalloc`` by
+``make bench-memory``; the longest IPv4 address adds 6: 259)."""
+QUEUED_IPV6_DATAGRAM_OVERHEAD_BYTES = 448
+"""The same from an IPv6 or dual-stack socket, whose address is ``(ip, port, flowinfo,
+scope_id)`` with an ip of up to 45 characters (measured 269 for ``::ffff:127.0.0.1``; the
+longest address adds 29 more, and a flow label and a scope id of 256 or more, which are not
+cached small ints, 28 each: 354)."""
 OUTPUT_EXPANSION = 20
 """Bytes held while one batch is formatted, per byte of the batch, at most: a control byte is
 six in JSON (``\u0001``), and the lines, their join and its encoding are alive at once."""
+
+
+def _is_ipv4_address(host: str) -> bool:
+    """Whether the socket for ``host`` is IPv4 for sure: an IPv4 literal. A name is not
+    resolved here; it may resolve to IPv6, so the memory bound counts the costlier family."""
+    try:
+        return ipaddress.ip_address(host).version == 4
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,14 +260,20 @@ class ServerConfig:
         SECURITY.md states, and what the memory benchmark and the flood test measure against.
 
         Everything that grows with traffic is here: the queue (in datagrams of at most
-        ``max_datagram_size``), the per-sender accounting, the output being formatted by each
-        worker (and the batch the event loop is filling), and the admission tables where the
-        config asks for an allow-list or a rate limit.
+        ``max_datagram_size``, each with its sender's address, larger on an IPv6 or dual-stack
+        socket), the per-sender accounting, the output being formatted by each worker (and the
+        batch the event loop is filling), and the admission tables where the config asks for an
+        allow-list or a rate limit.
         """
+        overhead = (
+            QUEUED_DATAGRAM_OVERHEAD_BYTES
+            if _is_ipv4_address(self.host)
+            else QUEUED_IPV6_DATAGRAM_OVERHEAD_BYTES
+        )
         batch_bytes = max(MAX_BATCH_BYTES, self.max_datagram_size)  # at least one a batch
         return (
             BASE_RSS_BYTES
-            + self.queue_size * (self.max_datagram_size + QUEUED_DATAGRAM_OVERHEAD_BYTES)
+            + self.queue_size * (self.max_datagram_size + overhead)
             + self.max_senders * SENDER_BYTES
             + (self.workers + 1) * OUTPUT_EXPANSION * batch_bytes
             + (self.max_sources * SOURCE_BYTES if self.admission() is not None else 0)

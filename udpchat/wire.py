@@ -56,6 +56,24 @@ class TextProblem(enum.Enum):
 USERNAME_SEPARATOR = ": "
 """What ends the username in every text a client sends, so no name may contain it."""
 
+INVISIBLE_CHARACTERS = frozenset(
+    map(
+        chr,
+        [
+            0x034F,  # combining grapheme joiner
+            0x115F, 0x1160, 0x3164, 0xFFA0,  # Hangul fillers
+            0x17B4, 0x17B5,  # Khmer inherent vowels
+            0x180B, 0x180C, 0x180D, 0x180F,  # Mongolian free variation selectors
+            *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0),  # variation selectors
+            0x2800,  # Braille pattern blank
+        ],
+    )
+)  # fmt: skip
+"""Characters that ``str.isprintable()`` accepts but that show nothing: Unicode's
+default-ignorable code points other than the format characters (which are not printable), and
+the Braille pattern blank, whose glyph is empty by definition. In a name they make two names
+look alike (``ana`` and ``ana\u3164``), and terminals disagree on their width."""
+
 
 class InvalidUsernameError(ValueError):
     """A name that cannot be sent: its message says what is wrong, for a person to fix."""
@@ -66,7 +84,9 @@ def username_problem(username: str) -> str | None:
 
     Any printable Unicode of 1 to :data:`MAX_USERNAME_LENGTH` characters, spaces inside: the
     seed prints whatever name it gets. Control and format characters (bidi overrides) are
-    refused because they change how a line displays, and ``: `` because it ends the name.
+    refused because they change how a line displays, invisible ones
+    (:data:`INVISIBLE_CHARACTERS`) because they make one name pass for another, and ``: ``
+    because it ends the name.
     """
     if not username:
         return "it is empty"
@@ -74,16 +94,25 @@ def username_problem(username: str) -> str | None:
         return f"it has {len(username)} characters, more than {MAX_USERNAME_LENGTH}"
     if username != username.strip():
         return "it starts or ends with a space"
-    if not username.isprintable():
-        unprintable = next(char for char in username if not char.isprintable())
-        return f"it contains U+{ord(unprintable):04X}, a control, format or separator character"
+    hidden = next(
+        (char for char in username if char in INVISIBLE_CHARACTERS or not char.isprintable()),
+        None,
+    )
+    if hidden is not None:
+        kind = (
+            "a character that shows nothing"
+            if hidden in INVISIBLE_CHARACTERS
+            else "a control, format or separator character"
+        )
+        return f"it contains U+{ord(hidden):04X}, {kind}"
     if USERNAME_SEPARATOR in username:
         return f"it contains '{USERNAME_SEPARATOR}', which ends a name in the seed's format"
     return None
 
 
 def is_valid_username(username: str) -> bool:
-    """1-32 printable characters, no ``: ``, no space at either end: :func:`username_problem`."""
+    """1-32 printable, visible characters, no ``: ``, no space at either end:
+    :func:`username_problem`."""
     return username_problem(username) is None
 
 
