@@ -21,7 +21,7 @@ from udpchat.bus import redact_url
 from udpchat.cli import main
 from udpchat.counters import BusStats, StatsSnapshot
 from udpchat.metrics import StatsCollector
-from udpchat.wire import COOKIE, JOIN, JOINED, relay_join_request
+from udpchat.wire import COOKIE, DELIVERED, JOIN, JOINED, relay_join_request
 
 
 class Member(asyncio.DatagramProtocol):
@@ -30,11 +30,16 @@ class Member(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.confirmed: list[str] = []
         self._changed = asyncio.Event()
         self._transport: asyncio.DatagramTransport | None = None
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self.lines.append(data.decode())
+        text = data.decode()
+        if text.startswith(f"{DELIVERED} "):  # the room's confirmation of our own text
+            self.confirmed.append(text)
+        else:
+            self.lines.append(text)
         self._changed.set()
 
     async def until(self, predicate: Callable[[list[str]], bool]) -> list[str]:

@@ -478,8 +478,8 @@ TargetPortOption = Annotated[
 def username_option(purpose: str) -> Any:
     return typer.Option(
         metavar="NAME",
-        help=f"Name to {purpose} as: 1-{MAX_USERNAME_LENGTH} printable characters, spaces "
-        "inside allowed, no ': ' (else asked).",
+        help=f"Name to {purpose} as: 1-{MAX_USERNAME_LENGTH} printable characters that show, "
+        "spaces inside allowed, no ': ' (else asked).",
     )
 
 
