@@ -10,10 +10,21 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.helpers import LOOPBACK, STARTED, Collector
 from tests.nats_servers import NatsNode, start_cluster
 from udpchat import Server, ServerConfig
+
+settings.register_profile(
+    "mutation",
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+"""For `make mutation` (``--hypothesis-profile=mutation``): the same examples for every mutant,
+and no time limits, so that only a wrong answer kills a mutant, never a slow or busy machine."""
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 from udpchat import accounting as accounting_module
 from udpchat import fastpath
 from udpchat.accounting import (
+    JITTER_MIN_SPACING_S,
     MAX_GAPS_PER_SENDER,
     REORDER_WINDOW,
     DeliveryAccounting,
@@ -107,6 +110,7 @@ def test_gaps_per_sender_are_bounded() -> None:
     sender = only_sender(accounting)
     assert sender.lost == MAX_GAPS_PER_SENDER + 9  # the straggler 2 was given up on
     assert sender.late == 1
+    assert accounting.totals().gaps_given_up == 9
 
 
 def test_jitter_is_zero_for_a_steady_sender_and_grows_with_uneven_arrivals() -> None:
@@ -374,3 +378,144 @@ def test_an_evicted_senders_loss_stays_in_the_totals_under_its_own_name() -> Non
     accounting.record((("10.0.0.2", 1), b"new"), 1, 99.0)  # the table is full: one evicted
     totals = accounting.totals()
     assert (totals.evicted, totals.evicted_lost, totals.lost) == (1, 3, 30)
+
+
+def test_every_order_in_which_gaps_fill_agrees_with_the_reference_model() -> None:
+    """Three gaps, ``[2, 6)``, ``[7, 10)`` and ``[11, 14)``: the first filled in every order
+    (from either end, or split in the middle while the others are open), then the second split
+    while the third is open, then the third, then every counter again, each now a duplicate."""
+    for order in itertools.permutations([2, 3, 4, 5]):
+        counters = [1, 6, 10, 14, *order, 8, 9, 7, 12, 13, 11, *range(1, 15)]
+        arrivals = [(ALICE, counter) for counter in counters]
+        accounting = DeliveryAccounting()
+        verdicts = [accounting.record(key, counter, 0.0) for key, counter in arrivals]
+        expected_verdicts, expected = reference(arrivals)
+        assert verdicts == expected_verdicts, order
+        assert figures(accounting) == expected, order
+
+
+def test_a_gap_filled_from_either_end_leaves_none_open() -> None:
+    """A hundred gaps of one and of two counters, each filled as soon as it opens: none is
+    left open to count against the bound, so none is given up and every repeat is a duplicate."""
+    counters = [1]
+    for top in range(1, 500, 5):
+        counters += [top + 2, top + 1]  # a gap of one
+        counters += [top + 5, top + 4, top + 3]  # a gap of two, filled from its top
+    accounting, verdicts = feed([*counters, 2, 3, 4])
+    totals = accounting.totals()
+    assert (totals.lost, totals.gaps_given_up, totals.late) == (0, 0, 0)
+    assert verdicts[-3:] == [Verdict.DUPLICATE] * 3
+
+
+def test_the_oldest_gap_is_given_up_only_past_the_bound() -> None:
+    accounting, _ = feed([2 * n + 1 for n in range(MAX_GAPS_PER_SENDER + 1)])  # 1, 3, 5 ... 129
+    assert accounting.totals().gaps_given_up == 0  # exactly the bound: all kept
+    assert accounting.record(ALICE, 2, 0.0) is Verdict.LATE
+    assert accounting.totals().lost == MAX_GAPS_PER_SENDER - 1
+    for counter in (131, 133):  # one gap more than the bound: [4, 5) is given up
+        accounting.record(ALICE, counter, 0.0)
+    assert accounting.totals().gaps_given_up == 1
+    lost = accounting.totals().lost
+    assert accounting.record(ALICE, 4, 0.0) is Verdict.LATE  # from the gap given up
+    assert accounting.totals().lost == lost  # stays lost: it may be a duplicate
+    assert accounting.record(ALICE, 5, 0.0) is Verdict.DUPLICATE  # above it: still known
+    assert accounting.record(ALICE, 6, 0.0) is Verdict.LATE  # the next gap is still open
+    assert accounting.totals().lost == lost - 1
+    assert only_sender(accounting).late == 3
+
+
+def test_a_restart_is_a_restart_after_gaps_were_given_up() -> None:
+    """The module docstring: a ``pesan ke-1`` that fills no gap starts a new session. Counter 1
+    was the session's first, so it fills no gap, given up or not."""
+    accounting, _ = feed([2 * n + 1 for n in range(MAX_GAPS_PER_SENDER + 2)])  # one given up
+    assert accounting.totals().gaps_given_up == 1
+    assert accounting.record(ALICE, 1, 0.0) is Verdict.NEW
+    assert only_sender(accounting).restarts == 1
+
+
+def test_a_session_extended_downwards_opens_the_gaps_it_skips_and_no_others() -> None:
+    accounting, verdicts = feed([5, 3, 4, 4])
+    assert verdicts == [Verdict.NEW, Verdict.REORDERED, Verdict.REORDERED, Verdict.DUPLICATE]
+    sender = only_sender(accounting)
+    assert (sender.lost, sender.reordered, sender.duplicates) == (0, 2, 1)
+    downwards, _ = feed(list(range(100, 0, -1)))  # each one below the last: no gap between
+    totals = downwards.totals()
+    assert (totals.lost, totals.reordered, totals.gaps_given_up) == (0, 99, 0)
+
+
+def test_jitter_follows_rfc_3550() -> None:
+    """J += (|D| - J) / 16, where D is how far an arrival is from what the sender's mean
+    interval predicts."""
+    accounting = DeliveryAccounting()
+    for counter, arrival in [(1, 0.0), (2, 1.0), (3, 3.0), (4, 4.0)]:
+        accounting.record(ALICE, counter, arrival)
+    after_3 = 0.5 / 16  # mean interval 1.5: 3.0 is 0.5 late
+    after_4 = after_3 + (1 / 3 - after_3) / 16  # mean 4/3: 4.0 is 1/3 early
+    assert only_sender(accounting).jitter_s == pytest.approx(after_4)
+
+
+def record_one_by_one(accounting: DeliveryAccounting, counter: int, arrival: float) -> None:
+    accounting.record(ALICE, counter, arrival)
+
+
+def record_as_a_batch(accounting: DeliveryAccounting, counter: int, arrival: float) -> None:
+    accounting.record_batch([ALICE[0]], [(ALICE[1], counter)], arrival)
+
+
+@pytest.mark.parametrize("record", [record_one_by_one, record_as_a_batch])
+def test_jitter_is_sampled_no_closer_than_its_spacing(
+    record: Callable[[DeliveryAccounting, int, float], None],
+) -> None:
+    """Arrivals closer than JITTER_MIN_SPACING_S were read in one burst: not sampled. One that
+    far apart is: it is the latest heard."""
+    burst = DeliveryAccounting()
+    for counter, arrival in [(1, 0.0), (2, 1.0), (3, 1.005)]:
+        record(burst, counter, arrival)
+    assert (only_sender(burst).jitter_s, only_sender(burst).last_heard_s) == (0.0, 1.0)
+    spaced = DeliveryAccounting()
+    for counter, arrival in [(1, 0.0), (2, JITTER_MIN_SPACING_S)]:
+        record(spaced, counter, arrival)
+    assert only_sender(spaced).last_heard_s == JITTER_MIN_SPACING_S
+
+
+def test_a_batch_goes_on_past_what_is_not_seed_text_and_must_match_its_addresses() -> None:
+    accounting = DeliveryAccounting()
+    address, name = ALICE
+    verdicts = accounting.record_batch([address] * 3, [(name, 1), None, (name, 2)], 0.0)
+    assert verdicts == [Verdict.NEW, None, Verdict.NEW]
+    with pytest.raises(ValueError, match="differ in length"):
+        accounting.record_batch([address], [(name, 3), (name, 4)], 0.0)
+
+
+def test_one_sender_is_the_smallest_table_and_none_is_refused() -> None:
+    accounting = DeliveryAccounting(max_senders=1)
+    for port in range(3):
+        accounting.record((("10.0.0.1", port), b"spoofed"), 1, float(port))
+    assert [sender.port for sender in accounting.senders()] == [2]
+    assert accounting.totals().evicted == 2
+    with pytest.raises(ValueError) as refused:
+        DeliveryAccounting(max_senders=0)
+    assert str(refused.value) == "max_senders must be at least 1"
+
+
+def test_a_full_table_evicts_a_tenth_the_least_active_first() -> None:
+    accounting = DeliveryAccounting(max_senders=10)
+    ports = list(range(100, 110))
+    for port in ports:  # port 100 sends once, 101 twice, ... 109 ten times
+        for counter in range(1, port - 98):
+            accounting.record((("10.0.0.1", port), b"x"), counter, float(counter))
+    accounting.record((("10.0.0.1", 1), b"x"), 1, 100.0)
+    totals = accounting.totals()
+    assert (totals.senders, totals.evicted) == (10, 1)
+    assert {sender.port for sender in accounting.senders()} == {*ports[1:], 1}
+
+
+def test_totals_sum_every_senders_figures() -> None:
+    accounting = DeliveryAccounting()
+    bob = (("127.0.0.1", 40001), b"bob")
+    for key, counters in [(ALICE, [1, 3, 2, 3, 9, 4]), (bob, [5, 6, 1])]:
+        for counter in counters:
+            accounting.record(key, counter, 0.0)
+    assert accounting.totals() == DeliveryTotals(
+        senders=2, lost=4, duplicates=1, reordered=1, late=1, restarts=1
+    )

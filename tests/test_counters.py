@@ -8,28 +8,38 @@ import asyncio
 import dataclasses
 import json
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, eventually, raw_send
+from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, assert_balanced, eventually, raw_send
 from udpchat import Server, ServerConfig
 from udpchat.admission import parse_network
 from udpchat.counters import (
     COUNT_GROUPS,
+    LATENCY_BOUNDS_S,
     AdmissionStats,
     BusStats,
     Counts,
+    Declaration,
     DeliveryTotals,
+    DropReason,
     EndpointStats,
     Kind,
+    LatencyHistogram,
     RelayStats,
+    ServerTally,
     StatsSnapshot,
     Tally,
     add_up,
+    by_reason,
     declarations,
+    level,
+    total,
 )
 from udpchat.metrics import StatsCollector
 from udpchat.report import format_status, json_summary, summary_lines
@@ -166,3 +176,78 @@ async def test_a_real_server_reports_every_group_it_runs() -> None:
         for declared, _ in group.items():
             assert f"# HELP {group.metric_prefix}{declared.metric}" in metrics, declared
     assert "udpchat_admission_sources 1.0" in metrics
+
+
+def test_a_declaration_carries_its_counter_and_defaults_key_and_metric_to_its_name() -> None:
+    @dataclass(frozen=True, slots=True)
+    class Sample(Counts):
+        """Declared in the test, so that every run reads its declarations afresh."""
+
+        plain: int = total("Plain.", unit="things")
+        renamed: int = level("Renamed.", unit="things", key="shown", metric="exposed")
+        reasons: Mapping[str, int] = by_reason("By reason.", unit="things", label="why")
+
+    assert declarations(Sample) == (
+        Declaration("plain", "Plain.", "things", Kind.TOTAL, key="plain", metric="plain"),
+        Declaration("renamed", "Renamed.", "things", Kind.LEVEL, key="shown", metric="exposed"),
+        Declaration(
+            "reasons", "By reason.", "things", Kind.BY_REASON, "reasons", "reasons", label="why"
+        ),
+    )
+    assert declarations(Sample) is declarations(Sample)  # read once per class
+
+
+def test_a_sum_knows_what_every_process_knows_and_keeps_a_group_any_one_has() -> None:
+    known, also_known = StatsSnapshot(kernel_drops=2), StatsSnapshot(kernel_drops=3)
+    unknown = StatsSnapshot(kernel_drops=None)
+    assert add_up([known, also_known]).kernel_drops == 5
+    assert add_up([known, unknown]).kernel_drops is None
+    assert add_up([unknown, known]).kernel_drops is None
+    with_relay = StatsSnapshot(relay=RelayStats(joins=1))
+    assert add_up([with_relay, known]).relay == RelayStats(joins=1)
+    assert add_up([known, with_relay]).relay == RelayStats(joins=1)
+
+
+def test_counts_by_reason_add_up_and_a_snapshot_keeps_its_values() -> None:
+    tally = Tally(BusStats)
+    tally.add_reason("dropped", "malformed")
+    tally.add_reason("dropped", "malformed", 2)
+    tally.add_reason("dropped", "oversize")
+    before = tally.snapshot()
+    tally.add_reason("dropped", "oversize")
+    assert before.dropped == {"malformed": 3, "oversize": 1}
+    assert tally.snapshot().dropped == {"malformed": 3, "oversize": 2}
+
+
+def test_latency_histograms_add_bucket_by_bucket_and_only_alike() -> None:
+    bounds_s = (0.1, 0.2)
+    one = LatencyHistogram((1, 2, 3), 0.5, bounds_s)
+    two = LatencyHistogram((4, 5, 6), 0.25, bounds_s)
+    assert one + two == LatencyHistogram((5, 7, 9), 0.75, bounds_s)
+    with pytest.raises(ValueError, match="shorter"):
+        _ = one + LatencyHistogram((1, 2), 0.0, (0.1,))
+
+
+def test_the_server_tally_counts_every_way_a_datagram_ends() -> None:
+    tally = ServerTally()
+    assert tally.snapshot().latency == LatencyHistogram()
+    for reason in (DropReason.EMPTY, DropReason.EMPTY, DropReason.OVERSIZE):
+        tally.refuse(reason)
+    tally.take_in(received=6, queued=5)
+    tally.add_handled(2, 0, {"unparsed": 1}, latency_s=0.003)
+    tally.add_handled(1, 1, {"unparsed": 1, "invalid_counter": 1}, latency_s=0.003)
+    tally.add_dropped(DropReason.SHUTDOWN, 1)
+    tally.add_dropped(DropReason.SHUTDOWN, 1)
+    stats = tally.snapshot()
+    assert_balanced(stats)
+    assert (stats.received, stats.handled, stats.handler_errors, stats.queue_depth) == (9, 3, 1, 0)
+    assert stats.dropped == {
+        **{reason.value: 0 for reason in DropReason},
+        "empty": 2,
+        "oversize": 1,
+        "queue_full": 1,
+        "shutdown": 2,
+    }
+    assert stats.problems == {"unparsed": 2, "invalid_counter": 1}
+    assert stats.latency.counts[LATENCY_BOUNDS_S.index(0.005)] == stats.latency.count == 3
+    assert stats.latency.sum_s == pytest.approx(0.009)

@@ -8,7 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from udpchat.wire import (
+    JOIN,
+    MAX_COUNTER,
     MAX_USERNAME_LENGTH,
+    MIN_JOIN_REQUEST_BYTES,
     InvalidUsernameError,
     ParsedText,
     TextProblem,
@@ -18,7 +21,10 @@ from udpchat.wire import (
     format_message,
     is_valid_username,
     parse_text,
+    relay_join_request,
     sanitize,
+    split_seed,
+    username_problem,
 )
 
 
@@ -48,6 +54,7 @@ def test_parse_round_trips_the_seed_format() -> None:
         ("alice: pesan ke-١٢", TextProblem.INVALID_COUNTER),
         ("alice: pesan ke-99999999999999999999", TextProblem.INVALID_COUNTER),
         ("alice: pesan ke-9223372036854775808", TextProblem.INVALID_COUNTER),
+        ("ana: pesan ke-budi: pesan ke-3", TextProblem.INVALID_COUNTER),  # the first ends the name
     ],
 )
 def test_parse_names_the_problem(text: str, problem: TextProblem) -> None:
@@ -216,3 +223,36 @@ def test_a_counter_with_a_leading_zero_is_not_plain_decimal() -> None:
     assert parse_text("alice: pesan ke-01") is TextProblem.INVALID_COUNTER
     assert parse_text("Budi Santoso: pesan ke-007") is TextProblem.INVALID_COUNTER
     assert parse_text("Budi Santoso: pesan ke-7") == ParsedText("Budi Santoso", 7)
+
+
+def test_split_seed_takes_ascii_names_and_counters_up_to_the_largest() -> None:
+    """The common case's shortcut; everything else is for :func:`parse_text`'s general path."""
+    assert split_seed("alice: pesan ke-3") == ("alice", 3)
+    assert split_seed(f"a: pesan ke-{MAX_COUNTER}") == ("a", MAX_COUNTER)
+    assert split_seed(f"a: pesan ke-{MAX_COUNTER + 1}") is None
+    assert split_seed("Budi Santoso: pesan ke-3") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("", "it is empty"),
+        ("x" * 33, "it has 33 characters, more than 32"),
+        (" ana", "it starts or ends with a space"),
+        ("ana\x1b", "it contains U+001B, a control, format or separator character"),
+        ("ana: budi", "it contains ': ', which ends a name in the seed's format"),
+        ("Budi Santoso", None),
+    ],
+)
+def test_username_problem_says_what_is_wrong_for_a_person_to_fix(
+    name: str, problem: str | None
+) -> None:
+    assert username_problem(name) == problem
+
+
+def test_the_join_request_is_join_padded_with_dashes_as_the_readme_shows() -> None:
+    """README.md: ``/join`` padded to at least 54 bytes (``/join ---…``), as large as the
+    largest cookie answer."""
+    request = relay_join_request()
+    assert request == f"{JOIN} " + "-" * (MIN_JOIN_REQUEST_BYTES - len(JOIN) - 1)
+    assert len(request.encode()) == MIN_JOIN_REQUEST_BYTES == 54

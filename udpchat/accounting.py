@@ -245,7 +245,7 @@ class DeliveryAccounting:
             sequence.session_base = counter
             sequence.reordered += 1
             return Verdict.REORDERED
-        if counter < sequence.forgotten_below and counter >= base:
+        if counter < sequence.forgotten_below and counter > base:
             # In a gap given up on: a straggler or a duplicate, no telling; lost stays as it is.
             sequence.late += 1
             return Verdict.LATE

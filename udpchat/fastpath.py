@@ -76,6 +76,8 @@ def py_account_next(
     other case goes through ``record``; None where a datagram was not seed text. ``senders``
     maps ``(address, name)`` to a sequence with ``highest``, ``received``, ``last_arrival``
     and ``sample_jitter``."""
+    if len(addresses) != len(seeds):
+        raise ValueError("addresses and seeds differ in length")
     verdicts: list[Any] = []
     append = verdicts.append
     find = senders.get
