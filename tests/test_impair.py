@@ -4,12 +4,16 @@ through real sockets against a real server, and the command through real subproc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import itertools
 import math
+import re
+import signal
 import socket
 import statistics
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +28,12 @@ from tests.helpers import (
     Inbox,
     eventually,
     raw_send,
+    start_cli,
+    start_cli_server,
 )
 from udpchat import Client, Server, ServerConfig
 from udpchat.accounting import REORDER_WINDOW, DeliveryAccounting, Verdict
+from udpchat.cli import main
 from udpchat.counters import DeliveryTotals, ImpairStats, SenderStats, declarations
 from udpchat.impair import (
     QUEUED_DATAGRAM_OVERHEAD_BYTES,
@@ -606,3 +613,78 @@ async def test_stop_sends_what_is_due_within_the_drain_timeout() -> None:
             stats = proxy.stats()
         assert stats.forwarded["up"] + stats.queued == 10
         assert stats.queued == (0 if drained else 10)
+
+
+# The command, through real subprocesses.
+
+
+@pytest.mark.parametrize(
+    ("argv", "mentions"),
+    [
+        (["--loss", "150%"], "--loss"),
+        (["--loss", "sideways:5%"], "--loss"),
+        (["--jitter", "5ms"], "--jitter"),
+        (["--burst", "4"], "--burst"),
+        (["--rate", "10"], "--rate"),
+        (["--listen", "nowhere"], "--listen"),
+        (["--to", "127.0.0.1:0"], "--to"),
+        (["--max-clients", "0"], "--max-clients"),
+        (["--seed", "x"], "--seed"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(
+    argv: list[str], mentions: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["impair", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("udpchat: ")
+    assert mentions in line
+
+
+async def test_the_command_reports_live_and_at_exit_and_agrees_with_the_server() -> None:
+    server, server_port = await start_cli_server("--quiet")
+    proxy = await start_cli(
+        "impair", "--listen", f"{LOOPBACK}:0", "--to", f"{LOOPBACK}:{server_port}",
+        "--loss", "up:10%", "--duplicate", "up:5%", "--seed", "7",
+        "--stats-interval", "0.2", "--metrics-port", "0",
+    )  # fmt: skip
+    listening = await proxy.read_stderr_until("listening on")
+    port = int(re.findall(r" port (\d+)", listening)[0])
+    metrics_line = await proxy.read_stderr_until("metrics on")
+    metrics_url = metrics_line.split("metrics on ")[1]
+    raw_send((LOOPBACK, port), *stream(200))
+    await proxy.read_stderr_until("received=200 (up=200)")
+    scraped = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(metrics_url, timeout=10).read()
+    )
+    assert b'udpchat_impair_datagrams_received_total{direction="up"} 200.0' in scraped
+    assert b"udpchat_impair_datagrams_duplicated_total" in scraped
+    proxy.signal(signal.SIGINT)
+    status, _, stderr = await proxy.finish()
+    assert status == 0
+    assert "Traceback" not in stderr
+    (summary,) = [line for line in stderr.splitlines() if "impair summary" in line]
+    assert summary.startswith("udpchat: impair summary: ")
+    proxy_counts = dict(re.findall(r" (\w+)=(\d+)", summary))
+    server.signal(signal.SIGINT)
+    _, _, server_stderr = await server.finish()
+    (server_summary,) = [line for line in server_stderr.splitlines() if "summary:" in line]
+    server_counts = dict(re.findall(r" (\w+)=(\d+)", server_summary))
+    assert server_counts["lost"] == proxy_counts["dropped"] != "0"
+    assert server_counts["duplicates"] == proxy_counts["duplicated"] != "0"
+    assert proxy_counts["reordered"] == "0"
+
+
+async def test_a_port_in_use_is_one_line_and_exit_3() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((LOOPBACK, 0))
+        port = taken.getsockname()[1]
+        proxy = await start_cli("impair", "--listen", f"{LOOPBACK}:{port}")
+        status, _, stderr = await proxy.finish()
+    assert status == 3
+    assert stderr.splitlines() == [
+        f"udpchat: cannot listen on {LOOPBACK} port {port}: Address already in use"
+    ]
