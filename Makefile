@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SERVE_ARGS ?=
 
-.PHONY: serve test test-busy lint bench bench-micro bench-memory clean
+.PHONY: serve test test-busy lint bench bench-micro bench-memory bench-impair clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench-micro: $(STAMP)
 # Peak RSS under the worst traffic for memory, against the bound SECURITY.md states.
 bench-memory: $(STAMP)
 	$(BIN)/python -m benchmarks.memory
+
+# udpchat impair beside the server alone: throughput with loss and duplication, delay precision,
+# peak RSS against the bound SECURITY.md states (trials interleaved, medians and spreads).
+bench-impair: $(STAMP)
+	$(BIN)/python -m benchmarks.impair $(BENCH_IMPAIR_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import math
 import random
@@ -42,7 +43,13 @@ from udpchat.accounting import JITTER_GAIN, JITTER_MIN_SPACING_S
 from udpchat.counters import DIRECTION, ImpairStats, Kind, declarations
 from udpchat.logs import RateLimitedLog
 from udpchat.report import Rate, impair_status
-from udpchat.runtime import LoopChoice, SignalStop, periodically, run_coroutine
+from udpchat.runtime import (
+    LoopChoice,
+    SignalStop,
+    periodically,
+    run_coroutine,
+    tune_for_throughput,
+)
 from udpchat.server import (
     MAX_PORT,
     MAX_UDP_PAYLOAD,
@@ -52,6 +59,7 @@ from udpchat.server import (
     start_metrics,
 )
 from udpchat.sockets import bind_udp_socket
+from udpchat.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from udpchat.metrics import MetricsServer
@@ -717,12 +725,9 @@ class ImpairProxy:
     """The impaired link as an asyncio object: ``async with ImpairProxy(config) as proxy``,
     then send to ``proxy.address`` instead of the server's."""
 
-    def __init__(
-        self, config: ProxyConfig | None = None, clock: Callable[[], float] = time.monotonic
-    ):
+    def __init__(self, config: ProxyConfig | None = None) -> None:
         self.config = config = config or ProxyConfig()
         self.seed = config.seed if config.seed is not None else secrets.randbits(32)
-        self._clock = clock
         self._up: Link[_Client] = Link(config.up, self.seed, Direction.UP, config.max_queue_bytes)
         self._down: Link[_Client] = Link(
             config.down, self.seed, Direction.DOWN, config.max_queue_bytes
@@ -735,7 +740,7 @@ class ImpairProxy:
         self._target: tuple[Any, ...] | None = None
         self._target_family = socket.AF_INET
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timers: dict[Direction, asyncio.TimerHandle | None] = dict.fromkeys(Direction)
+        self._wakeups: dict[Direction, Wakeup] = {}
         self._background = contextlib.AsyncExitStack()
         self._metrics: MetricsServer | None = None
         self._should_exit = asyncio.Event()
@@ -784,6 +789,10 @@ class ImpairProxy:
             await self._background.aclose()
             raise
         self._sock = sock
+        self._wakeups = {
+            direction: Wakeup(loop, functools.partial(self._on_time, direction))
+            for direction in Direction
+        }
         loop.add_reader(sock.fileno(), self._read_clients)
         host, port = self.address
         logger.info(
@@ -811,9 +820,8 @@ class ImpairProxy:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.drain_timeout_s):
                 await self._emptied.wait()
-        for timer in self._timers.values():
-            if timer is not None:
-                timer.cancel()
+        for wakeup in self._wakeups.values():
+            wakeup.close()
         for client in self._clients.values():
             client.sock.close()
         self._clients.clear()
@@ -884,7 +892,7 @@ class ImpairProxy:
 
     def _read_clients(self) -> None:
         assert self._sock is not None
-        now = self._clock()
+        now = time.monotonic()
         receive = self._sock.recvfrom
         clients = self._clients
         batch = []
@@ -908,7 +916,7 @@ class ImpairProxy:
             self._schedule(Direction.UP)
 
     def _read_server(self, client: _Client) -> None:
-        now = self._clock()
+        now = time.monotonic()
         receive = client.sock.recv
         batch = []
         for _ in range(READ_BATCH):
@@ -979,7 +987,7 @@ class ImpairProxy:
 
     def _expire_idle(self) -> None:
         assert self._loop is not None
-        deadline = self._clock() - self.config.idle_timeout_s
+        deadline = time.monotonic() - self.config.idle_timeout_s
         for address, client in list(self._clients.items()):
             if client.last_heard < deadline:
                 self._loop.remove_reader(client.sock.fileno())
@@ -996,17 +1004,12 @@ class ImpairProxy:
         if due is None:
             self._check_emptied()
             return
-        timer = self._timers[direction]
-        if timer is not None:
-            if timer.when() <= due:
-                return
-            timer.cancel()
-        assert self._loop is not None
-        self._timers[direction] = self._loop.call_at(due, self._on_time, direction)
+        wakeup = self._wakeups[direction]
+        if wakeup.when is None or due < wakeup.when:
+            wakeup.at(due)
 
     def _on_time(self, direction: Direction) -> None:
-        self._timers[direction] = None
-        out = self._link(direction).release(self._clock())
+        out = self._link(direction).release(time.monotonic())
         if out:
             (self._send_up if direction is Direction.UP else self._send_down)(out)
         self._schedule(direction)
@@ -1047,4 +1050,5 @@ def run_proxy(config: ProxyConfig, loop: LoopChoice = LoopChoice.AUTO) -> ProxyR
         with SignalStop(on_first=on_first, on_force=proxy.abandon).installed():
             return await proxy.serve_until_stopped()
 
+    tune_for_throughput()
     return run_coroutine(serve(), loop)
