@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import statistics
+import tracemalloc
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -294,6 +295,29 @@ def test_rate_limit_against_a_reference_queue(
     left = departures(link, arrivals)
     assert [departure.at for departure in left] == pytest.approx(expected_times)
     assert link.counts["dropped_rate"] == len(arrivals) - len(expected_times)
+
+
+def test_reordering_holds_no_memory_beyond_the_bound() -> None:
+    """A client that falls silent with a datagram held keeps it until its wait ends; the other
+    client's datagrams, reordered and sent meanwhile, must not stay referenced behind it: 20,000
+    of 1 KB, half of them reordered, within a 256 KiB bound."""
+    bound = 256 * 1024
+    impairment = Impairment(reorder=0.5, reorder_hold_s=60.0)
+    link: Link[int] = Link(impairment, 1, Direction.UP, max_queue_bytes=bound)
+    silent = 1
+    while link.queued == 0:  # until one of the silent client's datagrams is held
+        link.take([(b"last words", silent)], 0.0)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for index in range(20_000):
+            link.take([(bytes(1000) + index.to_bytes(4, "big"), 0)], index * 1e-4)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert link.counts["reordered"] > 5000
+    assert link.queued_bytes <= bound
+    assert grown <= 2 * bound
 
 
 def test_corruption_flips_exactly_one_byte() -> None:

@@ -89,6 +89,7 @@ DEFAULT_REORDER_HOLD_S = 1.0
 """How long a datagram picked for reordering waits for the ones that are to overtake it; it
 leaves then even if fewer came (and counts as reordered only if one did)."""
 MAX_DELAY_S = 60.0
+MAX_RELEASED_WAITING = 64
 MAX_REORDER_DISTANCE = 1000
 DEFAULT_DRAIN_TIMEOUT_S = 2.0
 """Seconds to send what the links still hold when stopping; the rest stays counted as queued."""
@@ -425,6 +426,10 @@ class Link(Generic[T]):
         self._rate_free_at = -math.inf
         self._held: dict[T, list[_Held[T]]] = {}
         self._held_by_deadline: deque[_Held[T]] = deque()
+        """Held datagrams in the order their wait ends; those released early stay until they
+        reach the front (without their payload), at most as many as are still held, plus
+        :data:`MAX_RELEASED_WAITING`."""
+        self._released_waiting = 0
 
     @property
     def next_due(self) -> float | None:
@@ -432,6 +437,7 @@ class Link(Generic[T]):
         held = self._held_by_deadline
         while held and held[0].released:
             held.popleft()
+            self._released_waiting -= 1
         due = self._line[0][0] if self._line else None
         if held and (due is None or held[0].deadline < due):
             return held[0].deadline
@@ -510,7 +516,9 @@ class Link(Generic[T]):
         held = self._held_by_deadline
         while held and (held[0].released or held[0].deadline <= now):
             waited = held.popleft()
-            if not waited.released:
+            if waited.released:
+                self._released_waiting -= 1
+            else:
                 self._unhold(waited, now, out)
         line = self._line
         while line and line[0][0] <= now:
@@ -587,6 +595,11 @@ class Link(Generic[T]):
             held.passes += 1
         for held in [held for held in waiting if held.passes >= distance]:
             self._unhold(held, now, out)
+            self._released_waiting += 1
+        by_deadline = self._held_by_deadline
+        if self._released_waiting > len(by_deadline) // 2 + MAX_RELEASED_WAITING:
+            self._held_by_deadline = deque(held for held in by_deadline if not held.released)
+            self._released_waiting = 0
 
     def _unhold(self, held: _Held[T], now: float, out: list[tuple[bytes, T]]) -> None:
         held.released = True
@@ -601,7 +614,8 @@ class Link(Generic[T]):
         if due <= now and not self._line:  # leaves at once: it no longer takes room
             self.queued -= held.copies
             self.queued_bytes -= cost
-        self._place(held.data, held.tag, held.ready, due, held.copies, now, out)
+        data, held.data = held.data, b""  # it may wait in _held_by_deadline a while yet
+        self._place(data, held.tag, held.ready, due, held.copies, now, out)
 
 
 def _setting(default: Any, *, minimum: float | None = None, maximum: float | None = None) -> Any:
