@@ -76,9 +76,10 @@ DEFAULT_IDLE_TIMEOUT_S = 60.0
 """Silence after which a client's socket is closed: six of the chat client's keepalives."""
 DEFAULT_MAX_QUEUE_BYTES = 8 * 2**20
 """Bytes a link holds at most (delay line, rate queue and held datagrams), per direction."""
-QUEUED_DATAGRAM_OVERHEAD_BYTES = 200
-"""Beside its payload, what a held datagram costs: its bytes object's header, its entry in the
-line and its time (measured 144 bytes with ``sys.getsizeof``; rounded up)."""
+QUEUED_DATAGRAM_OVERHEAD_BYTES = 256
+"""Beside its payload, what a datagram the link holds costs: its bytes object's header (33
+bytes) and its entries (measured with tracemalloc: 128 bytes delayed or rate-limited, 184 held
+for reordering; rounded up)."""
 MIN_QUEUE_BYTES = MAX_UDP_PAYLOAD + QUEUED_DATAGRAM_OVERHEAD_BYTES
 """Room for one datagram of any size, at least."""
 MAX_QUEUE_BYTES = 2**32
