@@ -505,25 +505,32 @@ def up_counts(stats: ImpairStats) -> dict[str, int]:
     }
 
 
-async def test_loss_the_server_counts_lost_what_the_proxy_dropped() -> None:
-    impairment = Impairment(loss=0.1)
+async def through_the_proxy(
+    impairment: Impairment,
+) -> tuple[ImpairStats, SenderStats, DeliveryTotals]:
+    """The issue's stream (2,000 messages from one client) through a proxy with ``impairment``
+    on the way up and seed 7, to a real server: the proxy's counters (checked against what the
+    seed says it must do), the server's figures for the sender, and what the server's
+    accounting makes of the replayed stream."""
     async with through_proxy(impairment) as (server, proxy):
         await send_stream(proxy, STREAM)
         stats, sender = await settled(server, proxy, STREAM)
-    assert up_counts(stats) == replay(impairment, STREAM)[0]
+        assert server.stats().kernel_drops == 0
+    counts, totals = replay(impairment, STREAM)
+    assert up_counts(stats) == counts
+    return stats, sender, totals
+
+
+async def test_loss_the_server_counts_lost_what_the_proxy_dropped() -> None:
+    stats, sender, _ = await through_the_proxy(Impairment(loss=0.1))
     dropped = stats.dropped["up"]
     assert 100 < dropped < 300
     assert sender.lost == expected_lost(dropped, [1, sender.highest_counter], STREAM)
     assert sender.lost == dropped  # with seed 7, neither the first nor the last one is lost
-    assert server.stats().kernel_drops == 0
 
 
 async def test_duplicates_the_server_counts_what_the_proxy_duplicated() -> None:
-    impairment = Impairment(duplicate=0.05)
-    async with through_proxy(impairment) as (server, proxy):
-        await send_stream(proxy, STREAM)
-        stats, sender = await settled(server, proxy, STREAM)
-    assert up_counts(stats) == replay(impairment, STREAM)[0]
+    stats, sender, _ = await through_the_proxy(Impairment(duplicate=0.05))
     assert stats.duplicated["up"] > 50
     assert sender.duplicates == stats.duplicated["up"]
     assert sender.restarts == 0
@@ -536,11 +543,7 @@ async def test_reordering_the_server_counts_reordered_or_late_what_the_proxy_reo
     beyond. With a distance of 1, every one is reordered; with 5, every one is late."""
     for distance in (1, 5):
         impairment = Impairment(reorder=0.02, reorder_distance=distance)
-        async with through_proxy(impairment) as (server, proxy):
-            await send_stream(proxy, STREAM)
-            stats, sender = await settled(server, proxy, STREAM)
-        counts, totals = replay(impairment, STREAM)
-        assert up_counts(stats) == counts
+        stats, sender, totals = await through_the_proxy(impairment)
         assert stats.reordered["up"] > 20
         assert sender.reordered + sender.late == stats.reordered["up"]
         assert (sender.reordered, sender.late) == (totals.reordered, totals.late)

@@ -681,9 +681,10 @@ class OneLineUsage(typer.core.TyperCommand):
             fail(f"{ctx.info_name}: {error.format_message()}", ExitCode.USAGE)
 
 
-def impairment_option(setting: str, flag: str, metavar: str) -> Any:
-    """An ``impair`` option for an :class:`Impairment` field, with the field's own help."""
-    return typer.Option(flag, metavar=metavar, help=Impairment.describe(setting))
+def impairment_option(setting: str) -> Any:
+    """An ``impair`` option for an :class:`Impairment` field, as the field declares it."""
+    flag, metavar, help = Impairment.option(setting)
+    return typer.Option(flag, metavar=metavar, help=help)
 
 
 IMPAIR_ONLY = ("loop",)
@@ -699,25 +700,17 @@ def impair(
     to: Annotated[
         str, typer.Option(metavar="HOST:PORT", help="The server the datagrams go on to.")
     ] = "{}:{}".format(*DEFAULT_TARGET),
-    loss: Annotated[list[str] | None, impairment_option("loss", "--loss", "SHARE")] = None,
-    burst: Annotated[list[str] | None, impairment_option("burst", "--burst", "LENGTH")] = None,
-    delay_s: Annotated[list[str] | None, impairment_option("delay_s", "--delay", "TIME")] = None,
-    jitter_s: Annotated[list[str] | None, impairment_option("jitter_s", "--jitter", "TIME")] = None,
-    reorder: Annotated[list[str] | None, impairment_option("reorder", "--reorder", "SHARE")] = None,
-    reorder_distance: Annotated[
-        list[str] | None, impairment_option("reorder_distance", "--reorder-distance", "N")
-    ] = None,
-    reorder_hold_s: Annotated[
-        list[str] | None, impairment_option("reorder_hold_s", "--reorder-hold", "TIME")
-    ] = None,
-    duplicate: Annotated[
-        list[str] | None, impairment_option("duplicate", "--duplicate", "SHARE")
-    ] = None,
-    corrupt: Annotated[list[str] | None, impairment_option("corrupt", "--corrupt", "SHARE")] = None,
-    rate: Annotated[list[str] | None, impairment_option("rate", "--rate", "RATE")] = None,
-    rate_queue: Annotated[
-        list[str] | None, impairment_option("rate_queue", "--rate-queue", "N")
-    ] = None,
+    loss: Annotated[list[str] | None, impairment_option("loss")] = None,
+    burst: Annotated[list[str] | None, impairment_option("burst")] = None,
+    delay_s: Annotated[list[str] | None, impairment_option("delay_s")] = None,
+    jitter_s: Annotated[list[str] | None, impairment_option("jitter_s")] = None,
+    reorder: Annotated[list[str] | None, impairment_option("reorder")] = None,
+    reorder_distance: Annotated[list[str] | None, impairment_option("reorder_distance")] = None,
+    reorder_hold_s: Annotated[list[str] | None, impairment_option("reorder_hold_s")] = None,
+    duplicate: Annotated[list[str] | None, impairment_option("duplicate")] = None,
+    corrupt: Annotated[list[str] | None, impairment_option("corrupt")] = None,
+    rate: Annotated[list[str] | None, impairment_option("rate")] = None,
+    rate_queue: Annotated[list[str] | None, impairment_option("rate_queue")] = None,
     seed: Annotated[
         int | None,
         typer.Option(help="Seed the decisions: the same seed and traffic, the same fates."),

@@ -311,15 +311,29 @@ class Impairment:
         return self != Impairment()
 
     @staticmethod
-    def describe(name: str) -> str:
-        """A field's help: what its option says."""
+    def option(name: str) -> tuple[str, str, str]:
+        """A field's option as the command line writes it: (``--reorder-distance``, its
+        metavar, its help)."""
         for each in fields(Impairment):
             if each.name == name:
-                return str(each.metadata["help"])
+                metavar = _METAVARS[each.metadata["parse"]]
+                return f"--{_written_name(name)}", metavar, str(each.metadata["help"])
         raise KeyError(name)
 
 
+def _written_name(name: str) -> str:
+    """``reorder_hold_s`` as the command line and the texts write it: ``reorder-hold``."""
+    return name.removesuffix("_s").replace("_", "-")
+
+
 IMPAIRMENT_FIELDS = tuple(each.name for each in fields(Impairment))
+_METAVARS = {
+    parse_share: "SHARE",
+    parse_duration: "TIME",
+    parse_count: "N",
+    parse_burst: "LENGTH",
+    parse_rate: "RATE",
+}
 
 
 def impairments(
@@ -1047,7 +1061,7 @@ def describe(impairment: Impairment) -> str:
             text = f"{value * 1000:g}ms"
         else:
             text = str(value)
-        shown.append(f"{each.name.removesuffix('_s').replace('_', '-')}={text}")
+        shown.append(f"{_written_name(each.name)}={text}")
     return " ".join(shown)
 
 
