@@ -8,7 +8,7 @@ STAMP := $(VENV)/.dev-stamp
 MUTATION_STAMP := $(VENV)/.mutation-stamp
 SERVE_ARGS ?=
 
-.PHONY: serve test test-busy lint mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory attack clean
+.PHONY: serve test test-busy lint mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory bench-impair attack clean
 
 $(SERVE_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,11 @@ bench-memory: $(STAMP)
 # figures (a few minutes; each also has a fast test, named in SECURITY.md).
 attack: $(STAMP)
 	$(BIN)/python -m benchmarks.attack $(ATTACK_ARGS)
+
+# udpchat impair beside the server alone: throughput with loss and duplication, delay precision,
+# peak RSS against the bound SECURITY.md states (trials interleaved, medians and spreads).
+bench-impair: $(STAMP)
+	$(BIN)/python -m benchmarks.impair $(BENCH_IMPAIR_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast benchmarks/sink mutants

@@ -13,14 +13,14 @@ import udpchat
 PACKAGE = Path(udpchat.__file__).parent
 
 LAYERS = [
-    {"counters", "wire", "logs", "pool", "signals", "sockets"},
+    {"counters", "wire", "logs", "pool", "signals", "sockets", "wakeup"},
     {"fastpath", "admission", "bus", "metrics", "report", "client", "load", "runtime"},
     {"accounting", "chat", "progress"},
     {"handlers"},
     {"pipeline", "output", "relay"},
     {"protocol"},
     {"server"},
-    {"supervisor", "dashboard"},
+    {"supervisor", "dashboard", "impair"},
     {"runner"},
     {"cli"},
 ]

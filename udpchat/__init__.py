@@ -23,12 +23,14 @@ _EXPORTS = {
         "DeliveryTotals",
         "DropReason",
         "EndpointStats",
+        "ImpairStats",
         "LatencyHistogram",
         "RelayStats",
         "SenderStats",
         "StatsSnapshot",
     ),
     "handlers": ("Batch", "BatchHandler", "Flushable", "Handler", "Message", "OutputError"),
+    "impair": ("ImpairProxy", "Impairment", "ProxyConfig"),
     "output": ("LinePrinter", "OutputFormat"),
     "runner": ("run",),
     "server": (
@@ -97,6 +99,9 @@ if TYPE_CHECKING:
         EndpointStats as EndpointStats,
     )
     from udpchat.counters import (
+        ImpairStats as ImpairStats,
+    )
+    from udpchat.counters import (
         LatencyHistogram as LatencyHistogram,
     )
     from udpchat.counters import (
@@ -126,6 +131,9 @@ if TYPE_CHECKING:
     from udpchat.handlers import (
         OutputError as OutputError,
     )
+    from udpchat.impair import Impairment as Impairment
+    from udpchat.impair import ImpairProxy as ImpairProxy
+    from udpchat.impair import ProxyConfig as ProxyConfig
     from udpchat.output import (
         LinePrinter as LinePrinter,
     )

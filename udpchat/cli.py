@@ -27,10 +27,21 @@ from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusUnavailableE
 from udpchat.chat import converse, print_received, print_sent
 from udpchat.client import Client, JoinError
 from udpchat.handlers import OutputError
+from udpchat.impair import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_TARGET,
+    Impairment,
+    TargetUnresolvedError,
+    proxy_config,
+    run_proxy,
+)
 from udpchat.load import LoadConfig, NotLoopbackError, run_load
 from udpchat.output import OutputFormat
 from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, DEFAULT_TEXT_RATE_PER_S
-from udpchat.report import SortKey, json_summary, summary_lines
+from udpchat.report import SortKey, impair_summary, json_summary, summary_lines
 from udpchat.runner import run
 from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, run_coroutine
 from udpchat.server import (
@@ -78,7 +89,7 @@ def print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-SIGNAL_AWARE_COMMANDS = ("serve", "send", "chat")
+SIGNAL_AWARE_COMMANDS = ("serve", "send", "chat", "impair")
 """Commands that take over the stop signals held since start-up; the others get them back."""
 
 
@@ -737,3 +748,103 @@ def usage_error_line(error: UsageError) -> str:
     text = text.replace("Value error, ", "").rstrip(".")
     text = re.sub(r"is not one of (.*)$", lambda found: found.group(0).replace("'", ""), text)
     return f"{where}: {text}"
+
+
+def impairment_option(setting: str) -> Any:
+    """An ``impair`` option for an :class:`Impairment` field, as the field declares it."""
+    flag, metavar, help = Impairment.option(setting)
+    return typer.Option(flag, metavar=metavar, help=help)
+
+
+IMPAIR_ONLY = ("loop",)
+"""``impair`` options that are not :func:`proxy_config` arguments."""
+
+
+@app.command(short_help="A lossy, jittery UDP link between clients and a server.")
+def impair(
+    context: typer.Context,
+    listen: Annotated[
+        str, typer.Option(metavar="HOST:PORT", help="Where clients send (instead of the server).")
+    ] = "{}:{}".format(*DEFAULT_LISTEN),
+    to: Annotated[
+        str, typer.Option(metavar="HOST:PORT", help="The server the datagrams go on to.")
+    ] = "{}:{}".format(*DEFAULT_TARGET),
+    loss: Annotated[list[str] | None, impairment_option("loss")] = None,
+    burst: Annotated[list[str] | None, impairment_option("burst")] = None,
+    delay_s: Annotated[list[str] | None, impairment_option("delay_s")] = None,
+    jitter_s: Annotated[list[str] | None, impairment_option("jitter_s")] = None,
+    reorder: Annotated[list[str] | None, impairment_option("reorder")] = None,
+    reorder_distance: Annotated[list[str] | None, impairment_option("reorder_distance")] = None,
+    reorder_hold_s: Annotated[list[str] | None, impairment_option("reorder_hold_s")] = None,
+    duplicate: Annotated[list[str] | None, impairment_option("duplicate")] = None,
+    corrupt: Annotated[list[str] | None, impairment_option("corrupt")] = None,
+    rate: Annotated[list[str] | None, impairment_option("rate")] = None,
+    rate_queue: Annotated[list[str] | None, impairment_option("rate_queue")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N", help="Seed the decisions: the same seed and traffic, the same fates."
+        ),
+    ] = None,
+    max_clients: Annotated[
+        int,
+        typer.Option(
+            metavar="N", help="Clients at once, each with its own socket; more are refused."
+        ),
+    ] = DEFAULT_MAX_CLIENTS,
+    idle_timeout_s: Annotated[
+        float,
+        typer.Option(
+            "--idle-timeout",
+            metavar="SECONDS",
+            help="Seconds of silence after which a client is dropped.",
+        ),
+    ] = DEFAULT_IDLE_TIMEOUT_S,
+    max_queue_bytes: Annotated[
+        int,
+        typer.Option(
+            "--queue-bytes",
+            metavar="BYTES",
+            help="Bytes each direction holds at most (delayed, rate-limited).",
+        ),
+    ] = DEFAULT_MAX_QUEUE_BYTES,
+    stats_interval_s: Annotated[
+        float | None,
+        typer.Option(
+            "--stats-interval",
+            metavar="SECONDS",
+            help="Print a status line on stderr this often (s).",
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(metavar="PORT", help="Serve Prometheus metrics on this TCP port (0: any)."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(metavar="HOST", help="Address for --metrics-port.")
+    ] = "127.0.0.1",
+    loop: LoopOption = LoopChoice.AUTO,
+) -> None:
+    """Forward UDP from --listen to --to and back, losing, delaying, reordering, duplicating
+    and corrupting datagrams as asked; each client gets its own socket towards the server, so
+    that 'send', 'chat' and the relay work through it unchanged. Prints what it did at exit.
+
+    Each impairment applies both ways; 'up:' or 'down:' before a value applies it one way
+    only, and the option may be repeated: --loss up:10% --loss down:1%."""
+    settings = {name: value for name, value in context.params.items() if name not in IMPAIR_ONLY}
+    try:
+        config = proxy_config(**settings)
+    except ConfigError as error:
+        fail(error.describe(lambda setting: option_name(context, setting)), ExitCode.USAGE)
+    try:
+        result = run_proxy(config, loop)
+    except LoopUnavailableError as error:
+        fail(str(error), ExitCode.STARTUP_FAILURE)
+    except (MetricsStartError, TargetUnresolvedError) as error:
+        fail(describe_error(error), ExitCode.STARTUP_FAILURE)
+    except OSError as error:
+        where = f"{config.listen_host} port {config.listen_port}"
+        fail(f"cannot listen on {where}: {describe_error(error)}", ExitCode.STARTUP_FAILURE)
+    report(impair_summary(result.stats))
+    if not result.drained:
+        report("stopped before the link was empty: what it held is counted as queued")

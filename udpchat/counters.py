@@ -539,6 +539,108 @@ class StatsSnapshot(Counts):
                 yield value
 
 
+# What ``udpchat impair`` counts, per direction: ``up`` carries the clients' datagrams to the
+# server, ``down`` the server's answers back. In each direction every datagram taken in, and
+# every copy made of one, is forwarded, dropped or still queued:
+# received + duplicated == forwarded + dropped + queued.
+
+DIRECTION = "direction"
+"""The label of the proxy's per-direction counters."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImpairStats(Counts):
+    """What the impairment proxy did to the datagrams it carried, by direction."""
+
+    text_prefix: ClassVar[str] = "impair"
+    metric_prefix: ClassVar[str] = "udpchat_impair_"
+
+    received: Mapping[str, int] = by_reason(
+        "Datagrams taken onto the link: from a client in the table (up), from the server (down).",
+        unit="datagrams",
+        label=DIRECTION,
+        metric="datagrams_received",
+    )
+    forwarded: Mapping[str, int] = by_reason(
+        "Datagrams sent on, copies included.",
+        unit="datagrams",
+        label=DIRECTION,
+        metric="datagrams_forwarded",
+    )
+    dropped: Mapping[str, int] = by_reason(
+        "Datagrams not sent on, for any reason: the sum of the four below.",
+        unit="datagrams",
+        label=DIRECTION,
+        metric="datagrams_dropped",
+    )
+    dropped_loss: Mapping[str, int] = by_reason(
+        "Datagrams dropped by the random or burst loss.",
+        unit="datagrams",
+        label=DIRECTION,
+        metric="datagrams_lost",
+    )
+    dropped_rate: Mapping[str, int] = by_reason(
+        "Datagrams tail-dropped because the rate limit's queue was full.",
+        unit="datagrams",
+        label=DIRECTION,
+        metric="datagrams_rate_dropped",
+    )
+    dropped_full: Mapping[str, int] = by_reason(
+        "Datagrams dropped because the link held its bound of queued bytes already.",
+        unit="datagrams",
+        label=DIRECTION,
+        metric="datagrams_queue_full",
+    )
+    send_failures: Mapping[str, int] = by_reason(
+        "Datagrams the OS would not send (socket buffer full, nothing listening, client gone).",
+        unit="datagrams",
+        label=DIRECTION,
+        metric="datagrams_send_failed",
+    )
+    duplicated: Mapping[str, int] = by_reason(
+        "Datagrams sent twice (each counts once here and twice in forwarded).",
+        unit="datagrams",
+        label=DIRECTION,
+        metric="datagrams_duplicated",
+    )
+    reordered: Mapping[str, int] = by_reason(
+        "Datagrams sent after at least one later datagram of the same client.",
+        unit="datagrams",
+        label=DIRECTION,
+        metric="datagrams_reordered",
+    )
+    corrupted: Mapping[str, int] = by_reason(
+        "Datagrams sent with one byte flipped.",
+        unit="datagrams",
+        label=DIRECTION,
+        metric="datagrams_corrupted",
+    )
+    queued: int = level(
+        "Datagrams held now, both directions: waiting for their delay, the rate limit or the "
+        "datagrams that are to overtake them.",
+        unit="datagrams",
+        metric="datagrams_queued",
+    )
+    jitter_up_us: int = level(
+        "RFC 3550 jitter of the up link's transit (rate limit out to sent, as sent): what it "
+        "applied, as a receiver would measure it.",
+        unit="microseconds",
+    )
+    jitter_down_us: int = level(
+        "RFC 3550 jitter of the down link's transit, as for jitter_up_us.", unit="microseconds"
+    )
+    clients: int = level(
+        "Clients with a socket of their own towards the server now.", unit="clients"
+    )
+    clients_refused: int = total(
+        "Datagrams from new clients refused because the client table was full.",
+        unit="datagrams",
+    )
+    clients_expired: int = total("Clients forgotten after their idle timeout.", unit="clients")
+    endpoint: EndpointStats | None = part()
+    """The metrics endpoint's refusals, where the config asks for one."""
+
+
 COUNT_GROUPS: tuple[type[Counts], ...] = (
     StatsSnapshot,
     DeliveryTotals,
@@ -546,8 +648,9 @@ COUNT_GROUPS: tuple[type[Counts], ...] = (
     BusStats,
     AdmissionStats,
     EndpointStats,
+    ImpairStats,
 )
-"""Every group of declared counters a server can report."""
+"""Every group of declared counters: a server's, and the impairment proxy's."""
 
 
 class ServerTally(Tally[StatsSnapshot]):

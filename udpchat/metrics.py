@@ -28,7 +28,6 @@ from udpchat.counters import (
     EndpointStats,
     Kind,
     LatencyHistogram,
-    StatsSnapshot,
     Tally,
 )
 from udpchat.logs import RateLimitedLog
@@ -84,9 +83,9 @@ def _histogram(latency: LatencyHistogram) -> HistogramMetricFamily:
 
 
 class StatsCollector(Collector):
-    """Turns a stats snapshot into Prometheus metric families at each scrape."""
+    """Turns a snapshot of declared counters into Prometheus metric families at each scrape."""
 
-    def __init__(self, stats: Callable[[], StatsSnapshot]) -> None:
+    def __init__(self, stats: Callable[[], Counts]) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
@@ -116,15 +115,15 @@ class MetricsServer:
     @classmethod
     async def start(
         cls,
-        stats: Callable[[], StatsSnapshot],
+        stats: Callable[[], Counts],
         host: str,
         port: int,
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     ) -> MetricsServer:
-        """Serve ``stats()`` at each scrape; ``stats`` includes :meth:`stats` where it should
-        (the server's ``stats()`` does)."""
+        """Serve ``stats()`` (a server's, the impairment proxy's) at each scrape; ``stats``
+        includes :meth:`stats` where it should (the server's ``stats()`` does)."""
         registry = CollectorRegistry()
         registry.register(StatsCollector(stats))
         metrics = cls(registry, max_connections, read_timeout_s)

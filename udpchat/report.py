@@ -12,7 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from udpchat.counters import Counts, Kind, LatencyHistogram, SenderStats, StatsSnapshot, add_up
+from udpchat.counters import (
+    Counts,
+    ImpairStats,
+    Kind,
+    LatencyHistogram,
+    SenderStats,
+    StatsSnapshot,
+    add_up,
+)
 
 MAX_TABLE_SENDERS = 50
 """Rows of the per-sender table at most; the totals still count every sender."""
@@ -108,20 +116,41 @@ def format_status(stats: StatsSnapshot, rate_per_s: float) -> str:
     )
 
 
-class StatusLine:
-    """Makes the periodic status line, with the rate handled since the previous one."""
+class Rate:
+    """How fast a growing total grew since the previous reading, per second."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._last_time = clock()
-        self._last_handled = 0
+        self._last_total = 0
 
-    def __call__(self, stats: StatsSnapshot) -> str:
+    def __call__(self, total: int) -> float:
         now = self._clock()
         elapsed = now - self._last_time
-        rate = (stats.handled - self._last_handled) / elapsed if elapsed > 0 else 0.0
-        self._last_time, self._last_handled = now, stats.handled
-        return format_status(stats, rate)
+        rate = (total - self._last_total) / elapsed if elapsed > 0 else 0.0
+        self._last_time, self._last_total = now, total
+        return rate
+
+
+class StatusLine:
+    """Makes the periodic status line, with the rate handled since the previous one."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = Rate(clock)
+
+    def __call__(self, stats: StatsSnapshot) -> str:
+        return format_status(stats, self._rate(stats.handled))
+
+
+def impair_summary(stats: ImpairStats) -> str:
+    """What ``udpchat impair`` reports at exit: every declared counter, on one line."""
+    return f"impair summary: {' '.join(pairs(stats))}"
+
+
+def impair_status(stats: ImpairStats, rate_per_s: float) -> str:
+    """The proxy's periodic status line: datagrams forwarded a second since the previous one,
+    then the totals."""
+    return f"impair status: rate={rate_per_s:.0f}/s {' '.join(pairs(stats))}"
 
 
 def sender_address(ip: str, port: int) -> str:

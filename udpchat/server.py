@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from udpchat.accounting import DEFAULT_MAX_SENDERS, SENDER_BYTES
 from udpchat.admission import DEFAULT_MAX_SOURCES, SOURCE_BYTES, Admission, IPNetwork
 from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusConfig, room_subject
-from udpchat.counters import ServerTally, StatsSnapshot
+from udpchat.counters import Counts, ServerTally, StatsSnapshot
 from udpchat.handlers import BatchHandler, Handler
 from udpchat.output import LinePrinter, OutputFormat
 from udpchat.pipeline import Dispatcher
@@ -133,6 +133,18 @@ class ConfigError(ValueError):
         return f"{name(self.setting)}: {self.problem.format(**mentioned)}"
 
 
+def check_bounds(config: Any) -> None:
+    """Raise :class:`ConfigError` for the first field of a config dataclass outside the range
+    its :func:`setting` declares; None is always in range (the setting is off)."""
+    for each in fields(config):
+        bounds = each.metadata.get("bounds")
+        value = getattr(config, each.name)
+        if bounds is not None and value is not None:
+            problem = bounds.problem(value)
+            if problem is not None:
+                raise ConfigError(each.name, problem)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything a server needs to know before it starts, checked when it is built (and only
@@ -197,13 +209,7 @@ class ServerConfig:
     """How long ``start()`` waits for NATS before it fails."""
 
     def __post_init__(self) -> None:
-        for each in fields(self):
-            bounds = each.metadata.get("bounds")
-            value = getattr(self, each.name)
-            if bounds is not None and value is not None:
-                problem = bounds.problem(value)
-                if problem is not None:
-                    raise ConfigError(each.name, problem)
+        check_bounds(self)
         for name in ("host", "metrics_host"):
             if not getattr(self, name):
                 raise ConfigError(name, "must not be empty")
@@ -620,7 +626,7 @@ class Server:
         await self.stop()
 
 
-async def start_metrics(stats: Callable[[], StatsSnapshot], host: str, port: int) -> MetricsServer:
+async def start_metrics(stats: Callable[[], Counts], host: str, port: int) -> MetricsServer:
     """The metrics endpoint on this loop, or :class:`MetricsStartError` saying why not."""
     from udpchat.metrics import MetricsServer  # noqa: PLC0415 - prometheus-client only here
 

@@ -1,0 +1,443 @@
+"""``make bench-impair``: what ``udpchat impair`` costs, side by side with the server alone.
+
+Three parts, each run as real subprocesses on loopback, trials interleaved and repeated so that
+whatever else the machine does falls on every design alike (medians, with min-max):
+
+- throughput: the C generator (``benchmarks/blast.c``) drives ``udpchat serve --quiet``
+  directly, and through ``udpchat impair --loss 1% --duplicate 1%``, at rising rates. A trial's
+  unintended loss is what vanished beyond the proxy's own drops: datagrams the proxy never read
+  (its socket overflowed) plus those it forwarded that the server did not handle. A design
+  passes a rate when the median unintended loss of its trials is under 0.1%.
+- delay: ``udpchat impair --delay 20ms`` in front of a receiver that compares each datagram's
+  arrival with the send time stamped in it (one clock, CLOCK_MONOTONIC): the p99 of how far the
+  delay was off, at each rate; the same path without the proxy gives the measurement's floor.
+- memory: the proxy's peak RSS with its client table full, both links at their byte bound
+  (64 KB datagrams, held by long delays) and datagrams still pouring in, against
+  :meth:`udpchat.impair.ProxyConfig.memory_bound_bytes`, the bound SECURITY.md states.
+
+Usage: ``python -m benchmarks.impair [--parts throughput,delay,memory] [--trials 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.harness import BLAST, build, free_port, peak_rss_bytes
+from udpchat.impair import ProxyConfig
+from udpchat.sockets import set_receive_buffer
+
+PYTHON = sys.executable
+LOOPBACK = "127.0.0.1"
+MAX_LOSS = 0.001
+READY_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 60.0
+DEFAULT_RATES = (25_000, 50_000, 75_000, 100_000)
+DEFAULT_DELAY_RATES = (1_000, 5_000, 10_000)
+USERS = 100
+DELAY_S = 0.020
+RECEIVE_BUFFER = 4 * 2**20
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+class Running:
+    """A udpchat command in the background, its stderr in a file."""
+
+    def __init__(self, args: list[str], workdir: Path) -> None:
+        self.errors = workdir / f"err-{time.monotonic_ns()}.log"
+        with self.errors.open("wb") as err:
+            self.process = subprocess.Popen(
+                [PYTHON, "-m", "udpchat", *args], stdout=subprocess.DEVNULL, stderr=err
+            )
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            found = re.search(pattern, self.errors.read_text(errors="replace"))
+            if found is not None:
+                return found
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{pattern!r} never appeared: {self.errors.read_text()}")
+            time.sleep(0.02)
+
+    def cpu_s(self) -> float:
+        """User plus system CPU time so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+    def stop(self) -> str:
+        """SIGINT, wait, and the stderr it wrote."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        text = self.errors.read_text(errors="replace")
+        self.errors.unlink()
+        return text
+
+
+def summary(text: str, marker: str) -> dict[str, int]:
+    """The totals of the last ``marker`` line (``summary:``, ``impair summary:``)."""
+    line = [line for line in text.splitlines() if marker in line][-1]
+    return {key: int(value) for key, value in re.findall(r" (\w+)=(\d+)", line)}
+
+
+def blast(port: int, rate: int, duration_s: float) -> int:
+    result = subprocess.run(
+        [str(BLAST), str(port), str(rate), str(duration_s), str(USERS)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(re.search(r"sent=(\d+)", result.stdout)[1])  # type: ignore[index]
+
+
+# Throughput.
+
+
+@dataclass
+class Trial:
+    sent: int
+    unread: int = 0
+    """Datagrams the proxy never read: its socket's buffer overflowed."""
+    unhandled: int = 0
+    """Datagrams sent to the server (by the generator, or forwarded) that it did not handle."""
+    proxy_cpu_s: float = 0.0
+
+    @property
+    def unintended(self) -> int:
+        """Datagrams lost beyond the proxy's own drops."""
+        return self.unread + self.unhandled
+
+    @property
+    def loss(self) -> float:
+        return self.unintended / self.sent if self.sent else 1.0
+
+
+IMPAIRMENT = ("--loss", "1%", "--duplicate", "1%", "--seed", "1")
+
+
+def serve(workdir: Path) -> tuple[Running, int]:
+    port = free_port()
+    server = Running(["serve", "--host", LOOPBACK, "--port", str(port), "--quiet"], workdir)
+    server.wait_for("listening on")
+    return server, port
+
+
+def alone(rate: int, duration_s: float, workdir: Path) -> Trial:
+    server, port = serve(workdir)
+    sent = blast(port, rate, duration_s)
+    handled = summary(server.stop(), "summary:")["handled"]
+    return Trial(sent, unhandled=sent - handled)
+
+
+def through_proxy(rate: int, duration_s: float, workdir: Path) -> Trial:
+    server, port = serve(workdir)
+    listen = free_port()
+    proxy = Running(
+        ["impair", "--listen", f"{LOOPBACK}:{listen}", "--to", f"{LOOPBACK}:{port}", *IMPAIRMENT],
+        workdir,
+    )
+    try:
+        proxy.wait_for("listening on")
+        cpu_before = proxy.cpu_s()
+        sent = blast(listen, rate, duration_s)
+        cpu_s = proxy.cpu_s() - cpu_before
+        counts = summary(proxy.stop(), "impair summary:")
+    finally:
+        handled = summary(server.stop(), "summary:")["handled"]
+    return Trial(sent, sent - counts["received"], counts["forwarded"] - handled, cpu_s)
+
+
+def throughput(rates: list[int], trials: int, duration_s: float, workdir: Path) -> None:
+    print(f"\nthroughput: {USERS} users, {duration_s:g} s a trial, {trials} trials a rate")
+    print(f"proxy: udpchat impair {' '.join(IMPAIRMENT)}\n")
+    print("| offered | server alone: unintended loss | through impair: unintended loss "
+          "| impair CPU (share of one core) |")  # fmt: skip
+    print("|---:|---:|---:|---:|")
+    for rate in rates:
+        results: dict[str, list[Trial]] = {"alone": [], "proxy": []}
+        for round_ in range(trials):
+            results["alone"].append(alone(rate, duration_s, workdir))
+            results["proxy"].append(through_proxy(rate, duration_s, workdir))
+            proxied = results["proxy"][-1]
+            print(
+                f"  {rate:>7,}/s round {round_ + 1}: alone {results['alone'][-1].loss:.3%}, "
+                f"through impair {proxied.loss:.3%} (unread by the proxy {proxied.unread}, "
+                f"unhandled by the server {proxied.unhandled})",
+                file=sys.stderr,
+                flush=True,
+            )
+        cpu = sorted(trial.proxy_cpu_s / duration_s for trial in results["proxy"])
+        print(
+            f"| {rate:,}/s | {spread([t.loss for t in results['alone']])} "
+            f"| {spread([t.loss for t in results['proxy']])} "
+            f"| {statistics.median(cpu):.0%} ({cpu[0]:.0%}-{cpu[-1]:.0%}) |",
+            flush=True,
+        )
+
+
+def spread(losses: list[float]) -> str:
+    ordered = sorted(losses)
+    median = statistics.median(ordered)
+    verdict = "pass" if median < MAX_LOSS else "FAIL"
+    return f"{median:.3%} ({ordered[0]:.3%}-{ordered[-1]:.3%}) {verdict}"
+
+
+# Delay: a sender and a receiver of their own, as subprocesses of this module.
+
+
+def send_stamped(port: int, rate: float, count: int) -> None:
+    """``count`` datagrams at ``rate``, each carrying CLOCK_MONOTONIC in ns when it was sent."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((LOOPBACK, port))
+        start = time.monotonic()
+        for index in range(count):
+            ahead_s = start + index / rate - time.monotonic()
+            if ahead_s > 0.0005:
+                time.sleep(ahead_s)
+            sock.send(b"%d" % time.monotonic_ns())
+
+
+def receive_stamped(port: int, count: int) -> None:
+    """Print how long each datagram took, in ns, as one line of numbers, once ``count``
+    arrived or nothing came for 2 s."""
+    latencies = array.array("q")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        set_receive_buffer(sock, RECEIVE_BUFFER)
+        sock.bind((LOOPBACK, port))
+        sock.settimeout(2.0)
+        print("ready", flush=True)
+        while len(latencies) < count:
+            try:
+                data = sock.recv(64)
+            except TimeoutError:
+                break
+            latencies.append(time.monotonic_ns() - int(data))
+    print(" ".join(map(str, latencies)), flush=True)
+
+
+def delay_trial(
+    rate: int, duration_s: float, proxied: bool, workdir: Path
+) -> tuple[list[float], int]:
+    """Each datagram's latency minus the delay asked for, in seconds; and how many did not
+    arrive (the receiver's buffer overflowed)."""
+    count = int(rate * duration_s)
+    port = free_port()
+    receiver = subprocess.Popen(
+        [PYTHON, "-m", "benchmarks.impair", "--role", "receive", str(port), str(count)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert receiver.stdout is not None
+    receiver.stdout.readline()
+    proxy = None
+    target = port
+    if proxied:
+        target = free_port()
+        proxy = Running(
+            ["impair", "--listen", f"{LOOPBACK}:{target}", "--to", f"{LOOPBACK}:{port}",
+             "--delay", f"{DELAY_S * 1000:g}ms"],
+            workdir,
+        )  # fmt: skip
+        proxy.wait_for("listening on")
+    try:
+        subprocess.run(
+            [PYTHON, "-m", "benchmarks.impair", "--role", "send", str(target), str(rate),
+             str(count)],
+            check=True,
+        )  # fmt: skip
+        output, _ = receiver.communicate(timeout=STOP_TIMEOUT_S)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        if receiver.poll() is None:
+            receiver.kill()
+    latencies = [int(each) / 1e9 for each in output.split()]
+    offset = DELAY_S if proxied else 0.0
+    return [latency - offset for latency in latencies], count - len(latencies)
+
+
+def delay(rates: list[int], trials: int, duration_s: float, workdir: Path) -> None:
+    print(f"\ndelay: udpchat impair --delay {DELAY_S * 1000:g}ms, {duration_s:g} s a trial, "
+          f"{trials} trials a rate; how far each datagram's delay was off (the direct path "
+          "without the proxy is the measurement's floor)\n")  # fmt: skip
+    print("| rate | direct p99 | through impair: p50 off | p99 off | max off | missing |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for rate in rates:
+        direct, p50, p99, worst, missing = [], [], [], [], 0
+        for _ in range(trials):
+            floor, lost = delay_trial(rate, duration_s, False, workdir)
+            direct.append(percentile(floor, 99))
+            errors, lost_through = delay_trial(rate, duration_s, True, workdir)
+            p50.append(percentile(errors, 50))
+            p99.append(percentile(errors, 99))
+            worst.append(max(errors))
+            missing += lost + lost_through
+            print(
+                f"  {rate:>6,}/s: direct p99 {direct[-1] * 1e3:.3f} ms, through impair p99 "
+                f"{p99[-1] * 1e3:.3f} ms; missing {lost} direct, {lost_through} through",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(
+            f"| {rate:,}/s | {ms(direct)} | {ms(p50)} | {ms(p99)} | {ms(worst)} | {missing} |",
+            flush=True,
+        )
+
+
+def percentile(values: list[float], which: int) -> float:
+    return statistics.quantiles(values, n=100)[which - 1] if which < 100 else max(values)
+
+
+def ms(values: list[float]) -> str:
+    ordered = sorted(values)
+    return (
+        f"{statistics.median(ordered) * 1e3:.3f} ms "
+        f"({ordered[0] * 1e3:.3f}-{ordered[-1] * 1e3:.3f})"
+    )
+
+
+# Memory.
+
+MEMORY_CLIENTS = 300
+"""Sources flooding at once: more than the default client table holds (256)."""
+MEMORY_FLOOD_S = 6.0
+MEMORY_DATAGRAM = 65507
+
+
+def echo(port: int, seconds: float) -> None:
+    """A target that sends every datagram back to where it came from, for ``seconds``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOOPBACK, port))
+        sock.settimeout(0.5)
+        print("ready", flush=True)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data, address = sock.recvfrom(65535)
+                sock.sendto(data, address)
+            except OSError:
+                continue
+
+
+def flood(port: int, sources: int, seconds: float) -> None:
+    """64 KB datagrams from ``sources`` sockets in turn, for ``seconds``; loopback only."""
+    payload = bytes(MEMORY_DATAGRAM)
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(sources)]
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            for sock in sockets:
+                try:
+                    sock.sendto(payload, (LOOPBACK, port))
+                except OSError:
+                    continue
+            time.sleep(0.01)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def memory(trials: int, workdir: Path) -> None:
+    bound = ProxyConfig().memory_bound_bytes()
+    print(
+        f"\nmemory: {MEMORY_CLIENTS} sources flooding 64 KB datagrams for {MEMORY_FLOOD_S:g} s "
+        "at udpchat impair --delay up:2s --delay down:30s (defaults otherwise: 256 clients, "
+        "8 MiB a direction), the target echoing each one back\n"
+    )
+    peaks = []
+    for _ in range(trials):
+        port = free_port()
+        target = subprocess.Popen(
+            [PYTHON, "-m", "benchmarks.impair", "--role", "echo", str(port),
+             str(MEMORY_FLOOD_S + 5)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert target.stdout is not None
+        target.stdout.readline()
+        listen = free_port()
+        proxy = Running(
+            ["impair", "--listen", f"{LOOPBACK}:{listen}", "--to", f"{LOOPBACK}:{port}",
+             "--delay", "up:2s", "--delay", "down:30s", "--stats-interval", "0.5"],
+            workdir,
+        )  # fmt: skip
+        try:
+            proxy.wait_for("listening on")
+            flood(listen, MEMORY_CLIENTS, MEMORY_FLOOD_S)
+            peak = peak_rss_bytes(proxy.process.pid)
+            counts = summary(proxy.errors.read_text(errors="replace"), "impair status:")
+        finally:
+            proxy.stop()
+            target.kill()
+            target.wait()
+        peaks.append(peak)
+        print(
+            f"  peak {peak / 2**20:.1f} MiB; status: clients={counts['clients']} "
+            f"clients_refused={counts['clients_refused']} queued={counts['queued']} "
+            f"dropped_full={counts['dropped_full']}",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"peak RSS median {statistics.median(peaks) / 2**20:.1f} MiB "
+        f"({min(peaks) / 2**20:.1f}-{max(peaks) / 2**20:.1f}) over {trials} runs; "
+        f"bound {bound / 2**20:.1f} MiB; {'within' if max(peaks) <= bound else 'EXCEEDED'}",
+        flush=True,
+    )
+
+
+ROLES = {
+    "send": lambda args: send_stamped(int(args[0]), float(args[1]), int(args[2])),
+    "receive": lambda args: receive_stamped(int(args[0]), int(args[1])),
+    "echo": lambda args: echo(int(args[0]), float(args[1])),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--parts", default="throughput,delay,memory")
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per trial")
+    parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")])
+    parser.add_argument("--delay-rates", type=lambda text: [int(r) for r in text.split(",")])
+    parser.add_argument("--role", choices=ROLES, help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.role is not None:
+        ROLES[args.role](rest)
+        return
+    build(BLAST)
+    if not BLAST.exists():
+        raise SystemExit("the throughput part needs the C generator (a C compiler)")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}; "
+        f"load average at start {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    parts = args.parts.split(",")
+    with tempfile.TemporaryDirectory(prefix="udpchat-bench-impair-") as directory:
+        workdir = Path(directory)
+        if "throughput" in parts:
+            throughput(args.rates or list(DEFAULT_RATES), args.trials, args.duration, workdir)
+        if "delay" in parts:
+            rates = args.delay_rates or list(DEFAULT_DELAY_RATES)
+            delay(rates, args.trials, args.duration, workdir)
+        if "memory" in parts:
+            memory(args.trials, workdir)
+
+
+if __name__ == "__main__":
+    main()
