@@ -49,21 +49,22 @@ $(MUTATION_STAMP): $(STAMP)
 mutation: $(MUTATION_STAMP)
 	$(BIN)/python -m tools.mutation
 
-# udpchat's and the bare baseline's ceilings, bracketed within 10%, at 100 and 10 users, one
-# trial per rate, trials interleaved; then the per-stage micro-benchmark and handler latency.
-# Under 3 minutes on the 2-core box. The C generator and sink are built on first use.
+# udpchat's and the bare baseline's ceilings, bracketed within 10%, at 100 and 10 users, trials
+# interleaved; then udpchat impair with loss and duplication at 50,000 msg/s beside the server
+# alone. Under 3 minutes on the 2-core box. The C generator and sink are built on first use.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
-	$(BIN)/python -m benchmarks.micro
-	$(BIN)/python -m benchmarks.latency
+	$(BIN)/python -m benchmarks.impair --parts throughput --rates 50000 --trials 3 --duration 2
 
 # The same ladder with 3 trials per rate, each user count climbed from the start, with
 # --processes 2; then overload, the dashboard's cost, the saturation benchmark (with py-spy
-# when installed: pip install py-spy) and the CPU per message. It prints its estimate first.
+# when installed: pip install py-spy), the CPU per message, the per-stage micro-benchmark,
+# handler latency, and all of bench-impair. It prints its estimate first.
 bench-full: $(STAMP)
 	$(BIN)/python -m benchmarks.run --full $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.micro
 	$(BIN)/python -m benchmarks.latency
+	$(BIN)/python -m benchmarks.impair
 
 # Second by second at udpchat's first failed rate (found by a quick ladder, or BENCH_ARGS=
 # --rate N), side by side with the baseline: CPU per thread, batches, jobs, queue, drops.
