@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from udpchat import accounting as accounting_module
 from udpchat import fastpath
 from udpchat.accounting import (
+    IDLE_EVICTION_S,
     JITTER_MIN_SPACING_S,
     MAX_GAPS_PER_SENDER,
     REORDER_WINDOW,
@@ -501,13 +502,13 @@ def test_one_sender_is_the_smallest_table_and_none_is_refused() -> None:
 def test_a_full_table_evicts_a_tenth_the_least_active_first() -> None:
     accounting = DeliveryAccounting(max_senders=10)
     ports = list(range(100, 110))
-    for port in ports:  # port 100 sends once, 101 twice, ... 109 ten times
-        for counter in range(1, port - 98):
+    for port in ports:  # port 109 sends once, 108 twice, ... 100 ten times
+        for counter in range(1, 111 - port):
             accounting.record((("10.0.0.1", port), b"x"), counter, float(counter))
     accounting.record((("10.0.0.1", 1), b"x"), 1, 100.0)
     totals = accounting.totals()
     assert (totals.senders, totals.evicted) == (10, 1)
-    assert {sender.port for sender in accounting.senders()} == {*ports[1:], 1}
+    assert {sender.port for sender in accounting.senders()} == {*ports[:-1], 1}
 
 
 def test_totals_sum_every_senders_figures() -> None:
@@ -519,3 +520,60 @@ def test_totals_sum_every_senders_figures() -> None:
     assert accounting.totals() == DeliveryTotals(
         senders=2, lost=4, duplicates=1, reordered=1, late=1, restarts=1
     )
+
+
+def test_in_order_counters_open_no_gap_so_an_older_one_stays_open() -> None:
+    """Only a skip opens a gap: twice the bound on open gaps in next counters after one skip
+    leave that gap open, so its straggler still fills it."""
+    accounting, verdicts = feed([1, 3, *range(4, 4 + 2 * MAX_GAPS_PER_SENDER), 2])
+    assert verdicts[-1] is Verdict.LATE
+    totals = accounting.totals()
+    assert (totals.lost, totals.gaps_given_up, totals.late) == (0, 0, 1)
+
+
+def test_a_sender_silent_for_exactly_the_idle_time_is_evicted_as_silent() -> None:
+    """IDLE_EVICTION_S of silence is silent, however active the sender was; half a second
+    less is not. The talkers' addresses sort first, so the order of keys decides nothing."""
+    now = 1000.0
+    accounting = DeliveryAccounting(max_senders=10, seed=3)
+    silent, almost = (("10.0.0.9", 1), b"silent"), (("10.0.0.9", 2), b"almost")
+    for key, heard in [(silent, now - IDLE_EVICTION_S), (almost, now - IDLE_EVICTION_S + 0.5)]:
+        for counter in range(1, 6):
+            accounting.record(key, counter, heard)
+    for port in range(8):  # talking, once each
+        accounting.record((("10.0.0.1", port), b"talker"), 1, now - 1)
+    accounting.record((("10.0.0.1", 99), b"new"), 1, now)  # the table is full: one evicted
+    names = sorted(sender.username for sender in accounting.senders())
+    assert names == ["almost", "new", *["talker"] * 8]
+
+
+def test_a_sender_admitted_before_outlasts_newcomers_that_sent_as_much() -> None:
+    """The least active have the fewest messages in the table plus admissions lately, evicted
+    or not: a sender back after its eviction counts its first admission, so it keeps its row
+    against one-shot newcomers with as many messages in the table, one after another."""
+    accounting = DeliveryAccounting(max_senders=10, seed=4)
+    back = (("10.0.0.9", 9), b"back")
+    accounting.record(back, 1, 0.0)
+    for port in range(8):
+        for counter in range(1, 4):
+            accounting.record((("10.0.0.1", port), b"steady"), counter, 100.0)
+    accounting.record((("10.0.0.2", 0), b"once"), 1, 100.0)  # the table is full
+    accounting.record((("10.0.0.2", 1), b"once"), 1, 100.0)  # `back` was silent: evicted
+    accounting.record(back, 2, 100.0)  # admitted again: a one-shot is evicted
+    for port in range(2, 7):
+        accounting.record((("10.0.0.2", port), b"once"), 1, 100.0)  # each evicts a one-shot
+    names = sorted(sender.username for sender in accounting.senders())
+    assert names == ["back", "once", *["steady"] * 8]
+    assert accounting.totals().evicted == 7
+
+
+def test_ties_are_drawn_at_random_and_a_seed_makes_the_draw_reproducible() -> None:
+    def kept(seed: int) -> set[int]:
+        accounting = DeliveryAccounting(max_senders=100, seed=seed)
+        for port in range(101):  # the 101st evicts 10 of 100 equally active senders
+            accounting.record((("10.0.0.1", port), b"x"), 1, 0.0)
+        return {sender.port for sender in accounting.senders()}
+
+    assert kept(7) == kept(7)
+    assert kept(7) != kept(8)
+    assert kept(7) != set(range(10, 101))  # not the first admitted
