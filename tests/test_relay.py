@@ -420,7 +420,9 @@ async def test_a_member_the_room_forgot_rejoins_and_says_so_once() -> None:
         await server.stop()
 
 
-@pytest.mark.parametrize("cookie", ["1700000000.\u00e9", "\u00b2.x", "12.\uff10" * 3, "-.-x"])
+@pytest.mark.parametrize(
+    "cookie", ["1700000000.\u00e9", "\u00b2.x", "12.\uff10" * 3, "-.-x", "X" * 60, "-X-"]
+)
 def test_a_malformed_join_is_a_counted_refusal_not_a_handler_error(cookie: str) -> None:
     relay, outbox, _, printed = offline_relay()
     relay(datagram(PEER, f"{JOIN} {cookie}"))
@@ -444,6 +446,9 @@ def test_a_member_over_its_text_rate_is_shown_but_not_relayed() -> None:
     assert len(outbox.to(other)) == burst
     assert relay.stats().over_rate == 30
     assert len(printed) == burst + 30  # every text still reaches the printer
+    confirmed = outbox.to(PEER)  # a member over its rate is still a member: no /expired
+    assert len(confirmed) == burst
+    assert all(data.startswith(DELIVERED.encode()) for data in confirmed)
     clock.now += 1.0  # a second later, a second's worth more
     for counter in range(20):
         relay(datagram(PEER, f"ana: later {counter}"))
@@ -592,3 +597,36 @@ def test_flush_reaches_the_inner_handler() -> None:
     Relay(Room(), CookieJar(), Inner(), Outbox()).flush()
     assert flushed == [True]
     Relay(Room(), CookieJar(), None, Outbox()).flush()  # nothing inside: nothing to flush
+
+
+def test_a_rate_below_one_a_second_still_lets_one_text_through_at_once() -> None:
+    """The burst is twice the rate, but never under one text."""
+    clock = Clock()
+    room = Room(clock=clock, text_rate_per_s=0.25)
+    room.admit(PEER)
+    assert room.recipients(PEER) == []
+    assert room.recipients(PEER) is Refusal.OVER_RATE
+    clock.now += 4  # a quarter of a text a second: one more
+    assert room.recipients(PEER) == []
+    assert room.recipients(PEER) is Refusal.OVER_RATE
+
+
+def test_a_member_that_joins_again_keeps_its_seat_and_its_rate_and_is_refreshed() -> None:
+    """A second join with a fresh cookie is a keepalive: even in a full room it is welcomed,
+    its token bucket is not refilled (joining again does not lift the rate), and it counts as
+    heard."""
+    relay, outbox, clock, _ = offline_relay(max_peers=1)
+    join(relay, outbox, PEER)
+    burst = int(2 * relay.room.text_rate_per_s)
+    for counter in range(burst + 1):
+        relay(datagram(PEER, f"ana: line {counter}"))
+    assert relay.stats().over_rate == 1
+    join(relay, outbox, PEER)
+    assert outbox.to(PEER)[-1] == f"{JOINED} 2".encode()
+    relay(datagram(PEER, "ana: after joining again"))
+    assert relay.stats().over_rate == 2
+    clock.now += 1.5
+    join(relay, outbox, PEER)
+    clock.now += 1.5  # 3 s since the first join, 1.5 s since the last, against a 2 s timeout
+    assert relay.room.members() == [PEER]
+    assert relay.stats().joins == 3

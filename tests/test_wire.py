@@ -240,6 +240,7 @@ def test_split_seed_takes_ascii_names_and_counters_up_to_the_largest() -> None:
         ("x" * 33, "it has 33 characters, more than 32"),
         (" ana", "it starts or ends with a space"),
         ("ana\x1b", "it contains U+001B, a control, format or separator character"),
+        ("ana\u3164", "it contains U+3164, a character that shows nothing"),
         ("ana: budi", "it contains ': ', which ends a name in the seed's format"),
         ("Budi Santoso", None),
     ],
