@@ -633,12 +633,6 @@ def test_the_sketch_never_underestimates_and_each_row_spreads_keys_over_all_its_
     assert all(abs(count - uniform) < 0.03 * uniform for count in taken), (taken, uniform)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the rows are not independent: CPython's tuple hash is nearly linear in its items, "
-    "so hash((salt, hashed)) & 0xFFFF depends on the salt only through a carry, and keys that "
-    "share a counter in one row share it in the others about 60% of the time",
-)
 def test_the_sketchs_rows_rarely_all_overcount_the_same_key() -> None:
     """Count-min: a row counts a key too often only where another key shares its counter, and
     four rows with their own salts all do so rarely. At a quarter load each row is 22% taken,

@@ -25,8 +25,10 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import enum
+import hashlib
 import heapq
 import random
+import struct
 from array import array
 from typing import Any
 
@@ -49,7 +51,9 @@ IDLE_EVICTION_S = 60.0
 """Senders silent this long are evicted before any that still talk: their figures are final."""
 SKETCH_ROWS = 4
 SKETCH_WIDTH = 1 << 16
-"""The admission sketch: 4 rows of 65,536 16-bit counters, 512 KiB however many senders."""
+"""The admission sketch: 4 rows of 65,536 16-bit counters, 512 KiB however many senders; a
+row's counter is a 16-bit slice of one digest of the sender."""
+_SLOTS_FORMAT = f"<{SKETCH_ROWS}H"
 SKETCH_PERIOD_PER_SENDER = 10
 """The sketch halves its counters every this many admissions per table entry, so that it
 follows the recent past."""
@@ -171,13 +175,20 @@ class _AdmissionSketch:
 
     def __init__(self, period: int, rng: random.Random) -> None:
         self._rows = [array("H", bytes(2 * SKETCH_WIDTH)) for _ in range(SKETCH_ROWS)]
-        self._salts = [rng.getrandbits(64) for _ in range(SKETCH_ROWS)]
+        self._secret = rng.randbytes(16)
+        """Keys BLAKE2b: each row's counter is its own 16 bits of one keyed digest of the
+        sender, so the rows are independent and a forger cannot pick identities that share
+        counters (a salt hashed in with Python's ``hash`` gives rows that agree: a tuple's hash
+        is nearly linear in its items)."""
         self._period = period
         self._added = 0
 
     def _slots(self, key: SenderKey) -> list[int]:
-        hashed = hash(key)
-        return [hash((salt, hashed)) & (SKETCH_WIDTH - 1) for salt in self._salts]
+        (ip, port), name = key
+        digest = hashlib.blake2b(
+            f"{ip}|{port}|".encode() + name, digest_size=2 * SKETCH_ROWS, key=self._secret
+        ).digest()
+        return list(struct.unpack(_SLOTS_FORMAT, digest))
 
     def add(self, key: SenderKey) -> None:
         for row, slot in zip(self._rows, self._slots(key), strict=True):
