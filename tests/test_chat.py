@@ -182,11 +182,11 @@ async def leave(chat: pexpect.spawn) -> None:
 
 
 async def test_an_idle_member_stays_in_the_room_past_the_peer_timeout() -> None:
-    async with relay_server("--peer-timeout", "2") as (_, port):
+    async with relay_server("--peer-timeout", "1") as (_, port):
         chat = spawn_chat(port, "dewi")
         try:
             await expect(chat, "joined the room")
-            await asyncio.sleep(7)  # the scenario itself: idle for 3.5 peer timeouts
+            await asyncio.sleep(3.5)  # the scenario itself: idle for 3.5 peer timeouts
             budi, _ = await joined_member(port)
             budi.send("budi: masih di sini?")
             before = await expect(chat, f"Diterima: [{LOOPBACK}] budi: masih di sini?")
