@@ -214,8 +214,9 @@ def generate(
             generator.kill()
             raise RuntimeError("the generator overran its duration by 30 s")
         time.sleep(max(0.0, min(next_tick - time.monotonic(), 0.05)))
-        if every_second is not None and time.monotonic() >= next_tick:
-            every_second()
+        if time.monotonic() >= next_tick:  # advanced even with no callback: else this spins
+            if every_second is not None:
+                every_second()
             next_tick += 1.0
     stdout, _ = generator.communicate()
     if generator.returncode != 0:

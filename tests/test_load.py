@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import resource
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import harness
 from benchmarks import run as bench
 from tests.helpers import (
     LOOPBACK,
@@ -126,3 +129,17 @@ def test_bench_trial_counts_what_the_server_wrote(tmp_path: Path) -> None:
     assert trial.loss == 0.0
     assert trial.peak_rss_bytes > 0
     assert bench.accounts_balance(trial), trial.stderr
+
+
+def test_the_bench_harness_waits_for_its_generator_without_spinning() -> None:
+    """While the generator runs, the harness sleeps between polls whether or not it has a
+    once-a-second callback: a harness that spun would take a core from the design measured
+    (it did, and cost udpchat a quarter of its ceiling)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind((LOOPBACK, 0))
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        sent, _ = harness.generate(receiver.getsockname()[1], 200, 2.5, 2)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    assert sent > 0
+    harness_cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert harness_cpu_s < 0.3, f"the harness took {harness_cpu_s:.2f} s of CPU in 2.5 s"
