@@ -68,7 +68,13 @@ class _NullDispatcher(Dispatcher):
 async def receive_stage(raw: list[list[tuple[bytes, tuple[str, int]]]]) -> float:
     counters = ServerTally()
     dispatcher = _NullDispatcher(
-        None, counters, workers=1, queue_size=1 << 30, max_senders=10_000, ipv6_socket=False
+        None,
+        counters,
+        workers=1,
+        queue_size=1 << 30,
+        max_datagram_size=1024,
+        max_senders=10_000,
+        ipv6_socket=False,
     )
     notices = DropNotices(max_datagram_size=1024, queue_size=1 << 30, rate_limit_per_s=None)
     receiver = Receiver(

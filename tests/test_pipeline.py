@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from tests.helpers import EVENT_TIMEOUT_S, assert_balanced
-from udpchat.counters import ServerTally
+from udpchat.counters import ServerTally, StatsSnapshot
 from udpchat.handlers import Batch
-from udpchat.pipeline import Dispatcher
+from udpchat.pipeline import COALESCE_S, MAX_BATCH_BYTES, Dispatcher, coalesce_pause
 
 ADDRESS = ("127.0.0.1", 40000)
 
@@ -33,12 +34,15 @@ class Gate:
         return 0
 
 
-def dispatcher(handler: object, tally: ServerTally, queue_size: int = 10) -> Dispatcher:
+def dispatcher(
+    handler: object, tally: ServerTally, queue_size: int = 10, max_datagram_size: int = 1024
+) -> Dispatcher:
     return Dispatcher(
         handler,  # type: ignore[arg-type]
         tally,
         workers=1,
         queue_size=queue_size,
+        max_datagram_size=max_datagram_size,
         max_senders=100,
         ipv6_socket=False,
     )
@@ -46,8 +50,13 @@ def dispatcher(handler: object, tally: ServerTally, queue_size: int = 10) -> Dis
 
 def wait_for_handled(tally: ServerTally, count: int) -> None:
     """Until ``count`` are handled, with a deadline."""
+    wait_for(tally, lambda stats: stats.handled >= count)
+
+
+def wait_for(tally: ServerTally, done: Callable[[StatsSnapshot], bool]) -> None:
+    """Until the tally's snapshot is ``done``, with a deadline."""
     deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while tally.snapshot().handled < count:
+    while not done(tally.snapshot()):
         assert time.monotonic() < deadline, tally.snapshot()
         time.sleep(0.001)
 
@@ -72,6 +81,32 @@ def test_what_does_not_fit_the_queue_is_counted_as_queue_full_to_the_datagram() 
     assert_balanced(stats)
 
 
+def test_what_arrives_before_a_batch_is_taken_joins_it_up_to_the_batch_limit() -> None:
+    tally, gate = ServerTally(), Gate()
+    pipeline = dispatcher(gate, tally, queue_size=100, max_datagram_size=MAX_BATCH_BYTES // 4)
+    assert pipeline.max_batch == 4
+    pipeline.submit(seed(1, 2, 3), 0.0)
+    assert gate.entered.wait(EVENT_TIMEOUT_S)  # taken: what comes next starts a batch
+    pipeline.submit(seed(4, 5), 1.0)
+    pipeline.submit(seed(6), 2.0)  # joins the untaken batch: 3 of 4
+    pipeline.submit(seed(7, 8), 3.0)  # would make 5: a batch of its own
+    pipeline.submit(seed(9, 10, 11, 12, 13), 4.0)  # more than the limit alone: kept whole
+    stats = tally.snapshot()
+    assert (stats.received, stats.queue_depth, stats.batches) == (13, 13, 4)
+    assert_balanced(stats)
+    gate.release.set()
+    wait_for_handled(tally, 13)
+    stats = tally.snapshot()
+    assert gate.batches == [3, 3, 2, 5]
+    assert (stats.handled, stats.queue_depth, stats.batches) == (13, 0, 4)
+    assert_balanced(stats)
+
+
+def test_a_job_woken_soon_after_it_went_idle_waits_for_more_and_only_then() -> None:
+    assert coalesce_pause(0.0) == coalesce_pause(COALESCE_S / 2) == COALESCE_S
+    assert coalesce_pause(COALESCE_S) == coalesce_pause(1.0) == 0.0
+
+
 def test_an_error_in_parsing_or_accounting_is_counted_and_the_worker_goes_on() -> None:
     tally = ServerTally()
     handled: list[int] = []
@@ -86,6 +121,7 @@ def test_an_error_in_parsing_or_accounting_is_counted_and_the_worker_goes_on() -
     pipeline = dispatcher(Recorder(), tally)
     unhashable: list[tuple[bytes, object]] = [(b"alice: pesan ke-1", ["127.0.0.1", 1])]
     pipeline.submit(unhashable, 0.0)  # the accounting cannot key a list: a bug, not a loss
+    wait_for(tally, lambda stats: stats.dropped["internal_error"] == 1)  # before the next joins
     pipeline.submit(seed(1, 2), 0.0)
     assert done.wait(EVENT_TIMEOUT_S)
     stats = tally.snapshot()

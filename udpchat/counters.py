@@ -503,7 +503,11 @@ class StatsSnapshot(Counts):
         "unknown where the OS cannot say.",
         unit="datagrams",
     )
-    batches: int = total("Batches of datagrams handed to the worker pool.", unit="batches")
+    batches: int = total(
+        "Batches of datagrams handed to the worker pool (what arrives before a batch is taken"
+        " joins it).",
+        unit="batches",
+    )
     jobs_started: int = total(
         "Pool jobs started: a second one starts only when the running one stalls.",
         unit="jobs",
@@ -676,8 +680,6 @@ class ServerTally(Tally[StatsSnapshot]):
             values["received"] += received
             values["queue_depth"] += queued
             values["dropped"][DropReason.QUEUE_FULL.value] += received - queued
-            if queued:
-                values["batches"] += 1
 
     def refuse(self, reason: DropReason) -> None:
         """One datagram read and dropped before it was queued."""

@@ -24,9 +24,6 @@ from udpchat.sockets import plain_ip
 
 logger = logging.getLogger("udpchat.protocol")
 
-MAX_BATCH_BYTES = 128 * 1024
-"""Datagram bytes in one batch, at most (a batch holds at least one datagram): what one worker
-formats and writes at once, so pending output per worker stays bounded whatever the rate."""
 NOTICE_INTERVAL_S = 5.0
 """A drop's reason is said on the log at most this often (with how many it left out)."""
 
@@ -80,7 +77,7 @@ class Receiver(asyncio.DatagramProtocol):
     ):
         self._max_size = max_datagram_size
         self._notices = notices
-        self._max_batch = max(1, MAX_BATCH_BYTES // max_datagram_size)
+        self._max_batch = dispatcher.max_batch
         self._admission = admission
         self._dispatcher = dispatcher
         self._tally = tally

@@ -24,8 +24,8 @@ from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusConfig, room
 from udpchat.counters import Counts, ServerTally, StatsSnapshot
 from udpchat.handlers import BatchHandler, Handler
 from udpchat.output import LinePrinter, OutputFormat
-from udpchat.pipeline import Dispatcher
-from udpchat.protocol import MAX_BATCH_BYTES, DropNotices, Receiver
+from udpchat.pipeline import Dispatcher, batch_limit
+from udpchat.protocol import DropNotices, Receiver
 from udpchat.relay import (
     DEFAULT_MAX_PEERS,
     DEFAULT_PEER_TIMEOUT_S,
@@ -276,7 +276,7 @@ class ServerConfig:
             if _is_ipv4_address(self.host)
             else QUEUED_IPV6_DATAGRAM_OVERHEAD_BYTES
         )
-        batch_bytes = max(MAX_BATCH_BYTES, self.max_datagram_size)  # at least one a batch
+        batch_bytes = batch_limit(self.max_datagram_size) * self.max_datagram_size
         return (
             BASE_RSS_BYTES
             + self.queue_size * (self.max_datagram_size + overhead)
@@ -426,6 +426,7 @@ class Server:
                 self._tally,
                 workers=config.workers,
                 queue_size=config.queue_size,
+                max_datagram_size=config.max_datagram_size,
                 max_senders=config.max_senders,
                 ipv6_socket=sock.family == socket.AF_INET6,
                 on_output_error=self._output_failed_in_worker,
