@@ -10,7 +10,7 @@ from collections.abc import Callable
 from tests.helpers import EVENT_TIMEOUT_S, assert_balanced
 from udpchat.counters import ServerTally, StatsSnapshot
 from udpchat.handlers import Batch
-from udpchat.pipeline import COALESCE_S, MAX_BATCH_BYTES, Dispatcher, coalesce_pause
+from udpchat.pipeline import COALESCE_FROM, COALESCE_S, MAX_BATCH_BYTES, Dispatcher, coalesce_pause
 
 ADDRESS = ("127.0.0.1", 40000)
 
@@ -102,9 +102,13 @@ def test_what_arrives_before_a_batch_is_taken_joins_it_up_to_the_batch_limit() -
     assert_balanced(stats)
 
 
-def test_a_job_woken_soon_after_it_went_idle_waits_for_more_and_only_then() -> None:
-    assert coalesce_pause(0.0) == coalesce_pause(COALESCE_S / 2) == COALESCE_S
-    assert coalesce_pause(COALESCE_S) == coalesce_pause(1.0) == 0.0
+def test_a_job_woken_soon_after_idle_for_a_dense_batch_waits_for_more_and_only_then() -> (
+    None
+):
+    dense = COALESCE_FROM
+    assert coalesce_pause(0.0, dense) == coalesce_pause(COALESCE_S / 2, 100) == COALESCE_S
+    assert coalesce_pause(COALESCE_S, dense) == coalesce_pause(1.0, 100) == 0.0
+    assert coalesce_pause(0.0, dense - 1) == coalesce_pause(0.0, 0) == 0.0  # a slow stream
 
 
 def test_an_error_in_parsing_or_accounting_is_counted_and_the_worker_goes_on() -> None:

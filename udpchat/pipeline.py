@@ -40,11 +40,15 @@ MAX_BATCH_BYTES = 128 * 1024
 """Datagram bytes in one batch, at most (a batch holds at least one datagram): what one worker
 formats and writes at once, so pending output per worker stays bounded whatever the rate."""
 COALESCE_S = 0.0005
-"""A job woken this soon after it went idle waits this long before it takes the batch, so that
-the datagrams read meanwhile join that batch rather than each loop iteration's few making a
-batch of their own: at a high rate every batch costs a wake-up, a lock and a write, and fewer,
-larger batches leave more of the GIL to the event loop (about a quarter less CPU a message at
-170k/s, ``make bench-cpu``). Traffic that comes slower than that is never held."""
+"""A job woken this soon after it went idle, for a batch of :data:`COALESCE_FROM` or more,
+waits this long before it takes the batch, so that the datagrams read meanwhile join it rather
+than each loop iteration's few making a batch of their own: at a high rate every batch costs a
+wake-up, a lock and a write, and fewer, larger batches leave more of the GIL to the event loop
+(about a quarter less CPU a message at 100k/s, ``make bench-cpu``)."""
+COALESCE_FROM = 8
+"""Datagrams read in one loop iteration from which the rate is high enough for a pause to pay:
+a slower stream (one datagram an iteration, a chat) is never held, so its latency stays the
+loop's and the worker's alone."""
 JOB_IDLE_S = 1.0
 """A job with nothing to take waits this long for the next batch before it ends: at a steady
 rate the same job takes every batch, and the event loop only wakes it (cheap) instead of
@@ -58,10 +62,10 @@ class _NoBatch(enum.Enum):
     """Nothing to take and the dispatcher is draining: the job ends."""
 
 
-def coalesce_pause(idle_s: float) -> float:
-    """How long a job woken after ``idle_s`` idle waits before it takes: :data:`COALESCE_S`
-    when traffic comes that fast, else nothing."""
-    return COALESCE_S if idle_s < COALESCE_S else 0.0
+def coalesce_pause(idle_s: float, waiting: int) -> float:
+    """How long a job woken after ``idle_s`` idle, for a batch of ``waiting`` datagrams, waits
+    before it takes: :data:`COALESCE_S` when traffic comes that fast and that dense, else 0."""
+    return COALESCE_S if idle_s < COALESCE_S and waiting >= COALESCE_FROM else 0.0
 
 
 def batch_limit(max_datagram_size: int) -> int:
@@ -205,11 +209,13 @@ class Dispatcher:
     def _wait_for_work(self) -> bool:
         """An idle job's wait for a wake-up, outside the order lock; False to end the job:
         idle for :data:`JOB_IDLE_S` with nobody claiming it. Woken within :data:`COALESCE_S`,
-        it lets that long's datagrams join the batch before it takes it."""
+        for a dense batch, it lets that long's datagrams join the batch before it takes it."""
         idle_since = time.monotonic()
         try:
             self._wakeups.get(timeout=JOB_IDLE_S)
-            pause = coalesce_pause(time.monotonic() - idle_since)
+            with self._lock:
+                waiting = len(self._batches[0]) if self._batches else 0
+            pause = coalesce_pause(time.monotonic() - idle_since, waiting)
             if pause:
                 time.sleep(pause)
         except queue.Empty:
