@@ -10,8 +10,9 @@ rate stops there, reported as the generator's limit, which is measured first aga
 receive-only sink. Trials of all designs alternate, so the machine's other work falls on all
 alike. udpchat's ratio to the bare baseline is read only when both ceilings are bracketed.
 
-``make bench`` runs one trial per rate and starts the second user count at the first one's
-ceiling; ``make bench-full`` runs three, climbs each user count from the start, and adds
+``make bench`` runs up to three trials per rate, stopping once two agree, halves each bracket,
+and starts the second user count at the first one's ceiling; ``make bench-full`` runs three
+trials of 3 s, rises in 10% steps, climbs each user count from the start, and adds
 overload, the dashboard's cost, the saturation benchmark and the CPU per message
 (``--skip`` leaves any of these out).
 """
