@@ -645,6 +645,26 @@ def test_the_sketchs_rows_rarely_all_overcount_the_same_key() -> None:
     assert sum(sketch.estimate(key) > 0 for key in never) < 0.01 * len(never)
 
 
+def test_where_a_sender_counts_in_the_sketch_depends_on_its_secret() -> None:
+    """A forger who knows the hash but not the server's random key cannot work out offline
+    which identities share counters: another key puts the same senders elsewhere."""
+    keys = [(("10.0.0.1", port), b"a") for port in range(100)]
+
+    def slots(seed: int) -> list[list[int]]:
+        sketch = _AdmissionSketch(period=1 << 30, rng=random.Random(seed))
+        return [sketch._slots(key) for key in keys]
+
+    assert slots(1) == slots(1)
+    assert (
+        sum(
+            a == b
+            for one, two in zip(slots(1), slots(2), strict=True)
+            for a, b in zip(one, two, strict=True)
+        )
+        < 10
+    )
+
+
 def test_the_admission_sketch_takes_half_a_mebibyte_however_large_the_table() -> None:
     """SECURITY.md: 512 KiB, 4 rows of 65,536 16-bit counters, whatever ``max_senders``
     (an array built from bytes keeps a sixteenth more room)."""
