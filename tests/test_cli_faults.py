@@ -53,6 +53,34 @@ def test_a_usage_error_is_one_line_naming_the_command_and_option(
     assert "Usage:" not in err and "\u256d" not in err  # neither click's usage nor rich's box
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["serve", "--queue-size", "0"], "udpchat serve: --queue-size: must be at least 1, not 0"),
+        (["serve", "--port", "70000"], "udpchat serve: --port: must be 0 to 65535, not 70000"),
+        (["serve", "--drain-timeout", "-1"], "udpchat serve: --drain-timeout: must be at least 0"),
+        (["serve", "--rcvbuf", "-1"], "udpchat serve: --rcvbuf: must be at least 1, not -1"),
+        (["send", "--port", "0"], "udpchat send: --port: must be 1 to 65535, not 0"),
+        (["send", "--interval", "-1"], "udpchat send: --interval: must be at least 0, not -1.0"),
+        (["send", "--count", "0"], "udpchat send: --count: must be at least 1, not 0"),
+        (["chat", "--port", "70000"], "udpchat chat: --port: must be 1 to 65535, not 70000"),
+        (["load", "--users", "0"], "udpchat load: --users: must be 1 to 10000, not 0"),
+        (["load", "--rate", "-1"], "udpchat load: --rate: must be at least 0, not -1.0"),
+        (["load", "--duration", "4000"], "udpchat load: --duration: must be 0 to 3600, not 4000.0"),
+        (["load", "--count", "0"], "udpchat load: --count: must be at least 1, not 0"),
+        (["impair", "--max-clients", "0"], "udpchat impair: --max-clients: must be 1 to 65536"),
+    ],
+)
+def test_a_value_out_of_range_is_said_in_the_configs_words(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The range is the config's (declared once), and so is the wording: ConfigError's, with
+    the option's name, not the parser's."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.count("\n") == 1, err
+
+
 def test_unknown_host_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -51,7 +51,7 @@ from udpchat.impair import (
     parse_share,
     split_host_port,
 )
-from udpchat.server import ConfigError
+from udpchat.settings import ConfigError
 from udpchat.wire import format_message
 
 STREAM = 2000

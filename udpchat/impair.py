@@ -50,16 +50,9 @@ from udpchat.runtime import (
     run_coroutine,
     tune_for_throughput,
 )
-from udpchat.server import (
-    MAX_PORT,
-    MAX_UDP_PAYLOAD,
-    Bounds,
-    ConfigError,
-    check_bounds,
-    setting,
-    start_metrics,
-)
-from udpchat.sockets import bind_udp_socket
+from udpchat.server import MAX_UDP_PAYLOAD, start_metrics
+from udpchat.settings import Bounds, ConfigError, check_bounds, setting
+from udpchat.sockets import MAX_PORT, bind_udp_socket
 from udpchat.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -216,7 +209,7 @@ def knob(
 class Impairment:
     """What one direction of the link does to datagrams; the default does nothing.
 
-    Checked when built: a wrong value raises :class:`~udpchat.server.ConfigError` (a
+    Checked when built: a wrong value raises :class:`~udpchat.settings.ConfigError` (a
     ``ValueError``) naming the field.
     """
 
@@ -346,7 +339,7 @@ def impairments(
     """Each direction's :class:`Impairment` from values as written on the command line:
     ``{"loss": ["10%", "down:1%"]}`` is 10% up and 1% down. A value applies to both
     directions unless it starts with ``up:`` or ``down:``; a later value overrides an earlier
-    one. Raises :class:`~udpchat.server.ConfigError` naming the field."""
+    one. Raises :class:`~udpchat.settings.ConfigError` naming the field."""
     values: dict[Direction, dict[str, Any]] = {direction: {} for direction in Direction}
     parsers = {each.name: each.metadata["parse"] for each in fields(Impairment)}
     for name, texts in settings.items():
@@ -640,7 +633,7 @@ class Link(Generic[T]):
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     """Everything an :class:`ImpairProxy` needs, checked when built (a
-    :class:`~udpchat.server.ConfigError` names the field)."""
+    :class:`~udpchat.settings.ConfigError` names the field)."""
 
     listen_host: str = DEFAULT_LISTEN[0]
     listen_port: int = setting(DEFAULT_LISTEN[1], minimum=0, maximum=MAX_PORT)
@@ -690,7 +683,7 @@ def proxy_config(
 ) -> ProxyConfig:
     """A :class:`ProxyConfig` from values as the command line writes them: ``listen`` and
     ``to`` as ``HOST:PORT``, each :class:`Impairment` field as a list of values for
-    :func:`impairments`, the other fields as they are. A :class:`~udpchat.server.ConfigError`
+    :func:`impairments`, the other fields as they are. A :class:`~udpchat.settings.ConfigError`
     names the argument at fault (``listen``, ``to``, ``loss``, ``max_clients``)."""
     written = {name: settings.pop(name) for name in IMPAIRMENT_FIELDS if name in settings}
     directions = impairments({name: values for name, values in written.items() if values})
