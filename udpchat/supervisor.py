@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
 
-from udpchat.bus import BusUnavailableError
+from udpchat.bus import BusUnavailableError, log_attached
 from udpchat.counters import DropReason, StatsSnapshot, add_up
 from udpchat.handlers import OutputError
 from udpchat.output import output_failure
@@ -431,6 +431,9 @@ class Supervisor:
         except BaseException:
             self._kill_all()
             raise
+        bus = self.config.bus_config()
+        if bus is not None:  # the children's buses are attached: they say it no more
+            log_attached(bus)
         pids = ", ".join(str(child.process.pid) for child in self._children)
         logger.info(
             "listening on %s port %d (%d processes: pids %s)",
