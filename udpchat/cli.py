@@ -33,6 +33,7 @@ from udpchat.impair import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_TARGET,
+    NO_SEED,
     Impairment,
     TargetUnresolvedError,
     proxy_config,
@@ -794,8 +795,15 @@ def usage_error_line(error: UsageError) -> str:
 
 def impairment_option(setting: str) -> Any:
     """An ``impair`` option for an :class:`Impairment` field, as the field declares it."""
-    flag, metavar, help = Impairment.option(setting)
-    return typer.Option(flag, metavar=metavar, help=help)
+    flag, metavar, help, default = Impairment.option(setting)
+    return typer.Option(flag, metavar=metavar, help=shown(help, default))
+
+
+def shown(help: str, default: str | None) -> str:
+    """``help`` with ``default`` (if any) as typer shows a default value: typer's own
+    ``show_default`` text comes in parentheses, as for a computed default, and these are
+    values as written."""
+    return help if default is None else f"{help}  [default: {default}]"
 
 
 IMPAIR_ONLY = ("loop",)
@@ -825,7 +833,8 @@ def impair(
     seed: Annotated[
         int | None,
         typer.Option(
-            metavar="N", help="Seed the decisions: the same seed and traffic, the same fates."
+            metavar="N",
+            help=shown("Seed the decisions: the same seed and traffic, the same fates.", NO_SEED),
         ),
     ] = None,
     max_clients: Annotated[

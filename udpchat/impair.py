@@ -308,13 +308,14 @@ class Impairment:
         return self != Impairment()
 
     @staticmethod
-    def option(name: str) -> tuple[str, str, str]:
+    def option(name: str) -> tuple[str, str, str, str | None]:
         """A field's option as the command line writes it: (``--reorder-distance``, its
-        metavar, its help)."""
+        metavar, its help, its default as written, or None where the default is off)."""
         for each in fields(Impairment):
             if each.name == name:
-                metavar = _METAVARS[each.metadata["parse"]]
-                return f"--{_written_name(name)}", metavar, str(each.metadata["help"])
+                metavar, write = _WRITTEN[each.metadata["parse"]]
+                default = write(each.default) if each.default else None
+                return f"--{_written_name(name)}", metavar, str(each.metadata["help"]), default
         raise KeyError(name)
 
 
@@ -324,13 +325,14 @@ def _written_name(name: str) -> str:
 
 
 IMPAIRMENT_FIELDS = tuple(each.name for each in fields(Impairment))
-_METAVARS = {
-    parse_share: "SHARE",
-    parse_duration: "TIME",
-    parse_count: "N",
-    parse_burst: "LENGTH",
-    parse_rate: "RATE",
+_WRITTEN: dict[Callable[[str], Any], tuple[str, Callable[[Any], str]]] = {
+    parse_share: ("SHARE", lambda share: f"{share * 100:g}%"),
+    parse_duration: ("TIME", lambda seconds: f"{seconds:g}s"),
+    parse_count: ("N", str),
+    parse_burst: ("LENGTH", lambda length: f"{length:g}"),
+    parse_rate: ("RATE", str),
 }
+"""Each way of writing a value: its metavar, and a value written so that it parses back."""
 
 
 def impairments(
@@ -630,6 +632,10 @@ class Link(Generic[T]):
         self._place(data, held.tag, held.ready, due, held.copies, now, out)
 
 
+NO_SEED = "random"
+"""What a :class:`ProxyConfig` without a seed does, in the command line's help."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     """Everything an :class:`ImpairProxy` needs, checked when built (a
@@ -645,7 +651,7 @@ class ProxyConfig:
     """What happens to the server's answers on their way back."""
     seed: int | None = setting(None, minimum=0, maximum=2**63 - 1)
     """The same seed and the same datagrams give the same decisions; None: a random seed
-    (:attr:`ImpairProxy.seed` says which, so that a run can be repeated)."""
+    (:attr:`ImpairProxy.seed` says which, so that a run can be repeated): :data:`NO_SEED`."""
     max_clients: int = setting(DEFAULT_MAX_CLIENTS, minimum=1, maximum=MAX_CLIENTS)
     idle_timeout_s: float = setting(DEFAULT_IDLE_TIMEOUT_S, minimum=0.01, maximum=86_400)
     max_queue_bytes: int = setting(
