@@ -613,6 +613,7 @@ async def test_the_relay_works_through_the_proxy() -> None:
             assert await inboxes[1].wait_for(1) == [f"[{LOOPBACK}] alice: pesan ke-1"]
             bob.send("bob: pesan ke-1")
             assert await inboxes[0].wait_for(1) == [f"[{LOOPBACK}] bob: pesan ke-1"]
+        await eventually(lambda: proxy.stats().queued == 0)  # the last answer's 5 ms delay
         stats = proxy.stats()
     assert stats.clients_refused == 0
     assert stats.received["down"] == stats.forwarded["down"] > 0
