@@ -172,6 +172,23 @@ def test_help_reads_whole_at_80_columns(command: str) -> None:
     assert cut == []
 
 
+@pytest.mark.parametrize(
+    ("command", "described"),
+    [
+        ("serve", "--queue-size N Messages waiting for a worker, at most; more are dropped. "
+         "Must be at least 1."),
+        ("serve", "--port PORT UDP port. Must be 0 to 65535."),
+        ("send", "--port PORT Server's UDP port. Must be 1 to 65535."),
+        ("load", "--users N Simulated users, each with its own socket. Must be 1 to 10000."),
+    ],
+)  # fmt: skip
+def test_help_says_the_range_the_config_declares(
+    command: str, described: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--help"]) == 0
+    assert described in " ".join(capsys.readouterr().out.split())
+
+
 def test_every_option_is_described() -> None:
     group = typer.main.get_command(app)
     assert isinstance(group, typer.core.TyperGroup)

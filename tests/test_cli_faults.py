@@ -30,23 +30,37 @@ from udpchat.server import DEFAULT_WORKERS, ServerConfig
 @pytest.mark.parametrize(
     ("argv", "line"),
     [
-        (["serve", "--port", "70000"], "udpchat serve: --port: "),
-        (["serve", "--workers", "0"], "udpchat serve: --workers: "),
-        (["serve", "--queue-size", "0"], "udpchat serve: --queue-size: "),
+        (["serve", "--port", "70000"], "udpchat serve: --port: must be 0 to 65535, not 70000"),
+        (["serve", "--workers", "0"], "udpchat serve: --workers: must be 1 to 1024, not 0"),
+        (["serve", "--queue-size", "0"], "udpchat serve: --queue-size: must be at least 1, not 0"),
+        (["serve", "--drain-timeout", "-1"], "udpchat serve: --drain-timeout: must be at least 0, "
+         "not -1.0"),
+        (["serve", "--rcvbuf", "-1"], "udpchat serve: --rcvbuf: must be at least 1, not -1"),
         (["serve", "--allow", "10.0.0.300/8"], "udpchat serve: --allow: "),
         (["serve", "--format", "xml"], "udpchat serve: --format: 'xml' is not one of text, json"),
         (["serve", "--bogus"], "udpchat serve: no such option --bogus;"),
         (["serve", "--host", ""], "udpchat serve: --host: must not be empty"),
         (["serve", "--relay", "--processes", "2"], "udpchat serve: --relay: with --processes"),
-        (["send", "--username", "u", "--interval", "-1"], "udpchat send: --interval: "),
-        (["send", "--username", "u", "--count", "0"], "udpchat send: --count: "),
+        (["send", "--username", "u", "--interval", "-1"], "udpchat send: --interval: must be at "
+         "least 0, not -1.0"),
+        (["send", "--count", "0"], "udpchat send: --count: must be at least 1, not 0"),
+        (["send", "--port", "0"], "udpchat send: --port: must be 1 to 65535, not 0"),
+        (["chat", "--port", "70000"], "udpchat chat: --port: must be 1 to 65535, not 70000"),
+        (["load", "--users", "0"], "udpchat load: --users: must be 1 to 10000, not 0"),
+        (["load", "--rate", "-1"], "udpchat load: --rate: must be at least 0, not -1.0"),
+        (["load", "--duration", "4000"], "udpchat load: --duration: must be 0 to 3600, not 4000.0"),
+        (["load", "--count", "0"], "udpchat load: --count: must be at least 1, not 0"),
+        (["impair", "--max-clients", "0"], "udpchat impair: --max-clients: must be 1 to 65536, "
+         "not 0"),
         (["send", "--username", "bad: name"], "udpchat send: invalid username"),
         (["nosuch"], "udpchat: No such command 'nosuch'"),
     ],
-)
+)  # fmt: skip
 def test_a_usage_error_is_one_line_naming_the_command_and_option(
     argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A value out of range included: in the config's words (ConfigError's), from the range
+    it declares once, with the option's name."""
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(line), err

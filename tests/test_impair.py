@@ -15,7 +15,7 @@ import socket
 import statistics
 import tracemalloc
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from udpchat.accounting import REORDER_WINDOW, DeliveryAccounting, Verdict
 from udpchat.cli import main
 from udpchat.counters import DeliveryTotals, ImpairStats, SenderStats, declarations
 from udpchat.impair import (
+    _WRITTEN,
     QUEUED_DATAGRAM_OVERHEAD_BYTES,
     Direction,
     Impairment,
@@ -46,12 +47,14 @@ from udpchat.impair import (
     RateLimit,
     RateUnit,
     impairments,
+    parse_burst,
+    parse_count,
     parse_duration,
     parse_rate,
     parse_share,
     split_host_port,
 )
-from udpchat.server import ConfigError
+from udpchat.settings import ConfigError
 from udpchat.wire import format_message
 
 STREAM = 2000
@@ -610,6 +613,7 @@ async def test_the_relay_works_through_the_proxy() -> None:
             assert await inboxes[1].wait_for(1) == [f"[{LOOPBACK}] alice: pesan ke-1"]
             bob.send("bob: pesan ke-1")
             assert await inboxes[0].wait_for(1) == [f"[{LOOPBACK}] bob: pesan ke-1"]
+        await eventually(lambda: proxy.stats().queued == 0)  # the last answer's 5 ms delay
         stats = proxy.stats()
     assert stats.clients_refused == 0
     assert stats.received["down"] == stats.forwarded["down"] > 0
@@ -726,3 +730,40 @@ async def test_a_port_in_use_is_one_line_and_exit_3() -> None:
     assert stderr.splitlines() == [
         f"udpchat: cannot listen on {LOOPBACK} port {port}: Address already in use"
     ]
+
+
+def test_help_shows_the_declared_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """As the fields declare them, written as the options are: an impairment that is off by
+    default (no loss, no delay) needs no default said."""
+    assert main(["impair", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in (
+        "--reorder-distance N How many later datagrams of the same client overtake a reordered "
+        "one. [default: 1]",
+        "--reorder-hold TIME How long a reordered datagram waits for those that are to overtake "
+        "it, at most. [default: 1s]",
+        "--rate-queue N Datagrams waiting at the rate limit, at most. [default: 1000]",
+        "--seed N Seed the decisions: the same seed and traffic, the same fates. [default: random]",
+        "--loss SHARE Share of datagrams lost (10% or 0.1). --burst",
+    ):
+        assert shown in text, text
+
+
+@pytest.mark.parametrize(
+    ("parse", "value"),
+    [
+        (parse_share, 0.125),
+        (parse_share, 0.1),
+        (parse_duration, 0.02),
+        (parse_duration, 1.0),
+        (parse_count, 7),
+        (parse_burst, 4.5),
+        (parse_rate, RateLimit(1000.0)),
+        (parse_rate, RateLimit(64000.0, RateUnit.BYTES)),
+    ],
+)
+def test_a_value_is_written_as_its_option_reads_it(parse: Callable[[str], Any], value: Any) -> None:
+    """So that a default said in --help is one the option takes."""
+    _, write = _WRITTEN[parse]
+    expected = pytest.approx(value) if isinstance(value, float) else value
+    assert parse(write(value)) == expected

@@ -13,7 +13,7 @@ import udpchat
 PACKAGE = Path(udpchat.__file__).parent
 
 LAYERS = [
-    {"counters", "wire", "logs", "pool", "signals", "sockets", "wakeup"},
+    {"counters", "wire", "logs", "pool", "settings", "signals", "sockets", "wakeup"},
     {"fastpath", "admission", "bus", "metrics", "report", "client", "load", "runtime"},
     {"accounting", "chat", "progress"},
     {"handlers"},

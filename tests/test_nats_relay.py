@@ -258,3 +258,20 @@ def test_a_malformed_nats_url_is_a_usage_error_at_once(
     err = capsys.readouterr().err
     assert err.startswith("udpchat serve: --nats: ") and problem in err and err.count("\n") == 1
     assert "secret" not in err
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+async def test_the_room_on_nats_is_said_once_at_start_with_any_number_of_processes(
+    nats_node: NatsNode, processes: str
+) -> None:
+    cli = await start_cli(
+        "serve", "--host", LOOPBACK, "--port", "0", "--relay", "--nats", nats_node.url,
+        "--processes", processes, "--quiet",
+    )  # fmt: skip
+    assert await cli.read_stdout_line() == "Server menunggu..."  # after the start-up lines
+    cli.signal(signal.SIGINT)
+    status, _, stderr = await cli.finish()
+    assert status == 0, stderr
+    lines = stderr.splitlines()
+    before_listening = lines[: next(n for n, line in enumerate(lines) if "listening on" in line)]
+    assert before_listening == [f"udpchat: room 'lobby' on NATS at {redact_url(nats_node.url)}"]

@@ -13,6 +13,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import (
     EVENT_TIMEOUT_S,
     LOOPBACK,
@@ -175,3 +177,27 @@ async def test_children_stop_when_their_parent_is_killed() -> None:
 
     await eventually(lambda: not any(alive(pid) for pid in pids))
     assert port_is_free(port)
+
+
+def refused_request(address: tuple[str, int]) -> bytes:
+    """A malformed request to the metrics endpoint: answered 400 and counted as bad."""
+    with socket.create_connection(address, timeout=EVENT_TIMEOUT_S) as sock:
+        sock.sendall(b"nonsense\r\n\r\n")
+        return sock.recv(4096)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+async def test_the_summary_has_the_metrics_endpoints_line_with_any_number_of_processes(
+    processes: str,
+) -> None:
+    """The endpoint is the supervisor's, not a child's: its counts reach the summary all the
+    same, on the single server's path."""
+    cli, _ = await start_cli_server("--processes", processes, "--metrics-port", "0")
+    url = (await cli.read_stderr_until("metrics on ")).split("metrics on ", 1)[1]
+    host, port = re.findall(r"http://([\d.]+):(\d+)/", url)[0]
+    answer = await asyncio.to_thread(refused_request, (host, int(port)))
+    assert answer.startswith(b"HTTP/1.1 400")
+    cli.signal(signal.SIGINT)
+    status, _, stderr = await cli.finish()
+    assert status == 0, stderr
+    assert "udpchat: metrics: connections_dropped=0 bad_requests=1\n" in stderr, stderr

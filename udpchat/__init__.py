@@ -34,13 +34,13 @@ _EXPORTS = {
     "output": ("LinePrinter", "OutputFormat"),
     "runner": ("run",),
     "server": (
-        "ConfigError",
         "MetricsStartError",
         "ServeResult",
         "Server",
         "ServerConfig",
         "Service",
     ),
+    "settings": ("ConfigError",),
     "supervisor": ("Supervisor",),
     "wire": (
         "ParsedText",
@@ -142,9 +142,6 @@ if TYPE_CHECKING:
     )
     from udpchat.runner import run as run
     from udpchat.server import (
-        ConfigError as ConfigError,
-    )
-    from udpchat.server import (
         MetricsStartError as MetricsStartError,
     )
     from udpchat.server import (
@@ -159,6 +156,7 @@ if TYPE_CHECKING:
     from udpchat.server import (
         Service as Service,
     )
+    from udpchat.settings import ConfigError as ConfigError
     from udpchat.supervisor import Supervisor as Supervisor
     from udpchat.wire import (
         ParsedText as ParsedText,

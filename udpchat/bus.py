@@ -194,6 +194,11 @@ class BusConfig:
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
     max_backlog: int = DEFAULT_MAX_BACKLOG
 
+    @property
+    def urls(self) -> str:
+        """The seed URLs, redacted: for messages and logs."""
+        return ", ".join(redact_url(url) for url in self.servers)
+
     def __post_init__(self) -> None:
         if not self.servers:
             raise ValueError("at least one NATS server URL is needed")
@@ -202,6 +207,12 @@ class BusConfig:
             if problem is not None:
                 raise ValueError(f"{redact_url(url)} {problem}")
         room_subject(self.room)
+
+
+def log_attached(config: BusConfig) -> None:
+    """Say, once a service is up, which room it serves on which NATS: a server says it when
+    its bus starts, a supervisor once for all its children."""
+    logger.info("room %r on NATS at %s", config.room, config.urls)
 
 
 class RoomBus:
@@ -239,11 +250,6 @@ class RoomBus:
         self._inbox: queue.Queue[Envelope | None] = queue.Queue(DEFAULT_INCOMING_LIMIT)
         self._delivery: threading.Thread | None = None
 
-    @property
-    def urls(self) -> str:
-        """The seed URLs, redacted: for messages and logs."""
-        return ", ".join(redact_url(url) for url in self.config.servers)
-
     async def start(self) -> None:
         if self._client is not None:
             raise RuntimeError("the bus is already started")
@@ -266,7 +272,7 @@ class RoomBus:
             target=self._deliver_inbox, name="udpchat-bus-delivery", daemon=True
         )
         self._delivery.start()
-        logger.info("room %r on NATS at %s", self.config.room, self.urls)
+        log_attached(self.config)
 
     async def _abandon(self, client: NatsClient, connecting: asyncio.Future[None]) -> NoReturn:
         """Give up a first connection: refused at once (credentials, TLS), or not made in time."""
@@ -275,13 +281,14 @@ class RoomBus:
         await asyncio.gather(connecting, return_exceptions=True)
         with contextlib.suppress(Exception):  # a URL nats-py refused never got a connection
             await asyncio.wait_for(client.close(), STOP_FLUSH_TIMEOUT_S)
+        urls = self.config.urls
         if self._refused.done():
             refusal = describe(self._refused.result())
-            raise BusUnavailableError(f"NATS at {self.urls} refused the connection ({refusal})")
+            raise BusUnavailableError(f"NATS at {urls} refused the connection ({refusal})")
         failed = connecting.exception() if not connecting.cancelled() else None
         cause = describe(failed or self._last_error or TimeoutError())
         raise BusUnavailableError(
-            f"cannot reach NATS at {self.urls} within {self.config.connect_timeout_s:g} s ({cause})"
+            f"cannot reach NATS at {urls} within {self.config.connect_timeout_s:g} s ({cause})"
         )
 
     async def _connect(self, client: NatsClient) -> None:
@@ -432,7 +439,7 @@ class RoomBus:
         """The server of the cluster the connection is to now (or was, just before it was
         lost), redacted: not the seed URLs, which may name another node."""
         url = None if self._client is None else self._client.connected_url
-        return self.urls if url is None else redact_url(url.geturl())
+        return self.config.urls if url is None else redact_url(url.geturl())
 
     async def _on_disconnected(self) -> None:
         if self._stopping or self._client is None:

@@ -10,9 +10,9 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO, TypeVar
 
 import typer
 from typer._click.exceptions import BadParameter, NoSuchOption, UsageError
@@ -25,7 +25,7 @@ from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
 from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusUnavailableError
 from udpchat.chat import converse, print_received, print_sent
-from udpchat.client import Client, JoinError
+from udpchat.client import Client, ClientConfig, JoinError
 from udpchat.handlers import OutputError
 from udpchat.impair import (
     DEFAULT_IDLE_TIMEOUT_S,
@@ -33,29 +33,34 @@ from udpchat.impair import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_TARGET,
+    NO_SEED,
     Impairment,
     TargetUnresolvedError,
     proxy_config,
     run_proxy,
 )
-from udpchat.load import LoadConfig, NotLoopbackError, run_load
+from udpchat.load import (
+    DEFAULT_DURATION_S,
+    DEFAULT_RATE_PER_S,
+    DEFAULT_USERS,
+    LoadConfig,
+    NotLoopbackError,
+    run_load,
+)
 from udpchat.output import OutputFormat
 from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, DEFAULT_TEXT_RATE_PER_S
 from udpchat.report import SortKey, impair_summary, json_summary, summary_lines
 from udpchat.runner import run
 from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, run_coroutine
-from udpchat.server import (
-    ConfigError,
-    MetricsStartError,
-    ServerConfig,
-    ServeResult,
-    Service,
-)
+from udpchat.server import MetricsStartError, ServerConfig, ServeResult, Service
+from udpchat.settings import ConfigError, bounds_of
 from udpchat.signals import hold_stop_signals, release_stop_signals
 from udpchat.wire import MAX_USERNAME_LENGTH, InvalidUsernameError, clean_username
 
 if TYPE_CHECKING:
     from udpchat.dashboard import ViewTerminal
+
+T = TypeVar("T")
 
 WAITING_LINE = "Server menunggu..."
 USERNAME_PROMPT = "Masukkan username: "
@@ -123,13 +128,23 @@ def describe_error(error: BaseException) -> str:
     return str(error)
 
 
-def bounded(setting: str, help: str, *flags: str) -> Any:
-    """A ``serve`` option for a numeric :class:`ServerConfig` setting, with the setting's own
-    range (:meth:`ServerConfig.bounds`), so that the two cannot disagree."""
-    bounds = ServerConfig.bounds(setting)
-    return typer.Option(
-        *flags, min=bounds.minimum, max=bounds.maximum, help=help, metavar=metavar_of(setting)
-    )
+def bounded(config: type[Any], setting: str, help: str, *flags: str) -> Any:
+    """An option for a numeric ``config`` setting: its help says the range the config declares
+    (:func:`~udpchat.settings.bounds_of`), and the config alone checks it, so that the two
+    cannot disagree and a value out of range is said in the config's words (:func:`configure`).
+    """
+    help = f"{help} Must be {bounds_of(config, setting)}."
+    return typer.Option(*flags, help=help, metavar=metavar_of(setting))
+
+
+def configure(context: typer.Context, config: Callable[..., T], **settings: Any) -> T:
+    """``config(**settings)``; a :class:`ConfigError` is a usage error naming the option."""
+    try:
+        return config(**settings)
+    except ConfigError as error:
+        fail(error.describe(lambda setting: option_name(context, setting)), ExitCode.USAGE)
+    except ValueError as error:
+        fail(str(error), ExitCode.USAGE)
 
 
 def metavar_of(setting: str) -> str:
@@ -174,25 +189,28 @@ def serve(
     host: Annotated[
         str, typer.Option(metavar="HOST", help="Address to bind; '::' listens on IPv6 and IPv4.")
     ] = server_module.DEFAULT_HOST,
-    port: Annotated[int, bounded("port", "UDP port.")] = server_module.DEFAULT_PORT,
+    port: Annotated[int, bounded(ServerConfig, "port", "UDP port.")] = server_module.DEFAULT_PORT,
     workers: Annotated[
-        int, bounded("workers", "Threads in the pool that handles messages.")
+        int, bounded(ServerConfig, "workers", "Threads in the pool that handles messages.")
     ] = server_module.DEFAULT_WORKERS,
     max_datagram_size: Annotated[
         int,
         bounded(
+            ServerConfig,
             "max_datagram_size",
             "Largest datagram accepted, in bytes; larger are dropped.",
             "--max-size",
         ),
     ] = server_module.DEFAULT_MAX_DATAGRAM_SIZE,
     queue_size: Annotated[
-        int, bounded("queue_size", "Messages waiting for a worker, at most; more are dropped.")
+        int,
+        bounded(
+            ServerConfig, "queue_size", "Messages waiting for a worker, at most; more are dropped."
+        ),
     ] = server_module.DEFAULT_QUEUE_SIZE,
     rcvbuf: Annotated[
         int,
         typer.Option(
-            min=0,
             metavar="BYTES",
             callback=no_zero,
             help="Socket receive buffer to ask for, in bytes (0: OS default).",
@@ -209,6 +227,7 @@ def serve(
     rate_limit_per_s: Annotated[
         float | None,
         bounded(
+            ServerConfig,
             "rate_limit_per_s",
             "Messages a second per source address; more are refused.",
             "--rate-limit",
@@ -216,15 +235,22 @@ def serve(
     ] = None,
     rate_burst: Annotated[
         float | None,
-        bounded("rate_burst", "Burst allowed above --rate-limit (default: 1 s worth)."),
+        bounded(
+            ServerConfig, "rate_burst", "Burst allowed above --rate-limit (default: 1 s worth)."
+        ),
     ] = None,
     max_sources: Annotated[
         int,
-        bounded("max_sources", "Source addresses remembered for --rate-limit/--allow, at most."),
+        bounded(
+            ServerConfig,
+            "max_sources",
+            "Source addresses remembered for --rate-limit/--allow, at most.",
+        ),
     ] = DEFAULT_MAX_SOURCES,
     drain_timeout_s: Annotated[
         float,
         bounded(
+            ServerConfig,
             "drain_timeout_s",
             "Seconds to finish queued messages on Ctrl-C, SIGTERM or SIGHUP.",
             "--drain-timeout",
@@ -233,6 +259,7 @@ def serve(
     processes: Annotated[
         int,
         bounded(
+            ServerConfig,
             "processes",
             "Server processes sharing the port (Linux SO_REUSEPORT), each with its own pool.",
         ),
@@ -240,6 +267,7 @@ def serve(
     max_senders: Annotated[
         int,
         bounded(
+            ServerConfig,
             "max_senders",
             "Senders tracked for loss and reordering, at most; the least active are evicted.",
         ),
@@ -258,6 +286,7 @@ def serve(
     stats_interval_s: Annotated[
         float | None,
         bounded(
+            ServerConfig,
             "stats_interval_s",
             "Print a status line on stderr every this many seconds.",
             "--stats-interval",
@@ -265,7 +294,11 @@ def serve(
     ] = None,
     metrics_port: Annotated[
         int | None,
-        bounded("metrics_port", "Serve Prometheus metrics over HTTP on this TCP port (0: any)."),
+        bounded(
+            ServerConfig,
+            "metrics_port",
+            "Serve Prometheus metrics over HTTP on this TCP port (0: any).",
+        ),
     ] = None,
     metrics_host: Annotated[
         str, typer.Option(metavar="HOST", help="Address for --metrics-port.")
@@ -277,17 +310,19 @@ def serve(
     peer_timeout_s: Annotated[
         float,
         bounded(
+            ServerConfig,
             "peer_timeout_s",
             "Seconds of silence after which a member leaves the room.",
             "--peer-timeout",
         ),
     ] = DEFAULT_PEER_TIMEOUT_S,
     max_peers: Annotated[
-        int, bounded("max_peers", "Members in the room, at most.")
+        int, bounded(ServerConfig, "max_peers", "Members in the room, at most.")
     ] = DEFAULT_MAX_PEERS,
     relay_rate_per_s: Annotated[
         float,
         bounded(
+            ServerConfig,
             "relay_rate_per_s",
             "Texts a second each member may have relayed (bursts of twice that).",
             "--relay-rate",
@@ -337,7 +372,10 @@ def serve(
     nats_connect_timeout_s: Annotated[
         float,
         bounded(
-            "nats_connect_timeout_s", "Seconds to wait for NATS at start.", "--nats-connect-timeout"
+            ServerConfig,
+            "nats_connect_timeout_s",
+            "Seconds to wait for NATS at start.",
+            "--nats-connect-timeout",
         ),
     ] = DEFAULT_CONNECT_TIMEOUT_S,
     dashboard: Annotated[
@@ -354,12 +392,8 @@ def serve(
 ) -> None:
     """Receive messages and print each as '[ip] text', like the seed's server."""
     settings = {name: value for name, value in context.params.items() if name not in SERVE_ONLY}
-    try:
-        config = ServerConfig(**settings, output_format=None if quiet else output_format)
-    except ConfigError as error:
-        fail(error.describe(lambda setting: option_name(context, setting)), ExitCode.USAGE)
-    except ValueError as error:
-        fail(str(error), ExitCode.USAGE)
+    lines = None if quiet else output_format
+    config = configure(context, ServerConfig, **settings, output_format=lines)
     terminal = dashboard_terminal(messages=not quiet) if dashboard else None
     banner = sys.stderr if output_format is OutputFormat.JSON else sys.stdout
 
@@ -388,7 +422,7 @@ def serve(
 
 
 def option_name(context: typer.Context, setting: str) -> str:
-    """The ``serve`` option that sets ``setting`` (``--max-size``), for an error message."""
+    """The option that sets ``setting`` (``--max-size``), for an error message."""
     for parameter in context.command.params:
         if parameter.name == setting and parameter.opts:
             return str(parameter.opts[0])
@@ -481,9 +515,11 @@ HostOption = Annotated[
         callback=unbracket,
     ),
 ]
-TargetPortOption = Annotated[
-    int, typer.Option(min=1, max=65535, metavar="PORT", help="Server's UDP port.")
-]
+
+
+def target_port(config: type[Any]) -> Any:
+    """The client commands' ``--port``, with the range ``config`` declares."""
+    return bounded(config, "port", "Server's UDP port.")
 
 
 def username_option(purpose: str) -> Any:
@@ -496,17 +532,16 @@ def username_option(purpose: str) -> Any:
 
 @app.command(short_help="Send 'USERNAME: pesan ke-N' on a timer (the seed's client).")
 def send(
+    context: typer.Context,
     username: Annotated[str | None, username_option("send")] = None,
     host: HostOption = client_module.DEFAULT_HOST,
-    port: TargetPortOption = client_module.DEFAULT_PORT,
-    interval: Annotated[
-        float, typer.Option(min=0.0, metavar="SECONDS", help="Seconds between messages.")
+    port: Annotated[int, target_port(ClientConfig)] = client_module.DEFAULT_PORT,
+    interval_s: Annotated[
+        float, bounded(ClientConfig, "interval_s", "Seconds between messages.", "--interval")
     ] = client_module.DEFAULT_INTERVAL_S,
     count: Annotated[
         int | None,
-        typer.Option(
-            min=1, metavar="N", help="Stop after this many messages (default: until Ctrl-C)."
-        ),
+        bounded(ClientConfig, "count", "Stop after this many messages (default: until Ctrl-C)."),
     ] = None,
     relay: Annotated[
         bool,
@@ -519,13 +554,16 @@ def send(
     Exits 1 when every datagram was refused (nothing listens at HOST PORT), else 0: UDP
     says nothing of the datagrams that were not refused.
     """
+    config = configure(
+        context, ClientConfig, host=host, port=port, interval_s=interval_s, count=count
+    )
 
     def report_send_error(error: Exception) -> None:
         going_on = "; still sending" if count is None or client.sent < count else ""
         report(f"send failed: {describe_error(error)}{going_on}")
 
-    client = Client(host, port, on_error=report_send_error)
-    sending = send_until_stopped(client, ask_username(username), interval, count, relay)
+    client = Client(config.host, config.port, on_error=report_send_error)
+    sending = send_until_stopped(client, ask_username(username), config, relay)
     run_client(client, sending, loop)
     if client.sent and client.send_errors >= client.sent:
         fail(f"every datagram was refused: nothing listens at {host} port {port}", ExitCode.FAILURE)
@@ -589,7 +627,7 @@ async def until_stopped(work: Coroutine[Any, Any, object], stop: SignalStop) -> 
 
 
 async def send_until_stopped(
-    client: Client, username: str, interval_s: float, count: int | None, relay: bool
+    client: Client, username: str, config: ClientConfig, relay: bool
 ) -> None:
     stop = SignalStop()
     with stop.installed():
@@ -597,7 +635,9 @@ async def send_until_stopped(
             if relay:
                 await client.join_room(print_received, on_room=lambda _, detail: report(detail))
             await until_stopped(
-                client.send_every(username, interval_s=interval_s, count=count, on_sent=print_sent),
+                client.send_every(
+                    username, interval_s=config.interval_s, count=config.count, on_sent=print_sent
+                ),
                 stop,
             )
             if relay:
@@ -607,15 +647,17 @@ async def send_until_stopped(
 
 @app.command(short_help="Chat in a 'serve --relay' room, one line typed at a time.")
 def chat(
+    context: typer.Context,
     username: Annotated[str | None, username_option("chat")] = None,
     host: HostOption = client_module.DEFAULT_HOST,
-    port: TargetPortOption = client_module.DEFAULT_PORT,
+    port: Annotated[int, target_port(ClientConfig)] = client_module.DEFAULT_PORT,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Chat in a 'serve --relay' room: each line typed is sent as 'USERNAME: line', the
     others' lines appear above the input line as they arrive; Ctrl-D or Ctrl-C leaves.
     The client keeps itself in the room and rejoins by itself after a server restart."""
-    client = Client(host, port)
+    config = configure(context, ClientConfig, host=host, port=port)
+    client = Client(config.host, config.port)
     run_client(client, chat_until_done(client, ask_username(username)), loop)
 
 
@@ -629,6 +671,7 @@ async def chat_until_done(client: Client, username: str) -> None:
 
 @app.command(short_help="A bounded load generator: USERS users at RATE for DURATION.")
 def load(
+    context: typer.Context,
     host: Annotated[
         str,
         typer.Option(
@@ -637,28 +680,26 @@ def load(
             callback=unbracket,
         ),
     ] = client_module.DEFAULT_HOST,
-    port: TargetPortOption = client_module.DEFAULT_PORT,
+    port: Annotated[int, target_port(LoadConfig)] = client_module.DEFAULT_PORT,
     users: Annotated[
-        int,
-        typer.Option(
-            min=1, max=10_000, metavar="N", help="Simulated users, each with its own socket."
-        ),
-    ] = 10,
-    rate: Annotated[
+        int, bounded(LoadConfig, "users", "Simulated users, each with its own socket.")
+    ] = DEFAULT_USERS,
+    rate_per_s: Annotated[
         float,
-        typer.Option(
-            min=0.0,
-            metavar="PER_S",
-            help="Messages a second over all users; 0: as fast as possible.",
+        bounded(
+            LoadConfig,
+            "rate_per_s",
+            "Messages a second over all users; 0: as fast as possible.",
+            "--rate",
         ),
-    ] = 10_000.0,
-    duration: Annotated[
+    ] = DEFAULT_RATE_PER_S,
+    duration_s: Annotated[
         float,
-        typer.Option(min=0.0, max=3600.0, metavar="SECONDS", help="Seconds to send for, at most."),
-    ] = 5.0,
+        bounded(LoadConfig, "duration_s", "Seconds to send for, at most.", "--duration"),
+    ] = DEFAULT_DURATION_S,
     count: Annotated[
         int | None,
-        typer.Option(min=1, metavar="N", help="Messages to send, at most (default: no limit)."),
+        bounded(LoadConfig, "count", "Messages to send, at most (default: no limit)."),
     ] = None,
     batch: Annotated[
         bool, typer.Option(help="Batch sends with sendmmsg where the OS has it.")
@@ -672,12 +713,14 @@ def load(
 
     Exits 1 when the target refused the datagrams (nothing listens at HOST PORT).
     """
-    config = LoadConfig(
+    config = configure(
+        context,
+        LoadConfig,
         host=host,
         port=port,
         users=users,
-        rate_per_s=rate,
-        duration_s=duration,
+        rate_per_s=rate_per_s,
+        duration_s=duration_s,
         count=count,
         use_sendmmsg=batch,
         allow_remote=allow_remote,
@@ -752,8 +795,15 @@ def usage_error_line(error: UsageError) -> str:
 
 def impairment_option(setting: str) -> Any:
     """An ``impair`` option for an :class:`Impairment` field, as the field declares it."""
-    flag, metavar, help = Impairment.option(setting)
-    return typer.Option(flag, metavar=metavar, help=help)
+    flag, metavar, help, default = Impairment.option(setting)
+    return typer.Option(flag, metavar=metavar, help=shown(help, default))
+
+
+def shown(help: str, default: str | None) -> str:
+    """``help`` with ``default`` (if any) as typer shows a default value: typer's own
+    ``show_default`` text comes in parentheses, as for a computed default, and these are
+    values as written."""
+    return help if default is None else f"{help}  [default: {default}]"
 
 
 IMPAIR_ONLY = ("loop",)
@@ -783,7 +833,8 @@ def impair(
     seed: Annotated[
         int | None,
         typer.Option(
-            metavar="N", help="Seed the decisions: the same seed and traffic, the same fates."
+            metavar="N",
+            help=shown("Seed the decisions: the same seed and traffic, the same fates.", NO_SEED),
         ),
     ] = None,
     max_clients: Annotated[
@@ -832,10 +883,7 @@ def impair(
     Each impairment applies both ways; 'up:' or 'down:' before a value applies it one way
     only, and the option may be repeated: --loss up:10% --loss down:1%."""
     settings = {name: value for name, value in context.params.items() if name not in IMPAIR_ONLY}
-    try:
-        config = proxy_config(**settings)
-    except ConfigError as error:
-        fail(error.describe(lambda setting: option_name(context, setting)), ExitCode.USAGE)
+    config = configure(context, proxy_config, **settings)
     try:
         result = run_proxy(config, loop)
     except LoopUnavailableError as error:

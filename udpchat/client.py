@@ -10,8 +10,11 @@ import logging
 import math
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 
+from udpchat.settings import check_bounds, setting
+from udpchat.sockets import MAX_PORT
 from udpchat.wire import (
     COOKIE,
     DELIVERED,
@@ -47,6 +50,22 @@ ERROR_REPEAT_S = 30.0
 """A send error is reported again after this long, even if the peer was never heard from."""
 REFUSAL_GRACE_S = 0.2
 """How long :meth:`Client.settle` waits for the refusal (ICMP) of the last datagrams."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """What ``send`` and ``chat`` are asked for, checked when built (a
+    :class:`~udpchat.settings.ConfigError` names the field), as the server's config is."""
+
+    host: str = DEFAULT_HOST
+    port: int = setting(DEFAULT_PORT, minimum=1, maximum=MAX_PORT)
+    interval_s: float = setting(DEFAULT_INTERVAL_S, minimum=0)
+    """Seconds between the messages :meth:`Client.send_every` sends."""
+    count: int | None = setting(None, minimum=1)
+    """Messages to send, at most; None: until stopped."""
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 class JoinFailure(enum.Enum):

@@ -16,7 +16,6 @@ import logging
 import sys
 import threading
 import time
-import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
@@ -32,7 +31,7 @@ from rich.text import Text
 from udpchat.counters import SenderStats, StatsSnapshot, add_up
 from udpchat.report import SENDER_COLUMNS, SortKey, group_lines, ranked, sender_address
 from udpchat.server import Service
-from udpchat.wire import INVISIBLE_CHARACTERS
+from udpchat.wire import INVISIBLE_CHARACTERS, terminal_cells
 
 REFRESH_PER_S = 4.0
 """Redraws a second, at most: often enough to look live, rarely enough to cost nothing."""
@@ -84,20 +83,6 @@ def _duration(seconds: float) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
-def _terminal_cells(char: str) -> int:
-    """The cells a terminal gives one printable ``char``, as the C library's ``wcwidth()``
-    counts them from the Unicode database (and tmux with it): none for a combining mark or a
-    Hangul medial vowel or final consonant (which join the syllable before), two for an East
-    Asian wide character and for the circled numbers on black squares (U+3248-U+324F, ambiguous
-    in Unicode but wide in the C library, like the CJK block around them), one for any other."""
-    if unicodedata.category(char) in {"Mn", "Me"} or "\u1160" <= char <= "\u11ff":
-        return 0
-    if "\ud7b0" <= char <= "\ud7ff":
-        return 0
-    wide = unicodedata.east_asian_width(char) in {"W", "F"} or "\u3248" <= char <= "\u324f"
-    return 2 if wide else 1
-
-
 @lru_cache(maxsize=4096)
 def _shown_as_is(char: str) -> bool:
     """Whether the view can show ``char`` itself: printable, visible, and as wide for rich as
@@ -107,7 +92,7 @@ def _shown_as_is(char: str) -> bool:
     return (
         char.isprintable()
         and char not in INVISIBLE_CHARACTERS
-        and cell_len(char) == _terminal_cells(char)
+        and cell_len(char) == terminal_cells(char)
     )
 
 

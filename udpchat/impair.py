@@ -50,16 +50,9 @@ from udpchat.runtime import (
     run_coroutine,
     tune_for_throughput,
 )
-from udpchat.server import (
-    MAX_PORT,
-    MAX_UDP_PAYLOAD,
-    Bounds,
-    ConfigError,
-    check_bounds,
-    setting,
-    start_metrics,
-)
-from udpchat.sockets import bind_udp_socket
+from udpchat.server import MAX_UDP_PAYLOAD, start_metrics
+from udpchat.settings import Bounds, ConfigError, check_bounds, setting
+from udpchat.sockets import MAX_PORT, bind_udp_socket
 from udpchat.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -216,7 +209,7 @@ def knob(
 class Impairment:
     """What one direction of the link does to datagrams; the default does nothing.
 
-    Checked when built: a wrong value raises :class:`~udpchat.server.ConfigError` (a
+    Checked when built: a wrong value raises :class:`~udpchat.settings.ConfigError` (a
     ``ValueError``) naming the field.
     """
 
@@ -315,13 +308,14 @@ class Impairment:
         return self != Impairment()
 
     @staticmethod
-    def option(name: str) -> tuple[str, str, str]:
+    def option(name: str) -> tuple[str, str, str, str | None]:
         """A field's option as the command line writes it: (``--reorder-distance``, its
-        metavar, its help)."""
+        metavar, its help, its default as written, or None where the default is off)."""
         for each in fields(Impairment):
             if each.name == name:
-                metavar = _METAVARS[each.metadata["parse"]]
-                return f"--{_written_name(name)}", metavar, str(each.metadata["help"])
+                metavar, write = _WRITTEN[each.metadata["parse"]]
+                default = write(each.default) if each.default else None
+                return f"--{_written_name(name)}", metavar, str(each.metadata["help"]), default
         raise KeyError(name)
 
 
@@ -331,13 +325,14 @@ def _written_name(name: str) -> str:
 
 
 IMPAIRMENT_FIELDS = tuple(each.name for each in fields(Impairment))
-_METAVARS = {
-    parse_share: "SHARE",
-    parse_duration: "TIME",
-    parse_count: "N",
-    parse_burst: "LENGTH",
-    parse_rate: "RATE",
+_WRITTEN: dict[Callable[[str], Any], tuple[str, Callable[[Any], str]]] = {
+    parse_share: ("SHARE", lambda share: f"{share * 100:g}%"),
+    parse_duration: ("TIME", lambda seconds: f"{seconds:g}s"),
+    parse_count: ("N", str),
+    parse_burst: ("LENGTH", lambda length: f"{length:g}"),
+    parse_rate: ("RATE", str),
 }
+"""Each way of writing a value: its metavar, and a value written so that it parses back."""
 
 
 def impairments(
@@ -346,7 +341,7 @@ def impairments(
     """Each direction's :class:`Impairment` from values as written on the command line:
     ``{"loss": ["10%", "down:1%"]}`` is 10% up and 1% down. A value applies to both
     directions unless it starts with ``up:`` or ``down:``; a later value overrides an earlier
-    one. Raises :class:`~udpchat.server.ConfigError` naming the field."""
+    one. Raises :class:`~udpchat.settings.ConfigError` naming the field."""
     values: dict[Direction, dict[str, Any]] = {direction: {} for direction in Direction}
     parsers = {each.name: each.metadata["parse"] for each in fields(Impairment)}
     for name, texts in settings.items():
@@ -637,10 +632,14 @@ class Link(Generic[T]):
         self._place(data, held.tag, held.ready, due, held.copies, now, out)
 
 
+NO_SEED = "random"
+"""What a :class:`ProxyConfig` without a seed does, in the command line's help."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     """Everything an :class:`ImpairProxy` needs, checked when built (a
-    :class:`~udpchat.server.ConfigError` names the field)."""
+    :class:`~udpchat.settings.ConfigError` names the field)."""
 
     listen_host: str = DEFAULT_LISTEN[0]
     listen_port: int = setting(DEFAULT_LISTEN[1], minimum=0, maximum=MAX_PORT)
@@ -652,7 +651,7 @@ class ProxyConfig:
     """What happens to the server's answers on their way back."""
     seed: int | None = setting(None, minimum=0, maximum=2**63 - 1)
     """The same seed and the same datagrams give the same decisions; None: a random seed
-    (:attr:`ImpairProxy.seed` says which, so that a run can be repeated)."""
+    (:attr:`ImpairProxy.seed` says which, so that a run can be repeated): :data:`NO_SEED`."""
     max_clients: int = setting(DEFAULT_MAX_CLIENTS, minimum=1, maximum=MAX_CLIENTS)
     idle_timeout_s: float = setting(DEFAULT_IDLE_TIMEOUT_S, minimum=0.01, maximum=86_400)
     max_queue_bytes: int = setting(
@@ -690,7 +689,7 @@ def proxy_config(
 ) -> ProxyConfig:
     """A :class:`ProxyConfig` from values as the command line writes them: ``listen`` and
     ``to`` as ``HOST:PORT``, each :class:`Impairment` field as a list of values for
-    :func:`impairments`, the other fields as they are. A :class:`~udpchat.server.ConfigError`
+    :func:`impairments`, the other fields as they are. A :class:`~udpchat.settings.ConfigError`
     names the argument at fault (``listen``, ``to``, ``loss``, ``max_clients``)."""
     written = {name: settings.pop(name) for name in IMPAIRMENT_FIELDS if name in settings}
     directions = impairments({name: values for name, values in written.items() if values})

@@ -17,11 +17,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from udpchat.settings import check_bounds, setting
+from udpchat.sockets import MAX_PORT
 from udpchat.wire import format_message
 
 BATCH_SIZE = 64
 """Datagrams per system call (and per pacing step)."""
 PACING_STEP_S = 0.001
+DEFAULT_USERS = 10
+MAX_USERS = 10_000
+"""Simulated users, at most: each holds a socket (a file descriptor)."""
+DEFAULT_RATE_PER_S = 10_000.0
+DEFAULT_DURATION_S = 5.0
+MAX_DURATION_S = 3600.0
 
 
 class _IoVec(ctypes.Structure):
@@ -129,18 +137,24 @@ class NotLoopbackError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class LoadConfig:
+    """What to send, checked when built (a :class:`~udpchat.settings.ConfigError` names the
+    field), so that the load stays bounded."""
+
     host: str = "127.0.0.1"
-    port: int = 5002
-    users: int = 10
+    port: int = setting(5002, minimum=1, maximum=MAX_PORT)
+    users: int = setting(DEFAULT_USERS, minimum=1, maximum=MAX_USERS)
     """Simulated users, each with its own socket (source port), username and counter."""
-    rate_per_s: float = 10_000.0
+    rate_per_s: float = setting(DEFAULT_RATE_PER_S, minimum=0)
     """Target messages a second over all users; 0 sends as fast as possible."""
-    duration_s: float = 5.0
-    count: int | None = None
+    duration_s: float = setting(DEFAULT_DURATION_S, minimum=0, maximum=MAX_DURATION_S)
+    count: int | None = setting(None, minimum=1)
     """Stop after this many messages, if that comes before ``duration_s``."""
     use_sendmmsg: bool = True
     allow_remote: bool = False
     username_prefix: str = "load"
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 @dataclass(frozen=True, slots=True)

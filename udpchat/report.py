@@ -21,6 +21,7 @@ from udpchat.counters import (
     StatsSnapshot,
     add_up,
 )
+from udpchat.wire import display_width
 
 MAX_TABLE_SENDERS = 50
 """Rows of the per-sender table at most; the totals still count every sender."""
@@ -234,10 +235,17 @@ def format_sender_table(
     order = [sender for _, sender in ranked([(0, sender) for sender in senders], SortKey.LOSS)]
     rows = [tuple(column.header for column in SENDER_COLUMNS)]
     rows.extend(tuple(column.cell(sender) for column in SENDER_COLUMNS) for sender in order[:limit])
-    widths = [max(len(row[index]) for row in rows) for index in range(len(SENDER_COLUMNS))]
+    widths = [
+        max(display_width(row[index]) for row in rows) for index in range(len(SENDER_COLUMNS))
+    ]
+
+    def padded(column: Column, cell: str, width: int) -> str:
+        padding = " " * (width - display_width(cell))  # cells, not characters: 用户 takes 4
+        return padding + cell if column.numeric else cell + padding
+
     lines = [
         "  ".join(
-            cell.rjust(width) if column.numeric else cell.ljust(width)
+            padded(column, cell, width)
             for column, cell, width in zip(SENDER_COLUMNS, row, widths, strict=True)
         ).rstrip()
         for row in rows

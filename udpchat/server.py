@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
@@ -36,7 +35,8 @@ from udpchat.relay import (
 )
 from udpchat.report import StatusLine
 from udpchat.runtime import periodically
-from udpchat.sockets import bind_udp_socket, kernel_drop_count, receive_buffer_size
+from udpchat.settings import ConfigError, check_bounds, setting
+from udpchat.sockets import MAX_PORT, bind_udp_socket, kernel_drop_count, receive_buffer_size
 
 if TYPE_CHECKING:  # prometheus-client is imported only by a server that serves metrics
     from udpchat.metrics import MetricsServer
@@ -60,7 +60,6 @@ DEFAULT_RCVBUF = 4 * 1024 * 1024
 """Bytes asked for the socket's receive buffer, so that bursts wait in the kernel, not drop."""
 MAX_PROCESSES = 256
 MAX_PEERS = 1024
-MAX_PORT = 65535
 DEFAULT_METRICS_HOST = "127.0.0.1"
 """Loopback by default: the metrics say who talks to the server, which is not for everyone."""
 MAX_READS_AT_STOP = 100_000
@@ -90,59 +89,6 @@ def _is_ipv4_address(host: str) -> bool:
         return ipaddress.ip_address(host).version == 4
     except ValueError:
         return False
-
-
-@dataclass(frozen=True, slots=True)
-class Bounds:
-    """The range a numeric setting must be in (both ends included); None: open."""
-
-    minimum: float | None = None
-    maximum: float | None = None
-
-    def problem(self, value: float) -> str | None:
-        """What is wrong with ``value``, or None."""
-        too_low = self.minimum is not None and value < self.minimum
-        too_high = self.maximum is not None and value > self.maximum
-        if not too_low and not too_high:
-            return None
-        if self.minimum is not None and self.maximum is not None:
-            return f"must be {self.minimum:g} to {self.maximum:g}, not {value!r}"
-        if self.minimum is not None:
-            return f"must be at least {self.minimum:g}, not {value!r}"
-        return f"must be at most {self.maximum:g}, not {value!r}"
-
-
-def setting(default: Any, *, minimum: float | None = None, maximum: float | None = None) -> Any:
-    """A config field with the range it is checked against (and the CLI's option too)."""
-    return field(default=default, metadata={"bounds": Bounds(minimum, maximum)})
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work. :attr:`setting` names it; :attr:`problem` says what is
-    wrong, with ``{name}`` wherever it names another setting, so that the command line can say
-    its options' names instead (:meth:`describe`)."""
-
-    def __init__(self, setting: str, problem: str) -> None:
-        self.setting = setting
-        self.problem = problem
-        super().__init__(self.describe(str))
-
-    def describe(self, name: Callable[[str], str]) -> str:
-        """The message, each setting called by ``name(setting)``."""
-        mentioned = {other: name(other) for other in re.findall(r"\{(\w+)\}", self.problem)}
-        return f"{name(self.setting)}: {self.problem.format(**mentioned)}"
-
-
-def check_bounds(config: Any) -> None:
-    """Raise :class:`ConfigError` for the first field of a config dataclass outside the range
-    its :func:`setting` declares; None is always in range (the setting is off)."""
-    for each in fields(config):
-        bounds = each.metadata.get("bounds")
-        value = getattr(config, each.name)
-        if bounds is not None and value is not None:
-            problem = bounds.problem(value)
-            if problem is not None:
-                raise ConfigError(each.name, problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,15 +175,6 @@ class ServerConfig:
             self.bus_config()
         except ValueError as error:
             raise ConfigError("nats", str(error)) from None
-
-    @staticmethod
-    def bounds(name: str) -> Bounds:
-        """The range of a numeric setting: for the CLI's options, so that they agree."""
-        for each in fields(ServerConfig):
-            if each.name == name:
-                bounds: Bounds = each.metadata["bounds"]
-                return bounds
-        raise KeyError(name)
 
     def bus_config(self) -> BusConfig | None:
         """The room's NATS attachment this config asks for; None without ``nats``."""

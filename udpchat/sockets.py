@@ -12,6 +12,7 @@ import struct
 import sys
 from pathlib import Path
 
+MAX_PORT = 65535
 PROC_UDP_TABLES = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
 _DROPS_COLUMN = 12
 _INODE_COLUMN = 9

@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
 
-from udpchat.bus import BusUnavailableError
+from udpchat.bus import BusUnavailableError, log_attached
 from udpchat.counters import DropReason, StatsSnapshot, add_up
 from udpchat.handlers import OutputError
 from udpchat.output import output_failure
@@ -370,14 +370,21 @@ class Supervisor:
     def combined(self) -> StatsSnapshot:
         """The children's latest reports added up (each at most :data:`REPORT_INTERVAL_S` old),
         with the parent's metrics endpoint."""
-        total = add_up(self._reports() or (_NO_REPORT,))
-        if self._metrics is None:
-            return total
-        return dataclasses.replace(total, endpoint=self._metrics.stats())
+        return add_up(self._with_endpoint(self._reports() or (_NO_REPORT,)))
 
     def per_process(self) -> tuple[StatsSnapshot, ...]:
         """Each child's latest report, in the children's order; zeros before the first."""
-        return tuple(child.report() or _NO_REPORT for child in self._children)
+        reports = tuple(child.report() or _NO_REPORT for child in self._children)
+        return self._with_endpoint(reports)
+
+    def _with_endpoint(self, reports: tuple[StatsSnapshot, ...]) -> tuple[StatsSnapshot, ...]:
+        """``reports`` with the parent's metrics endpoint in the first: the endpoint is no
+        child's, and so each view that adds them up (/metrics, the dashboard, the summary)
+        has it once, as a single server's stats have it."""
+        if self._metrics is None or not reports:
+            return reports
+        first = dataclasses.replace(reports[0], endpoint=self._metrics.stats())
+        return (first, *reports[1:])
 
     def request_stop(self) -> None:
         self._should_exit.set()
@@ -424,6 +431,9 @@ class Supervisor:
         except BaseException:
             self._kill_all()
             raise
+        bus = self.config.bus_config()
+        if bus is not None:  # the children's buses are attached: they say it no more
+            log_attached(bus)
         pids = ", ".join(str(child.process.pid) for child in self._children)
         logger.info(
             "listening on %s port %d (%d processes: pids %s)",
@@ -526,7 +536,8 @@ class Supervisor:
             for child in self._children
             if not self._has_died(child)
         )
-        return ServeResult(self._reports(), drained, self._writer.error, tuple(died))
+        reports = self._with_endpoint(self._reports())
+        return ServeResult(reports, drained, self._writer.error, tuple(died))
 
     @staticmethod
     def _has_died(child: _Child) -> bool:

@@ -1,13 +1,15 @@
 """The seed's wire format: one UTF-8 text message per datagram, ``{username}: pesan ke-{counter}``.
 
 Pure functions only: no sockets, no asyncio, no printing. Everything that reaches a
-terminal or a log goes through :func:`sanitize` first, because the datagram is untrusted.
+terminal or a log goes through :func:`sanitize` first, because the datagram is untrusted; what
+lines it up there measures it with :func:`display_width`.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 import zlib
 from typing import NamedTuple
 
@@ -192,6 +194,25 @@ def sanitize(text: str) -> str:
     if text.isprintable():
         return text
     return repr(text)[1:-1]
+
+
+def terminal_cells(char: str) -> int:
+    """The cells a terminal gives one printable ``char``, as the C library's ``wcwidth()``
+    counts them from the Unicode database (and tmux with it): none for a combining mark or a
+    Hangul medial vowel or final consonant (which join the syllable before), two for an East
+    Asian wide character and for the circled numbers on black squares (U+3248-U+324F, ambiguous
+    in Unicode but wide in the C library, like the CJK block around them), one for any other."""
+    if unicodedata.category(char) in {"Mn", "Me"} or "\u1160" <= char <= "\u11ff":
+        return 0
+    if "\ud7b0" <= char <= "\ud7ff":
+        return 0
+    wide = unicodedata.east_asian_width(char) in {"W", "F"} or "\u3248" <= char <= "\u324f"
+    return 2 if wide else 1
+
+
+def display_width(text: str) -> int:
+    """The cells ``text`` takes on a terminal, so that a table lines up after wide names."""
+    return sum(map(terminal_cells, text))
 
 
 def format_line(ip: str, text: str) -> str:

@@ -1,0 +1,82 @@
+"""Settings declared once: a config field's range (:func:`setting`), its check
+(:func:`check_bounds`) and the error that names it (:class:`ConfigError`).
+
+Below every config (the server's, the proxy's, the clients'), so that each declares its ranges
+here and the command line takes its options' ranges, and their wording, from the same place.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The range a numeric setting must be in (both ends included); None: open."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def __str__(self) -> str:
+        """The range in words: ``1 to 1024``, ``at least 1``, ``at most 60``, or ``any``."""
+        if self.minimum is not None and self.maximum is not None:
+            return f"{self.minimum:g} to {self.maximum:g}"
+        if self.minimum is not None:
+            return f"at least {self.minimum:g}"
+        if self.maximum is not None:
+            return f"at most {self.maximum:g}"
+        return "any"
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with ``value``, or None."""
+        too_low = self.minimum is not None and value < self.minimum
+        too_high = self.maximum is not None and value > self.maximum
+        if not too_low and not too_high:
+            return None
+        return f"must be {self}, not {value!r}"
+
+
+def setting(default: Any, *, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A config field with the range it is checked against (and the CLI's option too)."""
+    return field(default=default, metadata={"bounds": Bounds(minimum, maximum)})
+
+
+def bounds_of(config: type[Any], name: str) -> Bounds:
+    """The range a config dataclass declares for its field ``name``: for the CLI's options,
+    so that the two cannot disagree."""
+    for each in fields(config):
+        if each.name == name:
+            bounds: Bounds = each.metadata["bounds"]
+            return bounds
+    raise KeyError(name)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work. :attr:`setting` names it; :attr:`problem` says what is
+    wrong, with ``{name}`` wherever it names another setting, so that the command line can say
+    its options' names instead (:meth:`describe`)."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(self.describe(str))
+
+    def describe(self, name: Callable[[str], str]) -> str:
+        """The message, each setting called by ``name(setting)``."""
+        mentioned = {other: name(other) for other in re.findall(r"\{(\w+)\}", self.problem)}
+        return f"{name(self.setting)}: {self.problem.format(**mentioned)}"
+
+
+def check_bounds(config: Any) -> None:
+    """Raise :class:`ConfigError` for the first field of a config dataclass outside the range
+    its :func:`setting` declares; None is always in range (the setting is off)."""
+    for each in fields(config):
+        bounds = each.metadata.get("bounds")
+        value = getattr(config, each.name)
+        if bounds is not None and value is not None:
+            problem = bounds.problem(value)
+            if problem is not None:
+                raise ConfigError(each.name, problem)
