@@ -102,9 +102,7 @@ def test_what_arrives_before_a_batch_is_taken_joins_it_up_to_the_batch_limit() -
     assert_balanced(stats)
 
 
-def test_a_job_woken_soon_after_idle_for_a_dense_batch_waits_for_more_and_only_then() -> (
-    None
-):
+def test_a_job_woken_soon_after_idle_for_a_dense_batch_waits_for_more_and_only_then() -> None:
     dense = COALESCE_FROM
     assert coalesce_pause(0.0, dense) == coalesce_pause(COALESCE_S / 2, 100) == COALESCE_S
     assert coalesce_pause(COALESCE_S, dense) == coalesce_pause(1.0, 100) == 0.0
