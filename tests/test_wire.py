@@ -17,6 +17,7 @@ from udpchat.wire import (
     TextProblem,
     clean_username,
     decode,
+    display_width,
     format_line,
     format_message,
     is_valid_username,
@@ -24,6 +25,7 @@ from udpchat.wire import (
     relay_join_request,
     sanitize,
     split_seed,
+    terminal_cells,
     username_problem,
 )
 
@@ -257,3 +259,34 @@ def test_the_join_request_is_join_padded_with_dashes_as_the_readme_shows() -> No
     request = relay_join_request()
     assert request == f"{JOIN} " + "-" * (MIN_JOIN_REQUEST_BYTES - len(JOIN) - 1)
     assert len(request.encode()) == MIN_JOIN_REQUEST_BYTES == 54
+
+
+@pytest.mark.parametrize(
+    ("char", "cells"),
+    [
+        ("a", 1),
+        ("é", 1),  # precomposed: one cell
+        ("\u0301", 0),  # a combining accent (Mn) joins the letter before
+        ("\u20dd", 0),  # an enclosing circle (Me)
+        ("\u1160", 0),  # Hangul medial vowels and final consonants join the syllable before
+        ("\u11ff", 0),
+        ("\u115f", 2),  # the initial consonant just below them is wide
+        ("\u1200", 1),  # and the next block narrow
+        ("\ud7b0", 0),  # Hangul Jamo Extended-B
+        ("\ud7ff", 0),
+        ("\ud7a3", 2),  # the last Hangul syllable, below them: wide
+        ("用", 2),  # East Asian wide
+        ("\uff21", 2),  # fullwidth A
+        ("\u3248", 2),  # circled numbers on black squares: ambiguous in Unicode, wide in libc
+        ("\u324f", 2),
+        ("\u2460", 1),  # ambiguous elsewhere: narrow
+    ],
+)
+def test_a_character_takes_the_cells_a_terminal_gives_it(char: str, cells: int) -> None:
+    assert terminal_cells(char) == cells
+
+
+def test_a_texts_width_adds_its_characters_cells() -> None:
+    assert display_width("") == 0
+    assert display_width("用户 ab") == 7
+    assert display_width("e\u0301") == 1
