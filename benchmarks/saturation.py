@@ -10,7 +10,7 @@ started and queue depth; a counter a design does not print shows as ``-``. With 
 more trial per design is sampled with ``py-spy record --gil --threads`` for each thread's
 share of the GIL and where it spends it.
 
-Usage: ``python -m benchmarks.saturation [--rate N] [--users 100] [--rounds 3] [--duration 5]``;
+Usage: ``python -m benchmarks.saturation [--rate N] [--users 100]`` (3 rounds of 5 s);
 without ``--rate`` a quick ladder (one trial per rate) finds udpchat's first failed rate.
 """
 

@@ -50,6 +50,10 @@ from udpchat.server import DEFAULT_WORKERS, ServerConfig
         (["load", "--rate", "-1"], "udpchat load: --rate: must be at least 0, not -1.0"),
         (["load", "--duration", "4000"], "udpchat load: --duration: must be 0 to 3600, not 4000.0"),
         (["load", "--count", "0"], "udpchat load: --count: must be at least 1, not 0"),
+        (  # refused before anything is sent, and before the progress bar draws
+            ["load", "--host", "10.0.0.1", "--count", "1"],
+            "udpchat load: 10.0.0.1 is not a loopback address; pass --allow-remote",
+        ),
         (["impair", "--max-clients", "0"], "udpchat impair: --max-clients: must be 1 to 65536, "
          "not 0"),
         (["send", "--username", "bad: name"], "udpchat send: invalid username"),
