@@ -36,7 +36,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from udpchat.accounting import JITTER_GAIN, JITTER_MIN_SPACING_S
@@ -46,6 +45,7 @@ from udpchat.report import Rate, impair_status
 from udpchat.runtime import (
     LoopChoice,
     SignalStop,
+    StartsAndStops,
     periodically,
     run_coroutine,
     tune_for_throughput,
@@ -749,7 +749,7 @@ class ProxyResult:
     drained: bool
 
 
-class ImpairProxy:
+class ImpairProxy(StartsAndStops):
     """The impaired link as an asyncio object: ``async with ImpairProxy(config) as proxy``,
     then send to ``proxy.address`` instead of the server's."""
 
@@ -903,18 +903,6 @@ class ImpairProxy:
             clients_expired=self._expired,
             endpoint=None if self._metrics is None else self._metrics.stats(),
         )
-
-    async def __aenter__(self) -> ImpairProxy:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # The event loop's side: read, let the link decide, send; wake up when the link says.
 

@@ -9,7 +9,8 @@ import gc
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 from udpchat.signals import STOP_SIGNALS, take_held_signals
 
@@ -152,3 +153,26 @@ async def periodically(interval_s: float | None, action: Callable[[], None]) -> 
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class StartsAndStops:
+    """``async with`` for what starts and stops on the loop (a server, the impairment proxy):
+    :meth:`start` on entry, :meth:`stop` on the way out, whatever ended the block."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> bool:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()

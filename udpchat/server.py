@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from udpchat.accounting import DEFAULT_MAX_SENDERS, SENDER_BYTES
@@ -34,7 +33,7 @@ from udpchat.relay import (
     Room,
 )
 from udpchat.report import StatusLine
-from udpchat.runtime import periodically
+from udpchat.runtime import StartsAndStops, periodically
 from udpchat.settings import ConfigError, check_bounds, setting
 from udpchat.sockets import MAX_PORT, bind_udp_socket, kernel_drop_count, receive_buffer_size
 
@@ -262,7 +261,7 @@ class MetricsStartError(OSError):
     """The metrics endpoint could not listen; the UDP socket was closed again."""
 
 
-class Server:
+class Server(StartsAndStops):
     """A udpchat server for asyncio applications: ``async with Server(config, handler) as server``.
 
     ``start()`` binds and returns once datagrams are being received; ``serve()`` runs until
@@ -550,18 +549,6 @@ class Server:
     def per_process(self) -> tuple[StatsSnapshot, ...]:
         """The counters of each process serving: this one's alone."""
         return (self.stats(),)
-
-    async def __aenter__(self) -> Server:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 async def start_metrics(stats: Callable[[], Counts], host: str, port: int) -> MetricsServer:
