@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from benchmarks.harness import BLAST, build, free_port
+from tests.helpers import holds_sighup, summary_counts
 from udpchat import Client
 
 PYTHON = sys.executable
@@ -77,11 +78,6 @@ def stop(process: subprocess.Popen[bytes], signum: int = signal.SIGINT) -> str:
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     return stderr.decode(errors="replace")
-
-
-def summary_counts(stderr: str) -> dict[str, int]:
-    lines = [line for line in stderr.splitlines() if line.startswith("udpchat: summary:")]
-    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", lines[-1])}
 
 
 def blast(port: int, rate: int, seconds: float, users: int, prefix: str) -> subprocess.Popen[str]:
@@ -279,15 +275,6 @@ def fanout(runs: int) -> None:
           f"{'HELD' if held else 'BROKEN'}")  # fmt: skip
 
 
-def holds_sighup(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    (caught,) = re.findall(r"SigCgt:\s+([0-9a-f]+)", status)
-    return bool(int(caught, 16) & (1 << (signal.SIGHUP - 1)))
-
-
 def startup(runs: int) -> None:
     """The window before stop signals are held, and signals at random moments of start-up."""
     script = Path(sys.executable).with_name("udpchat")
@@ -299,7 +286,7 @@ def startup(runs: int) -> None:
             started = time.monotonic()
             process = subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)  # fmt: skip
-            while not holds_sighup(process.pid) and process.poll() is None:
+            while process.poll() is None and not holds_sighup(process.pid):  # a zombie has /proc
                 time.sleep(0.0005)
             windows.append((time.monotonic() - started) * 1000)
             process.send_signal(signal.SIGINT)
@@ -355,7 +342,7 @@ def force(runs: int) -> None:
 
 def headers(seconds: float) -> None:
     """Metrics requests with 101 headers for a while: answered 431, counted, quiet."""
-    metrics_port = free_port_tcp()
+    metrics_port = free_port(socket.SOCK_STREAM)
     server, _ = serve("--quiet", "--metrics-port", str(metrics_port))
     request = b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(101))
     answers: dict[bytes, int] = {}
@@ -369,13 +356,6 @@ def headers(seconds: float) -> None:
     bad = re.findall(r"bad_requests=(\d+)", stderr)
     print(f"headers: {sum(answers.values()):,} requests in {seconds:g} s, answers {answers}, "
           f"bad_requests {bad}, {len(stderr.encode()):,} bytes of stderr in all")  # fmt: skip
-
-
-def free_port_tcp() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.harness import BLAST, build, free_port, peak_rss_bytes
+from benchmarks.harness import BLAST, build, free_port, peak_rss_bytes, process_cpu_s
 from udpchat.impair import ProxyConfig
 from udpchat.sockets import set_receive_buffer
 
@@ -49,7 +49,6 @@ DEFAULT_DELAY_RATES = (1_000, 5_000, 10_000)
 USERS = 100
 DELAY_S = 0.020
 RECEIVE_BUFFER = 4 * 2**20
-CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 class Running:
@@ -74,8 +73,7 @@ class Running:
 
     def cpu_s(self) -> float:
         """User plus system CPU time so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+        return process_cpu_s(self.process.pid)
 
     def stop(self) -> str:
         """SIGINT, wait, and the stderr it wrote."""

@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.run import peak_rss_bytes
+from benchmarks.harness import peak_rss_bytes
 from udpchat.accounting import DEFAULT_MAX_SENDERS, MAX_GAPS_PER_SENDER
 from udpchat.handlers import Message
 from udpchat.runtime import run_coroutine

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks import cpu, saturation
@@ -45,7 +45,6 @@ from benchmarks.harness import (
     UDPCHAT,
     Trial,
     build,
-    peak_rss_bytes,
     run_trial,
 )
 from benchmarks.ladder import (
@@ -60,7 +59,7 @@ from benchmarks.ladder import (
     round_rate,
 )
 
-__all__ = ["BARE", "accounts_balance", "main", "peak_rss_bytes", "run_trial"]
+__all__ = ["accounts_balance", "main"]
 """What benchmarks.memory and tests/test_load.py import from here."""
 
 DEFAULT_USERS = (100, 10)
@@ -85,6 +84,15 @@ class Profile:
     """Start the next user count's climb at this one's highest pass, in 10% steps."""
     sections: tuple[str, ...]
     """Which of :data:`SECTIONS` follow the ladder."""
+
+    @property
+    def sink_trials(self) -> int:
+        """Runs of the generator against the C sink, per user count."""
+        return 1 if self.decide_early else self.trials
+
+    @property
+    def per_trial_s(self) -> float:
+        return self.duration_s + TRIAL_OVERHEAD_S
 
 
 QUICK = Profile(
@@ -135,7 +143,7 @@ def estimate_s(profile: Profile, users: Sequence[int], start: int) -> tuple[floa
             again = rates
         counts.append(rates + again * (len(users) - 1))
     trials = EXPECTED_TRIALS_DECIDING_EARLY if profile.decide_early else profile.trials
-    per_rate = (profile.duration_s + TRIAL_OVERHEAD_S) * trials * len(profile.designs)
+    per_rate = profile.per_trial_s * trials * len(profile.designs)
     return min(counts) * per_rate, max(counts) * per_rate
 
 
@@ -277,9 +285,8 @@ def accounts_balance(trial: Trial) -> bool:
 def print_plan(profile: Profile, users: Sequence[int], start: int) -> None:
     low_s, high_s = estimate_s(profile, users, start)
     trials = profile.trials
-    sink_s = len(users) * (1.0 if profile.decide_early else trials)
-    sink_s *= profile.duration_s + TRIAL_OVERHEAD_S
-    per_trial = profile.duration_s + TRIAL_OVERHEAD_S
+    per_trial = profile.per_trial_s
+    sink_s = len(users) * profile.sink_trials * per_trial
     extras_s = {
         "overload": len(users) * trials * len(OVERLOAD_FACTORS) * per_trial,
         "dashboard": len(users) * trials * 2 * per_trial,
@@ -313,8 +320,10 @@ def print_plan(profile: Profile, users: Sequence[int], start: int) -> None:
         f"{TRIAL_OVERHEAD_S:g} s to start, wait {GRACE_S:g} s and stop); pass: median loss < "
         f"{MAX_LOSS:.1%} within {GRACE_S:g} s of the generator's end"
     )
-    sink_trials = 1 if profile.decide_early else trials
-    print(f"  first, per user count: the generator flat out against the C sink, {sink_trials}x")
+    print(
+        "  first, per user count: the generator flat out against the C sink, "
+        f"{profile.sink_trials}x"
+    )
     described = {
         "overload": "per user count, udpchat offered "
         f"{' and '.join(f'{f}x' for f in OVERLOAD_FACTORS)} its ceiling",
@@ -355,14 +364,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     base = FULL if args.full else QUICK
-    profile = Profile(
-        tuple(args.designs or base.designs),
-        args.trials or base.trials,
-        args.duration or base.duration_s,
-        base.decide_early,
-        base.bisect,
-        base.reuse_ceiling,
-        tuple(section for section in base.sections if section not in args.skip),
+    profile = replace(
+        base,
+        designs=tuple(args.designs or base.designs),
+        trials=args.trials or base.trials,
+        duration_s=args.duration or base.duration_s,
+        sections=tuple(section for section in base.sections if section not in args.skip),
     )
     unknown = [design for design in profile.designs if design not in DESIGNS]
     if unknown:
@@ -386,8 +393,9 @@ def main() -> None:
         workdir = Path(directory)
         previous: dict[str, int] = {}
         for user_count in users:
-            sink_trials = 1 if profile.decide_early else profile.trials
-            sink = generator_ceiling(user_count, sink_trials, profile.duration_s, workdir, progress)
+            sink = generator_ceiling(
+                user_count, profile.sink_trials, profile.duration_s, workdir, progress
+            )
             climbs = []
             for design in profile.designs:
                 if design in previous:

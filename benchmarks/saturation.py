@@ -92,7 +92,6 @@ class Sampler:
     _time: float = 0.0
     _drops: int | None = None
     _status_seen = 0
-    _last_status: dict[str, int] = field(default_factory=dict)
 
     def start(self, server: RunningServer) -> None:
         self._ticks = thread_cpu_ticks(server.pid)
@@ -101,7 +100,6 @@ class Sampler:
         self._drops = kernel_drops(server.port)
         statuses = STATUS_LINE.findall(server.stderr_so_far())
         self._status_seen = len(statuses)
-        self._last_status = parse_status(statuses[-1]) if statuses else {}
 
     def __call__(self, server: RunningServer) -> None:
         if not self._time:

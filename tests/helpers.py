@@ -223,6 +223,14 @@ def summary_counts(stderr: str) -> dict[str, int]:
     return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
 
 
+def holds_sighup(pid: int) -> bool:
+    """Whether the process catches SIGHUP: true once ``python -m udpchat`` holds stop signals
+    (Python itself leaves SIGHUP alone)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (caught,) = re.findall(r"SigCgt:\s+([0-9a-f]+)", status)
+    return bool(int(caught, 16) & (1 << (signal.SIGHUP - 1)))
+
+
 def assert_summary_balanced(stderr: str, sent: int | None = None) -> dict[str, int]:
     """:func:`assert_balanced` on the summary a ``serve`` process printed; returns its counts."""
     counts = summary_counts(stderr)

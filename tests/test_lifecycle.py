@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from tests.helpers import (
     assert_balanced,
     assert_summary_balanced,
     eventually,
+    holds_sighup,
     raw_send,
     read_port,
     start_cli,
@@ -188,14 +188,6 @@ async def test_every_stop_signal_drains_and_summarises(signum: int) -> None:
     counts = assert_summary_balanced(stderr, sent=1)
     assert (counts["received"], counts["handled"]) == (1, 1)
     assert "Traceback" not in stderr
-
-
-def holds_sighup(pid: int) -> bool:
-    """Whether the process catches SIGHUP: true once ``python -m udpchat`` holds stop signals
-    (Python itself leaves SIGHUP alone)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    (caught,) = re.findall(r"SigCgt:\s+([0-9a-f]+)", status)
-    return bool(int(caught, 16) & (1 << (signal.SIGHUP - 1)))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")

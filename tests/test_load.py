@@ -108,7 +108,7 @@ def test_bench_runs_end_to_end_at_a_small_rate() -> None:
         [
             sys.executable, "-m", "benchmarks.run", "--start", "500", "--max-rate", "500",
             "--duration", "0.5", "--trials", "2", "--users", "3",
-            "--designs", f"udpchat serve;{bench.BARE}",
+            "--designs", f"udpchat serve;{harness.BARE}",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -124,7 +124,7 @@ def test_bench_runs_end_to_end_at_a_small_rate() -> None:
 
 
 def test_bench_trial_counts_what_the_server_wrote(tmp_path: Path) -> None:
-    trial = bench.run_trial("udpchat serve", 1000, 0.5, 2, tmp_path)
+    trial = harness.run_trial("udpchat serve", 1000, 0.5, 2, tmp_path)
     assert trial.sent == trial.handled > 0
     assert trial.loss == 0.0
     assert trial.peak_rss_bytes > 0
