@@ -258,7 +258,7 @@ def test_the_server_tally_counts_every_way_a_datagram_ends() -> None:
     assert tally.snapshot().latency == LatencyHistogram()
     for reason in (DropReason.EMPTY, DropReason.EMPTY, DropReason.OVERSIZE):
         tally.refuse(reason)
-    tally.take_in(received=6, queued=5)
+    tally.take_in(received=6, queued=5, new_batch=True)
     tally.add_handled(2, 0, {"unparsed": 1}, latency_s=0.003)
     tally.add_handled(1, 1, {"unparsed": 1, "invalid_counter": 1}, latency_s=0.003)
     tally.add_dropped(DropReason.SHUTDOWN, 1)

@@ -672,14 +672,17 @@ class ServerTally(Tally[StatsSnapshot]):
     def queued(self) -> int:
         return int(self.values["queue_depth"])
 
-    def take_in(self, received: int, queued: int) -> None:
-        """``received`` datagrams read as one batch, ``queued`` of them queued and the rest
-        dropped as ``queue_full``; on the event-loop thread."""
+    def take_in(self, received: int, queued: int, new_batch: bool) -> None:
+        """``received`` datagrams read as one batch, ``queued`` of them queued (as a batch of
+        their own, or joining one not yet taken) and the rest dropped as ``queue_full``; on the
+        event-loop thread."""
         values = self.values
         with self.lock:
             values["received"] += received
             values["queue_depth"] += queued
             values["dropped"][DropReason.QUEUE_FULL.value] += received - queued
+            if new_batch:
+                values["batches"] += 1
 
     def refuse(self, reason: DropReason) -> None:
         """One datagram read and dropped before it was queued."""

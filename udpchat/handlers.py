@@ -51,7 +51,8 @@ class Message:
 
 @dataclass(slots=True)
 class Batch:
-    """Datagrams read in one event-loop iteration, as they go through the pipeline's stages.
+    """Datagrams read by the event loop until a job takes them, as they go through the
+    pipeline's stages.
 
     The lists run in parallel, one entry per datagram. Clean seed text (printable ASCII, the
     common case) is not decoded by the pipeline: ``texts`` holds the decoded text of the

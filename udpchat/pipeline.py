@@ -156,18 +156,19 @@ class Dispatcher:
         room = max(self._queue_size - self._tally.queued, 0)
         if received > room:
             datagrams = datagrams[:room]
-        self._tally.take_in(received, len(datagrams))
         if not datagrams:
+            self._tally.take_in(received, 0, new_batch=False)
             return
         wake = start_job = False
         with self._lock:
             batches = self._batches
-            if batches and len(batches[-1].datagrams) + len(datagrams) <= self.max_batch:
+            merge = bool(batches) and len(batches[-1]) + len(datagrams) <= self.max_batch
+            # Counted in before a job can take them, so the accounting adds up at every moment.
+            self._tally.take_in(received, len(datagrams), new_batch=not merge)
+            if merge:
                 batches[-1].datagrams.extend(datagrams)  # not taken yet: one batch, one job
-                new_batch = False
             else:
                 batches.append(Batch(received_at, datagrams))
-                new_batch = True
             now = time.monotonic()
             if self._jobs == self._idle or now - self._last_take > STALL_S:
                 if self._idle:  # nobody is taking (or they stalled): a waiting job takes it
@@ -177,8 +178,6 @@ class Dispatcher:
                     self._jobs += 1
                     start_job = True
                 self._last_take = now
-        if new_batch:
-            self._tally.add("batches")
         if wake:
             self._wakeups.put(None)
         elif start_job:

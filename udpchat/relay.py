@@ -317,18 +317,19 @@ class Relay:
                 self._tally.values["relayed_bytes"] += relayed * len(line)
 
     def _join(self, peer: Address, cookie: str, request_size: int) -> None:
-        if cookie.strip("-") and not self._cookies.is_well_formed(cookie):
-            self._tally.add("malformed_joins")  # neither a cookie nor a padded request
-            return
-        if cookie.strip("-") and self._cookies.is_valid(peer, cookie):
-            # Both answers are smaller than the cookie they answer: a valid one proves the
-            # address anyway. The peer timeout tells the client how often to keep alive.
-            if self.room.admit(peer):
-                self._tally.add("joins")
-                self._emit(f"{JOINED} {self.room.peer_timeout_s:g}".encode(), peer)
-            else:
-                self._emit(ROOM_FULL.encode(), peer)
-            return
+        if cookie.strip("-"):  # a cookie, not a request's padding
+            if not self._cookies.is_well_formed(cookie):
+                self._tally.add("malformed_joins")
+                return
+            if self._cookies.is_valid(peer, cookie):
+                # Both answers are smaller than the cookie they answer: a valid one proves the
+                # address anyway. The peer timeout tells the client how often to keep alive.
+                if self.room.admit(peer):
+                    self._tally.add("joins")
+                    self._emit(f"{JOINED} {self.room.peer_timeout_s:g}".encode(), peer)
+                else:
+                    self._emit(ROOM_FULL.encode(), peer)
+                return
         answer = f"{COOKIE} {self._cookies.issue(peer)}".encode()
         if request_size < len(answer):
             self._tally.add("ignored_joins")
