@@ -23,15 +23,13 @@ class LoadProgress:
             transient=True,
         )
         self._task = self._progress.add_task("load", total=config.duration_s, sent=0, rate=0.0)
-        self._started = False
 
     def update(self, sent: int, elapsed_s: float) -> None:
         """The first update starts the bar, so that a load refused before it sends anything
         (a remote target, say) leaves its error alone on stderr, without the bar's blank line."""
         rate = sent / elapsed_s if elapsed_s > 0 else 0.0
         self._progress.update(self._task, completed=elapsed_s, sent=sent, rate=rate)
-        if not self._started:
-            self._started = True
+        if not self._progress.live.is_started:
             self._progress.start()
 
     def __enter__(self) -> LoadProgress:
@@ -43,5 +41,5 @@ class LoadProgress:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._started:  # rich ends a bar that is not on a terminal with a blank line
+        if self._progress.live.is_started:  # rich ends a bar off a terminal with a blank line
             self._progress.stop()

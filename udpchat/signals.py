@@ -43,9 +43,8 @@ def release_stop_signals(*, deliver: bool) -> None:
     for signum, handler in _held_handlers.items():
         signal.signal(signum, handler)
     _held_handlers.clear()
-    pending = list(_early_signals) if deliver else []
-    _early_signals.clear()
-    for signum in pending:
+    pending = take_held_signals()
+    for signum in pending if deliver else ():
         signal.raise_signal(signum)
 
 

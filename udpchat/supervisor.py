@@ -516,7 +516,8 @@ class Supervisor:
         :data:`CHILD_EXIT_GRACE_S`, for them to end and their lines to be written; a second
         signal (:meth:`abandon`) ends the wait at once. What is not written by then is counted
         as ``shutdown``."""
-        died = [self._died(child) for child in self._children if self._has_died(child)]
+        dead = [child for child in self._children if child.ended.is_set() and child.done is None]
+        died = [await self._died(child) for child in dead]
         for child in self._children:
             if child.process.pid is not None and not child.ended.is_set():
                 os.kill(child.process.pid, signal.SIGTERM)
@@ -534,18 +535,16 @@ class Supervisor:
         drained = finished and all(
             child.done is not None and child.done.drained
             for child in self._children
-            if not self._has_died(child)
+            if child not in dead  # one that dies while draining has not drained
         )
         reports = self._with_endpoint(self._reports())
         return ServeResult(reports, drained, self._writer.error, tuple(died))
 
     @staticmethod
-    def _has_died(child: _Child) -> bool:
-        return child.ended.is_set() and child.done is None
-
-    def _died(self, child: _Child) -> str:
+    async def _died(child: _Child) -> str:
         line = f"{child.label} (pid {child.process.pid}) died: "
-        child.process.join(CHILD_EXIT_GRACE_S)  # its pipe closed: it has exited, or is exiting
+        # Its pipe closed: it has exited, or is exiting; waited for off the loop.
+        await asyncio.to_thread(child.process.join, CHILD_EXIT_GRACE_S)
         line += describe_exit(child.process.exitcode)
         logger.error("%s; stopping the others", line)
         return line
