@@ -30,6 +30,7 @@ from udpchat.bus import (
     Envelope,
     RoomBus,
     decode_envelope,
+    describe,
     encode_envelope,
     redact_url,
     room_subject,
@@ -264,6 +265,12 @@ async def test_credentials_in_the_url(
 )
 def test_redact_url(url: str, redacted: str) -> None:
     assert redact_url(url) == redacted
+
+
+@pytest.mark.parametrize("scheme", ["nats", "tls", "ws", "wss"])
+def test_an_error_naming_a_url_of_any_accepted_scheme_hides_its_credentials(scheme: str) -> None:
+    said = describe(OSError(f"cannot reach {scheme}://alice:s3cret@host:4222 now"))
+    assert said == f"cannot reach {scheme}://***@host:4222 now"
 
 
 def test_rooms_are_plain_tokens() -> None:

@@ -107,6 +107,7 @@ def redact_url(url: str) -> str:
 
 
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+_URL_IN_TEXT = re.compile(rf"\b(?:{'|'.join(NATS_SCHEMES)})://\S+")
 
 
 def url_problem(url: str) -> str | None:
@@ -524,4 +525,4 @@ def is_refusal(error: BaseException) -> bool:
 def describe(error: BaseException) -> str:
     """An error's own words, with any URL in them redacted; its type when it has none."""
     text = str(error) or type(error).__name__
-    return re.sub(r"\b(?:nats|tls)://\S+", lambda match: redact_url(match.group()), text)
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group()), text)
