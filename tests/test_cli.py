@@ -180,6 +180,10 @@ def test_help_reads_whole_at_80_columns(command: str) -> None:
         ("serve", "--port PORT UDP port. Must be 0 to 65535."),
         ("send", "--port PORT Server's UDP port. Must be 1 to 65535."),
         ("load", "--users N Simulated users, each with its own socket. Must be 1 to 10000."),
+        ("impair", "--queue-bytes BYTES Bytes each direction holds at most (delayed, "
+         "rate-limited). Must be 65791 to 4294967296."),
+        ("impair", "--idle-timeout SECONDS Seconds of silence after which a client is dropped. "
+         "Must be 0.01 to 86400."),
     ],
 )  # fmt: skip
 def test_help_says_the_range_the_config_declares(

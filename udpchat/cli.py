@@ -35,6 +35,7 @@ from udpchat.impair import (
     DEFAULT_TARGET,
     NO_SEED,
     Impairment,
+    ProxyConfig,
     TargetUnresolvedError,
     proxy_config,
     run_proxy,
@@ -155,7 +156,7 @@ def metavar_of(setting: str) -> str:
         return "SECONDS"
     if setting.endswith("port"):
         return "PORT"
-    if setting in ("max_datagram_size", "rcvbuf"):
+    if setting in ("max_datagram_size", "rcvbuf") or setting.endswith("_bytes"):
         return "BYTES"
     return "N"
 
@@ -839,37 +840,42 @@ def impair(
     ] = None,
     max_clients: Annotated[
         int,
-        typer.Option(
-            metavar="N", help="Clients at once, each with its own socket; more are refused."
+        bounded(
+            ProxyConfig,
+            "max_clients",
+            "Clients at once, each with its own socket; more are refused.",
         ),
     ] = DEFAULT_MAX_CLIENTS,
     idle_timeout_s: Annotated[
         float,
-        typer.Option(
+        bounded(
+            ProxyConfig,
+            "idle_timeout_s",
+            "Seconds of silence after which a client is dropped.",
             "--idle-timeout",
-            metavar="SECONDS",
-            help="Seconds of silence after which a client is dropped.",
         ),
     ] = DEFAULT_IDLE_TIMEOUT_S,
     max_queue_bytes: Annotated[
         int,
-        typer.Option(
+        bounded(
+            ProxyConfig,
+            "max_queue_bytes",
+            "Bytes each direction holds at most (delayed, rate-limited).",
             "--queue-bytes",
-            metavar="BYTES",
-            help="Bytes each direction holds at most (delayed, rate-limited).",
         ),
     ] = DEFAULT_MAX_QUEUE_BYTES,
     stats_interval_s: Annotated[
         float | None,
-        typer.Option(
+        bounded(
+            ProxyConfig,
+            "stats_interval_s",
+            "Print a status line on stderr this often (s).",
             "--stats-interval",
-            metavar="SECONDS",
-            help="Print a status line on stderr this often (s).",
         ),
     ] = None,
     metrics_port: Annotated[
         int | None,
-        typer.Option(metavar="PORT", help="Serve Prometheus metrics on this TCP port (0: any)."),
+        bounded(ProxyConfig, "metrics_port", "Serve Prometheus metrics on this TCP port (0: any)."),
     ] = None,
     metrics_host: Annotated[
         str, typer.Option(metavar="HOST", help="Address for --metrics-port.")

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
+def _written(number: float) -> str:
+    """A bound as a person writes it: whole numbers in full (``4294967295``, not ``4.29e+09``)."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
 @dataclass(frozen=True, slots=True)
 class Bounds:
     """The range a numeric setting must be in (both ends included); None: open."""
@@ -23,11 +28,11 @@ class Bounds:
     def __str__(self) -> str:
         """The range in words: ``1 to 1024``, ``at least 1``, ``at most 60``, or ``any``."""
         if self.minimum is not None and self.maximum is not None:
-            return f"{self.minimum:g} to {self.maximum:g}"
+            return f"{_written(self.minimum)} to {_written(self.maximum)}"
         if self.minimum is not None:
-            return f"at least {self.minimum:g}"
+            return f"at least {_written(self.minimum)}"
         if self.maximum is not None:
-            return f"at most {self.maximum:g}"
+            return f"at most {_written(self.maximum)}"
         return "any"
 
     def problem(self, value: float) -> str | None:
