@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.harness import BLAST, build, free_port, peak_rss_bytes, process_cpu_s
+from benchmarks.harness import BLAST, build, free_port, generate, peak_rss_bytes, process_cpu_s
 from udpchat.impair import ProxyConfig
 from udpchat.sockets import set_receive_buffer
 
@@ -95,14 +95,6 @@ def summary(text: str, marker: str) -> dict[str, int]:
     return {key: int(value) for key, value in re.findall(r" (\w+)=(\d+)", line)}
 
 
-def blast(port: int, rate: int, duration_s: float) -> int:
-    result = subprocess.run(
-        [str(BLAST), str(port), str(rate), str(duration_s), str(USERS)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return int(re.search(r"sent=(\d+)", result.stdout)[1])  # type: ignore[index]
-
-
 # Throughput.
 
 
@@ -137,7 +129,7 @@ def serve(workdir: Path) -> tuple[Running, int]:
 
 def alone(rate: int, duration_s: float, workdir: Path) -> Trial:
     server, port = serve(workdir)
-    sent = blast(port, rate, duration_s)
+    sent, _ = generate(port, rate, duration_s, USERS)
     handled = summary(server.stop(), "summary:")["handled"]
     return Trial(sent, unhandled=sent - handled)
 
@@ -152,7 +144,7 @@ def through_proxy(rate: int, duration_s: float, workdir: Path) -> Trial:
     try:
         proxy.wait_for("listening on")
         cpu_before = proxy.cpu_s()
-        sent = blast(listen, rate, duration_s)
+        sent, _ = generate(listen, rate, duration_s, USERS)
         cpu_s = proxy.cpu_s() - cpu_before
         counts = summary(proxy.stop(), "impair summary:")
     finally:
@@ -278,10 +270,11 @@ def delay(rates: list[int], trials: int, duration_s: float, workdir: Path) -> No
         direct, p50, p99, worst, missing = [], [], [], [], 0
         for _ in range(trials):
             floor, lost = delay_trial(rate, duration_s, False, workdir)
-            direct.append(percentile(floor, 99))
+            direct.append(statistics.quantiles(floor, n=100)[98])
             errors, lost_through = delay_trial(rate, duration_s, True, workdir)
-            p50.append(percentile(errors, 50))
-            p99.append(percentile(errors, 99))
+            percentiles = statistics.quantiles(errors, n=100)
+            p50.append(percentiles[49])
+            p99.append(percentiles[98])
             worst.append(max(errors))
             missing += lost + lost_through
             print(
@@ -294,10 +287,6 @@ def delay(rates: list[int], trials: int, duration_s: float, workdir: Path) -> No
             f"| {rate:,}/s | {ms(direct)} | {ms(p50)} | {ms(p99)} | {ms(worst)} | {missing} |",
             flush=True,
         )
-
-
-def percentile(values: list[float], which: int) -> float:
-    return statistics.quantiles(values, n=100)[which - 1] if which < 100 else max(values)
 
 
 def ms(values: list[float]) -> str:
@@ -416,8 +405,7 @@ def main() -> None:
     if args.role is not None:
         ROLES[args.role](rest)
         return
-    build(BLAST)
-    if not BLAST.exists():
+    if not build(BLAST):
         raise SystemExit("the throughput part needs the C generator (a C compiler)")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
