@@ -30,7 +30,6 @@ import math
 import random
 import re
 import secrets
-import signal
 import socket
 import time
 from collections import deque
@@ -44,10 +43,10 @@ from udpchat.logs import RateLimitedLog
 from udpchat.report import Rate, impair_status
 from udpchat.runtime import (
     LoopChoice,
-    SignalStop,
     StartsAndStops,
     periodically,
     run_coroutine,
+    stop_on_signals,
     tune_for_throughput,
 )
 from udpchat.server import MAX_UDP_PAYLOAD, start_metrics
@@ -1060,12 +1059,7 @@ def run_proxy(config: ProxyConfig, loop: LoopChoice = LoopChoice.AUTO) -> ProxyR
 
     async def serve() -> ProxyResult:
         proxy = ImpairProxy(config)
-
-        def on_first(signum: int) -> None:
-            logger.warning("%s: stopping (a second signal forces)", signal.Signals(signum).name)
-            proxy.request_stop()
-
-        with SignalStop(on_first=on_first, on_force=proxy.abandon).installed():
+        with stop_on_signals(proxy, logger).installed():
             return await proxy.serve_until_stopped()
 
     tune_for_throughput()

@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import BinaryIO, TextIO
 
 from udpchat.handlers import BatchHandler, Handler
-from udpchat.runtime import LoopChoice, SignalStop, run_coroutine, tune_for_throughput
+from udpchat.runtime import LoopChoice, run_coroutine, stop_on_signals, tune_for_throughput
 from udpchat.server import Server, ServerConfig, ServeResult, Service
 from udpchat.supervisor import Supervisor
 
@@ -66,11 +65,7 @@ async def serve_until_signalled(
 ) -> ServeResult:
     """Start, call ``on_started``, serve until a stop signal; a second signal forces."""
 
-    def on_first(signum: int) -> None:
-        logger.warning("%s: stopping (a second signal forces)", signal.Signals(signum).name)
-        service.request_stop()
-
-    stop = SignalStop(on_first=on_first, on_force=service.abandon)
+    stop = stop_on_signals(service, logger)
     with stop.installed(), contextlib.ExitStack() as shown:
         await service.start()
         try:

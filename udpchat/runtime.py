@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import enum
 import gc
+import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from udpchat.signals import STOP_SIGNALS, take_held_signals
 
@@ -128,6 +129,24 @@ class SignalStop:
 
         with capture_signals(on_signal, self._signals):
             yield self
+
+
+class Stoppable(Protocol):
+    """What a stop signal stops: asked to stop first, abandoned on a second signal."""
+
+    def request_stop(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+
+def stop_on_signals(service: Stoppable, log: logging.Logger) -> SignalStop:
+    """The first stop signal asks ``service`` to stop, said on ``log``; a second abandons it."""
+
+    def on_first(signum: int) -> None:
+        log.warning("%s: stopping (a second signal forces)", signal.Signals(signum).name)
+        service.request_stop()
+
+    return SignalStop(on_first=on_first, on_force=service.abandon)
 
 
 @contextlib.asynccontextmanager
