@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,13 @@ async def eventually(predicate: Callable[[], bool], timeout_s: float = EVENT_TIM
             await asyncio.sleep(0)
 
     await asyncio.wait_for(poll(), timeout_s)
+
+
+async def eventually_blocking(predicate: Callable[[], bool]) -> None:
+    """``eventually`` for a predicate that blocks (an HTTP request), run off the event loop."""
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
+    while not await asyncio.to_thread(predicate):
+        assert time.monotonic() < deadline, "timed out"
 
 
 def raw_send(address: tuple[str, int], *payloads: bytes) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import eventually_blocking
+
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.01
@@ -151,3 +153,8 @@ def start_cluster(workdir: Path, count: int) -> list[NatsNode]:
 
 def has_routes(node: NatsNode, peers: int) -> bool:
     return int(node.monitor("routez")["num_routes"]) >= peers
+
+
+async def wait_for_subscriptions(nodes: list[NatsNode], count: int) -> None:
+    """Until every node knows ``count`` subscriptions, its own clients' and routed ones."""
+    await eventually_blocking(lambda: all(node.subscriptions() >= count for node in nodes))

@@ -3,14 +3,13 @@ hostile bus messages, and a NATS that is not there."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.helpers import EVENT_TIMEOUT_S, eventually
-from tests.nats_servers import NatsNode
+from tests.helpers import eventually, eventually_blocking
+from tests.nats_servers import NatsNode, wait_for_subscriptions
 from udpchat.bus import (
     MAX_ENVELOPE_HEADER_BYTES,
     BusConfig,
@@ -50,18 +49,6 @@ async def running_bus(url: str, **options: Any) -> AsyncIterator[tuple[RoomBus, 
         yield bus, heard
     finally:
         await bus.stop()
-
-
-async def wait_for_subscriptions(nodes: list[NatsNode], count: int) -> None:
-    """Until every node knows ``count`` subscriptions, its own clients' and routed ones."""
-    await eventually_blocking(lambda: all(node.subscriptions() >= count for node in nodes))
-
-
-async def eventually_blocking(predicate: Callable[[], bool]) -> None:
-    """``eventually`` for a predicate that blocks (an HTTP request), run off the event loop."""
-    deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while not await asyncio.to_thread(predicate):
-        assert time.monotonic() < deadline, "timed out"
 
 
 def unused_tcp_port() -> int:

@@ -7,7 +7,6 @@ import asyncio
 import re
 import signal
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -15,7 +14,7 @@ from functools import partial
 import pytest
 
 from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, eventually, start_cli, start_cli_server
-from tests.nats_servers import NatsNode
+from tests.nats_servers import NatsNode, wait_for_subscriptions
 from udpchat import Server, ServerConfig
 from udpchat.bus import redact_url
 from udpchat.cli import main
@@ -97,13 +96,6 @@ def bus_stats(server: Server) -> BusStats:
     stats = server.stats(include_senders=False).bus
     assert stats is not None
     return stats
-
-
-async def wait_for_subscriptions(nodes: list[NatsNode], count: int) -> None:
-    """Until every node knows ``count`` subscriptions, its own clients' and routed ones."""
-    deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while not await asyncio.to_thread(lambda: all(n.subscriptions() >= count for n in nodes)):
-        assert time.monotonic() < deadline, "timed out waiting for the subscriptions"
 
 
 async def test_members_on_two_servers_on_two_cluster_nodes_see_each_other(
