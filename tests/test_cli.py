@@ -178,6 +178,8 @@ def test_help_reads_whole_at_80_columns(command: str) -> None:
         ("serve", "--queue-size N Messages waiting for a worker, at most; more are dropped. "
          "Must be at least 1."),
         ("serve", "--port PORT UDP port. Must be 0 to 65535."),
+        ("serve", "--rcvbuf BYTES Socket receive buffer to ask for, in bytes. Must be 0 (the OS "
+         "default) or at least 1."),
         ("send", "--port PORT Server's UDP port. Must be 1 to 65535."),
         ("load", "--users N Simulated users, each with its own socket. Must be 1 to 10000."),
         ("impair", "--queue-bytes BYTES Bytes each direction holds at most (delayed, "

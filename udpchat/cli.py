@@ -161,8 +161,14 @@ def metavar_of(setting: str) -> str:
     return "N"
 
 
-def no_zero(value: int) -> int | None:
-    """``--rcvbuf 0``: the OS default (None)."""
+RCVBUF_RANGE = f"0 (the OS default) or {bounds_of(ServerConfig, 'rcvbuf')}"
+"""``--rcvbuf``'s range: the config's own (None is the OS default), with 0 meaning None."""
+
+
+def os_default_at_zero(parameter: typer.CallbackParam, value: int) -> int | None:
+    """``--rcvbuf 0``: the OS default (None); below 0 said in :data:`RCVBUF_RANGE`'s words."""
+    if value < 0:
+        fail(f"{parameter.opts[0]}: must be {RCVBUF_RANGE}, not {value}", ExitCode.USAGE)
     return value or None
 
 
@@ -213,8 +219,8 @@ def serve(
         int,
         typer.Option(
             metavar="BYTES",
-            callback=no_zero,
-            help="Socket receive buffer to ask for, in bytes (0: OS default).",
+            callback=os_default_at_zero,
+            help=f"Socket receive buffer to ask for, in bytes. Must be {RCVBUF_RANGE}.",
         ),
     ] = server_module.DEFAULT_RCVBUF,
     allow: Annotated[
