@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -27,6 +28,9 @@ from tests.helpers import (
     start_cli_server,
     start_server_with_unread_stdout,
 )
+from udpchat.runtime import LoopChoice
+from udpchat.server import ServerConfig
+from udpchat.supervisor import Supervisor
 
 MESSAGES = 40
 
@@ -201,3 +205,32 @@ async def test_the_summary_has_the_metrics_endpoints_line_with_any_number_of_pro
     status, _, stderr = await cli.finish()
     assert status == 0, stderr
     assert "udpchat: metrics: connections_dropped=0 bad_requests=1\n" in stderr, stderr
+
+
+def sigterm_pending(pid: int) -> bool:
+    """Whether SIGTERM waits for a (stopped) process: /proc's pending-signal mask says so."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (pending,) = re.findall(r"^ShdPnd:\s*([0-9a-f]+)$", status, re.MULTILINE)
+    return bool(int(pending, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_a_child_that_dies_while_draining_leaves_the_stop_undrained() -> None:
+    """The dead are taken once, before the stop: a child that dies after it (here: stopped
+    with SIGSTOP, so that it cannot drain, and killed once the stop's SIGTERM waits for it)
+    has not drained, and is not reported as having died before the stop."""
+    config = ServerConfig(host=LOOPBACK, port=0, processes=2, drain_timeout_s=30.0)
+    with open(os.devnull, "wb") as out:
+        supervisor = Supervisor(config, LoopChoice.ASYNCIO, out)
+        await supervisor.start()
+        stuck = multiprocessing.active_children()[0].pid
+        assert stuck is not None
+        os.kill(stuck, signal.SIGSTOP)
+        serving = asyncio.ensure_future(supervisor.serve_until_stopped())
+        supervisor.request_stop()
+        await eventually(lambda: sigterm_pending(stuck))
+        os.kill(stuck, signal.SIGKILL)
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            result = await serving
+    assert not result.drained
+    assert result.died == ()
