@@ -93,4 +93,4 @@ bench-impair: $(STAMP)
 	$(BIN)/python -m benchmarks.impair $(BENCH_IMPAIR_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast benchmarks/sink mutants
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast benchmarks/sink benchmarks/stamp mutants

@@ -31,6 +31,8 @@ PYTHON = sys.executable
 HERE = Path(__file__).parent
 BLAST = HERE / "blast"
 SINK = HERE / "sink"
+STAMP = HERE / "stamp"
+"""The delay bench's stamped sender and receiver (``stamp.c``)."""
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 60.0
 GRACE_S = 0.2
