@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import statistics
+import time
 import tracemalloc
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -52,9 +53,11 @@ from udpchat.impair import (
     parse_duration,
     parse_rate,
     parse_share,
+    read_batch,
     split_host_port,
 )
 from udpchat.settings import ConfigError
+from udpchat.sockets import SO_TIMESTAMPNS, stamp_arrivals
 from udpchat.wire import format_message
 
 STREAM = 2000
@@ -86,7 +89,7 @@ def run_link(
     for data, tag, at in arrivals:
         while (due := link.next_due) is not None and due <= at:
             yield "release", [Departure(d, t, due) for d, t in link.release(due)]
-        yield "take", [Departure(d, t, at) for d, t in link.take([(data, tag)], at)]
+        yield "take", [Departure(d, t, at) for d, t in link.take([(data, tag, at)], at)]
     while (due := link.next_due) is not None:
         yield "release", [Departure(d, t, due) for d, t in link.release(due)]
 
@@ -159,7 +162,7 @@ def test_a_wrong_proxy_setting_names_its_field() -> None:
 def test_every_direction_counter_is_declared_once() -> None:
     """The link counts under the declared names; a misspelt counter fails here, not silently."""
     link: Link[int] = Link(Impairment(loss=0.5, duplicate=0.5), 1, Direction.UP)
-    link.take([(b"x", 0)] * 50, 0.0)
+    link.take([(b"x", 0, 0.0)] * 50, 0.0)
     declared = {each.name for each in declarations(ImpairStats)}
     assert set(link.counts) <= declared
     assert link.counts["received"] == 50
@@ -309,12 +312,12 @@ def test_reordering_holds_no_memory_beyond_the_bound() -> None:
     link: Link[int] = Link(impairment, 1, Direction.UP, max_queue_bytes=bound)
     silent = 1
     while link.queued == 0:  # until one of the silent client's datagrams is held
-        link.take([(b"last words", silent)], 0.0)
+        link.take([(b"last words", silent, 0.0)], 0.0)
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
         for index in range(20_000):
-            link.take([(bytes(1000) + index.to_bytes(4, "big"), 0)], index * 1e-4)
+            link.take([(bytes(1000) + index.to_bytes(4, "big"), 0, index * 1e-4)], index * 1e-4)
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
@@ -323,10 +326,53 @@ def test_reordering_holds_no_memory_beyond_the_bound() -> None:
     assert grown <= 2 * bound
 
 
+@pytest.mark.parametrize(
+    ("impairment", "due"),
+    [
+        (Impairment(delay_s=0.020), 1.020),
+        (Impairment(rate=RateLimit(100.0, RateUnit.DATAGRAMS)), 1.010),
+    ],
+)
+def test_a_datagram_read_late_leaves_on_time_from_its_arrival(
+    impairment: Impairment, due: float
+) -> None:
+    """A delay, and the rate limit, count from when the datagram arrived, not from when the
+    proxy got round to reading it (5 ms later here)."""
+    link: Link[int] = Link(impairment, 1, Direction.UP)
+    assert link.take([(b"late read", 0, 1.000)], 1.005) == []
+    assert link.next_due == pytest.approx(due)
+    assert link.release(due) == [(b"late read", 0)]
+
+
+@pytest.mark.skipif(SO_TIMESTAMPNS is None, reason="the kernel's arrival stamps are Linux's")
+def test_the_proxy_reads_the_kernels_arrival_stamp_where_asked() -> None:
+    """Stamped, a datagram read a second after it arrived says when it arrived (the kernel's
+    stamp, on time.monotonic()'s clock); unstamped, it says when it was read."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.bind((LOOPBACK, 0))
+        sender.bind((LOOPBACK, 0))
+        receiver.setblocking(False)
+        assert stamp_arrivals(receiver)
+        before = time.monotonic()
+        sender.sendto(b"stamped", receiver.getsockname())  # on loopback, queued once it returns
+        sent = time.monotonic()
+        late = sent + 1.0
+        ((data, address, arrived),) = read_batch(receiver, True, late, "test")
+        assert (data, address) == (b"stamped", sender.getsockname())
+        assert before - 0.001 <= arrived <= sent + 0.001  # the clocks' conversion: within 1 ms
+        sender.sendto(b"unstamped", receiver.getsockname())
+        assert read_batch(receiver, False, late, "test") == [
+            (b"unstamped", sender.getsockname(), late)
+        ]
+
+
 def test_corruption_flips_exactly_one_byte() -> None:
     link: Link[int] = Link(Impairment(corrupt=1.0), 3, Direction.UP)
     originals = stream(300)
-    left = link.take([(data, 0) for data in originals], 0.0)
+    left = link.take([(data, 0, 0.0) for data in originals], 0.0)
     assert link.counts["corrupted"] == 300
     for (data, _), original in zip(left, originals, strict=True):
         assert len(data) == len(original)
@@ -342,7 +388,9 @@ def test_loss_has_the_rate_and_the_burst_length_asked_for(seed: int, burst: floa
     loss = 0.1
     link: Link[int] = Link(Impairment(loss=loss, burst=burst), seed, Direction.UP)
     total = 50_000
-    kept = {data for data, _ in link.take([(i.to_bytes(4, "big"), 0) for i in range(total)], 0.0)}
+    kept = {
+        data for data, _ in link.take([(i.to_bytes(4, "big"), 0, 0.0) for i in range(total)], 0.0)
+    }
     lost = [i.to_bytes(4, "big") not in kept for i in range(total)]
     runs = [len(run) for run in "".join("x" if gone else " " for gone in lost).split()]
     assert sum(lost) / total == pytest.approx(loss, abs=0.02)

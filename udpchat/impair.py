@@ -51,7 +51,13 @@ from udpchat.runtime import (
 )
 from udpchat.server import MAX_UDP_PAYLOAD, start_metrics
 from udpchat.settings import Bounds, ConfigError, check_bounds, setting
-from udpchat.sockets import MAX_PORT, bind_udp_socket
+from udpchat.sockets import (
+    ARRIVAL_ANCILLARY_BYTES,
+    MAX_PORT,
+    arrival_time,
+    bind_udp_socket,
+    stamp_arrivals,
+)
 from udpchat.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -306,6 +312,11 @@ class Impairment:
         """Whether it does anything at all."""
         return self != Impairment()
 
+    @property
+    def timed(self) -> bool:
+        """Whether when a datagram arrived decides when it leaves (a delay, a rate limit)."""
+        return self.delay_s > 0 or self.rate is not None
+
     @staticmethod
     def option(name: str) -> tuple[str, str, str, str | None]:
         """A field's option as the command line writes it: (``--reorder-distance``, its
@@ -456,9 +467,12 @@ class Link(Generic[T]):
             return held[0].deadline
         return due
 
-    def take(self, datagrams: Iterable[tuple[bytes, T]], now: float) -> list[tuple[bytes, T]]:
-        """Take datagrams that arrived at ``now``; returns what leaves now, in order (what was
-        due already first)."""
+    def take(
+        self, datagrams: Iterable[tuple[bytes, T, float]], now: float
+    ) -> list[tuple[bytes, T]]:
+        """Take datagrams, each with when it arrived (by ``now``: a delay counts from there,
+        however late it was read); returns what leaves now, in order (what was due already
+        first)."""
         out = self.release(now)
         impairment = self.impairment
         counts = self.counts
@@ -467,7 +481,7 @@ class Link(Generic[T]):
         corrupt, duplicate, reorder = impairment.corrupt, impairment.duplicate, impairment.reorder
         delay_s, jitter_s = impairment.delay_s, impairment.jitter_s
         rate = impairment.rate
-        for taken, tag in datagrams:
+        for taken, tag, arrived in datagrams:
             data = taken
             counts["received"] += 1
             if loss:
@@ -491,9 +505,9 @@ class Link(Generic[T]):
             copies = 2 if duplicate and draw() < duplicate else 1
             held = reorder and draw() < reorder
             delay = delay_s + jitter_s * (2 * draw() - 1) if jitter_s else delay_s
-            ready = now
+            ready = arrived
             if rate is not None:
-                ready = self._rate_ready(len(data), rate, now)
+                ready = self._rate_ready(len(data), rate, arrived)
                 if ready < 0:
                     self._drop("dropped_rate")
                     continue
@@ -558,16 +572,17 @@ class Link(Generic[T]):
         self.counts[reason] += 1
         self.counts["dropped"] += 1
 
-    def _rate_ready(self, size: int, rate: RateLimit, now: float) -> float:
-        """When a datagram taken now would be through the rate limit; -1 when its queue is
-        full (tail drop). The caller commits the time once the datagram is taken."""
+    def _rate_ready(self, size: int, rate: RateLimit, arrived: float) -> float:
+        """When a datagram that arrived at ``arrived`` would be through the rate limit; -1
+        when its queue is full (tail drop). The caller commits the time once the datagram is
+        taken."""
         done = self._rate_done
-        while done and done[0] <= now:
+        while done and done[0] <= arrived:
             done.popleft()
         if len(done) >= self.impairment.rate_queue:
             return -1.0
         cost = size if rate.unit is RateUnit.BYTES else 1
-        return max(now, self._rate_free_at) + cost / rate.per_s
+        return max(arrived, self._rate_free_at) + cost / rate.per_s
 
     def _place(
         self,
@@ -728,16 +743,48 @@ class TargetUnresolvedError(OSError):
     """The server's address (``to``) does not resolve; nothing was bound."""
 
 
+def read_batch(
+    sock: socket.socket, stamped: bool, now: float, source: object
+) -> list[tuple[bytes, Any, float]]:
+    """Up to :data:`READ_BATCH` datagrams waiting on ``sock``: each with its sender and when it
+    arrived, the kernel's stamp where ``stamped`` (:func:`~udpchat.sockets.stamp_arrivals`;
+    never after ``now``), else ``now``. ``source`` names the socket in the debug log."""
+    batch = []
+    realtime_offset = time.time() - time.monotonic()
+    for _ in range(READ_BATCH):
+        try:
+            if stamped:
+                data, ancillary, _, address = sock.recvmsg(MAX_UDP_PAYLOAD, ARRIVAL_ANCILLARY_BYTES)
+                arrived = arrival_time(ancillary, realtime_offset)
+                batch.append((data, address, now if arrived is None else min(arrived, now)))
+            else:
+                data, address = sock.recvfrom(MAX_UDP_PAYLOAD)
+                batch.append((data, address, now))
+        except (BlockingIOError, InterruptedError):
+            break
+        except ConnectionRefusedError:  # the server's port refused an earlier datagram
+            continue
+        except OSError as error:
+            logger.debug("impair: reading from %s: %s", source, error)
+            break
+    return batch
+
+
 class _Client:
     """One client: its address, and its own connected socket towards the server."""
 
-    __slots__ = ("address", "last_heard", "send", "sock")
+    __slots__ = ("address", "last_heard", "send", "sock", "stamped")
 
-    def __init__(self, address: Any, sock: socket.socket, now: float) -> None:
+    def __init__(self, address: Any, sock: socket.socket, now: float, stamped: bool) -> None:
         self.address = address
         self.sock = sock
         self.send = sock.send
         self.last_heard = now
+        self.stamped = stamped
+        """Whether the kernel stamps the server's datagrams' arrival on ``sock``."""
+
+    def __str__(self) -> str:
+        return f"the server for {self.address}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -764,6 +811,8 @@ class ImpairProxy(StartsAndStops):
         self._expired = 0
         self._refusal_log = RateLimitedLog(logger, level=logging.WARNING)
         self._sock: socket.socket | None = None
+        self._stamped_up = False
+        """Whether the kernel stamps the clients' datagrams' arrival (a timed uplink)."""
         self._target: tuple[Any, ...] | None = None
         self._target_family = socket.AF_INET
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -816,6 +865,7 @@ class ImpairProxy(StartsAndStops):
             await self._background.aclose()
             raise
         self._sock = sock
+        self._stamped_up = config.up.timed and stamp_arrivals(sock)
         self._wakeups = {
             direction: Wakeup(loop, functools.partial(self._on_time, direction))
             for direction in Direction
@@ -908,42 +958,26 @@ class ImpairProxy(StartsAndStops):
     def _read_clients(self) -> None:
         assert self._sock is not None
         now = time.monotonic()
-        receive = self._sock.recvfrom
         clients = self._clients
         batch = []
-        for _ in range(READ_BATCH):
-            try:
-                data, address = receive(MAX_UDP_PAYLOAD)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as error:
-                logger.debug("impair: reading from clients: %s", error)
-                break
+        for data, address, arrived in read_batch(self._sock, self._stamped_up, now, "clients"):
             client = clients.get(address)
             if client is None:
                 client = self._admit(address, now)
                 if client is None:
                     continue
             client.last_heard = now
-            batch.append((data, client))
+            batch.append((data, client, arrived))
         if batch:
             self._send_up(self._up.take(batch, now))
             self._schedule(Direction.UP)
 
     def _read_server(self, client: _Client) -> None:
         now = time.monotonic()
-        receive = client.sock.recv
-        batch = []
-        for _ in range(READ_BATCH):
-            try:
-                batch.append((receive(MAX_UDP_PAYLOAD), client))
-            except (BlockingIOError, InterruptedError):
-                break
-            except ConnectionRefusedError:  # the server's port refused an earlier datagram
-                continue
-            except OSError as error:
-                logger.debug("impair: reading from the server for %s: %s", client.address, error)
-                break
+        batch = [
+            (data, client, arrived)
+            for data, _, arrived in read_batch(client.sock, client.stamped, now, client)
+        ]
         if batch:
             self._send_down(self._down.take(batch, now))
             self._schedule(Direction.DOWN)
@@ -994,7 +1028,8 @@ class ImpairProxy(StartsAndStops):
             sock.close()
             self._refuse(f"cannot reach the server for a new client: {error.strerror}")
             return None
-        client = self._clients[address] = _Client(address, sock, now)
+        stamped = self.config.down.timed and stamp_arrivals(sock)
+        client = self._clients[address] = _Client(address, sock, now, stamped)
         self._loop.add_reader(sock.fileno(), self._read_server, client)
         return client
 

@@ -69,6 +69,37 @@ def receive_buffer_size(sock: socket.socket) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
+SO_TIMESTAMPNS = 35 if sys.platform == "linux" else None
+"""Linux's option number (``SO_TIMESTAMPNS_OLD``): the kernel's receive time of each datagram,
+a ``struct timespec`` on CLOCK_REALTIME in ``recvmsg``'s ancillary data."""
+_TIMESPEC = struct.Struct("@ll")
+ARRIVAL_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) if SO_TIMESTAMPNS else 0
+"""``recvmsg``'s ancillary buffer for one arrival stamp."""
+
+
+def stamp_arrivals(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp when each datagram arrives (for :func:`arrival_time`): a read
+    that comes late then does not make the datagram late. False where it cannot."""
+    if SO_TIMESTAMPNS is None:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
+def arrival_time(ancillary: list[tuple[int, int, bytes]], realtime_offset: float) -> float | None:
+    """The kernel's arrival stamp in ``recvmsg``'s ``ancillary`` data, in ``time.monotonic()``
+    seconds (``realtime_offset``: ``time.time() - time.monotonic()`` just now); None without
+    one."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return float(seconds + nanoseconds / 1e9 - realtime_offset)
+    return None
+
+
 SO_MEMINFO = 55 if sys.platform == "linux" else None
 """Linux's option number (since 3.x): the socket's memory figures, its drop count among them."""
 _MEMINFO_FIELDS = 9
