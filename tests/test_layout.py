@@ -13,8 +13,8 @@ import udpchat
 PACKAGE = Path(udpchat.__file__).parent
 
 LAYERS = [
-    {"counters", "wire", "logs", "pool", "settings", "signals", "sockets", "wakeup"},
-    {"fastpath", "admission", "bus", "metrics", "report", "client", "load", "runtime"},
+    {"counters", "wire", "libc", "logs", "pool", "settings", "signals", "sockets"},
+    {"fastpath", "admission", "bus", "metrics", "report", "client", "load", "runtime", "wakeup"},
     {"accounting", "chat", "progress"},
     {"handlers"},
     {"pipeline", "output", "relay"},

@@ -8,7 +8,6 @@ the server; elsewhere it falls back to one ``send`` per datagram. Loopback only 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import ipaddress
 import os
@@ -17,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from udpchat.libc import libc_function
 from udpchat.settings import check_bounds, setting
 from udpchat.sockets import MAX_PORT
 from udpchat.wire import format_message
@@ -52,21 +52,9 @@ class _MMsgHdr(ctypes.Structure):
     _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
 
 
-def _load_sendmmsg() -> Callable[..., int] | None:
-    library = ctypes.util.find_library("c")
-    if library is None:
-        return None
-    try:
-        libc = ctypes.CDLL(library, use_errno=True)
-        function = libc.sendmmsg
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.POINTER(_MMsgHdr), ctypes.c_uint, ctypes.c_int)
-    function.restype = ctypes.c_int
-    return function
-
-
-_SENDMMSG = _load_sendmmsg()
+_SENDMMSG = libc_function(
+    "sendmmsg", (ctypes.c_int, ctypes.POINTER(_MMsgHdr), ctypes.c_uint, ctypes.c_int), ctypes.c_int
+)
 
 
 class BatchSender:

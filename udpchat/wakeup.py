@@ -4,17 +4,18 @@ uvloop's timers count in whole milliseconds and asyncio's round its waits up to 
 made with ``call_at`` is up to a millisecond late. On Linux a ``timerfd`` on CLOCK_MONOTONIC (the
 clock of ``time.monotonic()``) becomes readable at the nanosecond asked for and wakes the loop
 like any socket; elsewhere, and where it cannot be made, :class:`Wakeup` falls back to
-``call_at``. The ctypes binding follows :mod:`udpchat.load`'s for ``sendmmsg``.
+``call_at``. The functions come from the C library through :mod:`udpchat.libc`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import os
 import time
 from collections.abc import Callable
+
+from udpchat.libc import libc_function
 
 TFD_TIMER_ABSTIME = 1
 
@@ -30,22 +31,14 @@ class _ITimerSpec(ctypes.Structure):
 def _load_timerfd() -> tuple[Callable[..., int], Callable[..., int]] | None:
     if not hasattr(time, "CLOCK_MONOTONIC"):
         return None
-    library = ctypes.util.find_library("c")
-    if library is None:
-        return None
-    try:
-        libc = ctypes.CDLL(library, use_errno=True)
-        create, settime = libc.timerfd_create, libc.timerfd_settime
-    except (OSError, AttributeError):
-        return None
-    create.argtypes, create.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    settime.argtypes = (
+    create = libc_function("timerfd_create", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
+    settime = libc_function(
+        "timerfd_settime",
+        (ctypes.c_int, ctypes.c_int, ctypes.POINTER(_ITimerSpec), ctypes.POINTER(_ITimerSpec)),
         ctypes.c_int,
-        ctypes.c_int,
-        ctypes.POINTER(_ITimerSpec),
-        ctypes.POINTER(_ITimerSpec),
     )
-    settime.restype = ctypes.c_int
+    if create is None or settime is None:
+        return None
     return create, settime
 
 
