@@ -326,28 +326,35 @@ def test_reordering_holds_no_memory_beyond_the_bound() -> None:
     assert grown <= 2 * bound
 
 
-@pytest.mark.parametrize(
-    ("impairment", "due"),
-    [
-        (Impairment(delay_s=0.020), 1.020),
-        (Impairment(rate=RateLimit(100.0, RateUnit.DATAGRAMS)), 1.010),
-    ],
-)
-def test_a_datagram_read_late_leaves_on_time_from_its_arrival(
-    impairment: Impairment, due: float
-) -> None:
-    """A delay, and the rate limit, count from when the datagram arrived, not from when the
-    proxy got round to reading it (5 ms later here)."""
-    link: Link[int] = Link(impairment, 1, Direction.UP)
+def test_a_datagram_read_late_leaves_on_time_from_its_arrival() -> None:
+    """A delay counts from when the datagram arrived, not from when the proxy got round to
+    reading it (5 ms later here)."""
+    link: Link[int] = Link(Impairment(delay_s=0.020), 1, Direction.UP)
     assert link.take([(b"late read", 0, 1.000)], 1.005) == []
-    assert link.next_due == pytest.approx(due)
-    assert link.release(due) == [(b"late read", 0)]
+    assert link.next_due == pytest.approx(1.020)
+    assert link.release(1.020) == [(b"late read", 0)]
+
+
+def test_what_was_read_late_leaves_the_rate_limit_spaced() -> None:
+    """The rate limit counts from the read: datagrams that arrived during a 50 ms stall leave
+    at the limit's pace after it, never in a burst above the rate."""
+    link: Link[int] = Link(Impairment(rate=RateLimit(100.0, RateUnit.DATAGRAMS)), 1, Direction.UP)
+    stalled = [(bytes([index]), 0, 1.000 + index * 0.001) for index in range(3)]
+    assert link.take(stalled, 1.050) == []
+    departures: list[tuple[int, bytes]] = []
+    while (due := link.next_due) is not None:
+        departures += [(round(due * 1000), data) for data, _ in link.release(due)]
+    assert departures == [(1060, b"\x00"), (1070, b"\x01"), (1080, b"\x02")]  # in ms
+
+
+READ_LATE_S = 0.05
+"""How long after its arrival the stamp test reads a datagram: a gap in time is what it tests."""
 
 
 @pytest.mark.skipif(SO_TIMESTAMPNS is None, reason="the kernel's arrival stamps are Linux's")
 def test_the_proxy_reads_the_kernels_arrival_stamp_where_asked() -> None:
-    """Stamped, a datagram read a second after it arrived says when it arrived (the kernel's
-    stamp, on time.monotonic()'s clock); unstamped, it says when it was read."""
+    """Stamped, a datagram read late says when it arrived (the kernel's stamp, on
+    time.monotonic()'s clock), not when it was read; unstamped, it says when it was read."""
     with (
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
@@ -359,14 +366,24 @@ def test_the_proxy_reads_the_kernels_arrival_stamp_where_asked() -> None:
         before = time.monotonic()
         sender.sendto(b"stamped", receiver.getsockname())  # on loopback, queued once it returns
         sent = time.monotonic()
-        late = sent + 1.0
-        ((data, address, arrived),) = read_batch(receiver, True, late, "test")
+        time.sleep(READ_LATE_S)
+        now = time.monotonic()
+        ((data, address, arrived),) = read_batch(receiver, True, now, "test")
         assert (data, address) == (b"stamped", sender.getsockname())
         assert before - 0.001 <= arrived <= sent + 0.001  # the clocks' conversion: within 1 ms
         sender.sendto(b"unstamped", receiver.getsockname())
-        assert read_batch(receiver, False, late, "test") == [
-            (b"unstamped", sender.getsockname(), late)
+        later = time.monotonic() + 1.0
+        assert read_batch(receiver, False, later, "test") == [
+            (b"unstamped", sender.getsockname(), later)
         ]
+
+
+def test_a_reordered_datagram_is_held_from_when_it_was_read() -> None:
+    """The reorder hold is a bound on waiting, counted on the read clock, so that held
+    datagrams stay in the order their waits end whatever their arrival stamps say."""
+    link: Link[int] = Link(Impairment(reorder=1.0, reorder_hold_s=0.010), 1, Direction.UP)
+    assert link.take([(b"held", 0, 1.000)], 1.005) == []
+    assert link.next_due == pytest.approx(1.015)
 
 
 def test_corruption_flips_exactly_one_byte() -> None:

@@ -54,8 +54,10 @@ from udpchat.settings import Bounds, ConfigError, check_bounds, setting
 from udpchat.sockets import (
     ARRIVAL_ANCILLARY_BYTES,
     MAX_PORT,
+    MAX_RCVBUF,
     arrival_time,
     bind_udp_socket,
+    realtime_offset,
     stamp_arrivals,
 )
 from udpchat.wakeup import Wakeup
@@ -313,9 +315,10 @@ class Impairment:
         return self != Impairment()
 
     @property
-    def timed(self) -> bool:
-        """Whether when a datagram arrived decides when it leaves (a delay, a rate limit)."""
-        return self.delay_s > 0 or self.rate is not None
+    def delays(self) -> bool:
+        """Whether datagrams wait a time counted from their arrival (``--delay``). The rate
+        limit counts from the read instead: what was read late still leaves spaced."""
+        return self.delay_s > 0
 
     @staticmethod
     def option(name: str) -> tuple[str, str, str, str | None]:
@@ -439,9 +442,10 @@ class Link(Generic[T]):
         with when it came out of the rate limit (None for a copy: it is not sampled twice)."""
         self._measures = impairment.delay_s > 0 or impairment.rate is not None or impairment.reorder
         self.jitter_s = 0.0
-        """RFC 3550's jitter over each datagram's transit from the rate limit to being sent, as
-        sent (the timer's lateness included), sampled as udpchat's accounting samples arrivals:
-        what the link applied, measured as the server measures it."""
+        """RFC 3550's jitter over each datagram's transit from its arrival (the kernel's stamp
+        where the proxy reads one), or from the rate limit, to being sent, as sent (the timer's
+        lateness included), sampled as udpchat's accounting samples arrivals: what the link
+        applied, measured as the server measures it."""
         self._last_transit: float | None = None
         self._last_sampled = -math.inf
         self._last_due = -math.inf
@@ -471,8 +475,8 @@ class Link(Generic[T]):
         self, datagrams: Iterable[tuple[bytes, T, float]], now: float
     ) -> list[tuple[bytes, T]]:
         """Take datagrams, each with when it arrived (by ``now``: a delay counts from there,
-        however late it was read); returns what leaves now, in order (what was due already
-        first)."""
+        however late it was read; the rate limit and the reorder hold count from ``now``);
+        returns what leaves now, in order (what was due already first)."""
         out = self.release(now)
         impairment = self.impairment
         counts = self.counts
@@ -507,7 +511,7 @@ class Link(Generic[T]):
             delay = delay_s + jitter_s * (2 * draw() - 1) if jitter_s else delay_s
             ready = arrived
             if rate is not None:
-                ready = self._rate_ready(len(data), rate, arrived)
+                ready = self._rate_ready(len(data), rate, now)
                 if ready < 0:
                     self._drop("dropped_rate")
                     continue
@@ -572,17 +576,16 @@ class Link(Generic[T]):
         self.counts[reason] += 1
         self.counts["dropped"] += 1
 
-    def _rate_ready(self, size: int, rate: RateLimit, arrived: float) -> float:
-        """When a datagram that arrived at ``arrived`` would be through the rate limit; -1
-        when its queue is full (tail drop). The caller commits the time once the datagram is
-        taken."""
+    def _rate_ready(self, size: int, rate: RateLimit, now: float) -> float:
+        """When a datagram taken now would be through the rate limit; -1 when its queue is
+        full (tail drop). The caller commits the time once the datagram is taken."""
         done = self._rate_done
-        while done and done[0] <= arrived:
+        while done and done[0] <= now:
             done.popleft()
         if len(done) >= self.impairment.rate_queue:
             return -1.0
         cost = size if rate.unit is RateUnit.BYTES else 1
-        return max(arrived, self._rate_free_at) + cost / rate.per_s
+        return max(now, self._rate_free_at) + cost / rate.per_s
 
     def _place(
         self,
@@ -673,7 +676,7 @@ class ProxyConfig:
     )
     """What each direction holds at most, payloads and overhead."""
     drain_timeout_s: float = setting(DEFAULT_DRAIN_TIMEOUT_S, minimum=0, maximum=60)
-    rcvbuf: int | None = setting(DEFAULT_RCVBUF, minimum=1)
+    rcvbuf: int | None = setting(DEFAULT_RCVBUF, minimum=1, maximum=MAX_RCVBUF)
     """Receive buffer to ask for on the listening socket; None keeps the OS default."""
     stats_interval_s: float | None = setting(None, minimum=0.1)
     metrics_port: int | None = setting(None, minimum=0, maximum=MAX_PORT)
@@ -748,15 +751,18 @@ def read_batch(
 ) -> list[tuple[bytes, Any, float]]:
     """Up to :data:`READ_BATCH` datagrams waiting on ``sock``: each with its sender and when it
     arrived, the kernel's stamp where ``stamped`` (:func:`~udpchat.sockets.stamp_arrivals`;
-    never after ``now``), else ``now``. ``source`` names the socket in the debug log."""
+    never after ``now``, nor more than :data:`MAX_DELAY_S` before), else ``now``. ``source``
+    names the socket in the debug log."""
     batch = []
-    realtime_offset = time.time() - time.monotonic()
+    offset = realtime_offset() if stamped else 0.0
+    oldest = now - MAX_DELAY_S  # older stamps (a clock step) leave at once all the same
     for _ in range(READ_BATCH):
         try:
             if stamped:
                 data, ancillary, _, address = sock.recvmsg(MAX_UDP_PAYLOAD, ARRIVAL_ANCILLARY_BYTES)
-                arrived = arrival_time(ancillary, realtime_offset)
-                batch.append((data, address, now if arrived is None else min(arrived, now)))
+                arrived = arrival_time(ancillary, offset)
+                arrived = now if arrived is None else min(max(arrived, oldest), now)
+                batch.append((data, address, arrived))
             else:
                 data, address = sock.recvfrom(MAX_UDP_PAYLOAD)
                 batch.append((data, address, now))
@@ -812,7 +818,7 @@ class ImpairProxy(StartsAndStops):
         self._refusal_log = RateLimitedLog(logger, level=logging.WARNING)
         self._sock: socket.socket | None = None
         self._stamped_up = False
-        """Whether the kernel stamps the clients' datagrams' arrival (a timed uplink)."""
+        """Whether the kernel stamps the clients' datagrams' arrival (a delaying uplink)."""
         self._target: tuple[Any, ...] | None = None
         self._target_family = socket.AF_INET
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -865,7 +871,7 @@ class ImpairProxy(StartsAndStops):
             await self._background.aclose()
             raise
         self._sock = sock
-        self._stamped_up = config.up.timed and stamp_arrivals(sock)
+        self._stamped_up = config.up.delays and stamp_arrivals(sock)
         self._wakeups = {
             direction: Wakeup(loop, functools.partial(self._on_time, direction))
             for direction in Direction
@@ -1028,7 +1034,7 @@ class ImpairProxy(StartsAndStops):
             sock.close()
             self._refuse(f"cannot reach the server for a new client: {error.strerror}")
             return None
-        stamped = self.config.down.timed and stamp_arrivals(sock)
+        stamped = self.config.down.delays and stamp_arrivals(sock)
         client = self._clients[address] = _Client(address, sock, now, stamped)
         self._loop.add_reader(sock.fileno(), self._read_server, client)
         return client

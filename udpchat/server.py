@@ -35,7 +35,13 @@ from udpchat.relay import (
 from udpchat.report import StatusLine
 from udpchat.runtime import StartsAndStops, periodically
 from udpchat.settings import ConfigError, check_bounds, setting
-from udpchat.sockets import MAX_PORT, bind_udp_socket, kernel_drop_count, receive_buffer_size
+from udpchat.sockets import (
+    MAX_PORT,
+    MAX_RCVBUF,
+    bind_udp_socket,
+    kernel_drop_count,
+    receive_buffer_size,
+)
 
 if TYPE_CHECKING:  # prometheus-client is imported only by a server that serves metrics
     from udpchat.metrics import MetricsServer
@@ -105,7 +111,7 @@ class ServerConfig:
     )
     queue_size: int = setting(DEFAULT_QUEUE_SIZE, minimum=1)
     drain_timeout_s: float = setting(DEFAULT_DRAIN_TIMEOUT_S, minimum=0)
-    rcvbuf: int | None = setting(DEFAULT_RCVBUF, minimum=1)
+    rcvbuf: int | None = setting(DEFAULT_RCVBUF, minimum=1, maximum=MAX_RCVBUF)
     """Receive buffer to ask for, in bytes; None keeps the OS default."""
     allow: tuple[IPNetwork, ...] = ()
     """Accept only these source networks; empty accepts every source."""

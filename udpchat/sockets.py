@@ -1,4 +1,5 @@
-"""What the OS knows about our UDP socket: binding it, its receive buffer, and its drop count.
+"""What the OS knows about our UDP socket: binding it, its receive buffer, its drop count, and
+when each datagram arrived.
 
 Kept apart from the server so that the platform-specific parts (``SO_RCVBUFFORCE``,
 ``/proc/net/udp``) sit in one place and degrade to "unknown" where the OS lacks them.
@@ -6,13 +7,17 @@ Kept apart from the server so that the platform-specific parts (``SO_RCVBUFFORCE
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
 import sys
+import time
 from pathlib import Path
 
 MAX_PORT = 65535
+MAX_RCVBUF = 2**31 - 1
+"""The largest receive buffer a socket option can ask for: it takes a C int."""
 PROC_UDP_TABLES = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
 _DROPS_COLUMN = 12
 _INODE_COLUMN = 9
@@ -89,14 +94,31 @@ def stamp_arrivals(sock: socket.socket) -> bool:
     return True
 
 
-def arrival_time(ancillary: list[tuple[int, int, bytes]], realtime_offset: float) -> float | None:
+OFFSET_SAMPLES = 3
+
+
+def realtime_offset() -> float:
+    """``time.time() - time.monotonic()``, from the tightest of :data:`OFFSET_SAMPLES` brackets
+    of two monotonic reads around a realtime one: a preemption between the reads would
+    otherwise shift every stamp converted with it."""
+    best_width, best = math.inf, 0.0
+    for _ in range(OFFSET_SAMPLES):
+        before = time.monotonic()
+        realtime = time.time()
+        after = time.monotonic()
+        if after - before < best_width:
+            best_width, best = after - before, realtime - (before + after) / 2
+    return best
+
+
+def arrival_time(ancillary: list[tuple[int, int, bytes]], offset: float) -> float | None:
     """The kernel's arrival stamp in ``recvmsg``'s ``ancillary`` data, in ``time.monotonic()``
-    seconds (``realtime_offset``: ``time.time() - time.monotonic()`` just now); None without
-    one."""
+    seconds (``offset``: :func:`realtime_offset` just now); None without one (a kernel that
+    gives none: then the caller takes the read's time)."""
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
             seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            return float(seconds + nanoseconds / 1e9 - realtime_offset)
+            return float(seconds + nanoseconds / 1e9 - offset)
     return None
 
 
