@@ -179,7 +179,7 @@ def test_help_reads_whole_at_80_columns(command: str) -> None:
          "Must be at least 1."),
         ("serve", "--port PORT UDP port. Must be 0 to 65535."),
         ("serve", "--rcvbuf BYTES Socket receive buffer to ask for, in bytes. Must be 0 (the OS "
-         "default) or at least 1."),
+         "default) or 1 to 2147483647."),
         ("send", "--port PORT Server's UDP port. Must be 1 to 65535."),
         ("load", "--users N Simulated users, each with its own socket. Must be 1 to 10000."),
         ("impair", "--queue-bytes BYTES Bytes each direction holds at most (delayed, "

@@ -35,8 +35,10 @@ from udpchat.server import DEFAULT_WORKERS, ServerConfig
         (["serve", "--queue-size", "0"], "udpchat serve: --queue-size: must be at least 1, not 0"),
         (["serve", "--drain-timeout", "-1"], "udpchat serve: --drain-timeout: must be at least 0, "
          "not -1.0"),
-        (["serve", "--rcvbuf", "-1"], "udpchat serve: --rcvbuf: must be 0 (the OS default) or at "
-         "least 1, not -1"),
+        (["serve", "--rcvbuf", "-1"], "udpchat serve: --rcvbuf: must be 0 (the OS default) or 1 "
+         "to 2147483647, not -1"),
+        (["serve", "--rcvbuf", "3000000000"], "udpchat serve: --rcvbuf: must be 0 (the OS "
+         "default) or 1 to 2147483647, not 3000000000"),
         (["serve", "--allow", "10.0.0.300/8"], "udpchat serve: --allow: "),
         (["serve", "--format", "xml"], "udpchat serve: --format: 'xml' is not one of text, json"),
         (["serve", "--bogus"], "udpchat serve: no such option --bogus;"),

@@ -166,8 +166,9 @@ RCVBUF_RANGE = f"0 (the OS default) or {bounds_of(ServerConfig, 'rcvbuf')}"
 
 
 def os_default_at_zero(parameter: typer.CallbackParam, value: int) -> int | None:
-    """``--rcvbuf 0``: the OS default (None); below 0 said in :data:`RCVBUF_RANGE`'s words."""
-    if value < 0:
+    """``--rcvbuf 0``: the OS default (None); outside the config's range said in
+    :data:`RCVBUF_RANGE`'s words."""
+    if value and bounds_of(ServerConfig, "rcvbuf").problem(value) is not None:
         fail(f"{parameter.opts[0]}: must be {RCVBUF_RANGE}, not {value}", ExitCode.USAGE)
     return value or None
 
