@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -207,11 +208,19 @@ async def test_the_summary_has_the_metrics_endpoints_line_with_any_number_of_pro
     assert "udpchat: metrics: connections_dropped=0 bad_requests=1\n" in stderr, stderr
 
 
-def sigterm_pending(pid: int) -> bool:
-    """Whether SIGTERM waits for a (stopped) process: /proc's pending-signal mask says so."""
+def proc_status(pid: int, field: str) -> str:
+    """A field of ``/proc/<pid>/status``: ``State``, ``ShdPnd``."""
     status = Path(f"/proc/{pid}/status").read_text()
-    (pending,) = re.findall(r"^ShdPnd:\s*([0-9a-f]+)$", status, re.MULTILINE)
-    return bool(int(pending, 16) & (1 << (signal.SIGTERM - 1)))
+    found = re.search(rf"^{field}:\s*(\S+)", status, re.MULTILINE)
+    assert found is not None, status
+    return found.group(1)
+
+
+async def until_proc_status(pid: int, field: str, holds: Callable[[str], bool]) -> None:
+    """Poll a process's status (state the kernel changes, not the loop) until it holds."""
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while not holds(proc_status(pid, field)):
+            await asyncio.sleep(0.005)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -220,15 +229,19 @@ async def test_a_child_that_dies_while_draining_leaves_the_stop_undrained() -> N
     with SIGSTOP, so that it cannot drain, and killed once the stop's SIGTERM waits for it)
     has not drained, and is not reported as having died before the stop."""
     config = ServerConfig(host=LOOPBACK, port=0, processes=2, drain_timeout_s=30.0)
+    sigterm = 1 << (signal.SIGTERM - 1)
+    earlier = {child.pid for child in multiprocessing.active_children()}
     with open(os.devnull, "wb") as out:
         supervisor = Supervisor(config, LoopChoice.ASYNCIO, out)
         await supervisor.start()
-        stuck = multiprocessing.active_children()[0].pid
-        assert stuck is not None
+        children = [child.pid for child in multiprocessing.active_children()]
+        stuck = next(pid for pid in children if pid is not None and pid not in earlier)
         os.kill(stuck, signal.SIGSTOP)
+        # Stopped before the stop begins: else it could take SIGTERM first (the lower number).
+        await until_proc_status(stuck, "State", lambda state: state == "T")
         serving = asyncio.ensure_future(supervisor.serve_until_stopped())
         supervisor.request_stop()
-        await eventually(lambda: sigterm_pending(stuck))
+        await until_proc_status(stuck, "ShdPnd", lambda mask: bool(int(mask, 16) & sigterm))
         os.kill(stuck, signal.SIGKILL)
         async with asyncio.timeout(EVENT_TIMEOUT_S):
             result = await serving
