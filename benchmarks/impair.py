@@ -239,6 +239,8 @@ def delay_trial(
         if receiver.poll() is None:
             receiver.kill()
     latencies = [int(each) / 1e9 for each in output.split()]
+    if len(latencies) < 2:
+        raise RuntimeError(f"{route.value}: {len(latencies)} of {count} datagrams arrived")
     offset = DELAY_S if route is Route.DELAYED else 0.0
     return [latency - offset for latency in latencies], count - len(latencies)
 
@@ -250,7 +252,7 @@ def delay(rates: list[int], trials: int, duration_s: float, workdir: Path) -> No
           f"floors); a rate passes when the median p99 is within "
           f"{DELAY_P99_LIMIT_S * 1000:g} ms\n")  # fmt: skip
     print("| rate | direct p99 | no impairment p99 | --delay: p50 off | p99 off | max off "
-          "| missing | verdict |")  # fmt: skip
+          "| missing (all paths) | verdict |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     for rate in rates:
         p99: dict[Route, list[float]] = {route: [] for route in Route}
@@ -392,15 +394,17 @@ def main() -> None:
     if args.role is not None:
         ROLES[args.role](rest)
         return
-    if not build(BLAST) or not build(STAMP):
-        raise SystemExit("the bench needs its C generator and stamps (a C compiler)")
+    parts = args.parts.split(",")
+    if "throughput" in parts and not build(BLAST):
+        raise SystemExit("the throughput part needs the C generator (a C compiler)")
+    if "delay" in parts and not build(STAMP):
+        raise SystemExit("the delay part needs the C sender and receiver (a C compiler)")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, {platform.system()} {platform.release()}; "
         f"load average at start {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    parts = args.parts.split(",")
     with tempfile.TemporaryDirectory(prefix="udpchat-bench-impair-") as directory:
         workdir = Path(directory)
         if "throughput" in parts:

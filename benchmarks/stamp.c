@@ -4,9 +4,9 @@
  * send: COUNT datagrams to a loopback port at RATE a second, each the CLOCK_MONOTONIC time in
  * ns when it was sent, in decimal. Paced on a fixed grid, sleeping only when more than
  * AHEAD_NS ahead of it: so at high rates a few go back to back, as from a real sender.
- * receive: binds a loopback port, prints "ready", then takes datagrams until COUNT arrived or
- * none came for 2 s, and prints each one's latency in ns (arrival minus its stamp; one
- * clock, so no skew) as one line of numbers.
+ * receive: binds a loopback port, prints "ready", then takes datagrams until COUNT arrived or,
+ * after the first, none came for 2 s, and prints each one's latency in ns (arrival minus its
+ * stamp; one clock, so no skew) as one line of numbers.
  *
  * usage: stamp send PORT RATE COUNT | stamp receive PORT COUNT
  */
@@ -24,6 +24,7 @@
 #define AHEAD_NS 500000LL
 #define MAX_COUNT 10000000L
 #define RECEIVE_BUFFER (4 << 20)
+#define MAX_RATE 10000000.0
 
 static long long now_ns(void) {
     struct timespec ts;
@@ -66,10 +67,17 @@ static int receive_stamped(int port, long count) {
     struct sockaddr_in address = loopback(port);
     int sock = socket(AF_INET, SOCK_DGRAM, 0);
     int size = RECEIVE_BUFFER;
-    struct timeval quiet = {.tv_sec = 2};
-    if (sock < 0 || setsockopt(sock, SOL_SOCKET, SO_RCVBUF, &size, sizeof size) < 0 ||
-        setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &quiet, sizeof quiet) < 0 ||
-        bind(sock, (struct sockaddr *)&address, sizeof address) < 0) {
+    if (sock < 0) {
+        perror("stamp: socket");
+        return 1;
+    }
+    /* Beyond net.core.rmem_max where privileged, as udpchat's own sockets ask. */
+    if (setsockopt(sock, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) < 0 &&
+        setsockopt(sock, SOL_SOCKET, SO_RCVBUF, &size, sizeof size) < 0) {
+        perror("stamp: receive buffer");
+        return 1;
+    }
+    if (bind(sock, (struct sockaddr *)&address, sizeof address) < 0) {
         perror("stamp: bind");
         return 1;
     }
@@ -79,11 +87,16 @@ static int receive_stamped(int port, long count) {
     fflush(stdout);
     long got = 0;
     char text[64];
+    struct timeval quiet = {.tv_sec = 2};
     while (got < count) {
         ssize_t length = recv(sock, text, sizeof text - 1, 0);
         if (length < 0) {
             if (errno == EINTR) continue;
             break; /* quiet for 2 s: the rest are not coming */
+        }
+        if (got == 0 && setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &quiet, sizeof quiet) < 0) {
+            perror("stamp: timeout");
+            return 1;
         }
         long long arrived = now_ns();
         text[length] = 0;
@@ -104,7 +117,8 @@ int main(int argc, char **argv) {
     int port = atoi(argv[2]);
     long count = atol(argv[argc - 1]);
     double rate = sending ? atof(argv[3]) : 1.0;
-    if (port < 1 || port > 65535 || count < 1 || count > MAX_COUNT || rate <= 0) {
+    if (port < 1 || port > 65535 || count < 1 || count > MAX_COUNT ||
+        !(rate >= 1.0 && rate <= MAX_RATE)) { /* NaN fails both */
         fprintf(stderr, "stamp: bad arguments\n");
         return 2;
     }
