@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,7 +23,7 @@ from tests.helpers import (
     start_cli,
     start_cli_server,
 )
-from udpchat.cli import app, main
+from udpchat.cli import Panel, app, main
 
 
 async def test_seed_session_with_two_clients() -> None:
@@ -193,6 +195,60 @@ def test_help_says_the_range_the_config_declares(
 ) -> None:
     assert main([command, "--help"]) == 0
     assert described in " ".join(capsys.readouterr().out.split())
+
+
+def help_sections(command: str) -> dict[str, str]:
+    """``udpchat COMMAND --help`` by heading (``Options``, ``Limits ...``), in order."""
+    result = subprocess.run(
+        [sys.executable, "-m", "udpchat", command, "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+        check=True,
+    )
+    parts = re.split(r"(?m)^(\S[^\n]*):\n", result.stdout)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_serve_help_groups_its_options() -> None:
+    sections = help_sections("serve")
+    assert list(sections) == [*(panel.value for panel in Panel), "Examples"]
+    placed = {
+        "--port": Panel.BASIC,
+        "--workers": Panel.BASIC,
+        "--help": Panel.BASIC,
+        "--queue-size": Panel.LIMITS,
+        "--rate-limit": Panel.LIMITS,
+        "--quiet": Panel.OUTPUT,
+        "--dashboard": Panel.OUTPUT,
+        "--relay": Panel.ROOM,
+        "--max-peers": Panel.ROOM,
+        "--nats": Panel.NATS,
+        "--nats-creds": Panel.NATS,
+        "--metrics-port": Panel.METRICS,
+    }
+    for option, panel in placed.items():
+        holding = [
+            name
+            for name, text in sections.items()
+            if re.search(rf"^  (-\w, )?{option}[ \n]", text, re.M)
+        ]
+        assert holding == [panel.value], option
+
+
+@pytest.mark.parametrize("command", ["serve", "send", "chat", "load", "impair"])
+def test_every_commands_help_ends_with_examples_that_parse(command: str) -> None:
+    """2 or 3 examples, each a command line the parser takes: an option renamed since would
+    fail here, not in a reader's shell."""
+    examples = re.findall(r"^  \$ (.*)$", help_sections(command)["Examples"], re.M)
+    assert 2 <= len(examples) <= 3
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    for example in examples:
+        program, name, *args = shlex.split(example)
+        assert (program, name) == ("udpchat", command)
+        with group.commands[name].make_context(name, args) as context:
+            assert context.params
 
 
 def test_every_option_is_described() -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO, TypeVar
 
 import typer
+import typer.core
+from typer._click import Context, HelpFormatter
 from typer._click.exceptions import BadParameter, NoSuchOption, UsageError
 from typer._click.globals import get_current_context
 
@@ -83,6 +85,54 @@ app = typer.Typer(
     help="udpchat: the seed's UDP message server and client, on asyncio with a worker pool.",
 )
 
+
+class Panel(enum.StrEnum):
+    """The headings ``serve --help`` groups its options under, in the order shown."""
+
+    BASIC = "Options"
+    LIMITS = "Limits (what is refused, and counted, beyond them)"
+    OUTPUT = "Output"
+    ROOM = "Chat room"
+    NATS = "NATS (one room across servers)"
+    METRICS = "Metrics"
+
+
+class PanelledCommand(typer.core.TyperCommand):
+    """Plain ``--help`` (as git's, readable in a pipe) with the options grouped under the
+    heading each declares (``rich_help_panel``), in the order of :class:`Panel`; an option with
+    none (``--help`` too) joins the first heading."""
+
+    def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
+        grouped: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                panel = getattr(param, "rich_help_panel", None) or Panel.BASIC
+                grouped.setdefault(panel, []).append(record)
+        order = list(Panel)
+        for panel in sorted(grouped, key=lambda name: order.index(Panel(name))):
+            with formatter.section(panel):
+                formatter.write_dl(grouped[panel])
+
+    def format_epilog(self, ctx: Context, formatter: HelpFormatter) -> None:
+        """The examples under their own heading, each line as written (click would rewrap)."""
+        if self.epilog:
+            with formatter.section("Examples"):
+                for line in self.epilog.splitlines():
+                    formatter.write(f"{'':>{formatter.current_indent}}{line}\n")
+
+
+def examples(*pairs: tuple[str, str]) -> str:
+    """Example command lines, each with what it does below it, for :class:`PanelledCommand`'s
+    epilog; ``tests/test_cli.py`` parses each one."""
+    return "\n".join(f"$ {command}\n  {what}" for command, what in pairs)
+
+
+def command(short_help: str, *pairs: tuple[str, str]) -> Callable[[Callable[..., T]], Any]:
+    """``@app.command`` with grouped options and the examples at the end of its ``--help``."""
+    return app.command(short_help=short_help, cls=PanelledCommand, epilog=examples(*pairs))
+
+
 LoopOption = Annotated[
     LoopChoice,
     typer.Option("--loop", help="Event loop: auto takes uvloop where installed."),
@@ -129,13 +179,15 @@ def describe_error(error: BaseException) -> str:
     return str(error)
 
 
-def bounded(config: type[Any], setting: str, help: str, *flags: str) -> Any:
+def bounded(
+    config: type[Any], setting: str, help: str, *flags: str, panel: str | None = None
+) -> Any:
     """An option for a numeric ``config`` setting: its help says the range the config declares
     (:func:`~udpchat.settings.bounds_of`), and the config alone checks it, so that the two
     cannot disagree and a value out of range is said in the config's words (:func:`configure`).
     """
     help = f"{help} Must be {bounds_of(config, setting)}."
-    return typer.Option(*flags, help=help, metavar=metavar_of(setting))
+    return typer.Option(*flags, help=help, metavar=metavar_of(setting), rich_help_panel=panel)
 
 
 def configure(context: typer.Context, config: Callable[..., T], **settings: Any) -> T:
@@ -186,12 +238,27 @@ def parse_allow(values: list[str] | None) -> tuple[IPNetwork, ...]:
         raise typer.BadParameter(str(error), param_hint="'--allow'") from None
 
 
+def nats_file(flag: str, help: str) -> Any:
+    """One of ``serve``'s NATS files: it must exist, and be a file."""
+    return typer.Option(
+        flag, metavar="FILE", exists=True, dir_okay=False, help=help, rich_help_panel=Panel.NATS
+    )
+
+
 SERVE_ONLY = ("quiet", "output_format", "dashboard", "dashboard_sort", "loop")
 """``serve`` options that are not :class:`ServerConfig` settings; each other option is the
 setting of the same name."""
 
 
-@app.command(short_help="Receive messages; print each as '[ip] text' (the seed's server).")
+@command(
+    "Receive messages; print each as '[ip] text' (the seed's server).",
+    ("udpchat serve", "The seed's server: every message on 0.0.0.0 port 5002 as '[ip] text'."),
+    (
+        "udpchat serve --port 0 --quiet --stats-interval 5",
+        "Any free port (said on stderr); no message lines, a status line every 5 s.",
+    ),
+    ("udpchat serve --relay --dashboard", "A room for 'udpchat chat', with a live sender view."),
+)
 def serve(
     context: typer.Context,
     host: Annotated[
@@ -208,12 +275,16 @@ def serve(
             "max_datagram_size",
             "Largest datagram accepted, in bytes; larger are dropped.",
             "--max-size",
+            panel=Panel.LIMITS,
         ),
     ] = server_module.DEFAULT_MAX_DATAGRAM_SIZE,
     queue_size: Annotated[
         int,
         bounded(
-            ServerConfig, "queue_size", "Messages waiting for a worker, at most; more are dropped."
+            ServerConfig,
+            "queue_size",
+            "Messages waiting for a worker, at most; more are dropped.",
+            panel=Panel.LIMITS,
         ),
     ] = server_module.DEFAULT_QUEUE_SIZE,
     rcvbuf: Annotated[
@@ -222,6 +293,7 @@ def serve(
             metavar="BYTES",
             callback=os_default_at_zero,
             help=f"Socket receive buffer to ask for, in bytes. Must be {RCVBUF_RANGE}.",
+            rich_help_panel=Panel.LIMITS,
         ),
     ] = server_module.DEFAULT_RCVBUF,
     allow: Annotated[
@@ -230,6 +302,7 @@ def serve(
             callback=parse_allow,
             metavar="NETWORK",
             help="Accept only this network (CIDR or address); repeatable.",
+            rich_help_panel=Panel.LIMITS,
         ),
     ] = None,
     rate_limit_per_s: Annotated[
@@ -239,12 +312,16 @@ def serve(
             "rate_limit_per_s",
             "Messages a second per source address; more are refused.",
             "--rate-limit",
+            panel=Panel.LIMITS,
         ),
     ] = None,
     rate_burst: Annotated[
         float | None,
         bounded(
-            ServerConfig, "rate_burst", "Burst allowed above --rate-limit (default: 1 s worth)."
+            ServerConfig,
+            "rate_burst",
+            "Burst allowed above --rate-limit (default: 1 s worth).",
+            panel=Panel.LIMITS,
         ),
     ] = None,
     max_sources: Annotated[
@@ -253,6 +330,7 @@ def serve(
             ServerConfig,
             "max_sources",
             "Source addresses remembered for --rate-limit/--allow, at most.",
+            panel=Panel.LIMITS,
         ),
     ] = DEFAULT_MAX_SOURCES,
     drain_timeout_s: Annotated[
@@ -262,6 +340,7 @@ def serve(
             "drain_timeout_s",
             "Seconds to finish queued messages on Ctrl-C, SIGTERM or SIGHUP.",
             "--drain-timeout",
+            panel=Panel.LIMITS,
         ),
     ] = server_module.DEFAULT_DRAIN_TIMEOUT_S,
     processes: Annotated[
@@ -278,6 +357,7 @@ def serve(
             ServerConfig,
             "max_senders",
             "Senders tracked for loss and reordering, at most; the least active are evicted.",
+            panel=Panel.LIMITS,
         ),
     ] = DEFAULT_MAX_SENDERS,
     output_format: Annotated[
@@ -286,10 +366,17 @@ def serve(
             "--format",
             help="Message lines: the seed's text, or JSON Lines (one JSON object a line; the "
             "summary on stderr is JSON too).",
+            rich_help_panel=Panel.OUTPUT,
         ),
     ] = OutputFormat.TEXT,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No per-message lines; counts and summary only.")
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No per-message lines; counts and summary only.",
+            rich_help_panel=Panel.OUTPUT,
+        ),
     ] = False,
     stats_interval_s: Annotated[
         float | None,
@@ -298,6 +385,7 @@ def serve(
             "stats_interval_s",
             "Print a status line on stderr every this many seconds.",
             "--stats-interval",
+            panel=Panel.OUTPUT,
         ),
     ] = None,
     metrics_port: Annotated[
@@ -306,14 +394,21 @@ def serve(
             ServerConfig,
             "metrics_port",
             "Serve Prometheus metrics over HTTP on this TCP port (0: any).",
+            panel=Panel.METRICS,
         ),
     ] = None,
     metrics_host: Annotated[
-        str, typer.Option(metavar="HOST", help="Address for --metrics-port.")
+        str,
+        typer.Option(
+            metavar="HOST", help="Address for --metrics-port.", rich_help_panel=Panel.METRICS
+        ),
     ] = server_module.DEFAULT_METRICS_HOST,
     relay: Annotated[
         bool,
-        typer.Option(help="Chat room: relay members' messages to the other members."),
+        typer.Option(
+            help="Chat room: relay members' messages to the other members.",
+            rich_help_panel=Panel.ROOM,
+        ),
     ] = False,
     peer_timeout_s: Annotated[
         float,
@@ -322,10 +417,11 @@ def serve(
             "peer_timeout_s",
             "Seconds of silence after which a member leaves the room.",
             "--peer-timeout",
+            panel=Panel.ROOM,
         ),
     ] = DEFAULT_PEER_TIMEOUT_S,
     max_peers: Annotated[
-        int, bounded(ServerConfig, "max_peers", "Members in the room, at most.")
+        int, bounded(ServerConfig, "max_peers", "Members in the room, at most.", panel=Panel.ROOM)
     ] = DEFAULT_MAX_PEERS,
     relay_rate_per_s: Annotated[
         float,
@@ -334,6 +430,7 @@ def serve(
             "relay_rate_per_s",
             "Texts a second each member may have relayed (bursts of twice that).",
             "--relay-rate",
+            panel=Panel.ROOM,
         ),
     ] = DEFAULT_TEXT_RATE_PER_S,
     nats: Annotated[
@@ -343,39 +440,28 @@ def serve(
             callback=split_urls,
             help="With --relay: share the room through this NATS server (nats:// or tls://, "
             "credentials may ride in the URL); repeatable or comma-separated.",
+            rich_help_panel=Panel.NATS,
         ),
     ] = None,
     room: Annotated[
         str,
         typer.Option(
-            metavar="NAME", help="The room's name on NATS: several rooms share one cluster."
+            metavar="NAME",
+            help="The room's name on NATS: several rooms share one cluster.",
+            rich_help_panel=Panel.NATS,
         ),
     ] = DEFAULT_ROOM,
     nats_credentials: Annotated[
         Path | None,
-        typer.Option(
-            "--nats-creds",
-            metavar="FILE",
-            exists=True,
-            dir_okay=False,
-            help="NATS credentials file (user JWT + NKey).",
-        ),
+        nats_file("--nats-creds", "NATS credentials file (user JWT + NKey)."),
     ] = None,
     nats_nkey_seed: Annotated[
         Path | None,
-        typer.Option(
-            "--nats-nkey", metavar="FILE", exists=True, dir_okay=False, help="NATS NKey seed file."
-        ),
+        nats_file("--nats-nkey", "NATS NKey seed file."),
     ] = None,
     nats_ca_file: Annotated[
         Path | None,
-        typer.Option(
-            "--nats-ca",
-            metavar="FILE",
-            exists=True,
-            dir_okay=False,
-            help="CA file to verify NATS's TLS with.",
-        ),
+        nats_file("--nats-ca", "CA file to verify NATS's TLS with."),
     ] = None,
     nats_connect_timeout_s: Annotated[
         float,
@@ -384,17 +470,23 @@ def serve(
             "nats_connect_timeout_s",
             "Seconds to wait for NATS at start.",
             "--nats-connect-timeout",
+            panel=Panel.NATS,
         ),
     ] = DEFAULT_CONNECT_TIMEOUT_S,
     dashboard: Annotated[
         bool,
         typer.Option(
             help="A live view of the senders on the terminal (stdout, else stderr); "
-            "message lines scroll above it."
+            "message lines scroll above it.",
+            rich_help_panel=Panel.OUTPUT,
         ),
     ] = False,
     dashboard_sort: Annotated[
-        SortKey, typer.Option(help="The live view's order: the senders to look at first on top.")
+        SortKey,
+        typer.Option(
+            help="The live view's order: the senders to look at first on top.",
+            rich_help_panel=Panel.OUTPUT,
+        ),
     ] = SortKey.LOSS,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
@@ -538,7 +630,15 @@ def username_option(purpose: str) -> Any:
     )
 
 
-@app.command(short_help="Send 'USERNAME: pesan ke-N' on a timer (the seed's client).")
+@command(
+    "Send 'USERNAME: pesan ke-N' on a timer (the seed's client).",
+    ("udpchat send --username user1", "'user1: pesan ke-N' every second to 127.0.0.1:5002."),
+    (
+        "udpchat send --username user1 --host ::1 --count 10 --interval 0.1",
+        "Ten messages, a tenth of a second apart, over IPv6.",
+    ),
+    ("udpchat send --username user1 --relay", "Also print the room's messages ('serve --relay')."),
+)
 def send(
     context: typer.Context,
     username: Annotated[str | None, username_option("send")] = None,
@@ -653,7 +753,11 @@ async def send_until_stopped(
             await client.settle()
 
 
-@app.command(short_help="Chat in a 'serve --relay' room, one line typed at a time.")
+@command(
+    "Chat in a 'serve --relay' room, one line typed at a time.",
+    ("udpchat chat --username citra", "Join the room at 127.0.0.1:5002; /help lists commands."),
+    ("udpchat chat --host 192.168.1.6", "Join a room on another machine; asks for a username."),
+)
 def chat(
     context: typer.Context,
     username: Annotated[str | None, username_option("chat")] = None,
@@ -677,7 +781,14 @@ async def chat_until_done(client: Client, username: str) -> None:
     report("left the room")
 
 
-@app.command(short_help="A bounded load generator: USERS users at RATE for DURATION.")
+@command(
+    "A bounded load generator: USERS users at RATE for DURATION.",
+    ("udpchat load", "10 users, 10000 messages a second in all, for 5 s, to 127.0.0.1:5002."),
+    (
+        "udpchat load --users 3 --rate 0 --count 100000 --no-progress",
+        "100000 messages as fast as 3 sockets can send them; no progress bar.",
+    ),
+)
 def load(
     context: typer.Context,
     host: Annotated[
@@ -818,7 +929,17 @@ IMPAIR_ONLY = ("loop",)
 """``impair`` options that are not :func:`proxy_config` arguments."""
 
 
-@app.command(short_help="A lossy, jittery UDP link between clients and a server.")
+@command(
+    "A lossy, jittery UDP link between clients and a server.",
+    (
+        "udpchat impair --loss 10% --delay 50ms --jitter 10ms",
+        "Clients send to 5003; a tenth is lost, the rest reach 5002 40-60 ms late.",
+    ),
+    (
+        "udpchat impair --loss up:5% --reorder 1% --seed 7",
+        "Lose 5% on the way to the server only, reorder 1%; the same fates each run.",
+    ),
+)
 def impair(
     context: typer.Context,
     listen: Annotated[
