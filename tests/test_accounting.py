@@ -19,6 +19,7 @@ from udpchat.accounting import (
     JITTER_MIN_SPACING_S,
     MAX_GAPS_PER_SENDER,
     REORDER_WINDOW,
+    SENDER_BYTES,
     SKETCH_ROWS,
     SKETCH_WIDTH,
     DeliveryAccounting,
@@ -26,7 +27,7 @@ from udpchat.accounting import (
     Verdict,
     _AdmissionSketch,
 )
-from udpchat.counters import DeliveryTotals, SenderStats, add_up
+from udpchat.counters import LOSS_RUN_CAP, DeliveryTotals, LossRuns, SenderStats, add_up
 
 ALICE = (("127.0.0.1", 40000), b"alice")
 
@@ -523,7 +524,13 @@ def test_totals_sum_every_senders_figures() -> None:
         for counter in counters:
             accounting.record(key, counter, 0.0)
     assert accounting.totals() == DeliveryTotals(
-        senders=2, lost=4, duplicates=1, reordered=1, late=1, restarts=1
+        senders=2,
+        lost=4,
+        duplicates=1,
+        reordered=1,
+        late=1,
+        restarts=1,
+        loss_runs=LossRuns((1, 0, 0, 0, 1)),  # 2 skipped, then 4 to 8
     )
 
 
@@ -680,3 +687,62 @@ def test_the_admission_sketch_takes_half_a_mebibyte_however_large_the_table() ->
     finally:
         tracemalloc.stop()
     assert all(512 * 1024 <= size <= 576 * 1024 for size in sizes), sizes
+
+
+@given(
+    skips=st.lists(
+        st.lists(st.integers(min_value=0, max_value=LOSS_RUN_CAP + 5), max_size=40),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_loss_runs_are_the_skipped_stretches_by_length_evicted_senders_kept(
+    skips: list[list[int]],
+) -> None:
+    """Oracle: each sender counts up, skipping ``skip`` counters before each message; a
+    stretch of n skipped is one run of n (of the cap, when longer). One sender fits the table:
+    the others are evicted as they come, and the totals keep their runs."""
+    accounting = DeliveryAccounting(max_senders=1)
+    expected_total: dict[int, int] = {}
+    for port, sender_skips in enumerate(skips):
+        key: SenderKey = (("10.0.0.1", port), b"x")
+        counter, expected = 1, dict[int, int]()
+        accounting.record(key, counter, 0.0)
+        for skip in sender_skips:
+            counter += skip + 1
+            accounting.record(key, counter, 0.0)
+            if skip:
+                length = min(skip, LOSS_RUN_CAP)
+                expected[length] = expected.get(length, 0) + 1
+        for length, runs in expected.items():
+            expected_total[length] = expected_total.get(length, 0) + runs
+        (row,) = (sender for sender in accounting.senders() if sender.port == port)
+        assert row.loss_runs.by_length() == expected
+    assert accounting.totals().loss_runs.by_length() == expected_total
+
+
+def test_loss_runs_add_and_subtract_as_histograms() -> None:
+    earlier, later = LossRuns((1, 2)), LossRuns((1, 3, 0, 4))
+    assert (later - earlier).by_length() == {2: 1, 4: 4}
+    assert (earlier + later).counts == (2, 5, 0, 4)
+    assert (later - later).counts == ()
+    assert LossRuns.of([0, 0, 0]) == LossRuns()
+
+
+def test_a_sender_with_every_gap_open_and_its_loss_runs_fits_its_memory_bound() -> None:
+    """SENDER_BYTES is what server.memory_bound_bytes counts per sender: a sender at its worst
+    (every gap open, its run histogram made) stays within it, its key included."""
+    accounting = DeliveryAccounting()
+    for counter in (1, 3):  # what the first sender and first gap allocate once
+        accounting.record((("10.0.0.1", 1), b"y"), counter, 0.0)
+    key: SenderKey = (("255.255.255.255", 65535), b"x" * 32)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for counter in range(1, 2 * MAX_GAPS_PER_SENDER + 4, 2):
+            accounting.record((key[0], key[1] + b""), counter, 0.0)
+        size = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert accounting.totals().gaps_given_up > 0
+    assert size <= SENDER_BYTES, size

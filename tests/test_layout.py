@@ -15,7 +15,7 @@ PACKAGE = Path(udpchat.__file__).parent
 LAYERS = [
     {"counters", "wire", "libc", "logs", "pool", "settings", "signals", "sockets"},
     {"fastpath", "admission", "bus", "metrics", "report", "client", "load", "runtime", "wakeup"},
-    {"accounting", "chat", "progress"},
+    {"accounting", "chat", "progress", "series"},
     {"handlers"},
     {"pipeline", "output", "relay"},
     {"protocol"},

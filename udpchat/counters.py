@@ -105,9 +105,17 @@ def unknown_ok(help: str, *, unit: str, key: str = "", metric: str = "") -> Any:
     return _declare(Kind.UNKNOWN_OK, help, unit, key, metric)
 
 
-def part(default: Any = None, *, default_factory: Callable[[], Any] | None = None) -> Any:
-    """A group, table or histogram inside a snapshot, added up with ``+``."""
-    spec = {"kind": Kind.PART, "help": "", "unit": "", "key": "", "metric": "", "label": ""}
+def part(
+    default: Any = None,
+    *,
+    default_factory: Callable[[], Any] | None = None,
+    help: str = "",
+    unit: str = "",
+    label: str = "",
+) -> Any:
+    """A group, table or histogram inside a snapshot, added up with ``+``; a histogram that
+    /metrics shows says its help, unit and label."""
+    spec = {"kind": Kind.PART, "help": help, "unit": unit, "key": "", "metric": "", "label": label}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata={DECLARATION: spec})
     return field(default=default, metadata={DECLARATION: spec})
@@ -271,6 +279,49 @@ def latency_bucket(latency_s: float) -> int:
     return bisect.bisect_left(LATENCY_BOUNDS_S, latency_s)
 
 
+LOSS_RUN_CAP = 32
+"""Loss runs are counted by length up to this many messages; a longer run counts as this long,
+so that a sender's histogram stays a fixed, small size."""
+
+
+def _elementwise(a: tuple[int, ...], b: tuple[int, ...], sign: int) -> tuple[int, ...]:
+    length = max(len(a), len(b))
+    padded_a, padded_b = a + (0,) * (length - len(a)), b + (0,) * (length - len(b))
+    counts = [x + sign * y for x, y in zip(padded_a, padded_b, strict=True)]
+    while counts and counts[-1] == 0:
+        counts.pop()
+    return tuple(counts)
+
+
+@dataclass(frozen=True, slots=True)
+class LossRuns:
+    """Runs of consecutive counters a sender skipped, by length: ``counts[n - 1]`` runs of
+    ``n`` messages, the last bucket holding every run of :data:`LOSS_RUN_CAP` or more.
+
+    A run is counted when a later counter reveals it; a reordered message that fills it
+    afterwards does not uncount it (``lost`` falls, the run stays). Independent loss gives
+    mostly runs of 1; Gilbert-Elliott bursts give longer ones.
+    """
+
+    counts: tuple[int, ...] = ()
+    """Trailing zeros left out, so that the many senders that lose nothing carry ``()``."""
+
+    @classmethod
+    def of(cls, counts: Sequence[int]) -> LossRuns:
+        return cls(_elementwise(tuple(counts), (), 1))
+
+    def __add__(self, other: LossRuns) -> LossRuns:
+        return LossRuns(_elementwise(self.counts, other.counts, 1))
+
+    def __sub__(self, other: LossRuns) -> LossRuns:
+        """What was added since ``other`` (an earlier reading of the same histogram)."""
+        return LossRuns(_elementwise(self.counts, other.counts, -1))
+
+    def by_length(self) -> dict[int, int]:
+        """``{length: runs}`` for the lengths that occurred."""
+        return {length: count for length, count in enumerate(self.counts, 1) if count}
+
+
 @dataclass(frozen=True, slots=True)
 class SenderStats:
     """One sender's delivery figures, over all its sessions: a row of the sender table."""
@@ -291,12 +342,51 @@ class SenderStats:
     last_heard_s: float
     """When the sender's latest new counter arrived, on the clock of ``record``'s ``arrival``
     (the server passes ``time.time()``, so that processes sharing a port agree)."""
+    loss_runs: LossRuns = LossRuns()
+    """The runs of counters it skipped, by length, over all its sessions."""
 
     @property
     def loss_ratio(self) -> float:
         """Lost over expected, where expected is every counter the sessions spanned."""
         expected = self.received - self.duplicates + self.lost
         return self.lost / expected if expected > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SenderSeries:
+    """One per-sender figure as a time series: in /metrics (one series per sender, bounded)
+    and in a recorded run's intervals."""
+
+    name: str
+    """The :class:`SenderStats` field, and its key in a record."""
+    help: str
+    unit: str
+    kind: Kind
+    """:attr:`Kind.TOTAL` (a Prometheus counter) or :attr:`Kind.LEVEL` (a gauge)."""
+    changes: bool = True
+    """In an interval, the change over it (so that intervals add up to the run); else the
+    value at its end (jitter)."""
+
+
+SENDER_SERIES = (
+    SenderSeries(
+        "received", "Messages from the sender in the seed's format, duplicates included.",
+        "messages", Kind.TOTAL,
+    ),
+    SenderSeries(
+        "lost", "Counters the sender skipped that have not arrived (yet).", "messages", Kind.LEVEL
+    ),
+    SenderSeries("duplicates", "Messages whose counter had arrived already.", "messages",
+                 Kind.TOTAL),
+    SenderSeries("reordered", "Messages that filled a gap a few places back.", "messages",
+                 Kind.TOTAL),
+    SenderSeries("late", "Messages that filled a gap further back.", "messages", Kind.TOTAL),
+    SenderSeries(
+        "jitter_s", "Smoothed deviation of arrival gaps from the sender's mean interval "
+        "(RFC 3550 style).", "seconds", Kind.LEVEL, changes=False,
+    ),
+)  # fmt: skip
+"""The per-sender figures shown as time series, declared once for /metrics and records."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +418,13 @@ class DeliveryTotals(Counts):
         "Gaps closed to bound a sender's state: their messages stay lost, a late one counts "
         "as late.",
         unit="gaps",
+    )
+    loss_runs: LossRuns = part(
+        default_factory=LossRuns,
+        help=f"Runs of consecutive counters skipped, by length in messages (the last, "
+        f"{LOSS_RUN_CAP}, also counts longer runs), over every sender, evicted ones included.",
+        unit="runs",
+        label="length",
     )
 
 
@@ -522,6 +619,8 @@ class StatsSnapshot(Counts):
     """Loss, duplicates and reordering read from the senders' counters, over all senders."""
     senders: tuple[SenderStats, ...] = part(default=())
     """Per-sender figures; empty when the snapshot was taken without them."""
+    members: tuple[tuple[str, int], ...] = part(default=())
+    """The room's members now (address and port), for a server with ``relay=True``."""
     latency: LatencyHistogram = part(default_factory=LatencyHistogram)
     relay: RelayStats | None = part()
     """The chat room's counters, for a server with ``relay=True``; else None."""

@@ -28,6 +28,7 @@ from udpchat.counters import (
     EndpointStats,
     Kind,
     LatencyHistogram,
+    LossRuns,
     Tally,
 )
 from udpchat.logs import RateLimitedLog
@@ -53,6 +54,8 @@ def families(counts: Counts) -> Iterator[Metric]:
             yield from families(value)
         elif isinstance(value, LatencyHistogram):
             yield _histogram(value)
+        elif isinstance(value, LossRuns):
+            yield _by_length(counts.metric_prefix + declared.metric, declared, value)
         elif declared.kind is not Kind.PART and value is not None:
             yield _family(counts.metric_prefix + declared.metric, declared, value)
 
@@ -67,6 +70,14 @@ def _family(name: str, declared: Declaration, value: Any) -> Metric:
     if declared.kind in (Kind.LEVEL, Kind.FLAG):
         return GaugeMetricFamily(name, declared.help, int(value), unit=unit)
     return CounterMetricFamily(name, declared.help, value, unit=unit)
+
+
+def _by_length(name: str, declared: Declaration, runs: LossRuns) -> CounterMetricFamily:
+    """Loss runs as one counter per length that occurred."""
+    family = CounterMetricFamily(name, declared.help, labels=[declared.label])
+    for length, count in runs.by_length().items():
+        family.add_metric([str(length)], count)
+    return family
 
 
 def _histogram(latency: LatencyHistogram) -> HistogramMetricFamily:

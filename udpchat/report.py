@@ -17,6 +17,7 @@ from udpchat.counters import (
     ImpairStats,
     Kind,
     LatencyHistogram,
+    LossRuns,
     SenderStats,
     StatsSnapshot,
     add_up,
@@ -83,8 +84,14 @@ def _plain(counts: Counts) -> dict[str, Any]:
     for declared, value in counts.items():
         if isinstance(value, Counts):
             values[declared.name] = _plain(value)
-        elif isinstance(value, tuple):  # the sender table
-            values[declared.name] = [_sender(sender) for sender in value]
+        elif isinstance(value, tuple):  # the sender table, the room's members
+            values[declared.name] = [
+                _sender(row) if isinstance(row, SenderStats) else list(row) for row in value
+            ]
+        elif isinstance(value, LossRuns):
+            values[declared.name] = {
+                str(length): runs for length, runs in value.by_length().items()
+            }
         elif isinstance(value, LatencyHistogram):
             values[declared.name] = {
                 "bounds_s": list(value.bounds_s),

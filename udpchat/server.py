@@ -543,6 +543,7 @@ class Server(StartsAndStops):
         relay, bus = self._relay, None if self._relay is None else self._relay.bus
         parts: dict[str, Any] = {
             "relay": None if relay is None else relay.stats(),
+            "members": () if relay is None else tuple(relay.room.members()),
             "bus": None if bus is None else bus.stats(),
             "admission": None if self._admission is None else self._admission.stats(),
             "endpoint": None if self._metrics is None else self._metrics.stats(),
