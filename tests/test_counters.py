@@ -42,7 +42,7 @@ from udpchat.counters import (
     level,
     total,
 )
-from udpchat.metrics import StatsCollector
+from udpchat.exposition import StatsCollector
 from udpchat.report import (
     format_status,
     impair_status,

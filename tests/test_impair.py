@@ -38,8 +38,6 @@ from udpchat.accounting import REORDER_WINDOW, DeliveryAccounting, Verdict
 from udpchat.cli import main
 from udpchat.counters import DeliveryTotals, ImpairStats, SenderStats, declarations
 from udpchat.impair import (
-    _WRITTEN,
-    QUEUED_DATAGRAM_OVERHEAD_BYTES,
     Direction,
     Impairment,
     ImpairProxy,
@@ -47,13 +45,17 @@ from udpchat.impair import (
     ProxyConfig,
     RateLimit,
     RateUnit,
+)
+from udpchat.impair.proxy import read_batch
+from udpchat.impair.spec import (
+    _WRITTEN,
+    QUEUED_DATAGRAM_OVERHEAD_BYTES,
     impairments,
     parse_burst,
     parse_count,
     parse_duration,
     parse_rate,
     parse_share,
-    read_batch,
     split_host_port,
 )
 from udpchat.settings import ConfigError

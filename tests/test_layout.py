@@ -14,27 +14,47 @@ PACKAGE = Path(udpchat.__file__).parent
 
 LAYERS = [
     {"counters", "wire", "libc", "logs", "pool", "settings", "signals", "sockets"},
-    {"fastpath", "admission", "bus", "metrics", "report", "client", "load", "runtime", "wakeup"},
-    {"accounting", "chat", "progress", "series"},
-    {"handlers"},
-    {"pipeline", "output", "relay"},
-    {"protocol"},
+    {"fastpath", "admission", "bus", "exposition", "report", "client", "load", "runtime", "wakeup"},
+    {"accounting", "chat", "progress", "series", "metrics", "impair.spec"},
+    {"handlers", "impair.link"},
+    {"pipeline", "output", "relay", "impair.proxy"},
+    {"protocol", "impair"},
     {"server"},
-    {"supervisor", "dashboard", "impair"},
+    {"supervisor", "dashboard"},
     {"runner"},
     {"cli"},
 ]
 """Bottom to top: bytes and counts; the compiled loops, the room's parts and the views; the
-accounting; the handler types; the queue and its handlers; the protocol on the loop; the
-server; what runs or watches servers; the one library entry; the command line over it all."""
+accounting and the metrics endpoint; the handler types; the queue and its handlers; the protocol
+on the loop; the server; what runs or watches servers; the one library entry; the command line
+over it all. A subpackage's modules are named with a dot (``impair.link``), the package itself (its
+``__init__``, which exports its public names) by its name: the impairment proxy sits below
+the server, which it talks to only over UDP."""
 ENTRY_POINTS = {"__init__", "__main__"}
+"""The top package's entry points; a subpackage's ``__init__`` is a module like the others."""
 HEAVY = ("nats", "rich", "prometheus_client", "prompt_toolkit")
 MAX_CLI_FUNCTION_LINES = 60
 
 
+def module_names() -> set[str]:
+    """Every module of the package by its dotted name below ``udpchat``, subpackages included."""
+    names = set()
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]  # a subpackage's __init__ is the package
+        names.add(".".join(parts))
+    return names - ENTRY_POINTS
+
+
+def source_of(module: str) -> Path:
+    path = PACKAGE.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 def imports_of(module: str) -> set[str]:
     """The udpchat modules ``module`` imports, anywhere in it (lazy and type-only included)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    tree = ast.parse(source_of(module).read_text())
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
@@ -56,8 +76,7 @@ def layer(module: str) -> int:
 
 
 def test_every_module_has_a_layer() -> None:
-    modules = {path.stem for path in PACKAGE.glob("*.py")} - ENTRY_POINTS
-    assert modules == set().union(*LAYERS)
+    assert module_names() == set().union(*LAYERS)
 
 
 def test_each_module_imports_only_from_the_layers_below() -> None:

@@ -19,7 +19,7 @@ from udpchat import Server, ServerConfig
 from udpchat.bus import redact_url
 from udpchat.cli import main
 from udpchat.counters import BusStats, StatsSnapshot
-from udpchat.metrics import StatsCollector
+from udpchat.exposition import StatsCollector
 from udpchat.wire import COOKIE, DELIVERED, JOIN, JOINED, relay_join_request
 
 

@@ -31,15 +31,10 @@ _EXPORTS = {
     ),
     "handlers": ("Batch", "BatchHandler", "Flushable", "Handler", "Message", "OutputError"),
     "impair": ("ImpairProxy", "Impairment", "ProxyConfig"),
+    "metrics": ("MetricsStartError",),
     "output": ("LinePrinter", "OutputFormat"),
     "runner": ("run",),
-    "server": (
-        "MetricsStartError",
-        "ServeResult",
-        "Server",
-        "ServerConfig",
-        "Service",
-    ),
+    "server": ("ServeResult", "Server", "ServerConfig", "Service"),
     "settings": ("ConfigError",),
     "supervisor": ("Supervisor",),
     "wire": (
@@ -134,6 +129,7 @@ if TYPE_CHECKING:
     from udpchat.impair import Impairment as Impairment
     from udpchat.impair import ImpairProxy as ImpairProxy
     from udpchat.impair import ProxyConfig as ProxyConfig
+    from udpchat.metrics import MetricsStartError as MetricsStartError
     from udpchat.output import (
         LinePrinter as LinePrinter,
     )
@@ -141,9 +137,6 @@ if TYPE_CHECKING:
         OutputFormat as OutputFormat,
     )
     from udpchat.runner import run as run
-    from udpchat.server import (
-        MetricsStartError as MetricsStartError,
-    )
     from udpchat.server import (
         Server as Server,
     )

@@ -29,7 +29,8 @@ from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusUnavailableE
 from udpchat.chat import converse, print_received, print_sent
 from udpchat.client import Client, ClientConfig, JoinError
 from udpchat.handlers import OutputError
-from udpchat.impair import (
+from udpchat.impair import TargetUnresolvedError, run_proxy
+from udpchat.impair.spec import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_LISTEN,
     DEFAULT_MAX_CLIENTS,
@@ -38,9 +39,7 @@ from udpchat.impair import (
     NO_SEED,
     Impairment,
     ProxyConfig,
-    TargetUnresolvedError,
     proxy_config,
-    run_proxy,
 )
 from udpchat.load import (
     DEFAULT_DURATION_S,
@@ -50,12 +49,13 @@ from udpchat.load import (
     NotLoopbackError,
     run_load,
 )
+from udpchat.metrics import MetricsStartError
 from udpchat.output import OutputFormat
 from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, DEFAULT_TEXT_RATE_PER_S
 from udpchat.report import SortKey, impair_summary, json_summary, summary_lines
 from udpchat.runner import run
 from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, run_coroutine
-from udpchat.server import MetricsStartError, ServerConfig, ServeResult, Service
+from udpchat.server import ServerConfig, ServeResult, Service
 from udpchat.settings import ConfigError, bounds_of
 from udpchat.signals import hold_stop_signals, release_stop_signals
 from udpchat.wire import MAX_USERNAME_LENGTH, InvalidUsernameError, clean_username

@@ -1,8 +1,9 @@
 """``--metrics-port``: the server's counters in Prometheus text format, over HTTP.
 
-A custom collector reads :meth:`Server.stats` at scrape time, so the per-message path pays
-nothing for metrics; prometheus-client does the exposition format. The HTTP side is an asyncio
-server on the server's own loop, so a scraper costs no thread: at most ``max_connections`` are
+:mod:`udpchat.exposition` turns the counters into the format, at scrape time; it is imported
+when an endpoint starts, so that importing this module (the server, the supervisor and the
+impairment proxy do) loads no prometheus-client. The HTTP side is an asyncio server on the
+server's own loop, so a scraper costs no thread: at most ``max_connections`` are
 open, each must send its request within ``read_timeout_s``, and when the cap is reached the
 connection that has waited longest for its request is closed to make room, so that a flood of
 idle connections cannot lock out a real scrape.
@@ -15,22 +16,9 @@ import contextlib
 import http.client
 import io
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector, CollectorRegistry
-
-from udpchat.counters import (
-    Counts,
-    Declaration,
-    EndpointStats,
-    Kind,
-    LatencyHistogram,
-    LossRuns,
-    Tally,
-)
+from udpchat.counters import Counts, EndpointStats, Tally
 from udpchat.logs import RateLimitedLog
 
 logger = logging.getLogger("udpchat.metrics")
@@ -44,64 +32,6 @@ MAX_REQUEST_HEAD_BYTES = 8192
 METRICS_PATHS = ("/metrics", "/")
 CONNECTION_DROP_REASONS = ("evicted", "timed_out", "incomplete")
 
-Metric = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
-
-
-def families(counts: Counts) -> Iterator[Metric]:
-    """One metric family per declared counter of ``counts`` and of the groups it holds."""
-    for declared, value in counts.items():
-        if isinstance(value, Counts):
-            yield from families(value)
-        elif isinstance(value, LatencyHistogram):
-            yield _histogram(value)
-        elif isinstance(value, LossRuns):
-            yield _by_length(counts.metric_prefix + declared.metric, declared, value)
-        elif declared.kind is not Kind.PART and value is not None:
-            yield _family(counts.metric_prefix + declared.metric, declared, value)
-
-
-def _family(name: str, declared: Declaration, value: Any) -> Metric:
-    unit = declared.unit if name.endswith(f"_{declared.unit}") else ""
-    if declared.kind is Kind.BY_REASON:
-        family = CounterMetricFamily(name, declared.help, labels=[declared.label], unit=unit)
-        for reason, count in value.items():
-            family.add_metric([reason], count)
-        return family
-    if declared.kind in (Kind.LEVEL, Kind.FLAG):
-        return GaugeMetricFamily(name, declared.help, int(value), unit=unit)
-    return CounterMetricFamily(name, declared.help, value, unit=unit)
-
-
-def _by_length(name: str, declared: Declaration, runs: LossRuns) -> CounterMetricFamily:
-    """Loss runs as one counter per length that occurred."""
-    family = CounterMetricFamily(name, declared.help, labels=[declared.label])
-    for length, count in runs.by_length().items():
-        family.add_metric([str(length)], count)
-    return family
-
-
-def _histogram(latency: LatencyHistogram) -> HistogramMetricFamily:
-    cumulative, buckets = 0, []
-    for bound, count in zip((*latency.bounds_s, float("inf")), latency.counts, strict=True):
-        cumulative += count
-        buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
-    return HistogramMetricFamily(
-        "udpchat_handler_latency_seconds",
-        "Time from reading a datagram to its handler returning.",
-        buckets=buckets,
-        sum_value=latency.sum_s,
-    )
-
-
-class StatsCollector(Collector):
-    """Turns a snapshot of declared counters into Prometheus metric families at each scrape."""
-
-    def __init__(self, stats: Callable[[], Counts]) -> None:
-        self._stats = stats
-
-    def collect(self) -> Iterator[Metric]:
-        yield from families(self._stats())
-
 
 class MetricsServer:
     """The HTTP endpoint on the running event loop: ``await MetricsServer.start(...)``, then
@@ -109,11 +39,12 @@ class MetricsServer:
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        render: Callable[[str], tuple[str, bytes]],
         max_connections: int,
         read_timeout_s: float,
     ) -> None:
-        self._registry = registry
+        self._render = render
+        """(content type, body) for a request's ``Accept`` header."""
         self._tally = Tally(EndpointStats)
         self._tally.values["connections_dropped"] = dict.fromkeys(CONNECTION_DROP_REASONS, 0)
         self._bad_request_log = RateLimitedLog(logger, level=logging.WARNING)
@@ -135,9 +66,9 @@ class MetricsServer:
     ) -> MetricsServer:
         """Serve ``stats()`` (a server's, the impairment proxy's) at each scrape; ``stats``
         includes :meth:`stats` where it should (the server's ``stats()`` does)."""
-        registry = CollectorRegistry()
-        registry.register(StatsCollector(stats))
-        metrics = cls(registry, max_connections, read_timeout_s)
+        from udpchat.exposition import renderer  # noqa: PLC0415 - prometheus-client only here
+
+        metrics = cls(renderer(stats), max_connections, read_timeout_s)
         metrics._server = await asyncio.start_server(
             metrics._serve_one, host, port, limit=MAX_REQUEST_HEAD_BYTES
         )
@@ -217,7 +148,7 @@ class MetricsServer:
         return status, "text/plain", f"{status[4:].lower()}\n".encode()
 
     def _answer(self, head: bytes) -> tuple[str, str, bytes]:
-        """(status, content type, body) for a request head; prometheus-client encodes."""
+        """(status, content type, body) for a request head; :mod:`udpchat.exposition` encodes."""
         request_line, _, header_block = head.partition(b"\r\n")
         parts = request_line.split(b" ")
         if len(parts) != 3:
@@ -231,5 +162,19 @@ class MetricsServer:
             headers = http.client.parse_headers(io.BytesIO(header_block))
         except http.client.HTTPException:  # more than http.client's 100 headers
             return self._refuse("431 Request Header Fields Too Large", "too many headers")
-        encoder, content_type = choose_encoder(headers.get("Accept", ""))
-        return "200 OK", content_type, encoder(self._registry)
+        content_type, body = self._render(headers.get("Accept", ""))
+        return "200 OK", content_type, body
+
+
+class MetricsStartError(OSError):
+    """The metrics endpoint could not listen; the UDP socket was closed again."""
+
+
+async def start_metrics(stats: Callable[[], Counts], host: str, port: int) -> MetricsServer:
+    """The metrics endpoint on this loop, or :class:`MetricsStartError` saying why not."""
+    try:
+        return await MetricsServer.start(stats, host, port)
+    except OSError as error:
+        raise MetricsStartError(
+            error.errno, f"cannot serve metrics on {host} port {port}: {error.strerror}"
+        ) from None

@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from udpchat.accounting import DEFAULT_MAX_SENDERS, SENDER_BYTES
 from udpchat.admission import DEFAULT_MAX_SOURCES, SOURCE_BYTES, Admission, IPNetwork
 from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusConfig, room_subject
-from udpchat.counters import Counts, ServerTally, StatsSnapshot
+from udpchat.counters import ServerTally, StatsSnapshot
 from udpchat.handlers import BatchHandler, Handler
+from udpchat.metrics import MetricsServer, start_metrics
 from udpchat.output import LinePrinter, OutputFormat
 from udpchat.pipeline import Dispatcher, batch_limit
 from udpchat.protocol import DropNotices, Receiver
@@ -38,13 +39,11 @@ from udpchat.settings import ConfigError, check_bounds, setting
 from udpchat.sockets import (
     MAX_PORT,
     MAX_RCVBUF,
+    MAX_UDP_PAYLOAD,
     bind_udp_socket,
     kernel_drop_count,
     receive_buffer_size,
 )
-
-if TYPE_CHECKING:  # prometheus-client is imported only by a server that serves metrics
-    from udpchat.metrics import MetricsServer
 
 logger = logging.getLogger("udpchat.server")
 status_logger = logging.getLogger("udpchat.status")
@@ -68,7 +67,6 @@ MAX_PEERS = 1024
 DEFAULT_METRICS_HOST = "127.0.0.1"
 """Loopback by default: the metrics say who talks to the server, which is not for everyone."""
 MAX_READS_AT_STOP = 100_000
-MAX_UDP_PAYLOAD = 65535
 
 BASE_RSS_BYTES = 48 * 2**20
 """A server process at rest: the interpreter, uvloop, typer, rich, prometheus-client (measured
@@ -261,10 +259,6 @@ class Service(Protocol):
     def abandon(self) -> None: ...
 
     def per_process(self) -> tuple[StatsSnapshot, ...]: ...
-
-
-class MetricsStartError(OSError):
-    """The metrics endpoint could not listen; the UDP socket was closed again."""
 
 
 class Server(StartsAndStops):
@@ -556,15 +550,3 @@ class Server(StartsAndStops):
     def per_process(self) -> tuple[StatsSnapshot, ...]:
         """The counters of each process serving: this one's alone."""
         return (self.stats(),)
-
-
-async def start_metrics(stats: Callable[[], Counts], host: str, port: int) -> MetricsServer:
-    """The metrics endpoint on this loop, or :class:`MetricsStartError` saying why not."""
-    from udpchat.metrics import MetricsServer  # noqa: PLC0415 - prometheus-client only here
-
-    try:
-        return await MetricsServer.start(stats, host, port)
-    except OSError as error:
-        raise MetricsStartError(
-            error.errno, f"cannot serve metrics on {host} port {port}: {error.strerror}"
-        ) from None

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 MAX_PORT = 65535
+MAX_UDP_PAYLOAD = 65535
+"""The most a UDP datagram carries: a read of this size never truncates."""
 MAX_RCVBUF = 2**31 - 1
 """The largest receive buffer a socket option can ask for: it takes a C int."""
 PROC_UDP_TABLES = (Path("/proc/net/udp"), Path("/proc/net/udp6"))

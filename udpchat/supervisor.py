@@ -29,11 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
+from typing import BinaryIO, TextIO, cast
 
 from udpchat.bus import BusUnavailableError, log_attached
 from udpchat.counters import DropReason, StatsSnapshot, add_up
 from udpchat.handlers import OutputError
+from udpchat.metrics import MetricsServer, start_metrics
 from udpchat.output import output_failure
 from udpchat.runtime import (
     LoopChoice,
@@ -42,11 +43,8 @@ from udpchat.runtime import (
     run_coroutine,
     tune_for_throughput,
 )
-from udpchat.server import Server, ServerConfig, ServeResult, start_metrics
+from udpchat.server import Server, ServerConfig, ServeResult
 from udpchat.sockets import bind_udp_socket
-
-if TYPE_CHECKING:
-    from udpchat.metrics import MetricsServer
 
 logger = logging.getLogger("udpchat.supervisor")
 

@@ -1,0 +1,308 @@
+"""One direction's impairment, the pure engine: datagrams and the times they arrive in,
+datagrams and the times they leave out; no I/O.
+
+A datagram meets, in this order: the loss (independent, or in bursts by the simple Gilbert
+model), the rate limit's bounded queue (tail drop), corruption (one byte flipped), duplication
+(a second copy right behind it), reordering (held back until ``reorder_distance`` later
+datagrams of the same client have gone ahead) and the delay with its jitter. Jitter never
+reorders: a datagram whose delay would let it overtake the one before it leaves right behind it
+instead, so that every reordering is one that was asked for, and counted.
+
+The random draws depend only on the seed and the order of the datagrams, never on the clock: a
+datagram's fate (lost, corrupted, duplicated, reordered, its delay) is the same in every run
+with the same seed, and only the rate limit and the memory bound, which depend on time, may drop
+differently.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+from udpchat.accounting import JITTER_GAIN, JITTER_MIN_SPACING_S
+from udpchat.counters import DIRECTION, ImpairStats, Kind, declarations
+from udpchat.impair.spec import (
+    DEFAULT_MAX_QUEUE_BYTES,
+    QUEUED_DATAGRAM_OVERHEAD_BYTES,
+    Direction,
+    Impairment,
+    RateLimit,
+    RateUnit,
+)
+
+MAX_RELEASED_WAITING = 64
+"""Datagrams released early from reordering that may linger in the deadline queue, beyond as
+many as are still held, before it is compacted."""
+
+
+DIRECTION_COUNTERS = tuple(
+    declared.name
+    for declared in declarations(ImpairStats)
+    if declared.kind is Kind.BY_REASON and declared.label == DIRECTION
+)
+"""The counters each :class:`Link` keeps for its direction, as declared in ImpairStats."""
+
+
+T = TypeVar("T")
+
+
+class _Held(Generic[T]):
+    """A datagram held back for reordering, with the copy that travels with it."""
+
+    __slots__ = ("copies", "data", "deadline", "due", "passes", "ready", "released", "tag")
+
+    def __init__(
+        self, data: bytes, tag: T, ready: float, due: float, deadline: float, copies: int
+    ) -> None:
+        self.data = data
+        self.tag = tag
+        self.ready = ready
+        self.due = due
+        self.deadline = deadline
+        self.copies = copies
+        self.passes = 0
+        self.released = False
+
+
+class Link(Generic[T]):
+    """One direction's impairment as a pure function of the seed and the datagrams with their
+    arrival times: :meth:`take` gives what leaves at once, :meth:`release` what leaves by a
+    later time, :attr:`next_due` when to ask again. ``T`` tags each datagram with its client
+    (where it goes, and whose datagrams may overtake it); the link never looks inside it.
+
+    Bounded: what it holds costs at most ``max_queue_bytes`` (payloads plus
+    :data:`QUEUED_DATAGRAM_OVERHEAD_BYTES` each); what would exceed it is dropped and counted.
+    """
+
+    def __init__(
+        self,
+        impairment: Impairment,
+        seed: int,
+        direction: Direction,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+    ) -> None:
+        self.impairment = impairment
+        self.direction = direction
+        self.max_queue_bytes = max_queue_bytes
+        self.counts: dict[str, int] = dict.fromkeys(DIRECTION_COUNTERS, 0)
+        """This direction's counters, by their ImpairStats names."""
+        self.queued = 0
+        """Datagrams held now (copies count apart)."""
+        self.queued_bytes = 0
+        self._random = random.Random(f"udpchat impair {seed} {direction.value}").random
+        self._transitions = impairment.burst_transitions
+        self._losing = False
+        """The Gilbert model's state: True while every datagram is lost."""
+        self._line: deque[tuple[float, float | None, bytes, T]] = deque()
+        """Datagrams on their way, in the order they leave (their times never decrease), each
+        with when it came out of the rate limit (None for a copy: it is not sampled twice)."""
+        self._measures = impairment.delay_s > 0 or impairment.rate is not None or impairment.reorder
+        self.jitter_s = 0.0
+        """RFC 3550's jitter over each datagram's transit from its arrival (the kernel's stamp
+        where the proxy reads one), or from the rate limit, to being sent, as sent (the timer's
+        lateness included), sampled as udpchat's accounting samples arrivals: what the link
+        applied, measured as the server measures it."""
+        self._last_transit: float | None = None
+        self._last_sampled = -math.inf
+        self._last_due = -math.inf
+        self._rate_done: deque[float] = deque()
+        """When each datagram at the rate limit will have gone through it."""
+        self._rate_free_at = -math.inf
+        self._held: dict[T, list[_Held[T]]] = {}
+        self._held_by_deadline: deque[_Held[T]] = deque()
+        """Held datagrams in the order their wait ends; those released early stay until they
+        reach the front (without their payload), at most as many as are still held, plus
+        :data:`MAX_RELEASED_WAITING`."""
+        self._released_waiting = 0
+
+    @property
+    def next_due(self) -> float | None:
+        """When :meth:`release` will next have something to do; None when nothing is held."""
+        held = self._held_by_deadline
+        while held and held[0].released:
+            held.popleft()
+            self._released_waiting -= 1
+        due = self._line[0][0] if self._line else None
+        if held and (due is None or held[0].deadline < due):
+            return held[0].deadline
+        return due
+
+    def take(
+        self, datagrams: Iterable[tuple[bytes, T, float]], now: float
+    ) -> list[tuple[bytes, T]]:
+        """Take datagrams, each with when it arrived (by ``now``: a delay counts from there,
+        however late it was read; the rate limit and the reorder hold count from ``now``);
+        returns what leaves now, in order (what was due already first)."""
+        out = self.release(now)
+        impairment = self.impairment
+        counts = self.counts
+        draw = self._random
+        loss, transitions = impairment.loss, self._transitions
+        corrupt, duplicate, reorder = impairment.corrupt, impairment.duplicate, impairment.reorder
+        delay_s, jitter_s = impairment.delay_s, impairment.jitter_s
+        rate = impairment.rate
+        for taken, tag, arrived in datagrams:
+            data = taken
+            counts["received"] += 1
+            if loss:
+                if transitions is None:
+                    lost = draw() < loss
+                else:
+                    enter, leave = transitions
+                    lost = self._losing = draw() >= leave if self._losing else draw() < enter
+                if lost:
+                    self._drop("dropped_loss")
+                    continue
+            # Every draw for this datagram is made before the rate limit, whose drops depend on
+            # time: so a datagram's fate depends on the seed and its place in the order alone.
+            if corrupt and draw() < corrupt and data:
+                position = int(draw() * len(data))
+                flipped = data[position] ^ (1 + int(draw() * 255))
+                data = b"%b%c%b" % (data[:position], flipped, data[position + 1 :])
+                corrupted = True
+            else:
+                corrupted = False
+            copies = 2 if duplicate and draw() < duplicate else 1
+            held = reorder and draw() < reorder
+            delay = delay_s + jitter_s * (2 * draw() - 1) if jitter_s else delay_s
+            ready = arrived
+            if rate is not None:
+                ready = self._rate_ready(len(data), rate, now)
+                if ready < 0:
+                    self._drop("dropped_rate")
+                    continue
+            due = max(ready + delay, self._last_due)
+            waits = held or due > now or self._line  # else it leaves at once, taking no room
+            cost = copies * (len(data) + QUEUED_DATAGRAM_OVERHEAD_BYTES)
+            if waits:
+                if self.queued_bytes + cost > self.max_queue_bytes:
+                    self._drop("dropped_full")
+                    continue
+                self.queued += copies
+                self.queued_bytes += cost
+            if rate is not None:
+                self._rate_done.append(ready)
+                self._rate_free_at = ready
+            if corrupted:
+                counts["corrupted"] += 1
+            if copies == 2:
+                counts["duplicated"] += 1
+            if held:
+                deadline = now + impairment.reorder_hold_s
+                self._hold(_Held(data, tag, ready, ready + delay, deadline, copies))
+                continue
+            self._place(data, tag, ready, due, copies, now, out)
+            if self._held:
+                self._pass(tag, now, out)
+        return out
+
+    def release(self, now: float) -> list[tuple[bytes, T]]:
+        """What leaves by ``now``: datagrams whose time came, and those held for reordering
+        whose wait is over."""
+        out: list[tuple[bytes, T]] = []
+        held = self._held_by_deadline
+        while held and (held[0].released or held[0].deadline <= now):
+            waited = held.popleft()
+            if waited.released:
+                self._released_waiting -= 1
+            else:
+                self._unhold(waited, now, out)
+        line = self._line
+        while line and line[0][0] <= now:
+            _, ready, data, tag = line.popleft()
+            self.queued -= 1
+            self.queued_bytes -= len(data) + QUEUED_DATAGRAM_OVERHEAD_BYTES
+            if ready is not None:
+                self._sample(ready, now)
+            out.append((data, tag))
+        return out
+
+    def _sample(self, ready: float, now: float) -> None:
+        """RFC 3550: J += (|D| - J) / 16, D the change in transit since the datagram sampled
+        before; sampled at most every JITTER_MIN_SPACING_S of sending, as the accounting
+        samples arrivals, so that both estimate over the same pairs."""
+        if now - self._last_sampled < JITTER_MIN_SPACING_S:
+            return
+        transit_s = now - ready
+        if self._last_transit is not None:
+            self.jitter_s += (abs(transit_s - self._last_transit) - self.jitter_s) * JITTER_GAIN
+        self._last_transit, self._last_sampled = transit_s, now
+
+    def _drop(self, reason: str) -> None:
+        self.counts[reason] += 1
+        self.counts["dropped"] += 1
+
+    def _rate_ready(self, size: int, rate: RateLimit, now: float) -> float:
+        """When a datagram taken now would be through the rate limit; -1 when its queue is
+        full (tail drop). The caller commits the time once the datagram is taken."""
+        done = self._rate_done
+        while done and done[0] <= now:
+            done.popleft()
+        if len(done) >= self.impairment.rate_queue:
+            return -1.0
+        cost = size if rate.unit is RateUnit.BYTES else 1
+        return max(now, self._rate_free_at) + cost / rate.per_s
+
+    def _place(
+        self,
+        data: bytes,
+        tag: T,
+        ready: float,
+        due: float,
+        copies: int,
+        now: float,
+        out: list[tuple[bytes, T]],
+    ) -> None:
+        """Send at ``due``, or right behind the one before if that is later (order is kept);
+        at once when nothing waits ahead. A queued datagram's cost is counted already."""
+        due = max(due, self._last_due)
+        self._last_due = due
+        if due <= now and not self._line:
+            if self._measures:
+                self._sample(ready, now)
+            for _ in range(copies):
+                out.append((data, tag))
+            return
+        self._line.append((due, ready, data, tag))
+        if copies == 2:
+            self._line.append((due, None, data, tag))
+
+    def _hold(self, held: _Held[T]) -> None:
+        self._held.setdefault(held.tag, []).append(held)
+        self._held_by_deadline.append(held)
+
+    def _pass(self, tag: T, now: float, out: list[tuple[bytes, T]]) -> None:
+        """A datagram of ``tag`` went ahead of that client's held ones: release those that
+        have been overtaken often enough."""
+        waiting = self._held.get(tag)
+        if not waiting:
+            return
+        distance = self.impairment.reorder_distance
+        for held in waiting:
+            held.passes += 1
+        for held in [held for held in waiting if held.passes >= distance]:
+            self._unhold(held, now, out)
+            self._released_waiting += 1
+        by_deadline = self._held_by_deadline
+        if self._released_waiting > len(by_deadline) // 2 + MAX_RELEASED_WAITING:
+            self._held_by_deadline = deque(held for held in by_deadline if not held.released)
+            self._released_waiting = 0
+
+    def _unhold(self, held: _Held[T], now: float, out: list[tuple[bytes, T]]) -> None:
+        held.released = True
+        waiting = self._held[held.tag]
+        waiting.remove(held)
+        if not waiting:
+            del self._held[held.tag]
+        if held.passes:
+            self.counts["reordered"] += 1
+        cost = held.copies * (len(held.data) + QUEUED_DATAGRAM_OVERHEAD_BYTES)
+        due = max(held.due, self._last_due)
+        if due <= now and not self._line:  # leaves at once: it no longer takes room
+            self.queued -= held.copies
+            self.queued_bytes -= cost
+        data, held.data = held.data, b""  # it may wait in _held_by_deadline a while yet
+        self._place(data, held.tag, held.ready, due, held.copies, now, out)

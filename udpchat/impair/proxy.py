@@ -1,0 +1,392 @@
+"""The I/O around two :class:`~udpchat.impair.link.Link` objects: :class:`ImpairProxy` reads
+the clients' datagrams, opens a socket of its own towards the server for each client (so that
+the server, and its relay's cookies, tell the clients apart), and sends what the links let
+through when they say; :func:`run_proxy` is the ``impair`` command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from udpchat.counters import ImpairStats
+from udpchat.impair.link import DIRECTION_COUNTERS, Link
+from udpchat.impair.spec import MAX_DELAY_S, READ_BATCH, Direction, ProxyConfig, describe
+from udpchat.logs import RateLimitedLog
+from udpchat.metrics import MetricsServer, start_metrics
+from udpchat.report import Rate, impair_status
+from udpchat.runtime import (
+    LoopChoice,
+    StartsAndStops,
+    periodically,
+    run_coroutine,
+    stop_on_signals,
+    tune_for_throughput,
+)
+from udpchat.sockets import (
+    ARRIVAL_ANCILLARY_BYTES,
+    MAX_UDP_PAYLOAD,
+    arrival_time,
+    bind_udp_socket,
+    realtime_offset,
+    stamp_arrivals,
+)
+from udpchat.wakeup import Wakeup
+
+logger = logging.getLogger("udpchat.impair")
+status_logger = logging.getLogger("udpchat.status")
+
+
+class TargetUnresolvedError(OSError):
+    """The server's address (``to``) does not resolve; nothing was bound."""
+
+
+def read_batch(
+    sock: socket.socket, stamped: bool, now: float, source: object
+) -> list[tuple[bytes, Any, float]]:
+    """Up to :data:`READ_BATCH` datagrams waiting on ``sock``: each with its sender and when it
+    arrived, the kernel's stamp where ``stamped`` (:func:`~udpchat.sockets.stamp_arrivals`;
+    never after ``now``, nor more than :data:`MAX_DELAY_S` before), else ``now``. ``source``
+    names the socket in the debug log."""
+    batch = []
+    offset = realtime_offset() if stamped else 0.0
+    oldest = now - MAX_DELAY_S  # older stamps (a clock step) leave at once all the same
+    for _ in range(READ_BATCH):
+        try:
+            if stamped:
+                data, ancillary, _, address = sock.recvmsg(MAX_UDP_PAYLOAD, ARRIVAL_ANCILLARY_BYTES)
+                arrived = arrival_time(ancillary, offset)
+                arrived = now if arrived is None else min(max(arrived, oldest), now)
+                batch.append((data, address, arrived))
+            else:
+                data, address = sock.recvfrom(MAX_UDP_PAYLOAD)
+                batch.append((data, address, now))
+        except (BlockingIOError, InterruptedError):
+            break
+        except ConnectionRefusedError:  # the server's port refused an earlier datagram
+            continue
+        except OSError as error:
+            logger.debug("impair: reading from %s: %s", source, error)
+            break
+    return batch
+
+
+class _Client:
+    """One client: its address, and its own connected socket towards the server."""
+
+    __slots__ = ("address", "last_heard", "send", "sock", "stamped")
+
+    def __init__(self, address: Any, sock: socket.socket, now: float, stamped: bool) -> None:
+        self.address = address
+        self.sock = sock
+        self.send = sock.send
+        self.last_heard = now
+        self.stamped = stamped
+        """Whether the kernel stamps the server's datagrams' arrival on ``sock``."""
+
+    def __str__(self) -> str:
+        return f"the server for {self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyResult:
+    """How serving ended: the final counters and whether the links were emptied in time."""
+
+    stats: ImpairStats
+    drained: bool
+
+
+class ImpairProxy(StartsAndStops):
+    """The impaired link as an asyncio object: ``async with ImpairProxy(config) as proxy``,
+    then send to ``proxy.address`` instead of the server's."""
+
+    def __init__(self, config: ProxyConfig | None = None) -> None:
+        self.config = config = config or ProxyConfig()
+        self.seed = config.seed if config.seed is not None else secrets.randbits(32)
+        self._up: Link[_Client] = Link(config.up, self.seed, Direction.UP, config.max_queue_bytes)
+        self._down: Link[_Client] = Link(
+            config.down, self.seed, Direction.DOWN, config.max_queue_bytes
+        )
+        self._clients: dict[Any, _Client] = {}
+        self._refused = 0
+        self._expired = 0
+        self._refusal_log = RateLimitedLog(logger, level=logging.WARNING)
+        self._sock: socket.socket | None = None
+        self._stamped_up = False
+        """Whether the kernel stamps the clients' datagrams' arrival (a delaying uplink)."""
+        self._target: tuple[Any, ...] | None = None
+        self._target_family = socket.AF_INET
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeups: dict[Direction, Wakeup] = {}
+        self._background = contextlib.AsyncExitStack()
+        self._metrics: MetricsServer | None = None
+        self._should_exit = asyncio.Event()
+        self._stopping = False
+        self._emptied = asyncio.Event()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where clients send: the bound (host, port), the port the OS chose for port 0."""
+        if self._sock is None:
+            raise RuntimeError("the proxy is not started")
+        host, port = self._sock.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self._metrics is None else self._metrics.address
+
+    async def start(self) -> None:
+        """Resolve the server, bind, and start forwarding (and the metrics endpoint)."""
+        if self._sock is not None:
+            raise RuntimeError("the proxy is already started")
+        config = self.config
+        self._loop = loop = asyncio.get_running_loop()
+        try:
+            found = await loop.getaddrinfo(
+                config.target_host, config.target_port, type=socket.SOCK_DGRAM
+            )
+        except socket.gaierror as error:
+            raise TargetUnresolvedError(
+                error.errno, f"cannot resolve the server {config.target_host}: {error.strerror}"
+            ) from None
+        family, _, _, _, target = found[0]
+        self._target_family, self._target = family, target
+        sock = bind_udp_socket(config.listen_host, config.listen_port, rcvbuf=config.rcvbuf)
+        try:
+            if config.metrics_port is not None:
+                self._metrics = await start_metrics(
+                    self.stats, config.metrics_host, config.metrics_port
+                )
+                self._background.push_async_callback(self._metrics.close)
+            sweep_s = min(config.idle_timeout_s / 4, 1.0)
+            await self._background.enter_async_context(periodically(sweep_s, self._expire_idle))
+        except BaseException:
+            sock.close()
+            await self._background.aclose()
+            raise
+        self._sock = sock
+        self._stamped_up = config.up.delays and stamp_arrivals(sock)
+        self._wakeups = {
+            direction: Wakeup(loop, functools.partial(self._on_time, direction))
+            for direction in Direction
+        }
+        loop.add_reader(sock.fileno(), self._read_clients)
+        host, port = self.address
+        logger.info(
+            "impair: listening on %s port %d, forwarding to %s port %d, seed %d",
+            host, port, config.target_host, config.target_port, self.seed,
+        )  # fmt: skip
+        for direction, impairment in ((Direction.UP, config.up), (Direction.DOWN, config.down)):
+            if impairment.active:
+                logger.info("impair: %s: %s", direction.value, describe(impairment))
+        if self._metrics is not None:
+            logger.info("impair: metrics on http://%s:%d/metrics", *self._metrics.address)
+
+    async def stop(self) -> bool:
+        """Stop taking datagrams in, send what the links hold as it falls due (within
+        ``drain_timeout_s``), then close. Returns whether the links were emptied; what they
+        still hold stays counted as queued."""
+        if self._sock is None or self._loop is None:
+            return True
+        self._should_exit.set()
+        self._stopping = True
+        self._loop.remove_reader(self._sock.fileno())
+        for client in self._clients.values():
+            self._loop.remove_reader(client.sock.fileno())
+        self._check_emptied()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.drain_timeout_s):
+                await self._emptied.wait()
+        for wakeup in self._wakeups.values():
+            wakeup.close()
+        for client in self._clients.values():
+            client.sock.close()
+        self._clients.clear()
+        self._sock.close()
+        self._sock = None
+        await self._background.aclose()
+        return not self._up.queued and not self._down.queued
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve_until_stopped` to stop; on the proxy's loop."""
+        self._should_exit.set()
+
+    def abandon(self) -> None:
+        """Stop without waiting for the links to empty (an operator's second Ctrl-C); what they
+        hold stays counted as queued. On the proxy's loop."""
+        self._emptied.set()
+        self._should_exit.set()
+
+    async def serve_until_stopped(self) -> ProxyResult:
+        """Start (unless started), forward until :meth:`request_stop`, then stop; with a status
+        line every ``stats_interval_s`` on the ``udpchat.status`` logger."""
+        if self._sock is None:
+            await self.start()
+        rate = Rate()
+
+        def log_status() -> None:
+            stats = self.stats()
+            status_logger.info("%s", impair_status(stats, rate(sum(stats.forwarded.values()))))
+
+        try:
+            async with periodically(self.config.stats_interval_s, log_status):
+                await self._should_exit.wait()
+        finally:
+            drained = await self.stop()
+        return ProxyResult(self.stats(), drained)
+
+    def stats(self) -> ImpairStats:
+        """The counters now."""
+        up, down = self._up, self._down
+        by_direction = {
+            name: {Direction.UP.value: up.counts[name], Direction.DOWN.value: down.counts[name]}
+            for name in DIRECTION_COUNTERS
+        }
+        return ImpairStats(
+            **by_direction,
+            queued=up.queued + down.queued,
+            jitter_up_us=round(up.jitter_s * 1e6),
+            jitter_down_us=round(down.jitter_s * 1e6),
+            clients=len(self._clients),
+            clients_refused=self._refused,
+            clients_expired=self._expired,
+            endpoint=None if self._metrics is None else self._metrics.stats(),
+        )
+
+    # The event loop's side: read, let the link decide, send; wake up when the link says.
+
+    def _read_clients(self) -> None:
+        assert self._sock is not None
+        now = time.monotonic()
+        clients = self._clients
+        batch = []
+        for data, address, arrived in read_batch(self._sock, self._stamped_up, now, "clients"):
+            client = clients.get(address)
+            if client is None:
+                client = self._admit(address, now)
+                if client is None:
+                    continue
+            client.last_heard = now
+            batch.append((data, client, arrived))
+        if batch:
+            self._send_up(self._up.take(batch, now))
+            self._schedule(Direction.UP)
+
+    def _read_server(self, client: _Client) -> None:
+        now = time.monotonic()
+        batch = [
+            (data, client, arrived)
+            for data, _, arrived in read_batch(client.sock, client.stamped, now, client)
+        ]
+        if batch:
+            self._send_down(self._down.take(batch, now))
+            self._schedule(Direction.DOWN)
+
+    def _send_up(self, out: list[tuple[bytes, _Client]]) -> None:
+        failed = 0
+        for data, client in out:
+            try:
+                client.send(data)
+            except OSError:
+                failed += 1
+        self._sent(self._up, len(out), failed)
+
+    def _send_down(self, out: list[tuple[bytes, _Client]]) -> None:
+        assert self._sock is not None
+        send = self._sock.sendto
+        failed = 0
+        for data, client in out:
+            try:
+                send(data, client.address)
+            except OSError:
+                failed += 1
+        self._sent(self._down, len(out), failed)
+
+    @staticmethod
+    def _sent(link: Link[_Client], count: int, failed: int) -> None:
+        counts = link.counts
+        counts["forwarded"] += count - failed
+        counts["send_failures"] += failed
+        counts["dropped"] += failed
+
+    def _admit(self, address: Any, now: float) -> _Client | None:
+        """A new client's own socket towards the server; None (counted) when the table is
+        full or the OS has no socket to give."""
+        assert self._loop is not None and self._target is not None
+        if len(self._clients) >= self.config.max_clients:
+            self._refuse(f"client table full ({self.config.max_clients} clients)")
+            return None
+        try:
+            sock = socket.socket(self._target_family, socket.SOCK_DGRAM)
+        except OSError as error:
+            self._refuse(f"no socket for a new client: {error.strerror}")
+            return None
+        try:
+            sock.setblocking(False)
+            sock.connect(self._target)
+        except OSError as error:
+            sock.close()
+            self._refuse(f"cannot reach the server for a new client: {error.strerror}")
+            return None
+        stamped = self.config.down.delays and stamp_arrivals(sock)
+        client = self._clients[address] = _Client(address, sock, now, stamped)
+        self._loop.add_reader(sock.fileno(), self._read_server, client)
+        return client
+
+    def _refuse(self, why: str) -> None:
+        self._refused += 1
+        self._refusal_log.record(f"impair: refused a datagram from a new client: {why}")
+
+    def _expire_idle(self) -> None:
+        assert self._loop is not None
+        deadline = time.monotonic() - self.config.idle_timeout_s
+        for address, client in list(self._clients.items()):
+            if client.last_heard < deadline:
+                self._loop.remove_reader(client.sock.fileno())
+                client.sock.close()
+                del self._clients[address]
+                self._expired += 1
+
+    def _link(self, direction: Direction) -> Link[_Client]:
+        return self._up if direction is Direction.UP else self._down
+
+    def _schedule(self, direction: Direction) -> None:
+        """Wake up when the link next has something to send, unless a wake-up comes sooner."""
+        due = self._link(direction).next_due
+        if due is None:
+            self._check_emptied()
+            return
+        wakeup = self._wakeups[direction]
+        if wakeup.when is None or due < wakeup.when:
+            wakeup.at(due)
+
+    def _on_time(self, direction: Direction) -> None:
+        out = self._link(direction).release(time.monotonic())
+        if out:
+            (self._send_up if direction is Direction.UP else self._send_down)(out)
+        self._schedule(direction)
+
+    def _check_emptied(self) -> None:
+        if self._stopping and not self._up.queued and not self._down.queued:
+            self._emptied.set()
+
+
+def run_proxy(config: ProxyConfig, loop: LoopChoice = LoopChoice.AUTO) -> ProxyResult:
+    """Serve ``config`` until SIGINT, SIGTERM or SIGHUP; a second one stops without waiting
+    for the links to empty. The ``impair`` command is this call."""
+
+    async def serve() -> ProxyResult:
+        proxy = ImpairProxy(config)
+        with stop_on_signals(proxy, logger).installed():
+            return await proxy.serve_until_stopped()
+
+    tune_for_throughput()
+    return run_coroutine(serve(), loop)
