@@ -29,7 +29,6 @@ from udpchat.impair.spec import (
     QUEUED_DATAGRAM_OVERHEAD_BYTES,
     Direction,
     Impairment,
-    RateLimit,
     RateUnit,
 )
 
@@ -47,6 +46,12 @@ DIRECTION_COUNTERS = tuple(
 
 
 T = TypeVar("T")
+
+
+_Fate = tuple[bytes, bool, int, bool, float]
+"""What the draws decided for a datagram that was not lost: the datagram as it will be sent
+(one byte flipped where corrupted), whether it was corrupted, its copies, whether it is held
+back for reordering, and its delay."""
 
 
 class _Held(Generic[T]):
@@ -137,67 +142,85 @@ class Link(Generic[T]):
         however late it was read; the rate limit and the reorder hold count from ``now``);
         returns what leaves now, in order (what was due already first)."""
         out = self.release(now)
-        impairment = self.impairment
         counts = self.counts
-        draw = self._random
-        loss, transitions = impairment.loss, self._transitions
-        corrupt, duplicate, reorder = impairment.corrupt, impairment.duplicate, impairment.reorder
-        delay_s, jitter_s = impairment.delay_s, impairment.jitter_s
-        rate = impairment.rate
-        for taken, tag, arrived in datagrams:
-            data = taken
+        loses = self.impairment.loss > 0
+        for data, tag, arrived in datagrams:
             counts["received"] += 1
-            if loss:
-                if transitions is None:
-                    lost = draw() < loss
-                else:
-                    enter, leave = transitions
-                    lost = self._losing = draw() >= leave if self._losing else draw() < enter
-                if lost:
-                    self._drop("dropped_loss")
-                    continue
-            # Every draw for this datagram is made before the rate limit, whose drops depend on
-            # time: so a datagram's fate depends on the seed and its place in the order alone.
-            if corrupt and draw() < corrupt and data:
-                position = int(draw() * len(data))
-                flipped = data[position] ^ (1 + int(draw() * 255))
-                data = b"%b%c%b" % (data[:position], flipped, data[position + 1 :])
-                corrupted = True
-            else:
-                corrupted = False
-            copies = 2 if duplicate and draw() < duplicate else 1
-            held = reorder and draw() < reorder
-            delay = delay_s + jitter_s * (2 * draw() - 1) if jitter_s else delay_s
-            ready = arrived
-            if rate is not None:
-                ready = self._rate_ready(len(data), rate, now)
-                if ready < 0:
-                    self._drop("dropped_rate")
-                    continue
-            due = max(ready + delay, self._last_due)
-            waits = held or due > now or self._line  # else it leaves at once, taking no room
-            cost = copies * (len(data) + QUEUED_DATAGRAM_OVERHEAD_BYTES)
-            if waits:
-                if self.queued_bytes + cost > self.max_queue_bytes:
-                    self._drop("dropped_full")
-                    continue
-                self.queued += copies
-                self.queued_bytes += cost
-            if rate is not None:
-                self._rate_done.append(ready)
-                self._rate_free_at = ready
-            if corrupted:
-                counts["corrupted"] += 1
-            if copies == 2:
-                counts["duplicated"] += 1
-            if held:
-                deadline = now + impairment.reorder_hold_s
-                self._hold(_Held(data, tag, ready, ready + delay, deadline, copies))
+            if loses and self._lost():
+                self._drop("dropped_loss")
                 continue
-            self._place(data, tag, ready, due, copies, now, out)
-            if self._held:
-                self._pass(tag, now, out)
+            self._forward(self._fate(data), tag, arrived, now, out)
         return out
+
+    def _lost(self) -> bool:
+        """The loss draw: independent, or by the Gilbert model, whose state it moves on."""
+        draw = self._random
+        if self._transitions is None:
+            return draw() < self.impairment.loss
+        enter, leave = self._transitions
+        self._losing = draw() >= leave if self._losing else draw() < enter
+        return self._losing
+
+    def _fate(self, data: bytes) -> _Fate:
+        """Every draw for a datagram that was not lost, made before the rate limit, whose drops
+        depend on time: so a datagram's fate depends on the seed and its place in the order
+        alone."""
+        impairment, draw = self.impairment, self._random
+        corrupt, duplicate, reorder = impairment.corrupt, impairment.duplicate, impairment.reorder
+        corrupted = bool(corrupt) and draw() < corrupt and bool(data)
+        if corrupted:
+            position = int(draw() * len(data))
+            flipped = data[position] ^ (1 + int(draw() * 255))
+            data = b"%b%c%b" % (data[:position], flipped, data[position + 1 :])
+        copies = 2 if duplicate and draw() < duplicate else 1
+        held = bool(reorder) and draw() < reorder
+        delay = impairment.delay_s
+        if impairment.jitter_s:
+            delay += impairment.jitter_s * (2 * draw() - 1)
+        return data, corrupted, copies, held, delay
+
+    def _forward(
+        self, fate: _Fate, tag: T, arrived: float, now: float, out: list[tuple[bytes, T]]
+    ) -> None:
+        """What depends on time: through the rate limit, into the room the link has (unless it
+        leaves at once), then held back for reordering or on its way."""
+        data, corrupted, copies, held, delay = fate
+        ready = self._through_rate_limit(len(data), arrived, now)
+        if ready is None:
+            self._drop("dropped_rate")
+            return
+        due = max(ready + delay, self._last_due)
+        waits = held or due > now or bool(self._line)  # else it leaves at once: no room
+        if waits and not self._reserve(copies, len(data)):
+            self._drop("dropped_full")
+            return
+        self._commit(ready, corrupted, copies)
+        if held:
+            deadline = now + self.impairment.reorder_hold_s
+            self._hold(_Held(data, tag, ready, ready + delay, deadline, copies))
+            return
+        self._place(data, tag, ready, due, copies, now, out)
+        if self._held:
+            self._pass(tag, now, out)
+
+    def _reserve(self, copies: int, size: int) -> bool:
+        """Room for a datagram that waits, counted as queued; False when the link is full."""
+        cost = copies * (size + QUEUED_DATAGRAM_OVERHEAD_BYTES)
+        if self.queued_bytes + cost > self.max_queue_bytes:
+            return False
+        self.queued += copies
+        self.queued_bytes += cost
+        return True
+
+    def _commit(self, ready: float, corrupted: bool, copies: int) -> None:
+        """A datagram is taken: its turn at the rate limit is kept, what was done to it counted."""
+        if self.impairment.rate is not None:
+            self._rate_done.append(ready)
+            self._rate_free_at = ready
+        if corrupted:
+            self.counts["corrupted"] += 1
+        if copies == 2:
+            self.counts["duplicated"] += 1
 
     def release(self, now: float) -> list[tuple[bytes, T]]:
         """What leaves by ``now``: datagrams whose time came, and those held for reordering
@@ -235,14 +258,18 @@ class Link(Generic[T]):
         self.counts[reason] += 1
         self.counts["dropped"] += 1
 
-    def _rate_ready(self, size: int, rate: RateLimit, now: float) -> float:
-        """When a datagram taken now would be through the rate limit; -1 when its queue is
-        full (tail drop). The caller commits the time once the datagram is taken."""
+    def _through_rate_limit(self, size: int, arrived: float, now: float) -> float | None:
+        """When a datagram taken now would be through the rate limit (without one: when it
+        arrived); None when its queue is full (tail drop). :meth:`_commit` keeps the time once
+        the datagram is taken."""
+        rate = self.impairment.rate
+        if rate is None:
+            return arrived
         done = self._rate_done
         while done and done[0] <= now:
             done.popleft()
         if len(done) >= self.impairment.rate_queue:
-            return -1.0
+            return None
         cost = size if rate.unit is RateUnit.BYTES else 1
         return max(now, self._rate_free_at) + cost / rate.per_s
 
