@@ -20,6 +20,9 @@ Scenarios (``--only NAME`` runs one):
   signal with ``--drain-timeout 2``, take to end every process.
 - ``headers``: three seconds of metrics requests with 101 headers: answered, counted, and how
   many bytes of stderr they cost.
+- ``downgrade``: ``--nats tls://TOKEN@...`` against a server that offers no TLS (a fake one
+  asking for credentials, and a real nats-server without TLS): one line, exit 3, and nothing
+  credential-bearing sent.
 """
 
 from __future__ import annotations
@@ -358,6 +361,46 @@ def headers(seconds: float) -> None:
           f"bad_requests {bad}, {len(stderr.encode()):,} bytes of stderr in all")  # fmt: skip
 
 
+def downgrade(runs: int) -> None:
+    """``--nats tls://TOKEN@...`` against a server without TLS: a fake one that asks for
+    credentials (what a man in the middle shows), and a real nats-server without TLS."""
+    from tests.nats_servers import PLAIN_INFO, FakeNats  # noqa: PLC0415
+
+    async def against_fake() -> tuple[int | None, str, bytes]:
+        async with FakeNats(PLAIN_INFO) as fake:
+            status, stderr = await asyncio.to_thread(serve_once, f"{LOOPBACK}:{fake.port}")
+        return status, stderr, b"".join(fake.received)
+
+    def serve_once(host_port: str) -> tuple[int | None, str]:
+        """The exit status, or None for a server that came up (stopped then), and stderr."""
+        process = subprocess.Popen(
+            [PYTHON, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0", "--relay",
+             "--nats", f"tls://t0ken-{os.getpid()}@{host_port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            status: int | None = process.wait(READY_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            status = None
+        return status, stop(process) if status is None else process.communicate()[1].decode()
+
+    held = 0
+    for run in range(runs):
+        status, stderr, sent = asyncio.run(against_fake())
+        with nats_node() as url:
+            real_status, real_stderr = serve_once(url.removeprefix("nats://"))
+        lines = stderr.splitlines() + real_stderr.splitlines()
+        leaked = b"CONNECT" in sent or f"t0ken-{os.getpid()}".encode() in sent
+        ok = status == real_status == 3 and len(lines) == 2 and not leaked
+        held += ok
+        real = "served, unencrypted" if real_status is None else f"exit {real_status}"
+        print(f"  run {run + 1}: fake server: exit {status}, sent it {sent[:60]!r}; plain "
+              f"nats-server: {real}; stderr {[line[:100] for line in lines[:4]]}",
+              flush=True)  # fmt: skip
+    print(f"downgrade: tls:// to a server without TLS refused in one line, exit 3, no credential "
+          f"sent, in {held} of {runs} runs: {'HELD' if held == runs else 'BROKEN'}")  # fmt: skip
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "forged": lambda args: forged(args.runs),
     "bus": lambda args: bus(args.runs),
@@ -365,6 +408,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "startup": lambda args: startup(args.runs * 5),
     "force": lambda args: force(args.runs),
     "headers": lambda args: headers(3.0),
+    "downgrade": lambda args: downgrade(args.runs),
 }
 
 

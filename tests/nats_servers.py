@@ -3,6 +3,7 @@ ports the servers choose themselves and report in a ports file (no port races)."
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import shutil
@@ -158,3 +159,42 @@ def has_routes(node: NatsNode, peers: int) -> bool:
 async def wait_for_subscriptions(nodes: list[NatsNode], count: int) -> None:
     """Until every node knows ``count`` subscriptions, its own clients' and routed ones."""
     await eventually_blocking(lambda: all(node.subscriptions() >= count for node in nodes))
+
+
+PLAIN_INFO = {"server_id": "fake", "version": "2.10.0", "proto": 1, "max_payload": 1048576,
+              "auth_required": True, "nonce": "bm9uY2U"}  # fmt: skip
+"""A server that asks for credentials and says nothing of TLS: what a downgrading man in the
+middle shows a client."""
+
+
+class FakeNats:
+    """A TCP server that greets each connection with the ``INFO`` it is given, keeps the first
+    bytes the client sends back (a ``CONNECT``, or a TLS ClientHello) and hangs up: a server, or
+    a man in the middle, that offers no TLS, to show what a client would hand it."""
+
+    def __init__(self, info: dict[str, Any], port: int = 0) -> None:
+        self.info = info
+        self.received: list[bytes] = []
+        self.port = port
+        """Where it listens; with 0, the port the OS chose once it is entered."""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FakeNats:
+        self._server = await asyncio.start_server(self._greet, LOOPBACK, self.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"INFO " + json.dumps(self.info).encode() + b"\r\n")
+        try:
+            await writer.drain()
+            self.received.append(await reader.read(65536))
+        except OSError:
+            pass
+        finally:
+            writer.close()

@@ -9,8 +9,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.helpers import eventually, eventually_blocking
-from tests.nats_servers import NatsNode, wait_for_subscriptions
+from tests.helpers import LOOPBACK, eventually, eventually_blocking
+from tests.nats_servers import PLAIN_INFO, FakeNats, NatsNode, wait_for_subscriptions
 from udpchat.bus import (
     MAX_ENVELOPE_HEADER_BYTES,
     BusConfig,
@@ -290,11 +290,20 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     return directory / "ca.pem", directory / "server.pem", directory / "server.key"
 
 
-async def test_tls_with_a_ca_file(tmp_path: Path) -> None:
-    ca, certificate, key = make_certificates(tmp_path)
-    node = NatsNode(tmp_path, "tls", "--tls", "--tlscert", str(certificate), "--tlskey", str(key))
+@contextmanager
+def tls_node(directory: Path) -> Iterator[tuple[NatsNode, Path]]:
+    """A nats-server that requires TLS, with a certificate for 127.0.0.1, and its CA."""
+    ca, certificate, key = make_certificates(directory)
+    node = NatsNode(directory, "tls", "--tls", "--tlscert", str(certificate), "--tlskey", str(key))
     node.start()
     try:
+        yield node, ca
+    finally:
+        node.kill()
+
+
+async def test_tls_with_a_ca_file(tmp_path: Path) -> None:
+    with tls_node(tmp_path) as (node, ca):
         url = node.url.replace("nats://", "tls://")
         async with running_bus(url, ca_file=ca) as (bus, _):
             assert bus.stats().connected
@@ -303,8 +312,6 @@ async def test_tls_with_a_ca_file(tmp_path: Path) -> None:
             BusUnavailableError, match=r"refused the connection .*CERTIFICATE_VERIFY_FAILED"
         ):
             await unverified.start()
-    finally:
-        node.kill()
 
 
 async def test_nkey_seed_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -352,3 +359,52 @@ async def test_a_failover_names_the_node_it_reconnected_to(
         await eventually(lambda: bus.stats().reconnects == 1)
     (back,) = [r.getMessage() for r in caplog.records if "is back" in r.getMessage()]
     assert f":{second.port}" in back and f":{first.port}" not in back, back
+
+
+@pytest.mark.parametrize("credentials", ["t0ken@", "alice:s3cret@", "nkey"])
+async def test_tls_url_refuses_a_server_that_offers_no_tls_and_sends_no_credential(
+    tmp_path: Path, credentials: str
+) -> None:
+    seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+    (tmp_path / "user.nk").write_bytes(seed)
+    options: dict[str, Any] = {"connect_timeout_s": 5}
+    if credentials == "nkey":
+        options["nkey_seed_file"] = tmp_path / "user.nk"
+    async with FakeNats(PLAIN_INFO) as fake:
+        url = f"tls://{'' if credentials == 'nkey' else credentials}{LOOPBACK}:{fake.port}"
+        bus = RoomBus(BusConfig((url,), **options), lambda ip, text: None)
+        with pytest.raises(BusUnavailableError, match="offers no TLS") as refused:
+            await bus.start()
+    sent = b"".join(fake.received)
+    assert b"CONNECT" not in sent and b"s3cret" not in sent and b"t0ken" not in sent, sent
+    assert "t0ken" not in str(refused.value) and "s3cret" not in str(refused.value)
+
+
+async def test_tls_url_upgrades_where_the_server_also_takes_plain_connections() -> None:
+    """``tls_available`` (a server with ``allow_non_tls``): TLS all the same, never CONNECT."""
+    async with FakeNats({**PLAIN_INFO, "tls_available": True}) as fake:
+        bus = RoomBus(BusConfig((f"tls://t0ken@{LOOPBACK}:{fake.port}",)), lambda ip, text: None)
+        with pytest.raises(BusUnavailableError):
+            await bus.start()
+    assert fake.received and all(chunk.startswith(TLS_HANDSHAKE) for chunk in fake.received)
+
+
+TLS_HANDSHAKE = b"\x16\x03"
+"""The first bytes of a TLS handshake record (a ClientHello)."""
+
+
+async def test_a_reconnect_to_a_server_that_offers_no_tls_sends_no_credential(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The TLS node goes away and something without TLS answers on its port: the bus keeps
+    trying, counts each refusal, says so, and sends it nothing."""
+    caplog.set_level(logging.WARNING, logger="udpchat.bus")
+    with tls_node(tmp_path) as (node, ca):
+        url = node.url.replace("nats://", "tls://t0ken@")
+        async with running_bus(url, ca_file=ca) as (bus, _):
+            node.kill()
+            async with FakeNats(PLAIN_INFO, port=node.port) as fake:
+                await eventually(lambda: bus.stats().refused_insecure >= 2)
+    sent = b"".join(fake.received)
+    assert b"CONNECT" not in sent and b"t0ken" not in sent, sent
+    assert any("offers no TLS" in record.getMessage() for record in caplog.records)

@@ -14,7 +14,7 @@ from functools import partial
 import pytest
 
 from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, eventually, start_cli, start_cli_server
-from tests.nats_servers import NatsNode, wait_for_subscriptions
+from tests.nats_servers import PLAIN_INFO, FakeNats, NatsNode, wait_for_subscriptions
 from udpchat import Server, ServerConfig
 from udpchat.bus import redact_url
 from udpchat.cli import main
@@ -267,3 +267,18 @@ async def test_the_room_on_nats_is_said_once_at_start_with_any_number_of_process
     lines = stderr.splitlines()
     before_listening = lines[: next(n for n, line in enumerate(lines) if "listening on" in line)]
     assert before_listening == [f"udpchat: room 'lobby' on NATS at {redact_url(nats_node.url)}"]
+
+
+async def test_a_tls_url_to_a_server_without_tls_exits_3_in_one_line_sending_nothing() -> None:
+    async with FakeNats(PLAIN_INFO) as fake:
+        cli = await start_cli(
+            "serve", "--host", LOOPBACK, "--port", "0", "--relay",
+            "--nats", f"tls://t0ken@{LOOPBACK}:{fake.port}",
+        )  # fmt: skip
+        status, _, stderr = await cli.finish(timeout_s=10)
+    assert status == 3, stderr
+    assert stderr.splitlines() == [
+        f"udpchat: NATS at tls://***@{LOOPBACK}:{fake.port} offers no TLS, which tls:// asks "
+        "for: not connecting, no credentials sent"
+    ]
+    assert b"CONNECT" not in b"".join(fake.received)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 from udpchat.counters import BusStats, Tally
+from udpchat.logs import RateLimitedLog
 
 if TYPE_CHECKING:  # nats-py is imported when a bus starts, not with udpchat
     from nats.aio.client import Client as NatsClient
@@ -244,6 +245,7 @@ class RoomBus:
         """Set during ``start()`` by an error that retrying cannot fix (credentials, TLS)."""
         self._tally = Tally(BusStats)
         self._logged_reasons: set[tuple[str, str]] = set()
+        self._insecure_log = RateLimitedLog(logger, level=logging.WARNING)
         self._sequence = 0
         """The last sequence number this server published."""
         self._expected: collections.OrderedDict[str, int] = collections.OrderedDict()
@@ -254,10 +256,8 @@ class RoomBus:
     async def start(self) -> None:
         if self._client is not None:
             raise RuntimeError("the bus is already started")
-        from nats.aio.client import Client  # noqa: PLC0415 - only where a room uses NATS
-
         self._loop = asyncio.get_running_loop()
-        client = Client()
+        client = secure_client()
         self._refused = self._loop.create_future()
         connecting = asyncio.ensure_future(self._connect(client))
         await asyncio.wait(
@@ -267,7 +267,7 @@ class RoomBus:
         )
         if not connecting.done() or connecting.exception() is not None:
             await self._abandon(client, connecting)
-        self._client = client
+        self._client, self._refused = client, None
         self._publisher = asyncio.create_task(self._publish_backlog(), name="udpchat-bus-publish")
         self._delivery = threading.Thread(
             target=self._deliver_inbox, name="udpchat-bus-delivery", daemon=True
@@ -284,8 +284,15 @@ class RoomBus:
             await asyncio.wait_for(client.close(), STOP_FLUSH_TIMEOUT_S)
         urls = self.config.urls
         if self._refused.done():
-            refusal = describe(self._refused.result())
-            raise BusUnavailableError(f"NATS at {urls} refused the connection ({refusal})")
+            refusal = self._refused.result()
+            if is_insecure(refusal):
+                raise BusUnavailableError(
+                    f"NATS at {urls} offers no TLS, which tls:// asks for: not connecting, "
+                    "no credentials sent"
+                )
+            raise BusUnavailableError(
+                f"NATS at {urls} refused the connection ({describe(refusal)})"
+            )
         failed = connecting.exception() if not connecting.cancelled() else None
         cause = describe(failed or self._last_error or TimeoutError())
         raise BusUnavailableError(
@@ -432,8 +439,14 @@ class RoomBus:
             self._count_drop("slow_consumer")
             return
         self._last_error = error
-        if is_refusal(error) and self._refused is not None and not self._refused.done():
-            self._refused.set_result(error)  # no retry will fix it: fail the start at once
+        refused = self._refused
+        starting = refused is not None and not refused.done()
+        if is_insecure(error):
+            self._tally.add("refused_insecure")
+            if not starting:  # a start that fails says it once, in its error
+                self._insecure_log.record(f"NATS at {self._connected_to()} offers no TLS")
+        if refused is not None and starting and is_refusal(error):
+            refused.set_result(error)  # no retry will fix it: fail the start at once
         logger.debug("NATS: %s", describe(error))
 
     def _connected_to(self) -> str:
@@ -512,13 +525,53 @@ class RoomBus:
         return self._tally.snapshot(connected=connected)
 
 
+def secure_client() -> NatsClient:
+    """A nats-py client for which a ``tls://`` URL means TLS.
+
+    nats-py (2.16 and before) upgrades to TLS only when the server's ``INFO`` says
+    ``tls_required``, whatever the URL's scheme, and then sends ``CONNECT`` with the credentials:
+    a server or a man in the middle that leaves it out gets them in clear text. Here, before
+    anything is sent on a ``tls://`` connection (first or reconnect), its ``INFO`` must offer
+    TLS (``tls_required`` or ``tls_available``), and the connection is upgraded either way; a
+    server that offers none gets nothing and the attempt fails with
+    ``SecureConnWantedError``. The hook is nats-py's private ``_process_info``, which reads the
+    ``INFO`` before ``CONNECT`` is built; tests/test_bus.py's fake server fails if that moves."""
+    from nats.aio.client import Client  # noqa: PLC0415 - only where a room uses NATS
+    from nats.errors import SecureConnWantedError  # noqa: PLC0415
+
+    class SecureClient(Client):
+        async def _process_info(
+            self, info: dict[str, Any], initial_connection: bool = False
+        ) -> None:
+            server = self._current_server
+            if initial_connection and server is not None and server.uri.scheme == "tls":
+                if not (info.get("tls_required") or info.get("tls_available")):
+                    if self._transport is not None:  # nats-py's reconnect leaves it open
+                        self._transport.close()  # type: ignore[no-untyped-call]
+                    raise SecureConnWantedError
+                info["tls_required"] = True  # the INFO nats-py decides the upgrade on
+            await super()._process_info(info, initial_connection)
+
+    return SecureClient()
+
+
+def is_insecure(error: BaseException) -> bool:
+    """A ``tls://`` server that offered no TLS (:func:`secure_client`)."""
+    from nats.errors import SecureConnWantedError  # noqa: PLC0415
+
+    return isinstance(error, SecureConnWantedError)
+
+
 def is_refusal(error: BaseException) -> bool:
-    """Credentials or a certificate that NATS refused: retrying the same cannot succeed."""
+    """Credentials or a certificate that NATS refused, or no TLS where the URL asks for it:
+    retrying the same cannot succeed."""
     from nats.errors import AuthorizationError, Error  # noqa: PLC0415
     from nats.protocol.parser import AUTHORIZATION_VIOLATION  # noqa: PLC0415
 
-    return isinstance(error, AuthorizationError | ssl.SSLError) or (
-        isinstance(error, Error) and AUTHORIZATION_VIOLATION in str(error).lower()
+    return (
+        isinstance(error, AuthorizationError | ssl.SSLError)
+        or is_insecure(error)
+        or (isinstance(error, Error) and AUTHORIZATION_VIOLATION in str(error).lower())
     )
 
 

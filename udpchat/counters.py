@@ -524,6 +524,10 @@ class BusStats(Counts):
         unit="messages",
     )
     own_echoes: int = total("This server's own messages back from NATS, ignored.", unit="messages")
+    refused_insecure: int = total(
+        "Connections to a tls:// server given up before anything was sent: it offered no TLS.",
+        unit="connections",
+    )
     disconnects: int = total("Times the connection to NATS was lost.", unit="events")
     reconnects: int = total("Times the connection to NATS came back.", unit="events")
 
