@@ -14,7 +14,7 @@ import statistics
 import time
 
 from udpchat import Message, Server, ServerConfig
-from udpchat.runtime import LoopChoice, run_coroutine
+from udpchat.eventloop import LoopChoice, run_coroutine
 
 
 def send_steadily(address: tuple[str, int], rate: float, count: int, stamps: list[float]) -> None:

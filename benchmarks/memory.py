@@ -42,8 +42,8 @@ from pathlib import Path
 
 from benchmarks.harness import peak_rss_bytes
 from udpchat.accounting import DEFAULT_MAX_SENDERS, MAX_GAPS_PER_SENDER
+from udpchat.eventloop import run_coroutine
 from udpchat.handlers import Message
-from udpchat.runtime import run_coroutine
 from udpchat.server import (
     DEFAULT_QUEUE_SIZE,
     DEFAULT_WORKERS,

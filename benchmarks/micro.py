@@ -24,7 +24,7 @@ from udpchat.handlers import Batch
 from udpchat.output import LinePrinter
 from udpchat.pipeline import Dispatcher, parse
 from udpchat.protocol import DropNotices, Receiver
-from udpchat.runtime import tune_for_throughput
+from udpchat.tuning import tune_for_throughput
 from udpchat.wire import decode, format_line
 
 USERS = 100

@@ -13,8 +13,9 @@ import udpchat
 PACKAGE = Path(udpchat.__file__).parent
 
 LAYERS = [
-    {"counters", "wire", "libc", "logs", "pool", "settings", "signals", "sockets"},
-    {"fastpath", "admission", "bus", "exposition", "report", "client", "load", "runtime", "wakeup"},
+    {"counters", "wire", "libc", "logs", "pool", "settings", "sockets"},
+    {"signals", "eventloop", "lifecycle", "tuning"},
+    {"fastpath", "admission", "bus", "exposition", "report", "client", "load", "wakeup"},
     {"accounting", "chat", "progress", "series", "metrics", "impair.spec"},
     {"handlers", "impair.link"},
     {"pipeline", "output", "relay", "impair.proxy"},
@@ -24,7 +25,8 @@ LAYERS = [
     {"runner"},
     {"cli"},
 ]
-"""Bottom to top: bytes and counts; the compiled loops, the room's parts and the views; the
+"""Bottom to top: bytes and counts; what a process runs on (signals, the event loop, the
+lifecycle, its tuning); the compiled loops, the room's parts and the views; the
 accounting and the metrics endpoint; the handler types; the queue and its handlers; the protocol
 on the loop; the server; what runs or watches servers; the one library entry; the command line
 over it all. A subpackage's modules are named with a dot (``impair.link``), the package itself (its

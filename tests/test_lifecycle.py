@@ -240,5 +240,5 @@ def test_stop_signals_are_held_before_anything_slow_is_imported(entry: str) -> N
     )
     imported = [line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()]
     before = imported[: imported.index("udpchat.signals")]
-    slow = {"asyncio", "typing", "typer", "udpchat.cli", "udpchat.runtime"}
+    slow = {"asyncio", "typing", "typer", "udpchat.cli", "udpchat.eventloop"}
     assert slow.isdisjoint(before), sorted(slow & set(before))

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from benchmarks.memory import queued_datagram_bytes
-from udpchat.runtime import run_coroutine
+from udpchat.eventloop import run_coroutine
 from udpchat.server import ServerConfig
 
 MAX_SIZE = 1024

@@ -29,7 +29,7 @@ from tests.helpers import (
     start_cli_server,
     start_server_with_unread_stdout,
 )
-from udpchat.runtime import LoopChoice
+from udpchat.eventloop import LoopChoice
 from udpchat.server import ServerConfig
 from udpchat.supervisor import Supervisor
 

@@ -28,6 +28,7 @@ from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
 from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusUnavailableError
 from udpchat.chat import converse, print_received, print_sent
 from udpchat.client import Client, ClientConfig, JoinError
+from udpchat.eventloop import LoopChoice, LoopUnavailableError, run_coroutine
 from udpchat.handlers import OutputError
 from udpchat.impair import TargetUnresolvedError, run_proxy
 from udpchat.impair.spec import (
@@ -54,10 +55,9 @@ from udpchat.output import OutputFormat
 from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, DEFAULT_TEXT_RATE_PER_S
 from udpchat.report import SortKey, impair_summary, json_summary, summary_lines
 from udpchat.runner import run
-from udpchat.runtime import LoopChoice, LoopUnavailableError, SignalStop, run_coroutine
 from udpchat.server import ServerConfig, ServeResult, Service
 from udpchat.settings import ConfigError, bounds_of
-from udpchat.signals import hold_stop_signals, release_stop_signals
+from udpchat.signals import SignalStop, hold_stop_signals, release_stop_signals
 from udpchat.wire import MAX_USERNAME_LENGTH, InvalidUsernameError, clean_username
 
 if TYPE_CHECKING:

@@ -19,10 +19,12 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import BinaryIO, TextIO
 
+from udpchat.eventloop import LoopChoice, run_coroutine
 from udpchat.handlers import BatchHandler, Handler
-from udpchat.runtime import LoopChoice, run_coroutine, stop_on_signals, tune_for_throughput
 from udpchat.server import Server, ServerConfig, ServeResult, Service
+from udpchat.signals import stop_on_signals
 from udpchat.supervisor import Supervisor
+from udpchat.tuning import tune_for_throughput
 
 logger = logging.getLogger("udpchat.run")
 

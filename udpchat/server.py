@@ -20,7 +20,9 @@ from udpchat.accounting import DEFAULT_MAX_SENDERS, SENDER_BYTES
 from udpchat.admission import DEFAULT_MAX_SOURCES, SOURCE_BYTES, Admission, IPNetwork
 from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusConfig, room_subject
 from udpchat.counters import ServerTally, StatsSnapshot
+from udpchat.eventloop import periodically
 from udpchat.handlers import BatchHandler, Handler
+from udpchat.lifecycle import StartsAndStops
 from udpchat.metrics import MetricsServer, start_metrics
 from udpchat.output import LinePrinter, OutputFormat
 from udpchat.pipeline import Dispatcher, batch_limit
@@ -34,7 +36,6 @@ from udpchat.relay import (
     Room,
 )
 from udpchat.report import StatusLine
-from udpchat.runtime import StartsAndStops, periodically
 from udpchat.settings import ConfigError, check_bounds, setting
 from udpchat.sockets import (
     MAX_PORT,

@@ -33,18 +33,14 @@ from typing import BinaryIO, TextIO, cast
 
 from udpchat.bus import BusUnavailableError, log_attached
 from udpchat.counters import DropReason, StatsSnapshot, add_up
+from udpchat.eventloop import LoopChoice, periodically, run_coroutine
 from udpchat.handlers import OutputError
 from udpchat.metrics import MetricsServer, start_metrics
 from udpchat.output import output_failure
-from udpchat.runtime import (
-    LoopChoice,
-    SignalStop,
-    periodically,
-    run_coroutine,
-    tune_for_throughput,
-)
 from udpchat.server import Server, ServerConfig, ServeResult
+from udpchat.signals import SignalStop
 from udpchat.sockets import bind_udp_socket
+from udpchat.tuning import tune_for_throughput
 
 logger = logging.getLogger("udpchat.supervisor")
 

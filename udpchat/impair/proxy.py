@@ -17,19 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from udpchat.counters import ImpairStats
+from udpchat.eventloop import LoopChoice, periodically, run_coroutine
 from udpchat.impair.link import DIRECTION_COUNTERS, Link
 from udpchat.impair.spec import MAX_DELAY_S, READ_BATCH, Direction, ProxyConfig, describe
+from udpchat.lifecycle import StartsAndStops
 from udpchat.logs import RateLimitedLog
 from udpchat.metrics import MetricsServer, start_metrics
 from udpchat.report import Rate, impair_status
-from udpchat.runtime import (
-    LoopChoice,
-    StartsAndStops,
-    periodically,
-    run_coroutine,
-    stop_on_signals,
-    tune_for_throughput,
-)
+from udpchat.signals import stop_on_signals
 from udpchat.sockets import (
     ARRIVAL_ANCILLARY_BYTES,
     MAX_UDP_PAYLOAD,
@@ -38,6 +33,7 @@ from udpchat.sockets import (
     realtime_offset,
     stamp_arrivals,
 )
+from udpchat.tuning import tune_for_throughput
 from udpchat.wakeup import Wakeup
 
 logger = logging.getLogger("udpchat.impair")
