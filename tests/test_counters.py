@@ -32,6 +32,7 @@ from udpchat.counters import (
     ImpairStats,
     Kind,
     LatencyHistogram,
+    RecordStats,
     RelayStats,
     ServerTally,
     StatsSnapshot,
@@ -74,6 +75,7 @@ def every_group_filled() -> StatsSnapshot:
         bus=filled(BusStats, 4000),
         admission=filled(AdmissionStats, 5000),
         endpoint=filled(EndpointStats, 6000),
+        record=filled(RecordStats, 8000),
     )
 
 

@@ -17,7 +17,7 @@ LAYERS = [
     {"signals", "eventloop", "lifecycle", "tuning"},
     {"fastpath", "admission", "bus", "exposition", "report", "client", "load", "wakeup"},
     {"accounting", "chat", "progress", "series", "metrics", "impair.spec"},
-    {"handlers", "impair.link"},
+    {"handlers", "record", "impair.link"},
     {"pipeline", "output", "relay", "impair.proxy"},
     {"protocol", "impair"},
     {"server"},

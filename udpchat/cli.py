@@ -22,6 +22,7 @@ from typer._click.globals import get_current_context
 
 from udpchat import __version__
 from udpchat import client as client_module
+from udpchat import record as record_module
 from udpchat import server as server_module
 from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
@@ -52,6 +53,7 @@ from udpchat.load import (
 )
 from udpchat.metrics import MetricsStartError
 from udpchat.output import OutputFormat
+from udpchat.record import RecordFileError, RecordFormat, Refusal
 from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, DEFAULT_TEXT_RATE_PER_S
 from udpchat.report import SortKey, impair_summary, json_summary, summary_lines
 from udpchat.runner import run
@@ -95,6 +97,7 @@ class Panel(enum.StrEnum):
     ROOM = "Chat room"
     NATS = "NATS (one room across servers)"
     METRICS = "Metrics"
+    RECORD = "Recording (the run's time series, for 'udpchat plot')"
 
 
 class PanelledCommand(typer.core.TyperCommand):
@@ -248,6 +251,53 @@ def nats_file(flag: str, help: str) -> Any:
 SERVE_ONLY = ("quiet", "output_format", "dashboard", "dashboard_sort", "loop")
 """``serve`` options that are not :class:`ServerConfig` settings; each other option is the
 setting of the same name."""
+
+
+def record_option(help: str, flag: str = "--record") -> Any:
+    """A file option that records (``--record``, ``--pcap``): never standard output."""
+    return typer.Option(
+        flag, metavar="FILE", help=f"{help} Refuses an existing file without --force.",
+        rich_help_panel=Panel.RECORD,
+    )  # fmt: skip
+
+
+def record_interval_option(config: type[Any]) -> Any:
+    return bounded(
+        config, "record_interval_s", "Seconds per recorded interval.", "--record-interval",
+        panel=Panel.RECORD,
+    )  # fmt: skip
+
+
+def record_max_bytes_option(config: type[Any]) -> Any:
+    return bounded(
+        config,
+        "record_max_bytes",
+        "The record file's bound: recording stops there, counted and logged; the run goes on.",
+        panel=Panel.RECORD,
+    )
+
+
+def record_label_option() -> Any:
+    return typer.Option(
+        metavar="TEXT",
+        help="What 'udpchat plot' calls this run (default: the file's name).",
+        rich_help_panel=Panel.RECORD,
+    )
+
+
+def force_option() -> Any:
+    return typer.Option(
+        "--force", help="Overwrite an existing record file.", rich_help_panel=Panel.RECORD
+    )
+
+
+def refuse_file(error: RecordFileError, option: str) -> NoReturn:
+    """A record file that cannot be opened: exit 2 when the path is wrong as given (a
+    directory, an existing file), 3 when the system refuses it (no such directory, no right)."""
+    text = f"{option}: {error}"
+    if error.refusal is Refusal.EXISTS:
+        text += "; --force overwrites it"
+    fail(text, ExitCode.USAGE if error.usage else ExitCode.STARTUP_FAILURE)
 
 
 @command(
@@ -481,6 +531,48 @@ def serve(
             rich_help_panel=Panel.OUTPUT,
         ),
     ] = False,
+    record: Annotated[
+        Path | None,
+        record_option(
+            "Record the run's time series in FILE: every --record-interval, each counter's "
+            "change and the busiest senders' loss, jitter and loss runs; events too."
+        ),
+    ] = None,
+    record_format: Annotated[
+        RecordFormat,
+        typer.Option(
+            help="jsonl: JSON Lines, for 'udpchat plot'; csv: a row per sender and interval, "
+            "for spreadsheets.",
+            rich_help_panel=Panel.RECORD,
+        ),
+    ] = RecordFormat.JSONL,
+    record_interval_s: Annotated[float, record_interval_option(ServerConfig)] = (
+        record_module.DEFAULT_INTERVAL_S
+    ),
+    record_senders: Annotated[
+        int,
+        bounded(
+            ServerConfig,
+            "record_senders",
+            "Senders listed in each interval, the busiest; the others are summed.",
+            panel=Panel.RECORD,
+        ),
+    ] = record_module.DEFAULT_SENDERS,
+    record_events: Annotated[
+        int,
+        bounded(
+            ServerConfig,
+            "record_events",
+            "Events (a sender's first message, restart, eviction; a member's join, leave) "
+            "recorded per interval; more are counted.",
+            panel=Panel.RECORD,
+        ),
+    ] = record_module.DEFAULT_EVENTS,
+    record_max_bytes: Annotated[int, record_max_bytes_option(ServerConfig)] = (
+        record_module.DEFAULT_MAX_BYTES
+    ),
+    record_label: Annotated[str, record_label_option()] = "",
+    overwrite: Annotated[bool, force_option()] = False,
     dashboard_sort: Annotated[
         SortKey,
         typer.Option(
@@ -515,6 +607,8 @@ def serve(
         fail(str(error), ExitCode.FAILURE)
     except (MetricsStartError, BusUnavailableError) as error:
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)
+    except RecordFileError as error:
+        refuse_file(error, "--record")
     except OSError as error:
         where = f"{config.host} port {config.port}"
         fail(f"cannot listen on {where}: {describe_error(error)}", ExitCode.STARTUP_FAILURE)

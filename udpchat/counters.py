@@ -566,6 +566,27 @@ class EndpointStats(Counts):
 
 
 @dataclass(frozen=True, slots=True)
+class RecordStats(Counts):
+    """What a recording (``--record``) wrote, and what it could not."""
+
+    text_prefix: ClassVar[str] = "record"
+    metric_prefix: ClassVar[str] = "udpchat_record_"
+
+    recording: bool = flag(
+        "1 while the record file is being written; 0 once it stopped (its bound reached, a "
+        "write failed, or the run ended)."
+    )
+    records: int = total("Records written.", unit="records", metric="records_written")
+    written_bytes: int = total("Bytes written to the record file.", unit="bytes")
+    not_written: Mapping[str, int] = by_reason(
+        "Records not written, by reason: queue_full (the writer fell behind), max_bytes (the "
+        "file reached its bound), write_failed (the disk refused: full, gone; recording stops).",
+        unit="records",
+        label="reason",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSnapshot(Counts):
     """A server's counters at one moment, safe to keep, compare and add up across processes.
 
@@ -634,6 +655,8 @@ class StatsSnapshot(Counts):
     """The allow-list's and rate limiter's tables, where the config asks for either."""
     endpoint: EndpointStats | None = part()
     """The metrics endpoint's refusals, where the config asks for one."""
+    record: RecordStats | None = part()
+    """What ``--record`` wrote, where the config asks for it."""
 
     @property
     def dropped_total(self) -> int:
@@ -755,6 +778,7 @@ COUNT_GROUPS: tuple[type[Counts], ...] = (
     BusStats,
     AdmissionStats,
     EndpointStats,
+    RecordStats,
     ImpairStats,
 )
 """Every group of declared counters: a server's, and the impairment proxy's."""

@@ -27,6 +27,18 @@ from udpchat.metrics import MetricsServer, start_metrics
 from udpchat.output import LinePrinter, OutputFormat
 from udpchat.pipeline import Dispatcher, batch_limit
 from udpchat.protocol import DropNotices, Receiver
+from udpchat.record import (
+    DEFAULT_EVENTS,
+    DEFAULT_SENDERS,
+    MAX_EVENTS,
+    MAX_SENDERS,
+    RecordFormat,
+    RecordOptions,
+    RecordWriter,
+    interval_setting,
+    max_bytes_setting,
+    start_recorded,
+)
 from udpchat.relay import (
     DEFAULT_MAX_PEERS,
     DEFAULT_PEER_TIMEOUT_S,
@@ -68,6 +80,7 @@ MAX_PEERS = 1024
 DEFAULT_METRICS_HOST = "127.0.0.1"
 """Loopback by default: the metrics say who talks to the server, which is not for everyone."""
 MAX_READS_AT_STOP = 100_000
+MAX_LABEL_LENGTH = 200
 
 BASE_RSS_BYTES = 48 * 2**20
 """A server process at rest: the interpreter, uvloop, typer, rich, prometheus-client (measured
@@ -157,6 +170,21 @@ class ServerConfig:
     """CA certificates to verify the NATS servers' TLS certificates with."""
     nats_connect_timeout_s: float = setting(DEFAULT_CONNECT_TIMEOUT_S, minimum=0.1, maximum=60)
     """How long ``start()`` waits for NATS before it fails."""
+    record: Path | None = None
+    """Record the run's time series in this file (:mod:`udpchat.record`); None: no record."""
+    record_format: RecordFormat = RecordFormat.JSONL
+    record_interval_s: float = interval_setting()
+    """Seconds per recorded interval."""
+    record_senders: int = setting(DEFAULT_SENDERS, minimum=0, maximum=MAX_SENDERS)
+    """Senders listed in each interval, the busiest; the others are summed."""
+    record_events: int = setting(DEFAULT_EVENTS, minimum=0, maximum=MAX_EVENTS)
+    """Events recorded per interval, at most; the others are counted."""
+    record_max_bytes: int = max_bytes_setting()
+    """The record file's bound: recording stops there (counted), serving goes on."""
+    record_label: str = ""
+    """What ``udpchat plot`` calls the run (default: the file's name)."""
+    overwrite: bool = False
+    """Overwrite an existing record file."""
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -171,6 +199,10 @@ class ServerConfig:
             raise ConfigError(
                 "relay", "with {processes} above 1 needs {nats}: the room spans them through it"
             )
+        if self.record is not None and str(self.record) == "-":
+            raise ConfigError("record", "cannot be '-': standard output carries the messages")
+        if len(self.record_label) > MAX_LABEL_LENGTH:
+            raise ConfigError("record_label", f"must be at most {MAX_LABEL_LENGTH} characters")
         try:
             room_subject(self.room)
         except ValueError as error:
@@ -192,6 +224,21 @@ class ServerConfig:
             ca_file=self.nats_ca_file,
             max_text_bytes=self.max_datagram_size,
             connect_timeout_s=self.nats_connect_timeout_s,
+        )
+
+    def record_options(self) -> RecordOptions | None:
+        """What ``record`` asks for; None without it."""
+        if self.record is None:
+            return None
+        return RecordOptions(
+            self.record,
+            self.record_format,
+            self.record_interval_s,
+            self.record_max_bytes,
+            self.record_senders,
+            self.record_events,
+            self.record_label,
+            self.overwrite,
         )
 
     def admission(self) -> Admission | None:
@@ -315,6 +362,7 @@ class Server(StartsAndStops):
         self._drained: bool | None = None
         self._fatal_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._recorder: RecordWriter | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -341,8 +389,27 @@ class Server(StartsAndStops):
         return metrics.address if metrics is not None and metrics.serving else None
 
     async def start(self) -> None:
+        """Open the record file (if asked), bind, start what the config asks for, receive."""
         if self._transport is not None:
             raise RuntimeError("the server is already started")
+        self._recorder = await start_recorded(
+            self._start_receiving, self.config.record_options(), self.config, self.stats
+        )
+        assert self._socket is not None
+        sock = self._socket
+        host, port = self.address
+        logger.info(
+            "listening on %s port %d, receive buffer %d bytes",
+            host,
+            port,
+            receive_buffer_size(sock),
+        )
+        if self._metrics is not None:
+            logger.info("metrics on http://%s:%d/metrics", *self._metrics.address)
+        if self._recorder is not None:
+            logger.info("recording to %s", self._recorder.path)
+
+    async def _start_receiving(self) -> None:
         config = self.config
         sock = bind_udp_socket(
             config.host, config.port, rcvbuf=config.rcvbuf, reuse_port=config.reuse_port
@@ -389,15 +456,6 @@ class Server(StartsAndStops):
                 await bus.stop()
             raise
         self._transport, self._receiver, self._socket = transport, receiver, sock
-        host, port = self.address
-        logger.info(
-            "listening on %s port %d, receive buffer %d bytes",
-            host,
-            port,
-            receive_buffer_size(sock),
-        )
-        if self._metrics is not None:
-            logger.info("metrics on http://%s:%d/metrics", *self._metrics.address)
 
     async def serve_until_stopped(self) -> ServeResult:
         """Start (unless started), serve until :meth:`request_stop`, a fatal error or
@@ -481,6 +539,8 @@ class Server(StartsAndStops):
                 await self._relay.bus.stop()  # after the drain: members' last texts go out too
             if self._metrics is not None:
                 await self._metrics.close()
+            if self._recorder is not None:  # its last interval has the drain's counts
+                await asyncio.to_thread(self._recorder.close, self._abandoned.is_set())
         if self._abandoned.is_set():
             logger.warning("forced stop: %d messages were not finished", self._dispatcher.queued)
         elif not idle:
@@ -542,6 +602,7 @@ class Server(StartsAndStops):
             "bus": None if bus is None else bus.stats(),
             "admission": None if self._admission is None else self._admission.stats(),
             "endpoint": None if self._metrics is None else self._metrics.stats(),
+            "record": None if self._recorder is None else self._recorder.stats(),
         }
         if self._dispatcher is not None:
             parts["delivery"], parts["senders"] = self._dispatcher.delivery(include_senders)

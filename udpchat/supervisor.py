@@ -37,6 +37,7 @@ from udpchat.eventloop import LoopChoice, periodically, run_coroutine
 from udpchat.handlers import OutputError
 from udpchat.metrics import MetricsServer, start_metrics
 from udpchat.output import output_failure
+from udpchat.record import RecordWriter, start_recorded
 from udpchat.server import Server, ServerConfig, ServeResult
 from udpchat.signals import SignalStop
 from udpchat.sockets import bind_udp_socket
@@ -349,6 +350,7 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._metrics: MetricsServer | None = None
         self._address: tuple[str, int] | None = None
+        self._recorder: RecordWriter | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -372,12 +374,16 @@ class Supervisor:
         return self._with_endpoint(reports)
 
     def _with_endpoint(self, reports: tuple[StatsSnapshot, ...]) -> tuple[StatsSnapshot, ...]:
-        """``reports`` with the parent's metrics endpoint in the first: the endpoint is no
-        child's, and so each view that adds them up (/metrics, the dashboard, the summary)
-        has it once, as a single server's stats have it."""
-        if self._metrics is None or not reports:
+        """``reports`` with the parent's metrics endpoint and recording in the first: they are
+        no child's, and so each view that adds them up (/metrics, the dashboard, the summary)
+        has them once, as a single server's stats have them."""
+        if (self._metrics is None and self._recorder is None) or not reports:
             return reports
-        first = dataclasses.replace(reports[0], endpoint=self._metrics.stats())
+        first = dataclasses.replace(
+            reports[0],
+            endpoint=None if self._metrics is None else self._metrics.stats(),
+            record=None if self._recorder is None else self._recorder.stats(),
+        )
         return (first, *reports[1:])
 
     def request_stop(self) -> None:
@@ -395,8 +401,29 @@ class Supervisor:
         them all with :class:`ChildStartError`."""
         port = claim_port(self.config)
         child_config = dataclasses.replace(
-            self.config, port=port, reuse_port=True, metrics_port=None, processes=1
+            self.config, port=port, reuse_port=True, metrics_port=None, processes=1, record=None
         )
+        self._recorder = await start_recorded(
+            lambda: self._start_children(child_config),
+            self.config.record_options(),
+            self.config,
+            self.combined,
+        )
+        bus = self.config.bus_config()
+        if bus is not None:  # the children's buses are attached: they say it no more
+            log_attached(bus)
+        pids = ", ".join(str(child.process.pid) for child in self._children)
+        logger.info(
+            "listening on %s port %d (%d processes: pids %s)",
+            *self.address,
+            len(self._children),
+            pids,
+        )
+        if self._metrics is not None:
+            logger.info("metrics on http://%s:%d/metrics", *self._metrics.address)
+
+    async def _start_children(self, child_config: ServerConfig) -> None:
+        """Spawn the children and wait for each to be ready, then the metrics endpoint."""
         context = multiprocessing.get_context("spawn")
         loop = self._loop = asyncio.get_running_loop()
         try:
@@ -425,18 +452,6 @@ class Supervisor:
         except BaseException:
             self._kill_all()
             raise
-        bus = self.config.bus_config()
-        if bus is not None:  # the children's buses are attached: they say it no more
-            log_attached(bus)
-        pids = ", ".join(str(child.process.pid) for child in self._children)
-        logger.info(
-            "listening on %s port %d (%d processes: pids %s)",
-            *self.address,
-            len(self._children),
-            pids,
-        )
-        if self._metrics is not None:
-            logger.info("metrics on http://%s:%d/metrics", *self._metrics.address)
 
     def _spawn_thread(self, target: Callable[..., None], *args: object) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -531,6 +546,8 @@ class Supervisor:
             for child in self._children
             if child not in dead  # one that dies while draining has not drained
         )
+        if self._recorder is not None:  # its last interval has the children's last reports
+            await asyncio.to_thread(self._recorder.close, self._abandoned.is_set())
         reports = self._with_endpoint(self._reports())
         return ServeResult(reports, drained, self._writer.error, tuple(died))
 
