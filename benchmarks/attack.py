@@ -60,7 +60,7 @@ def serve(
     """``udpchat serve`` on a free loopback port; returns once it listens."""
     port = free_port()
     process = subprocess.Popen(
-        [PYTHON, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", str(port), *args],
+        [PYTHON, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", str(port), "-v", *args],
         stdout=stdout,
         stderr=subprocess.PIPE,
     )

@@ -48,7 +48,8 @@ BARE = "bare: uvloop, batch per iteration, 2 threads"
 C_SINK = "C sink: recvmmsg, count only"
 QUIET = "udpchat serve --quiet"
 DASHBOARD = "udpchat serve --quiet --dashboard"
-UDPCHAT_ARGS = ("-m", "udpchat", "serve", "--host", "127.0.0.1", "--port", "{port}")
+UDPCHAT_ARGS = ("-m", "udpchat", "serve", "--host", "127.0.0.1", "--port", "{port}", "-v")
+"""``-v``: every counter in the summary and status lines, which the benchmarks read."""
 DESIGNS: dict[str, list[str]] = {
     UDPCHAT: [PYTHON, *UDPCHAT_ARGS],
     BARE: [PYTHON, "-m", "benchmarks.baselines.bare_uvloop", "{port}"],

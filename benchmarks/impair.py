@@ -132,7 +132,7 @@ IMPAIRMENT = ("--loss", "1%", "--duplicate", "1%", "--seed", "1")
 
 def serve(workdir: Path) -> tuple[Running, int]:
     port = free_port()
-    server = Running(["serve", "--host", LOOPBACK, "--port", str(port), "--quiet"], workdir)
+    server = Running(["serve", "--host", LOOPBACK, "--port", str(port), "--quiet", "-v"], workdir)
     server.wait_for("listening on")
     return server, port
 

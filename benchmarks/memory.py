@@ -258,7 +258,7 @@ def serving(
     output, errors = workdir / "out.log", workdir / "err.log"
     command = [
         PYTHON, "-m", "udpchat", "serve", "--host", scenario.host, "--port", "0",
-        "--stats-interval", "0.1", *scenario.serve_args,
+        "--stats-interval", "0.1", "--verbose", *scenario.serve_args,
     ]  # fmt: skip
     reader: Reader | None = None
     with output.open("wb") as out, errors.open("wb") as err:

@@ -225,10 +225,18 @@ def assert_balanced(stats: StatsSnapshot, sent: int | None = None) -> None:
 
 
 def summary_counts(stderr: str) -> dict[str, int]:
-    """The numbers of the ``udpchat: summary:`` line, by key (a reason's count under its own
-    name, the total under the counter's)."""
-    (line,) = [line for line in stderr.splitlines() if line.startswith("udpchat: summary:")]
-    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
+    """The numbers of the summary's own counts, by key (a reason's count under its own name,
+    the total under the counter's), from the ``udpchat: summary:`` line and the lines that
+    continue it up to the next group's label; a count the short summary leaves out at zero
+    (``dropped``, ``queued``) is 0."""
+    lines = stderr.splitlines()
+    (start,) = [index for index, line in enumerate(lines) if line.startswith("udpchat: summary:")]
+    text = " ".join(
+        line.removeprefix("udpchat: ") for line in lines[start:] if line.startswith("udpchat: ")
+    )
+    own = re.split(r" [a-z]+: ", text.removeprefix("summary: "))[0]
+    counts = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", own)}
+    return {"dropped": 0, "queued": 0, **counts}
 
 
 def holds_sighup(pid: int) -> bool:

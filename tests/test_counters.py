@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -23,6 +25,7 @@ from udpchat.counters import (
     COUNT_GROUPS,
     LATENCY_BOUNDS_S,
     AdmissionStats,
+    Brief,
     BusStats,
     Counts,
     Declaration,
@@ -45,10 +48,12 @@ from udpchat.counters import (
 )
 from udpchat.exposition import StatsCollector
 from udpchat.report import (
+    LINE_PREFIX,
     format_status,
     impair_status,
     impair_summary,
     json_summary,
+    pairs,
     summary_lines,
 )
 
@@ -111,8 +116,9 @@ def views(counts_type: type[Counts]) -> tuple[Counts, str, str, str, dict[str, A
     document = json.loads(json_summary([snapshot]))["summary"]
     if counts_type is not StatsSnapshot:
         document = document[next(d.name for d, v in snapshot.items() if v is counts)]
-    text = "\n".join(summary_lines([snapshot]))
-    return counts, exposition(snapshot), text, format_status(snapshot, 0.0), document
+    text = "\n".join(summary_lines([snapshot], verbose=True))
+    status = format_status(snapshot, 0.0, verbose=True)
+    return counts, exposition(snapshot), text, status, document
 
 
 @pytest.mark.parametrize("counts_type", COUNT_GROUPS)
@@ -278,3 +284,98 @@ def test_the_server_tally_counts_every_way_a_datagram_ends() -> None:
     assert stats.problems == {"unparsed": 2, "invalid_counter": 1}
     assert stats.latency.counts[LATENCY_BOUNDS_S.index(0.005)] == stats.latency.count == 3
     assert stats.latency.sum_s == pytest.approx(0.009)
+
+
+def brief_text(snapshot: StatsSnapshot, processes: int = 1) -> list[str]:
+    """The short summary as the CLI prints it, each line with its ``udpchat: `` prefix."""
+    return [
+        line if line.startswith(" ") else f"{LINE_PREFIX}{line}"
+        for line in summary_lines([snapshot] * processes)
+    ]
+
+
+def test_the_short_summary_names_what_happened_and_leaves_the_internals_out() -> None:
+    quiet = brief_text(StatsSnapshot(kernel_drops=0))
+    assert quiet == [
+        "udpchat: summary: received=0 handled=0 kernel_drops=0 lost=0 duplicates=0 reordered=0"
+    ]
+    busy = StatsSnapshot(
+        received=20,
+        handled=9,
+        dropped={"queue_full": 7, "oversize": 0, "rate_limited": 4},
+        texts=3,
+        batches=5,
+        jobs_started=2,
+        stop_reads_capped=1,
+        kernel_drops=None,
+        delivery=DeliveryTotals(lost=2, reordered=1, gaps_given_up=4),
+    )
+    assert brief_text(busy) == [
+        "udpchat: summary: received=20 handled=9 dropped=11 (queue_full=7 rate_limited=4) "
+        "texts=3 lost=2",
+        "udpchat: duplicates=0 reordered=1",
+    ]  # the internals are --verbose's; kernel drops unknown here
+
+
+@pytest.mark.parametrize("counts_type", SERVER_GROUPS)
+def test_the_short_form_derives_from_each_declaration(counts_type: type[Counts]) -> None:
+    """A counter shows in the short form as its declaration says, and only so: there is no
+    second list of what to show."""
+    for declared in declarations(counts_type):
+        if declared.kind is Kind.PART:
+            continue
+        some = {"some_reason": 7} if declared.kind is Kind.BY_REASON else 7
+        for value in (declared.zero, True if declared.kind is Kind.FLAG else some):
+            shown = pairs(counts_type(**{declared.name: value}), verbose=False)
+            expected = declared.brief is Brief.ALWAYS or (
+                declared.brief is Brief.NONZERO and value != declared.zero
+            )
+            assert any(pair.startswith(f"{declared.key}=") for pair in shown) == expected, (
+                declared,
+                value,
+            )
+
+
+def test_the_short_summary_fits_three_lines_of_100_columns_when_everything_happened() -> None:
+    snapshot = dataclasses.replace(
+        every_group_filled(),
+        received=10**12,
+        handled=10**12,
+        dropped={reason.value: 10**9 for reason in DropReason},
+        problems={"unparsed": 10**9, "invalid_counter": 10**9, "invalid_username": 10**9},
+    )
+    lines = brief_text(snapshot, processes=4)
+    assert 1 <= len(lines) <= 3
+    assert all(len(line) <= 100 for line in lines), lines
+    assert lines[-1].endswith(" \u2026")  # more than fits: the rest is --verbose's
+    assert "internal_error=4000000000)" in " ".join(lines)  # every drop reason, first
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.integers(min_value=0, max_value=10**15), min_size=40, max_size=40),
+    relay=st.booleans(),
+    processes=st.integers(min_value=1, max_value=256),
+)
+def test_the_short_summary_is_at_most_three_lines_of_100_columns_of_true_pairs(
+    values: list[int], relay: bool, processes: int
+) -> None:
+    numbers = iter(values)
+    snapshot = StatsSnapshot(
+        received=next(numbers),
+        handled=next(numbers),
+        dropped={reason.value: next(numbers) % 3 * next(numbers) for reason in DropReason},
+        texts=next(numbers),
+        commands=next(numbers),
+        queue_depth=next(numbers) % 2,
+        kernel_drops=next(numbers),
+        delivery=DeliveryTotals(lost=next(numbers), senders=next(numbers)),
+        relay=RelayStats(members=next(numbers), joins=next(numbers)) if relay else None,
+        bus=BusStats(connected=True, published=next(numbers)) if relay else None,
+    )
+    lines = brief_text(snapshot, processes)
+    assert len(lines) <= 3 and all(len(line) <= 100 for line in lines), lines
+    verbose = " ".join(summary_lines([snapshot] * processes, verbose=True))
+    for word in " ".join(lines).split():
+        if "=" in word and not word.startswith("processes="):
+            assert word.strip("()") in verbose, word  # the same pairs as the full summary

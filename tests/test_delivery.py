@@ -139,8 +139,11 @@ async def test_quiet_with_periodic_status() -> None:
     cli, port = await start_cli_server("--quiet", "--stats-interval", "0.2")
     send_counters((LOOPBACK, port), "carol", [1, 2, 4])
     status_line = await cli.read_stderr_until(" handled=3 ")
-    assert re.search(r"udpchat: status: rate=\d+/s received=3 handled=3 dropped=0 ", status_line)
+    assert re.search(
+        r"udpchat: status: rate=\d+/s received=3 handled=3 kernel_drops=0 ", status_line
+    )
     assert "senders=1 lost=1 " in status_line
+    assert "batches=" not in status_line  # an internal: --verbose shows it
     cli.signal()
     status, stdout, _ = await cli.finish()
     assert status == 0
@@ -191,3 +194,31 @@ async def test_prometheus_metrics_over_http() -> None:
     status, _, stderr = await cli.finish()
     assert status == 0
     assert "dropped=2 (empty=1 oversize=1)" in stderr
+
+
+async def test_the_exit_summary_after_a_mixed_run_is_short_and_names_what_happened() -> None:
+    cli, port = await start_cli_server("--quiet", "--relay", "--stats-interval", "0.1")
+    address = (LOOPBACK, port)
+    send_counters(address, "user1", [1, 2, 3])
+    send_counters(address, "user2", [1, 3, 2])
+    send_counters(address, "user3", [1, 2, 2])
+    raw_send(address, b"ana: hi all", b"hello there", b"x" * 2000)
+    await cli.read_stderr_until(" received=12 ")
+    cli.signal()
+    status, _, stderr = await cli.finish()
+    assert status == 0
+    lines = stderr.splitlines()
+    table = [line for line in lines if line.startswith("  ")]
+    summary = lines[
+        next(n for n, line in enumerate(lines) if line.startswith("udpchat: summary:")) :
+    ]
+    assert len(table) == 4 and all(len(line) <= 80 for line in table), table
+    assert len(summary) <= 3 and all(len(line) <= 100 for line in summary), summary
+    said = " ".join(summary)
+    for pair in (
+        "received=12", "handled=11", "dropped=1 (oversize=1)", "texts=1",
+        "problems=1 (unparsed=1)", "kernel_drops=0", "lost=0", "duplicates=1", "reordered=1",
+        "relay: members=0",
+    ):  # fmt: skip
+        assert pair in said, (pair, said)
+    assert "batches=" not in said and "jobs_started=" not in said

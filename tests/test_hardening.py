@@ -84,6 +84,26 @@ async def test_text_outside_the_seed_format_is_shown_and_counted(
     assert stats.handled == 1
 
 
+@pytest.mark.parametrize(
+    ("payload", "counter"),
+    [
+        (b"citra: hello, is anyone here?", "texts"),
+        ("用户: /quit".encode(), "texts"),
+        (b"/keepalive 1700000000.0123456789abcdef0123456789abcdef", "commands"),
+        (b"/join -----------------------", "commands"),
+        (b"/leave", "commands"),
+    ],
+)
+async def test_chat_texts_and_room_words_are_counted_as_what_they_are(
+    payload: bytes, counter: str
+) -> None:
+    """What ``chat`` sends is no problem: a line typed, or a word to the room."""
+    lines, _, stats = await run_through_printer(payload)
+    assert len(lines) == 1
+    assert stats.problems == {}
+    assert (stats.texts, stats.commands) == ((1, 0) if counter == "texts" else (0, 1))
+
+
 async def test_the_seeds_names_are_parsed_accounted_and_shown() -> None:
     names = ["Budi Santoso", "budí", "用户", "Ωmega"]
     lines, messages, stats = await run_through_printer(

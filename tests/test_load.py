@@ -78,7 +78,7 @@ async def test_load_cli_against_the_cli_server() -> None:
 
 
 async def test_processes_share_the_port_and_combine_their_summaries() -> None:
-    server, port = await start_cli_server("--processes", "2")
+    server, port = await start_cli_server("--processes", "2", "--verbose")  # each one's share
     load = await start_cli(
         "load", "--port", str(port), "--users", "32", "--rate", "5000", "--count", "2000",
         "--duration", "30", "--no-progress",

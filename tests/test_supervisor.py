@@ -205,7 +205,7 @@ async def test_the_summary_has_the_metrics_endpoints_line_with_any_number_of_pro
     cli.signal(signal.SIGINT)
     status, _, stderr = await cli.finish()
     assert status == 0, stderr
-    assert "udpchat: metrics: connections_dropped=0 bad_requests=1\n" in stderr, stderr
+    assert " metrics: bad_requests=1" in stderr, stderr
 
 
 def proc_status(pid: int, field: str) -> str:

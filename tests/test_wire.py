@@ -14,6 +14,7 @@ from udpchat.wire import (
     MIN_JOIN_REQUEST_BYTES,
     InvalidUsernameError,
     ParsedText,
+    TextKind,
     TextProblem,
     clean_username,
     decode,
@@ -26,6 +27,7 @@ from udpchat.wire import (
     sanitize,
     split_seed,
     terminal_cells,
+    text_kind,
     username_problem,
 )
 
@@ -290,3 +292,25 @@ def test_a_texts_width_adds_its_characters_cells() -> None:
     assert display_width("") == 0
     assert display_width("用户 ab") == 7
     assert display_width("e\u0301") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("ana: hello", TextKind.CHAT),
+        ("Budi Santoso: apa kabar: baik", TextKind.CHAT),
+        ("ana:hello", None),
+        (": hello", None),
+        ("a\tb: hello", None),
+        ("hello there", None),
+        ("/join ---", TextKind.ROOM_WORD),
+        ("/keepalive 1.abc", TextKind.ROOM_WORD),
+        ("/leave", TextKind.ROOM_WORD),
+        ("/leaves", None),
+        ("/quit", None),
+    ],
+)
+def test_a_text_outside_the_seed_format_is_a_chat_line_a_room_word_or_neither(
+    text: str, kind: TextKind | None
+) -> None:
+    assert text_kind(text) is kind

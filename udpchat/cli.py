@@ -438,6 +438,16 @@ def serve(
             panel=Panel.OUTPUT,
         ),
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Every counter in the summary and status lines (not only what a person reads), "
+            "and the sender table up to 50 rows.",
+            rich_help_panel=Panel.OUTPUT,
+        ),
+    ] = False,
     metrics_port: Annotated[
         int | None,
         bounded(
@@ -612,7 +622,7 @@ def serve(
     except OSError as error:
         where = f"{config.host} port {config.port}"
         fail(f"cannot listen on {where}: {describe_error(error)}", ExitCode.STARTUP_FAILURE)
-    finish(result, as_json=output_format is OutputFormat.JSON)
+    finish(result, as_json=output_format is OutputFormat.JSON, verbose=verbose)
 
 
 def option_name(context: typer.Context, setting: str) -> str:
@@ -633,12 +643,12 @@ def dashboard_terminal(*, messages: bool) -> ViewTerminal:
         fail(str(error), ExitCode.USAGE)
 
 
-def finish(result: ServeResult, *, as_json: bool = False) -> None:
+def finish(result: ServeResult, *, as_json: bool = False, verbose: bool = False) -> None:
     """The summary on stderr, then the exit status: 130 forced, 1 after a failure, else 0."""
     if as_json:
         print(json_summary(result.per_process), file=sys.stderr, flush=True)
     else:
-        for line in summary_lines(result.per_process):
+        for line in summary_lines(result.per_process, verbose=verbose):
             if line.startswith(" "):
                 print(line, file=sys.stderr)
             else:

@@ -44,6 +44,18 @@ class Kind(enum.Enum):
     """A group of counters, a table or a histogram inside a snapshot: added with ``+``."""
 
 
+class Brief(enum.Enum):
+    """Whether a counter shows in the short summary, status line and dashboard header that a
+    person reads by default (``--verbose`` and the JSON summary show every counter)."""
+
+    ALWAYS = "always"
+    """Shown, zero included: what a person wants to see is zero (``lost=0``)."""
+    NONZERO = "nonzero"
+    """Shown when it is not zero; a total by reason with its non-zero reasons only."""
+    VERBOSE = "verbose"
+    """Internals and details: shown with ``--verbose`` only."""
+
+
 @dataclass(frozen=True, slots=True)
 class Declaration:
     """One counter: what it means, in what unit, and the names it goes by."""
@@ -59,6 +71,8 @@ class Declaration:
     """Its Prometheus family name, without the group's prefix and ``_total``."""
     label: str = ""
     """The label of a :attr:`Kind.BY_REASON` counter (``reason``)."""
+    brief: Brief = Brief.VERBOSE
+    """Whether the short summary shows it."""
 
     @property
     def zero(self) -> Any:
@@ -71,8 +85,24 @@ class Declaration:
 # `make mutation` (which runs a function's mutants against the tests that call it) leaves them
 # out. tests/test_counters.py pins what they build.
 # pragma: no mutate start
-def _declare(kind: Kind, help: str, unit: str, key: str, metric: str, label: str = "") -> Any:
-    spec = {"kind": kind, "help": help, "unit": unit, "key": key, "metric": metric, "label": label}
+def _declare(
+    kind: Kind,
+    help: str,
+    unit: str,
+    key: str,
+    metric: str,
+    brief: Brief,
+    label: str = "",
+) -> Any:
+    spec = {
+        "kind": kind,
+        "help": help,
+        "unit": unit,
+        "key": key,
+        "metric": metric,
+        "label": label,
+        "brief": brief,
+    }
     if kind is Kind.BY_REASON:
         return field(default_factory=dict, metadata={DECLARATION: spec})
     if kind is Kind.UNKNOWN_OK:
@@ -80,29 +110,43 @@ def _declare(kind: Kind, help: str, unit: str, key: str, metric: str, label: str
     return field(default=False if kind is Kind.FLAG else 0, metadata={DECLARATION: spec})
 
 
-def total(help: str, *, unit: str, key: str = "", metric: str = "") -> Any:
+def total(
+    help: str, *, unit: str, key: str = "", metric: str = "", brief: Brief = Brief.VERBOSE
+) -> Any:
     """A counter that only grows."""
-    return _declare(Kind.TOTAL, help, unit, key, metric)
+    return _declare(Kind.TOTAL, help, unit, key, metric, brief)
 
 
-def level(help: str, *, unit: str, key: str = "", metric: str = "") -> Any:
+def level(
+    help: str, *, unit: str, key: str = "", metric: str = "", brief: Brief = Brief.VERBOSE
+) -> Any:
     """A value now, that goes up and down."""
-    return _declare(Kind.LEVEL, help, unit, key, metric)
+    return _declare(Kind.LEVEL, help, unit, key, metric, brief)
 
 
-def flag(help: str, *, key: str = "", metric: str = "") -> Any:
+def flag(help: str, *, key: str = "", metric: str = "", brief: Brief = Brief.VERBOSE) -> Any:
     """A yes or no now."""
-    return _declare(Kind.FLAG, help, "", key, metric)
+    return _declare(Kind.FLAG, help, "", key, metric, brief)
 
 
-def by_reason(help: str, *, unit: str, label: str, key: str = "", metric: str = "") -> Any:
+def by_reason(
+    help: str,
+    *,
+    unit: str,
+    label: str,
+    key: str = "",
+    metric: str = "",
+    brief: Brief = Brief.VERBOSE,
+) -> Any:
     """Totals by reason: a mapping from the label's value to its count."""
-    return _declare(Kind.BY_REASON, help, unit, key, metric, label)
+    return _declare(Kind.BY_REASON, help, unit, key, metric, brief, label)
 
 
-def unknown_ok(help: str, *, unit: str, key: str = "", metric: str = "") -> Any:
+def unknown_ok(
+    help: str, *, unit: str, key: str = "", metric: str = "", brief: Brief = Brief.VERBOSE
+) -> Any:
     """A total that may be unknown (None)."""
-    return _declare(Kind.UNKNOWN_OK, help, unit, key, metric)
+    return _declare(Kind.UNKNOWN_OK, help, unit, key, metric, brief)
 
 
 def part(
@@ -115,7 +159,15 @@ def part(
 ) -> Any:
     """A group, table or histogram inside a snapshot, added up with ``+``; a histogram that
     /metrics shows says its help, unit and label."""
-    spec = {"kind": Kind.PART, "help": help, "unit": unit, "key": "", "metric": "", "label": label}
+    spec = {
+        "kind": Kind.PART,
+        "help": help,
+        "unit": unit,
+        "key": "",
+        "metric": "",
+        "label": label,
+        "brief": Brief.VERBOSE,
+    }
     if default_factory is not None:
         return field(default_factory=default_factory, metadata={DECLARATION: spec})
     return field(default=default, metadata={DECLARATION: spec})
@@ -393,22 +445,32 @@ SENDER_SERIES = (
 class DeliveryTotals(Counts):
     """Delivery figures summed over every sender, evicted ones included."""
 
-    senders: int = level("Senders tracked now.", unit="senders")
+    senders: int = level("Senders tracked now.", unit="senders", brief=Brief.NONZERO)
     lost: int = level(
         "Counters skipped by senders and not arrived (yet); falls when late ones arrive.",
         unit="messages",
         metric="messages_lost",
+        brief=Brief.ALWAYS,
     )
-    duplicates: int = total("Messages whose counter had arrived already.", unit="messages")
-    reordered: int = total("Messages that filled a gap a few places back.", unit="messages")
-    late: int = total("Messages that filled a gap further back.", unit="messages")
-    restarts: int = total("Senders whose counter went back to 1.", unit="senders")
+    duplicates: int = total(
+        "Messages whose counter had arrived already.", unit="messages", brief=Brief.ALWAYS
+    )
+    reordered: int = total(
+        "Messages that filled a gap a few places back.", unit="messages", brief=Brief.ALWAYS
+    )
+    late: int = total(
+        "Messages that filled a gap further back.", unit="messages", brief=Brief.NONZERO
+    )
+    restarts: int = total(
+        "Senders whose counter went back to 1.", unit="senders", brief=Brief.NONZERO
+    )
     evicted: int = total(
         "Senders forgotten to bound the table, the least active first (their figures stay in "
         "these totals).",
         unit="senders",
         key="senders_evicted",
         metric="senders_evicted",
+        brief=Brief.NONZERO,
     )
     evicted_lost: int = total(
         "Messages lost by senders that were evicted since: part of lost, no longer in any row.",
@@ -435,20 +497,27 @@ class RelayStats(Counts):
     text_prefix: ClassVar[str] = "relay"
     metric_prefix: ClassVar[str] = "udpchat_relay_"
 
-    members: int = level("Members in the relay room.", unit="members")
+    members: int = level("Members in the relay room.", unit="members", brief=Brief.ALWAYS)
     joins: int = total(
         "Addresses admitted to the room with a valid cookie (a rejoin counts again).",
         unit="joins",
+        brief=Brief.ALWAYS,
     )
-    refused_full: int = total("Joins refused because the room was full.", unit="joins")
+    refused_full: int = total(
+        "Joins refused because the room was full.", unit="joins", brief=Brief.NONZERO
+    )
     ignored_joins: int = total(
         "Cookie requests smaller than the cookie, ignored: answering would amplify.",
         unit="requests",
+        brief=Brief.NONZERO,
     )
-    expired: int = total("Members that left the room by silence.", unit="members")
+    expired: int = total(
+        "Members that left the room by silence.", unit="members", brief=Brief.NONZERO
+    )
     relayed_datagrams: int = total(
         "Datagrams sent to other members (one message to three members counts three).",
         unit="datagrams",
+        brief=Brief.NONZERO,
     )
     relayed_bytes: int = total("Bytes relayed to members.", unit="bytes")
     bytes_in: int = total("Bytes the relay received.", unit="bytes")
@@ -456,10 +525,14 @@ class RelayStats(Counts):
         "Bytes the relay sent: relayed texts and handshake answers.", unit="bytes"
     )
     send_failures: int = total(
-        "Datagrams the relay could not send (socket buffer full, unreachable).", unit="datagrams"
+        "Datagrams the relay could not send (socket buffer full, unreachable).",
+        unit="datagrams",
+        brief=Brief.NONZERO,
     )
     not_relayed: int = total(
-        "Texts not relayed because they grew in decoding past the header bound.", unit="messages"
+        "Texts not relayed because they grew in decoding past the header bound.",
+        unit="messages",
+        brief=Brief.NONZERO,
     )
     confirmations: int = total(
         "/ok answers to members' texts the room relayed (a chat client shows a line as sent "
@@ -469,10 +542,12 @@ class RelayStats(Counts):
     over_rate: int = total(
         "Members' texts not relayed: their member was over --relay-rate texts a second.",
         unit="messages",
+        brief=Brief.NONZERO,
     )
     malformed_joins: int = total(
         "Joins whose argument was neither a cookie nor a request's padding, refused.",
         unit="datagrams",
+        brief=Brief.NONZERO,
     )
     keepalives: int = total(
         "Keepalives from members, with their own cookie: each kept a member in the room.",
@@ -495,21 +570,27 @@ class BusStats(Counts):
     text_prefix: ClassVar[str] = "nats"
     metric_prefix: ClassVar[str] = "udpchat_nats_"
 
-    connected: bool = flag("1 while connected to NATS (with several processes: every one).")
+    connected: bool = flag(
+        "1 while connected to NATS (with several processes: every one).", brief=Brief.ALWAYS
+    )
     published: int = total(
-        "Members' messages handed to NATS, buffered ones included.", unit="messages"
+        "Members' messages handed to NATS, buffered ones included.",
+        unit="messages",
+        brief=Brief.NONZERO,
     )
     published_while_disconnected: int = total(
-        "Messages buffered while NATS was unreachable.", unit="messages"
+        "Messages buffered while NATS was unreachable.", unit="messages", brief=Brief.NONZERO
     )
     publish_failures: Mapping[str, int] = by_reason(
         "Members' messages that could not be published, by reason.",
         unit="messages",
         label="reason",
+        brief=Brief.NONZERO,
     )
     received: int = total(
         "Messages from the room's other servers relayed to this server's members.",
         unit="messages",
+        brief=Brief.NONZERO,
     )
     dropped: Mapping[str, int] = by_reason(
         "Messages from NATS refused, by reason: malformed, oversize, slow_consumer (nats-py's "
@@ -517,18 +598,23 @@ class BusStats(Counts):
         "deliver_error.",
         unit="messages",
         label="reason",
+        brief=Brief.NONZERO,
     )
     lost_in_transit: int = total(
         "Messages other servers published that never arrived here: a jump in their sequence "
         "(NATS dropped them, e.g. for a slow consumer, or they could not be published).",
         unit="messages",
+        brief=Brief.NONZERO,
     )
     own_echoes: int = total("This server's own messages back from NATS, ignored.", unit="messages")
     refused_insecure: int = total(
         "Connections to a tls:// server given up before anything was sent: it offered no TLS.",
         unit="connections",
+        brief=Brief.NONZERO,
     )
-    disconnects: int = total("Times the connection to NATS was lost.", unit="events")
+    disconnects: int = total(
+        "Times the connection to NATS was lost.", unit="events", brief=Brief.NONZERO
+    )
     reconnects: int = total("Times the connection to NATS came back.", unit="events")
 
 
@@ -543,6 +629,7 @@ class AdmissionStats(Counts):
     sources_evicted: int = total(
         "Rate-limiter buckets dropped to bound the table; the source starts again full.",
         unit="sources",
+        brief=Brief.NONZERO,
     )
     allow_cache_resets: int = total(
         "Times the allow-list's cache of decisions was full and started over.", unit="events"
@@ -561,8 +648,11 @@ class EndpointStats(Counts):
         "the cap), timed_out, incomplete (closed before its request was whole).",
         unit="connections",
         label="reason",
+        brief=Brief.NONZERO,
     )
-    bad_requests: int = total("Malformed requests answered 400 or 431.", unit="requests")
+    bad_requests: int = total(
+        "Malformed requests answered 400 or 431.", unit="requests", brief=Brief.NONZERO
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,35 +685,57 @@ class StatsSnapshot(Counts):
     """
 
     received: int = total(
-        "Datagrams read from the socket.", unit="datagrams", metric="datagrams_received"
+        "Datagrams read from the socket.",
+        unit="datagrams",
+        metric="datagrams_received",
+        brief=Brief.ALWAYS,
     )
     handled: int = total(
         "Messages handled: their handler returned and their output was written.",
         unit="messages",
         metric="messages_handled",
+        brief=Brief.ALWAYS,
     )
     dropped: Mapping[str, int] = by_reason(
         "Datagrams read but not handled, by reason.",
         unit="datagrams",
         label="reason",
         metric="datagrams_dropped",
+        brief=Brief.NONZERO,
     )
-    handler_errors: int = total("Handled messages whose handler raised.", unit="messages")
+    handler_errors: int = total(
+        "Handled messages whose handler raised.", unit="messages", brief=Brief.NONZERO
+    )
     problems: Mapping[str, int] = by_reason(
         "Handled messages that were not clean seed text, by problem.",
         unit="messages",
         label="problem",
         metric="messages_malformed",
+        brief=Brief.NONZERO,
+    )
+    texts: int = total(
+        "Handled messages that were chat text ('name: anything', as 'chat' sends), not the "
+        "seed's numbered format: counted, not a problem.",
+        unit="messages",
+        brief=Brief.NONZERO,
+    )
+    commands: int = total(
+        "Handled messages that were the room's words (/join, /keepalive, /leave, /who): "
+        "answered by a relay, not printed by it.",
+        unit="messages",
+        brief=Brief.NONZERO,
     )
     queue_depth: int = level(
         "Datagrams taken in and not yet handled or dropped: waiting or in a worker.",
         unit="datagrams",
         key="queued",
+        brief=Brief.NONZERO,
     )
     kernel_drops: int | None = unknown_ok(
         "Datagrams the kernel dropped before udpchat could read them (receive buffer full); "
         "unknown where the OS cannot say.",
         unit="datagrams",
+        brief=Brief.ALWAYS,
     )
     batches: int = total(
         "Batches of datagrams handed to the worker pool (what arrives before a batch is taken"
@@ -819,9 +931,16 @@ class ServerTally(Tally[StatsSnapshot]):
             values["dropped"][reason.value] += 1
 
     def add_handled(
-        self, handled: int, handler_errors: int, problems: Mapping[str, int], latency_s: float
+        self,
+        handled: int,
+        handler_errors: int,
+        problems: Mapping[str, int],
+        latency_s: float,
+        kinds: Mapping[str, int] | None = None,
     ) -> None:
-        """Merge one handled batch, whose messages all took ``latency_s``; from pool threads."""
+        """Merge one handled batch, whose messages all took ``latency_s``; from pool threads.
+        ``kinds``: texts that were neither seed text nor a problem, by the counter that counts
+        them (``texts``, ``commands``)."""
         bucket = latency_bucket(latency_s)
         values = self.values
         with self.lock:
@@ -832,6 +951,8 @@ class ServerTally(Tally[StatsSnapshot]):
                 counted = values["problems"]
                 for name, count in problems.items():
                     counted[name] = counted.get(name, 0) + count
+            for name, count in (kinds or {}).items():
+                values[name] += count
             self._latency_counts[bucket] += handled
             self._latency_sum_s += latency_s * handled
 

@@ -71,6 +71,9 @@ class Batch:
     problems: dict[str, int] = field(default_factory=dict)
     """Datagrams that were not clean seed text, by :class:`~udpchat.wire.TextProblem` value
     or ``invalid_utf8``."""
+    kinds: dict[str, int] = field(default_factory=dict)
+    """Texts that were neither seed text nor a problem, by :class:`~udpchat.wire.TextKind`
+    value: chat texts and the room's words."""
 
     def __len__(self) -> int:
         return len(self.datagrams)

@@ -27,7 +27,7 @@ from udpchat.handlers import Address, Batch, BatchHandler, Handler, as_batch_han
 from udpchat.logs import RateLimitedLog
 from udpchat.pool import DaemonThreadPool
 from udpchat.sockets import plain_sender
-from udpchat.wire import SeedFields, TextProblem, decode, parse_text
+from udpchat.wire import SeedFields, TextProblem, decode, parse_text, text_kind
 
 logger = logging.getLogger("udpchat.pipeline")
 
@@ -94,6 +94,10 @@ def _parse_other(batch: Batch, index: int, data: bytes) -> SeedFields | None:
     if not valid_utf8:
         problems["invalid_utf8"] = problems.get("invalid_utf8", 0) + 1
     parsed = parse_text(text)
+    kind = text_kind(text) if parsed is TextProblem.UNPARSED else None
+    if kind is not None:
+        batch.kinds[kind.value] = batch.kinds.get(kind.value, 0) + 1
+        return None
     if isinstance(parsed, TextProblem):
         problems[parsed.value] = problems.get(parsed.value, 0) + 1
         return None
@@ -271,7 +275,7 @@ class Dispatcher:
                 self._error_log.record("handler failed on a batch", error)
                 errors = len(batch)
         latency_s = time.time() - batch.received_at
-        self._tally.add_handled(len(batch), errors, batch.problems, latency_s)
+        self._tally.add_handled(len(batch), errors, batch.problems, latency_s, batch.kinds)
 
     def delivery(self, include_senders: bool) -> tuple[DeliveryTotals, tuple[SenderStats, ...]]:
         with self._order_lock:

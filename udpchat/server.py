@@ -154,6 +154,8 @@ class ServerConfig:
     metrics_host: str = DEFAULT_METRICS_HOST
     stats_interval_s: float | None = setting(None, minimum=0.1)
     """Log a status line to the ``udpchat.status`` logger this often; None: never."""
+    verbose: bool = False
+    """Status lines (and the CLI's summary) with every counter; else what a person reads."""
     output_format: OutputFormat | None = None
     """Write one line per message to the server's output stream (stdout unless given), when
     no handler is given; None writes nothing."""
@@ -479,7 +481,7 @@ class Server(StartsAndStops):
         return result.drained
 
     def _log_status(self) -> Callable[[], None]:
-        status_line = StatusLine()
+        status_line = StatusLine(verbose=self.config.verbose)
 
         def log() -> None:
             status_logger.info("%s", status_line(self.stats(include_senders=False)))

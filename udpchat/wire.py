@@ -257,3 +257,25 @@ def text_digest(data: bytes) -> str:
     """Eight hex digits naming a text in a ``/ok``: its CRC-32, enough to match a line typed
     with its confirmation among the few a person has in flight."""
     return f"{zlib.crc32(data):08x}"
+
+
+class TextKind(enum.Enum):
+    """A text outside the seed's format that is no problem either; counted under its value."""
+
+    CHAT = "texts"
+    """``name: anything``: a line typed in ``chat``."""
+    ROOM_WORD = "commands"
+    """A word a client says to the room (``/join``, ``/keepalive``, ``/leave``)."""
+
+
+ROOM_WORDS = frozenset({JOIN, LEAVE, KEEPALIVE})
+"""What a client sends to the room besides its texts."""
+
+
+def text_kind(text: str) -> TextKind | None:
+    """What ``text``, which is not in the seed's format, is when it is no problem: a chat line
+    (a valid name before ``: ``) or a room word; else None."""
+    if text.partition(" ")[0] in ROOM_WORDS:
+        return TextKind.ROOM_WORD
+    username, separator, _ = text.partition(USERNAME_SEPARATOR)
+    return TextKind.CHAT if separator and is_valid_username(username) else None
