@@ -165,7 +165,7 @@ async def test_a_nats_outage_keeps_local_relaying_and_resumes_across_servers(
 
 async def test_relay_over_processes_reaches_every_member(nats_node: NatsNode) -> None:
     cli, port = await start_cli_server(
-        "--relay", "--nats", nats_node.url, "--processes", "2", "--quiet"
+        "--relay", "--nats", nats_node.url, "--processes", "2", "--quiet", "-v"
     )
     try:
         joins = [((LOOPBACK, port), f"127.0.0.{index}") for index in range(2, 7)]
