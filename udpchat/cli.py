@@ -463,6 +463,16 @@ def serve(
             metavar="HOST", help="Address for --metrics-port.", rich_help_panel=Panel.METRICS
         ),
     ] = server_module.DEFAULT_METRICS_HOST,
+    metrics_senders: Annotated[
+        int,
+        bounded(
+            ServerConfig,
+            "metrics_senders",
+            "Senders with series of their own (udpchat_sender_*), the busiest; the others are "
+            "counted in udpchat_sender_series_left_out.",
+            panel=Panel.METRICS,
+        ),
+    ] = server_module.DEFAULT_METRICS_SENDERS,
     relay: Annotated[
         bool,
         typer.Option(

@@ -418,6 +418,8 @@ class SenderSeries:
     changes: bool = True
     """In an interval, the change over it (so that intervals add up to the run); else the
     value at its end (jitter)."""
+    metric: str = ""
+    """Its Prometheus name after ``udpchat_sender_`` (default: :attr:`name`)."""
 
 
 SENDER_SERIES = (
@@ -435,7 +437,7 @@ SENDER_SERIES = (
     SenderSeries("late", "Messages that filled a gap further back.", "messages", Kind.TOTAL),
     SenderSeries(
         "jitter_s", "Smoothed deviation of arrival gaps from the sender's mean interval "
-        "(RFC 3550 style).", "seconds", Kind.LEVEL, changes=False,
+        "(RFC 3550 style).", "seconds", Kind.LEVEL, changes=False, metric="jitter_seconds",
     ),
 )  # fmt: skip
 """The per-sender figures shown as time series, declared once for /metrics and records."""

@@ -29,9 +29,9 @@ from rich.table import Table
 from rich.text import Text
 
 from udpchat.counters import SenderStats, StatsSnapshot, add_up
-from udpchat.report import SENDER_COLUMNS, SortKey, group_lines, ranked, sender_address
+from udpchat.report import SENDER_COLUMNS, SortKey, group_lines, ranked
 from udpchat.server import Service
-from udpchat.wire import INVISIBLE_CHARACTERS, terminal_cells
+from udpchat.wire import INVISIBLE_CHARACTERS, sender_address, terminal_cells
 
 REFRESH_PER_S = 4.0
 """Redraws a second, at most: often enough to look live, rarely enough to cost nothing."""

@@ -7,14 +7,28 @@ metrics; prometheus-client does the exposition format.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import heapq
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from udpchat.counters import Counts, Declaration, Kind, LatencyHistogram, LossRuns
+from udpchat.counters import (
+    SENDER_SERIES,
+    Counts,
+    Declaration,
+    Kind,
+    LatencyHistogram,
+    LossRuns,
+    SenderStats,
+    StatsSnapshot,
+)
+from udpchat.wire import sender_address
+
+SENDER_LABELS = ("username", "sender")
+SENDERS_LEFT_OUT = "udpchat_sender_series_left_out"
 
 Metric = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 
@@ -65,21 +79,52 @@ def _histogram(latency: LatencyHistogram) -> HistogramMetricFamily:
     )
 
 
-class StatsCollector(Collector):
-    """Turns a snapshot of declared counters into Prometheus metric families at each scrape."""
+def sender_families(senders: Sequence[SenderStats], limit: int) -> Iterator[Metric]:
+    """``udpchat_sender_*`` for the ``limit`` busiest senders (most received), labelled with
+    their username and address, and how many were left out: a flood of identities cannot
+    make a scrape, or Prometheus's series, grow without bound."""
+    busiest = heapq.nlargest(limit, senders, key=lambda s: (s.received, s.ip, s.port, s.username))
+    for series in SENDER_SERIES:
+        name = f"udpchat_sender_{series.metric or series.name}"
+        family: Metric
+        if series.kind is Kind.TOTAL:
+            family = CounterMetricFamily(name, series.help, labels=SENDER_LABELS)
+        else:
+            family = GaugeMetricFamily(name, series.help, labels=SENDER_LABELS)
+        for sender in busiest:
+            labels = [sender.username, sender_address(sender.ip, sender.port)]
+            family.add_metric(labels, getattr(sender, series.name))
+        yield family
+    yield GaugeMetricFamily(
+        SENDERS_LEFT_OUT,
+        "Senders tracked but not shown as udpchat_sender_* series: beyond --metrics-senders, "
+        "the least busy.",
+        len(senders) - len(busiest),
+    )
 
-    def __init__(self, stats: Callable[[], Counts]) -> None:
+
+class StatsCollector(Collector):
+    """Turns a snapshot of declared counters into Prometheus metric families at each scrape;
+    with ``sender_series``, a server's busiest senders too."""
+
+    def __init__(self, stats: Callable[[], Counts], sender_series: int = 0) -> None:
         self._stats = stats
+        self._sender_series = sender_series
 
     def collect(self) -> Iterator[Metric]:
-        yield from families(self._stats())
+        counts = self._stats()
+        yield from families(counts)
+        if self._sender_series and isinstance(counts, StatsSnapshot):
+            yield from sender_families(counts.senders, self._sender_series)
 
 
-def renderer(stats: Callable[[], Counts]) -> Callable[[str], tuple[str, bytes]]:
+def renderer(
+    stats: Callable[[], Counts], sender_series: int = 0
+) -> Callable[[str], tuple[str, bytes]]:
     """A function from a request's ``Accept`` header to (content type, body): ``stats()`` read
     and encoded at each call, in the format the client asks for."""
     registry = CollectorRegistry()
-    registry.register(StatsCollector(stats))
+    registry.register(StatsCollector(stats, sender_series))
 
     def render(accept: str) -> tuple[str, bytes]:
         encoder, content_type = choose_encoder(accept)

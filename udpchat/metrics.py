@@ -63,12 +63,14 @@ class MetricsServer:
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        sender_series: int = 0,
     ) -> MetricsServer:
         """Serve ``stats()`` (a server's, the impairment proxy's) at each scrape; ``stats``
-        includes :meth:`stats` where it should (the server's ``stats()`` does)."""
+        includes :meth:`stats` where it should (the server's ``stats()`` does). With
+        ``sender_series``, that many of a server's busiest senders get series of their own."""
         from udpchat.exposition import renderer  # noqa: PLC0415 - prometheus-client only here
 
-        metrics = cls(renderer(stats), max_connections, read_timeout_s)
+        metrics = cls(renderer(stats, sender_series), max_connections, read_timeout_s)
         metrics._server = await asyncio.start_server(
             metrics._serve_one, host, port, limit=MAX_REQUEST_HEAD_BYTES
         )
@@ -170,10 +172,12 @@ class MetricsStartError(OSError):
     """The metrics endpoint could not listen; the UDP socket was closed again."""
 
 
-async def start_metrics(stats: Callable[[], Counts], host: str, port: int) -> MetricsServer:
+async def start_metrics(
+    stats: Callable[[], Counts], host: str, port: int, sender_series: int = 0
+) -> MetricsServer:
     """The metrics endpoint on this loop, or :class:`MetricsStartError` saying why not."""
     try:
-        return await MetricsServer.start(stats, host, port)
+        return await MetricsServer.start(stats, host, port, sender_series=sender_series)
     except OSError as error:
         raise MetricsStartError(
             error.errno, f"cannot serve metrics on {host} port {port}: {error.strerror}"

@@ -24,7 +24,7 @@ from udpchat.counters import (
     StatsSnapshot,
     add_up,
 )
-from udpchat.wire import display_width, terminal_cells
+from udpchat.wire import display_width, sender_address, terminal_cells
 
 MAX_TABLE_SENDERS = 50
 """Rows of the per-sender table at most with ``--verbose``; the totals still count every
@@ -240,11 +240,6 @@ def impair_status(stats: ImpairStats, rate_per_s: float) -> str:
     """The proxy's periodic status line: datagrams forwarded a second since the previous one,
     then the totals."""
     return f"impair status: rate={rate_per_s:.0f}/s {' '.join(pairs(stats))}"
-
-
-def sender_address(ip: str, port: int) -> str:
-    """``1.2.3.4:5`` or ``[::1]:5``."""
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

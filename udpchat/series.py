@@ -41,7 +41,7 @@ from udpchat.counters import (
     SenderStats,
     StatsSnapshot,
 )
-from udpchat.report import sender_address
+from udpchat.wire import sender_address
 
 SCHEMA_VERSION = 1
 """The version of the records' layout (:func:`interval_json`, :func:`schema`); a reader

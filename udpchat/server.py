@@ -81,6 +81,8 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 """Loopback by default: the metrics say who talks to the server, which is not for everyone."""
 MAX_READS_AT_STOP = 100_000
 MAX_LABEL_LENGTH = 200
+DEFAULT_METRICS_SENDERS = 20
+MAX_METRICS_SENDERS = 1000
 
 BASE_RSS_BYTES = 48 * 2**20
 """A server process at rest: the interpreter, uvloop, typer, rich, prometheus-client (measured
@@ -152,6 +154,9 @@ class ServerConfig:
     metrics_port: int | None = setting(None, minimum=0, maximum=MAX_PORT)
     """Serve Prometheus metrics over HTTP on this TCP port (0: any free port); None: no endpoint."""
     metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_senders: int = setting(DEFAULT_METRICS_SENDERS, minimum=0, maximum=MAX_METRICS_SENDERS)
+    """Senders with series of their own in /metrics (``udpchat_sender_*``), the busiest; the
+    others are counted as left out."""
     stats_interval_s: float | None = setting(None, minimum=0.1)
     """Log a status line to the ``udpchat.status`` logger this often; None: never."""
     verbose: bool = False
@@ -422,9 +427,10 @@ class Server(StartsAndStops):
                 await bus.start()
             if config.metrics_port is not None:
                 self._metrics = await start_metrics(
-                    lambda: self.stats(include_senders=False),
+                    lambda: self.stats(include_senders=config.metrics_senders > 0),
                     config.metrics_host,
                     config.metrics_port,
+                    config.metrics_senders,
                 )
             self._loop = asyncio.get_running_loop()
             self._dispatcher = Dispatcher(

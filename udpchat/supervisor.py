@@ -447,7 +447,10 @@ class Supervisor:
             self._address = readies[0].address
             if self.config.metrics_port is not None:
                 self._metrics = await start_metrics(
-                    self.combined, self.config.metrics_host, self.config.metrics_port
+                    self.combined,
+                    self.config.metrics_host,
+                    self.config.metrics_port,
+                    self.config.metrics_senders,
                 )
         except BaseException:
             self._kill_all()

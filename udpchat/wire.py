@@ -279,3 +279,8 @@ def text_kind(text: str) -> TextKind | None:
         return TextKind.ROOM_WORD
     username, separator, _ = text.partition(USERNAME_SEPARATOR)
     return TextKind.CHAT if separator and is_valid_username(username) else None
+
+
+def sender_address(ip: str, port: int) -> str:
+    """``1.2.3.4:5`` or ``[::1]:5``."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
