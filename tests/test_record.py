@@ -7,6 +7,7 @@ import csv
 import errno
 import json
 import logging
+import re
 import signal
 import socket
 from pathlib import Path
@@ -234,8 +235,7 @@ async def test_a_full_disk_never_stops_the_server() -> None:
     assert stderr.count("No space left on device") == 1, stderr
     assert "recording stopped: cannot write /dev/full: No space left on device" in stderr
     assert summary_counts(stderr)["received"] == 3
-    assert "record: recording=false records=0 written_bytes=0 not_written=" in stderr
-    assert "write_failed=" in stderr
+    assert re.search(r"record: not_written=\d+ \(write_failed=\d+\)", stderr), stderr
 
 
 async def test_several_processes_record_their_sum(tmp_path: Path) -> None:

@@ -675,6 +675,7 @@ class RecordStats(Counts):
         "file reached its bound), write_failed (the disk refused: full, gone; recording stops).",
         unit="records",
         label="reason",
+        brief=Brief.NONZERO,
     )
 
 
