@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import re
 import signal
 import socket
@@ -98,6 +99,21 @@ async def eventually_blocking(predicate: Callable[[], bool]) -> None:
     deadline = time.monotonic() + EVENT_TIMEOUT_S
     while not await asyncio.to_thread(predicate):
         assert time.monotonic() < deadline, "timed out"
+
+
+READ_SYSCALL = {"x86_64": 0, "aarch64": 63}
+"""The ``read`` system call's number, as ``/proc/PID/syscall`` shows it."""
+
+
+def wait_until_reading_stdin(pid: int) -> None:
+    """Wait until process ``pid`` is blocked reading its stdin (``/proc/PID/syscall``): a stop
+    signal that arrives after a prompt is printed but before the ``read`` begins is only noted
+    by CPython, and the ``read`` then blocks with the signal unanswered."""
+    expected = f"{READ_SYSCALL[platform.machine()]} 0x0 "
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
+    while not Path(f"/proc/{pid}/syscall").read_text().startswith(expected):
+        assert time.monotonic() < deadline, f"process {pid} never read its stdin"
+        time.sleep(0.005)
 
 
 def raw_send(address: tuple[str, int], *payloads: bytes) -> None:

@@ -14,6 +14,7 @@ from tests.helpers import (
     eventually,
     free_udp_port,
     start_cli,
+    wait_until_reading_stdin,
 )
 from udpchat import Client
 from udpchat.cli import main
@@ -137,6 +138,7 @@ def test_ctrl_c_at_the_prompt_ends_the_line_and_exits_130() -> None:
         sys.executable, ["-m", "udpchat", "send"], encoding="utf-8", timeout=EVENT_TIMEOUT_S
     )
     send.expect_exact("Masukkan username: ")
+    wait_until_reading_stdin(send.pid)
     send.sendintr()
     send.expect(r"\r\nudpchat: interrupted\r\n")
     send.expect(pexpect.EOF)
