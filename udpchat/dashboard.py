@@ -21,15 +21,23 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from typing import IO, BinaryIO, TextIO, cast
 
-from rich import box
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from udpchat.counters import SenderStats, StatsSnapshot, add_up
-from udpchat.report import SENDER_COLUMNS, SortKey, group_lines, ranked
+from udpchat.report import (
+    Cells,
+    GiveWay,
+    SortKey,
+    brief_segments,
+    fit,
+    pack,
+    ranked,
+    sender_cells,
+    table_lines,
+)
 from udpchat.server import Service
 from udpchat.wire import INVISIBLE_CHARACTERS, sender_address, terminal_cells
 
@@ -45,8 +53,9 @@ terminal, rather than lose message lines."""
 NAME_MAX_CELLS = 32
 """The username column's width at most: every ASCII name whole, a CJK name cut to '…' rather
 than the figures beside it."""
-ADDRESS_MAX_CELLS = 47
-"""The address column's width at most: ``[IPv6 address]:port``, a scope id cut."""
+NAME_MIN_CELLS = 12
+"""The username column's width at least, however narrow the terminal: the other columns give
+way first (:data:`DASHBOARD_GIVE_WAY`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,7 +124,10 @@ def displayed(text: str) -> str:
     )
 
 
-def _header(current: Sample, previous: Sample | None, settings: DashboardSettings) -> Text:
+def _header_items(
+    current: Sample, previous: Sample | None, settings: DashboardSettings
+) -> list[list[Text]]:
+    """The header's lines, each as items a narrow terminal may put on lines of their own."""
     stats = add_up(current.stats)
     elapsed_s = current.at_s - previous.at_s if previous is not None else 0.0
     if previous is not None and elapsed_s > 0:
@@ -126,24 +138,73 @@ def _header(current: Sample, previous: Sample | None, settings: DashboardSetting
         received_per_s = handled_per_s = "-"
     drops = ", ".join(f"{reason} {count}" for reason, count in stats.dropped.items() if count)
     kernel = "n/a" if stats.kernel_drops is None else str(stats.kernel_drops)
-    processes = f"  processes {len(current.stats)}" if len(current.stats) > 1 else ""
-    header = Text()
-    header.append("udpchat ", style="bold")
-    header.append(
-        f"{sender_address(*settings.address)}  up {_duration(current.at_s - settings.started_at_s)}"
-    )
-    header.append(f"{processes}\n")
-    header.append(f"in {received_per_s}  handled {handled_per_s}  queue {stats.queue_depth}  ")
-    header.append(f"senders {stats.delivery.senders}")
-    if stats.relay is not None:
-        header.append(f"  relay members {stats.relay.members}")
-    header.append("\n")
-    header.append("drops ")
-    header.append(drops or "none", style="bold red" if drops else "")
-    header.append(f"  kernel drops {kernel}  handler errors {stats.handler_errors}")
-    for line in group_lines(stats):
-        header.append(f"\n{line}", style="dim")
-    return header
+    first = [
+        Text.assemble(("udpchat", "bold"), f" {sender_address(*settings.address)}"),
+        Text(f"up {_duration(current.at_s - settings.started_at_s)}"),
+    ]
+    if len(current.stats) > 1:
+        first.append(Text(f"processes {len(current.stats)}"))
+    rates = [f"in {received_per_s}", f"handled {handled_per_s}", f"queue {stats.queue_depth}"]
+    rates.append(f"senders {stats.delivery.senders}")
+    return [
+        first,
+        [Text(item) for item in rates],
+        [
+            Text.assemble("drops ", (drops, "bold red") if drops else "none"),
+            Text(f"kernel drops {kernel}"),
+            Text(f"handler errors {stats.handler_errors}"),
+        ],
+    ]
+
+
+def _packed(items: Sequence[Text], width: int) -> list[Text]:
+    """Items two spaces apart, on as few lines of ``width`` cells as fit them whole."""
+    lines: list[Text] = []
+    for item in items:
+        if lines and lines[-1].cell_len + 2 + item.cell_len <= width:
+            lines[-1].append("  ")
+            lines[-1].append_text(item)
+        else:
+            lines.append(item.copy())
+    return lines
+
+
+def _header(
+    current: Sample, previous: Sample | None, settings: DashboardSettings, width: int
+) -> list[Text]:
+    """Where, how fast, what was dropped; then the room's groups (relay, NATS) in one line of
+    what a person reads, cut at a word with '…'."""
+    lines = [
+        line
+        for items in _header_items(current, previous, settings)
+        for line in _packed(items, width)
+    ]
+    groups = brief_segments(add_up(current.stats))[1:]
+    if groups:
+        lines.append(Text(pack(groups, width, 1)[0], style="dim"))
+    for line in lines:
+        line.no_wrap = True  # an item wider than the terminal is cropped, never wrapped
+    return lines
+
+
+PROCESS_HEADER = "proc"
+HEARD_HEADER = "heard"
+DASHBOARD_GIVE_WAY: GiveWay = (
+    ("username", NAME_MAX_CELLS),
+    ("sender", 0),
+    ("restarts", 0),
+    ("late", 0),
+    ("reordered", 0),
+    ("duplicates", 0),
+    ("jitter_ms", 0),
+    (HEARD_HEADER, 0),
+    (PROCESS_HEADER, 0),
+    ("lost", 0),
+    ("username", NAME_MIN_CELLS),
+)
+"""How the sender table narrows with the terminal: a long name capped, then the address left
+out first, then the columns that are rarely anything but zero, then the others; the name is
+cut last, and never below :data:`NAME_MIN_CELLS`. Received and loss always stay, whole."""
 
 
 def _table(
@@ -151,45 +212,30 @@ def _table(
     settings: DashboardSettings,
     now_s: float,
     processes: bool,
-) -> Table:
+    width: int,
+) -> list[Text]:
     """The summary's sender columns (:data:`~udpchat.report.SENDER_COLUMNS`) under their short
-    headers, then when each was last heard. Every cell on one line, so that a row is one
-    terminal line and the count of rows that fit is exact; the figures whole, the address and
-    the name capped and the first to give way (cut to '…') when the terminal is narrow."""
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0)
-    if processes:
-        table.add_column("proc", justify="right", no_wrap=True)
-    for column in SENDER_COLUMNS:
-        if column.numeric:
-            table.add_column(column.short, justify="right", no_wrap=True)
-        else:
-            # A column rich may wrap is one it narrows first; its cells are cut, not wrapped.
-            table.add_column(
-                _one_line(column.short),
-                max_width=NAME_MAX_CELLS if column.key == "username" else ADDRESS_MAX_CELLS,
-            )
-    table.add_column("heard", no_wrap=True)
-    for process, sender in rows:
+    headers, then when each was last heard: a header, a rule and a line per row, each one
+    terminal line, the columns that do not fit left out as :data:`DASHBOARD_GIVE_WAY` says."""
+    senders = [sender for _, sender in rows]
+    heard = []
+    for sender in senders:
         silent_s = now_s - sender.last_heard_s
-        idle = silent_s > settings.idle_after_s
-        heard = f"{_duration(silent_s)} {'idle' if idle else 'ago'}"
-        # Untrusted text (a username) is plain Text, never rich markup.
-        cells: list[str | Text] = [
-            Text(column.cell(sender))
-            if column.numeric
-            else _one_line(displayed(column.cell(sender)))
-            for column in SENDER_COLUMNS
-        ]
-        cells.append(heard)
-        if processes:
-            cells.insert(0, str(process))
-        style = "dim" if idle else ("red" if sender.lost else "")
-        table.add_row(*cells, style=style)
+        heard.append(
+            f"{_duration(silent_s)} {'idle' if silent_s > settings.idle_after_s else 'ago'}"
+        )
+    columns = sender_cells(senders, short=True, shown=displayed)
+    if processes:
+        columns.insert(0, Cells(PROCESS_HEADER, PROCESS_HEADER, tuple(str(p) for p, _ in rows)))
+    columns.append(Cells(HEARD_HEADER, HEARD_HEADER, tuple(heard), numeric=False))
+    head, *rows_text = table_lines(columns, fit(columns, width, DASHBOARD_GIVE_WAY))
+    table = [Text(head, style="bold"), Text("\u2500" * min(width, cell_len(head)))]
+    for sender, text, heard_cell in zip(senders, rows_text, heard, strict=True):
+        style = "dim" if heard_cell.endswith("idle") else ("red" if sender.lost else "")
+        table.append(Text(text, style=style))
+    for line in table:
+        line.no_wrap = True
     return table
-
-
-def _one_line(text: str) -> Text:
-    return Text(text, no_wrap=True, overflow="ellipsis")
 
 
 class View:
@@ -198,8 +244,9 @@ class View:
 
     def __init__(self, current: Sample, previous: Sample | None, settings: DashboardSettings):
         self._settings = settings
+        self._current = current
+        self._previous = previous
         self._now_s = current.at_s
-        self._header = _header(current, previous, settings)
         self._processes = len(current.stats) > 1
         senders = [
             (process, sender)
@@ -208,16 +255,16 @@ class View:
         ]
         self._senders = ranked(senders, settings.sort_key)
 
-    def _table(self, rows: int) -> Table:
-        return _table(self._senders[:rows], self._settings, self._now_s, self._processes)
-
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
         height = max(1, (options.height or options.max_height) - self._settings.reserved_lines)
-        header_lines = len(console.render_lines(self._header, options, pad=False))
-        chrome_lines = len(console.render_lines(self._table(0), options, pad=False))
-        room = height - header_lines - chrome_lines
+        header = _header(self._current, self._previous, self._settings, width)
+        room = height - len(header) - 2  # the table's header and rule
         shown = len(self._senders) if len(self._senders) <= room else max(0, room - 1)
-        parts: list[Text | Table] = [self._header, self._table(shown)]
+        parts = [
+            *header,
+            *_table(self._senders[:shown], self._settings, self._now_s, self._processes, width),
+        ]
         if shown < len(self._senders):
             more = len(self._senders) - shown
             parts.append(

@@ -372,14 +372,23 @@ def table_lines(columns: Sequence[Cells], widths: Sequence[int], gap: int = 2) -
     ]
 
 
-def sender_cells(senders: Sequence[SenderStats], *, short: bool = False) -> list[Cells]:
+def sender_cells(
+    senders: Sequence[SenderStats],
+    *,
+    short: bool = False,
+    shown: Callable[[str], str] = str,
+) -> list[Cells]:
     """The sender columns with something to show (a rare one only when some sender has it),
-    for ``senders`` in order."""
+    for ``senders`` in order, under their short headers or not; ``shown`` makes a text cell
+    (a name, an address) what the view may show."""
     return [
         Cells(
             column.key,
             column.short if short else column.header,
-            tuple(column.cell(sender) for sender in senders),
+            tuple(
+                column.cell(sender) if column.numeric else shown(column.cell(sender))
+                for sender in senders
+            ),
             column.numeric,
             column.cut_middle,
         )
