@@ -31,6 +31,7 @@ from udpchat.counters import (
     Declaration,
     DeliveryTotals,
     DropReason,
+    EchoStats,
     EndpointStats,
     ImpairStats,
     Kind,
@@ -81,6 +82,7 @@ def every_group_filled() -> StatsSnapshot:
         admission=filled(AdmissionStats, 5000),
         endpoint=filled(EndpointStats, 6000),
         record=filled(RecordStats, 8000),
+        echo=filled(EchoStats, 9000),
     )
 
 

@@ -18,7 +18,7 @@ LAYERS = [
     {"fastpath", "admission", "bus", "exposition", "report", "client", "load", "wakeup"},
     {"accounting", "chat", "progress", "series", "metrics", "impair.spec"},
     {"handlers", "record", "impair.link"},
-    {"pipeline", "output", "relay", "impair.proxy"},
+    {"pipeline", "output", "relay", "echo", "impair.proxy"},
     {"protocol", "impair"},
     {"server"},
     {"supervisor", "dashboard"},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from udpchat.counters import AdmissionStats, DropReason, Tally
 
@@ -67,8 +68,9 @@ class RateLimiter:
         rate_per_s: float,
         burst: float | None = None,
         max_sources: int = DEFAULT_MAX_SOURCES,
-        tally: Tally[AdmissionStats] | None = None,
+        tally: Tally[Any] | None = None,
     ) -> None:
+        """``tally`` counts ``sources_evicted`` (the admission's, or ``--echo``'s)."""
         if rate_per_s <= 0:
             raise ValueError("rate must be positive")
         self.rate_per_s = rate_per_s

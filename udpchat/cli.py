@@ -29,6 +29,7 @@ from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
 from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusUnavailableError
 from udpchat.chat import converse, print_received, print_sent
 from udpchat.client import Client, ClientConfig, JoinError
+from udpchat.echo import DEFAULT_ECHO_RATE_PER_S
 from udpchat.eventloop import LoopChoice, LoopUnavailableError, run_coroutine
 from udpchat.handlers import OutputError
 from udpchat.impair import TargetUnresolvedError, run_proxy
@@ -480,6 +481,25 @@ def serve(
             rich_help_panel=Panel.ROOM,
         ),
     ] = False,
+    echo: Annotated[
+        bool,
+        typer.Option(
+            "--echo",
+            help="Answer each datagram with itself, for 'udpchat send --rtt' (never larger; "
+            "off by default: a server that answers can be aimed at a forged source).",
+        ),
+    ] = False,
+    echo_rate_per_s: Annotated[
+        float,
+        bounded(
+            ServerConfig,
+            "echo_rate_per_s",
+            "Answers a second per source address with --echo (bursts of twice that); the "
+            "rest are counted, not answered.",
+            "--echo-rate",
+            panel=Panel.LIMITS,
+        ),
+    ] = DEFAULT_ECHO_RATE_PER_S,
     peer_timeout_s: Annotated[
         float,
         bounded(

@@ -658,6 +658,34 @@ class EndpointStats(Counts):
 
 
 @dataclass(frozen=True, slots=True)
+class EchoStats(Counts):
+    """What ``serve --echo`` answered, and what it did not: each answer is the datagram itself,
+    never larger, within ``--echo-rate`` a second per source address."""
+
+    text_prefix: ClassVar[str] = "echo"
+    metric_prefix: ClassVar[str] = "udpchat_echo_"
+
+    echoed: int = total(
+        "Datagrams answered with their own bytes.", unit="datagrams", brief=Brief.ALWAYS
+    )
+    echoed_bytes: int = total("Bytes sent back: at most the bytes answered.", unit="bytes")
+    over_rate: int = total(
+        "Datagrams not answered: their source address was over --echo-rate.",
+        unit="datagrams",
+        brief=Brief.NONZERO,
+    )
+    send_failures: int = total(
+        "Answers the OS would not send (socket buffer full, unreachable).",
+        unit="datagrams",
+        brief=Brief.NONZERO,
+    )
+    sources_evicted: int = total(
+        "Per-source rate buckets dropped to bound the table; the source starts again full.",
+        unit="sources",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RecordStats(Counts):
     """What a recording (``--record``) wrote, and what it could not."""
 
@@ -772,6 +800,8 @@ class StatsSnapshot(Counts):
     """The metrics endpoint's refusals, where the config asks for one."""
     record: RecordStats | None = part()
     """What ``--record`` wrote, where the config asks for it."""
+    echo: EchoStats | None = part()
+    """What ``--echo`` answered, where the config asks for it."""
 
     @property
     def dropped_total(self) -> int:
@@ -894,6 +924,7 @@ COUNT_GROUPS: tuple[type[Counts], ...] = (
     AdmissionStats,
     EndpointStats,
     RecordStats,
+    EchoStats,
     ImpairStats,
 )
 """Every group of declared counters: a server's, and the impairment proxy's."""

@@ -20,6 +20,7 @@ from udpchat.accounting import DEFAULT_MAX_SENDERS, SENDER_BYTES
 from udpchat.admission import DEFAULT_MAX_SOURCES, SOURCE_BYTES, Admission, IPNetwork
 from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusConfig, room_subject
 from udpchat.counters import ServerTally, StatsSnapshot
+from udpchat.echo import DEFAULT_ECHO_RATE_PER_S, Echo
 from udpchat.eventloop import periodically
 from udpchat.handlers import BatchHandler, Handler
 from udpchat.lifecycle import StartsAndStops
@@ -177,6 +178,10 @@ class ServerConfig:
     """CA certificates to verify the NATS servers' TLS certificates with."""
     nats_connect_timeout_s: float = setting(DEFAULT_CONNECT_TIMEOUT_S, minimum=0.1, maximum=60)
     """How long ``start()`` waits for NATS before it fails."""
+    echo: bool = False
+    """Answer each accepted datagram with itself (:mod:`udpchat.echo`), for round-trip times."""
+    echo_rate_per_s: float = setting(DEFAULT_ECHO_RATE_PER_S, minimum=0.01)
+    """Answers a second per source address (bursts of twice that); the rest are counted."""
     record: Path | None = None
     """Record the run's time series in this file (:mod:`udpchat.record`); None: no record."""
     record_format: RecordFormat = RecordFormat.JSONL
@@ -206,6 +211,8 @@ class ServerConfig:
             raise ConfigError(
                 "relay", "with {processes} above 1 needs {nats}: the room spans them through it"
             )
+        if self.echo and self.relay:
+            raise ConfigError("echo", "cannot be used with {relay}: the room answers its members")
         if self.record is not None and str(self.record) == "-":
             raise ConfigError("record", "cannot be '-': standard output carries the messages")
         if len(self.record_label) > MAX_LABEL_LENGTH:
@@ -354,6 +361,12 @@ class Server(StartsAndStops):
                 room, CookieJar(), inner, self.send_datagram, self.config.bus_config()
             )
             handler = self._relay
+        self._echo: Echo | None = None
+        if self.config.echo:
+            self._echo = Echo(
+                handler, self.send_datagram, self.config.echo_rate_per_s, self.config.max_sources
+            )
+            handler = self._echo
         self._handler = handler
         self._tally = ServerTally()
         self._admission = self.config.admission()
@@ -611,6 +624,7 @@ class Server(StartsAndStops):
             "admission": None if self._admission is None else self._admission.stats(),
             "endpoint": None if self._metrics is None else self._metrics.stats(),
             "record": None if self._recorder is None else self._recorder.stats(),
+            "echo": None if self._echo is None else self._echo.stats(),
         }
         if self._dispatcher is not None:
             parts["delivery"], parts["senders"] = self._dispatcher.delivery(include_senders)
