@@ -20,6 +20,8 @@ Scenarios (``--only NAME`` runs one):
   signal with ``--drain-timeout 2``, take to end every process.
 - ``headers``: three seconds of metrics requests with 101 headers: answered, counted, and how
   many bytes of stderr they cost.
+- ``loop``: one forged datagram between two relays, from a relay's own address to itself, and
+  through ``udpchat impair``: each side reads at most one or two datagrams, never a stream.
 - ``downgrade``: ``--nats tls://TOKEN@...`` against a server that offers no TLS (a fake one
   asking for credentials, and a real nats-server without TLS): one line, exit 3, and nothing
   credential-bearing sent.
@@ -43,6 +45,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 from benchmarks.harness import BLAST, build, free_port
@@ -401,6 +404,46 @@ def downgrade(runs: int) -> None:
           f"sent, in {held} of {runs} runs: {'HELD' if held == runs else 'BROKEN'}")  # fmt: skip
 
 
+LOOP_WINDOW_S = 2.0
+"""How long each side's datagrams are counted after the one forged datagram."""
+
+
+def loop(runs: int) -> None:
+    """One forged datagram (``/expired``, and a text that draws ``/expired``) between two relays,
+    from a relay's own address to itself, and through ``udpchat impair`` to a relay from
+    another's: how many datagrams each side reads in the next two seconds."""
+    from tests.helpers import forge  # noqa: PLC0415
+    from udpchat import Server, ServerConfig  # noqa: PLC0415
+    from udpchat.impair import ImpairProxy, ProxyConfig  # noqa: PLC0415
+
+    config = ServerConfig(host=LOOPBACK, port=0, relay=True, reuse_port=True)
+
+    async def topology(name: str, text: str) -> list[int]:
+        async with Server(config) as first, Server(config) as second, AsyncExitStack() as stack:
+            claimed, target = second.address, first.address
+            if name == "a relay and itself":
+                claimed = first.address
+            elif name == "through impair":
+                proxy_config = ProxyConfig(
+                    listen_host=LOOPBACK, listen_port=0, target_port=target[1]
+                )
+                target = (await stack.enter_async_context(ImpairProxy(proxy_config))).address
+            forge(claimed, target, text)
+            await asyncio.sleep(LOOP_WINDOW_S)
+            return [server.stats(include_senders=False).received for server in (first, second)]
+
+    worst = 0
+    for run in range(runs):
+        for name in ("two relays", "a relay and itself", "through impair"):
+            for text in ("/expired", "ana: a text from nowhere"):
+                counts = asyncio.run(topology(name, text))
+                worst = max(worst, *counts)
+                print(f"  run {run + 1}, {name}, forged {text!r}: each side read {counts} "
+                      f"datagrams in {LOOP_WINDOW_S:g} s", flush=True)  # fmt: skip
+    print(f"loop: one forged datagram, at most {worst} datagram(s) read by any side in "
+          f"{LOOP_WINDOW_S:g} s: {'HELD' if worst <= 2 else 'BROKEN'}")  # fmt: skip
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "forged": lambda args: forged(args.runs),
     "bus": lambda args: bus(args.runs),
@@ -409,6 +452,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "force": lambda args: force(args.runs),
     "headers": lambda args: headers(3.0),
     "downgrade": lambda args: downgrade(args.runs),
+    "loop": lambda args: loop(args.runs),
 }
 
 

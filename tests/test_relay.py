@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -29,7 +30,7 @@ from udpchat.bus import ORIGIN_HEX_DIGITS, BusConfig, RoomBus, encode_envelope
 from udpchat.client import JoinError, JoinFailure, RoomEvent
 from udpchat.counters import RelayStats
 from udpchat.handlers import Message
-from udpchat.relay import CookieJar, Refusal, Relay, Room
+from udpchat.relay import ANSWER_SOURCE_BYTES, AnswerLimit, CookieJar, Refusal, Relay, Room
 from udpchat.wire import (
     COOKIE,
     DELIVERED,
@@ -45,6 +46,8 @@ from udpchat.wire import (
 )
 
 PEER = ("127.0.0.1", 40000)
+OWN = ("127.0.0.1", 5002)
+"""The offline relay's own address."""
 
 
 class Clock:
@@ -236,17 +239,24 @@ async def test_interactive_chat_in_a_pseudo_terminal() -> None:
 
 
 class Outbox:
-    """The relay's ``send``, kept: what went to which address; refuses all when ``refusing``."""
+    """The relay's outlet, kept: what went to which address; refuses all when ``refusing``.
+    Its own address is :data:`OWN`."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
         self.refusing = False
 
-    def __call__(self, data: bytes, peer: tuple[str, int]) -> bool:
+    def send_datagram(self, data: bytes, peer: tuple[str, int]) -> bool:
         if self.refusing:
             return False
         self.sent.append((data, peer))
         return True
+
+    def send_to_many(self, data: bytes, peers: Sequence[tuple[str, int]]) -> int:
+        return sum(self.send_datagram(data, peer) for peer in peers)
+
+    def is_own_address(self, address: tuple[str, int]) -> bool:
+        return address == OWN
 
     def to(self, peer: tuple[str, int]) -> list[bytes]:
         return [data for data, address in self.sent if address == peer]
@@ -260,7 +270,8 @@ def offline_relay(max_peers: int = 8) -> tuple[Relay, Outbox, Clock, list[Messag
     """A relay without sockets: a clock to move and a list of what reached the printer."""
     clock, outbox, printed = Clock(), Outbox(), list[Message]()
     room = Room(max_peers=max_peers, peer_timeout_s=2, clock=clock)
-    relay = Relay(room, CookieJar(b"secret", clock), printed.append, outbox)
+    answers = AnswerLimit(tally=room.tally, clock=clock)
+    relay = Relay(room, CookieJar(b"secret", clock), printed.append, outbox, answers=answers)
     return relay, outbox, clock, printed
 
 
@@ -365,6 +376,7 @@ def test_a_non_member_never_draws_more_bytes_than_it_sends(texts: list[str]) -> 
     stats = relay.stats()
     cookies = sum(data.startswith(COOKIE.encode()) for data in outbox.to(PEER))
     accounted = stats.expired_notices + stats.unanswered_non_members + stats.ignored_joins
+    accounted += sum(stats.unanswered.values()) + stats.malformed_joins
     assert accounted + cookies + texts.count(LEAVE) == len(texts)  # each one answered or counted
 
 
@@ -630,3 +642,90 @@ def test_a_member_that_joins_again_keeps_its_seat_and_its_rate_and_is_refreshed(
     clock.now += 1.5  # 3 s since the first join, 1.5 s since the last, against a 2 s timeout
     assert relay.room.members() == [PEER]
     assert relay.stats().joins == 3
+
+
+@pytest.mark.parametrize(
+    "answer", [f"{COOKIE} 1.ab", f"{JOINED} 30", EXPIRED, ROOM_FULL, f"{DELIVERED} 0123abcd"]
+)
+def test_an_answer_is_never_answered_nor_relayed_from_anyone(answer: str) -> None:
+    relay, outbox, _, printed = offline_relay()
+    member = ("127.0.0.1", 40001)
+    join(relay, outbox, member)
+    relay.room.admit(PEER)
+    sent_before = len(outbox.sent)
+    for peer in (("127.0.0.1", 40002), PEER):  # a stranger and a member
+        relay(datagram(peer, f"{answer} (long enough to draw /expired)"))
+    assert len(outbox.sent) == sent_before
+    assert relay.stats().unanswered == {"answer": 2} and len(printed) == 2
+
+
+def test_a_datagram_claiming_the_relays_own_address_is_never_answered() -> None:
+    relay, outbox, _, printed = offline_relay()
+    for text in (relay_join_request(), "ana: hello, me", f"{KEEPALIVE} 1.ab"):
+        relay(datagram(OWN, text))
+    assert outbox.sent == [] and relay.stats().unanswered == {"own_address": 3}
+    assert len(printed) == 3
+
+
+def limited_relay(
+    rate_per_s: float, total_per_s: float, max_sources: int = 100
+) -> tuple[Relay, Outbox, Clock]:
+    clock, outbox = Clock(), Outbox()
+    room = Room(clock=clock)
+    answers = AnswerLimit(rate_per_s, total_per_s, max_sources, tally=room.tally, clock=clock)
+    relay = Relay(room, CookieJar(b"secret", clock), None, outbox, answers=answers)
+    return relay, outbox, clock
+
+
+def test_answers_to_one_non_member_are_limited_and_counted() -> None:
+    """Two a second (bursts of four): a text flood from one address draws four, then two a
+    second, the rest counted."""
+    relay, outbox, clock = limited_relay(rate_per_s=2, total_per_s=1000)
+    for _ in range(10):
+        relay(datagram(PEER, "ana: are you there?"))
+    assert len(outbox.to(PEER)) == 4
+    clock.now += 1
+    for _ in range(10):
+        relay(datagram(PEER, relay_join_request()))  # cookie requests count the same
+    assert [data.split(b" ")[0] for data in outbox.to(PEER)] == [b"/expired"] * 4 + [b"/cookie"] * 2
+    assert relay.stats().unanswered == {"source_rate": 14}
+    assert relay.stats().expired_notices == 4
+
+
+def test_answers_to_all_non_members_are_limited_in_all_and_counted() -> None:
+    relay, outbox, clock = limited_relay(rate_per_s=2, total_per_s=5)
+    strangers = [("127.0.0.2", port) for port in range(1000, 1020)]
+    for stranger in strangers:
+        relay(datagram(stranger, "ana: are you there?"))
+    assert len(outbox.sent) == 10  # bursts of twice the total
+    clock.now += 1
+    for stranger in strangers:
+        relay(datagram(stranger, "ana: still there?"))
+    assert len(outbox.sent) == 15
+    assert relay.stats().unanswered == {"total_rate": 25}
+
+
+def test_the_answer_limits_table_is_bounded_and_its_evictions_counted() -> None:
+    relay, outbox, _ = limited_relay(rate_per_s=2, total_per_s=1000, max_sources=3)
+    strangers = [("127.0.0.2", port) for port in range(1000, 1010)]
+    for stranger in strangers:
+        relay(datagram(stranger, "ana: are you there?"))
+    assert len(outbox.sent) == 10
+    assert relay.stats().sources_evicted == 7
+
+
+def test_an_answered_address_costs_at_most_its_declared_bytes() -> None:
+    """ANSWER_SOURCE_BYTES, which the memory bound counts per address: the longest scoped IPv6
+    addresses, each a string of its own as a datagram's sender is, measured just past one of
+    the table's resizes (where its share of the table is largest)."""
+    count = 2 * 2**15 // 3 + 1
+    limit = AnswerLimit(max_sources=count)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(count):
+            limit.allows((f"ffff:ffff:ffff:ffff:ffff:ffff:ffff:{index:04x}%interface-15by", index))
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used / count <= ANSWER_SOURCE_BYTES

@@ -8,7 +8,8 @@ What each table's bound refuses is counted (:class:`~udpchat.counters.AdmissionS
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from udpchat.counters import AdmissionStats, DropReason, Tally
@@ -60,7 +61,8 @@ class RateLimiter:
 
     At most ``max_sources`` buckets are kept; when full, the oldest is evicted (counted as
     ``sources_evicted``) and that source starts again with a full bucket, so spoofed sources
-    can cost us a bounded table and nothing more.
+    can cost us a bounded table and nothing more. Not thread-safe: its owner holds a lock
+    where needed.
     """
 
     def __init__(
@@ -77,9 +79,9 @@ class RateLimiter:
         self.burst = burst if burst is not None else max(1.0, rate_per_s)
         self.max_sources = max_sources
         self._tally = tally or Tally(AdmissionStats)
-        self._buckets: dict[str, list[float]] = {}
+        self._buckets: dict[Hashable, list[float]] = {}
 
-    def allow(self, source: str, now: float) -> bool:
+    def allow(self, source: Hashable, now: float) -> bool:
         bucket = self._buckets.get(source)
         if bucket is None:
             if len(self._buckets) >= self.max_sources:
@@ -98,6 +100,29 @@ class RateLimiter:
     @property
     def sources(self) -> int:
         return len(self._buckets)
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """``rate_per_s`` tokens a second, up to ``burst``. Not thread-safe: its owner holds a lock."""
+
+    rate_per_s: float
+    burst: float
+    tokens: float
+    refilled_at: float
+
+    @classmethod
+    def full(cls, rate_per_s: float, burst: float, now: float) -> TokenBucket:
+        return cls(rate_per_s, burst, burst, now)
+
+    def take(self, amount: float, now: float) -> bool:
+        """Take ``amount`` tokens if there are that many now; False (taking none) if not."""
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled_at) * self.rate_per_s)
+        self.refilled_at = now
+        if self.tokens < amount:
+            return False
+        self.tokens -= amount
+        return True
 
 
 class Admission:

@@ -55,7 +55,13 @@ from udpchat.load import (
 from udpchat.metrics import MetricsStartError
 from udpchat.output import OutputFormat
 from udpchat.record import RecordFileError, RecordFormat, Refusal
-from udpchat.relay import DEFAULT_MAX_PEERS, DEFAULT_PEER_TIMEOUT_S, DEFAULT_TEXT_RATE_PER_S
+from udpchat.relay import (
+    DEFAULT_ANSWER_RATE_PER_S,
+    DEFAULT_ANSWER_RATE_TOTAL_PER_S,
+    DEFAULT_MAX_PEERS,
+    DEFAULT_PEER_TIMEOUT_S,
+    DEFAULT_TEXT_RATE_PER_S,
+)
 from udpchat.report import SortKey, impair_summary, json_summary, summary_lines
 from udpchat.runner import run
 from udpchat.server import ServerConfig, ServeResult, Service
@@ -380,7 +386,7 @@ def serve(
         bounded(
             ServerConfig,
             "max_sources",
-            "Source addresses remembered for --rate-limit/--allow, at most.",
+            "Source addresses remembered for --rate-limit/--allow/--answer-rate, at most.",
             panel=Panel.LIMITS,
         ),
     ] = DEFAULT_MAX_SOURCES,
@@ -523,6 +529,27 @@ def serve(
             panel=Panel.ROOM,
         ),
     ] = DEFAULT_TEXT_RATE_PER_S,
+    answer_rate_per_s: Annotated[
+        float,
+        bounded(
+            ServerConfig,
+            "answer_rate_per_s",
+            "Answers a second to each address that is not a member (/cookie, /expired, /full; "
+            "bursts of twice that).",
+            "--answer-rate",
+            panel=Panel.ROOM,
+        ),
+    ] = DEFAULT_ANSWER_RATE_PER_S,
+    answer_rate_total_per_s: Annotated[
+        float,
+        bounded(
+            ServerConfig,
+            "answer_rate_total_per_s",
+            "Answers a second to all addresses that are not members (bursts of twice that).",
+            "--answer-rate-total",
+            panel=Panel.ROOM,
+        ),
+    ] = DEFAULT_ANSWER_RATE_TOTAL_PER_S,
     nats: Annotated[
         list[str] | None,
         typer.Option(

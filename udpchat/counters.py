@@ -563,6 +563,19 @@ class RelayStats(Counts):
         "Datagrams from non-members smaller than /expired, unanswered: answering would amplify.",
         unit="datagrams",
     )
+    unanswered: Mapping[str, int] = by_reason(
+        "Datagrams the relay did not answer, lest it loop or flood, by reason: answer (one of "
+        "the relay's own answers, /expired...), own_address (claiming the relay's own address), "
+        "source_rate (over --answer-rate for that address), total_rate (over "
+        "--answer-rate-total for all non-members).",
+        unit="datagrams",
+        label="reason",
+        brief=Brief.NONZERO,
+    )
+    sources_evicted: int = total(
+        "Addresses the per-address answer limit forgot to bound its table (--max-sources).",
+        unit="addresses",
+    )
 
 
 @dataclass(frozen=True, slots=True)

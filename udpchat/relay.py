@@ -16,6 +16,11 @@ that once received the cookie can stay). An address that is not a member, becaus
 the server restarted, gets ``/expired`` in answer to its keepalive or text, so that its client
 can rejoin; a full room answers a valid cookie with ``/full``. Each of these answers is smaller
 than what it answers, and none is sent in answer to a datagram smaller than itself.
+
+No answer is ever sent to a datagram that is itself an answer (:data:`udpchat.wire.ANSWERS`) or
+that claims the relay's own address, so that one forged datagram cannot start two relays, or a
+relay and itself, bouncing answers for ever; and the answers to addresses that are not members
+are limited per address and in all (:class:`AnswerLimit`), and what is not answered is counted.
 """
 
 from __future__ import annotations
@@ -27,13 +32,16 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+from udpchat.admission import DEFAULT_MAX_SOURCES, RateLimiter, TokenBucket
 from udpchat.bus import BusConfig, RoomBus
 from udpchat.counters import RelayStats, Tally
 from udpchat.handlers import Handler, Message
 from udpchat.wire import (
+    ANSWERS,
     COOKIE,
     COOKIE_MAC_HEX_DIGITS,
     DELIVERED,
@@ -52,6 +60,16 @@ DEFAULT_MAX_PEERS = 32
 DEFAULT_TEXT_RATE_PER_S = 10.0
 """Texts a second each member may have relayed (bursts of twice that): so one member can make
 the server send at most this times ``max_peers - 1`` datagrams a second. People type slower."""
+DEFAULT_ANSWER_RATE_PER_S = 2.0
+"""Answers a second to each address that is not a member (bursts of twice that): a client the
+room forgot needs two, ``/expired`` and then its ``/cookie``."""
+DEFAULT_ANSWER_RATE_TOTAL_PER_S = 200.0
+"""Answers a second to all addresses that are not members together (bursts of twice that): the
+members of a restarted server rejoin within seconds, and no flood draws more than this."""
+ANSWER_SOURCE_BYTES = 384
+"""Memory for one address in the answer limit's table, at most: its (ip, port), its bucket and
+its share of the table (370 measured with the longest scoped IPv6 address, just past one of
+the table's resizes; tests/test_relay.py)."""
 COOKIE_LIFETIME_S = 60
 _COOKIE_PATTERN = re.compile(rf"[0-9]{{1,12}}\.[0-9a-f]{{{COOKIE_MAC_HEX_DIGITS}}}\Z", re.ASCII)
 
@@ -112,9 +130,8 @@ class Refusal(enum.Enum):
 class _Member:
     last_heard: float
     """When the member last proved itself (join, keepalive)."""
-    tokens: float
-    """Texts it may still have relayed now (a token bucket)."""
-    refilled_at: float
+    texts: TokenBucket
+    """Texts it may still have relayed now."""
 
 
 class Room:
@@ -165,7 +182,9 @@ class Room:
             if len(self._members) >= self.max_peers:
                 self.tally.add("refused_full")
                 return False
-            self._members[peer] = _Member(now, self._burst, now)
+            self._members[peer] = _Member(
+                now, TokenBucket.full(self.text_rate_per_s, self._burst, now)
+            )
             return True
 
     def recipients(self, peer: Address) -> list[Address] | Refusal:
@@ -178,14 +197,9 @@ class Room:
             member = self._members.get(peer)
             if member is None:
                 return Refusal.NOT_A_MEMBER
-            member.tokens = min(
-                self._burst, member.tokens + (now - member.refilled_at) * self.text_rate_per_s
-            )
-            member.refilled_at = now
-            if member.tokens < 1:
+            if not member.texts.take(1, now):
                 self.tally.add("over_rate")
                 return Refusal.OVER_RATE
-            member.tokens -= 1
             return [other for other in self._members if other != peer]
 
     def refresh(self, peer: Address) -> bool:
@@ -210,8 +224,59 @@ class Room:
             return list(self._members)
 
 
-Send = Callable[[bytes, Address], bool]
-"""Sends a datagram from the server's socket; False when it could not (a full buffer)."""
+class Outlet(Protocol):
+    """Where the relay's datagrams leave: the server's socket (:class:`udpchat.Server`)."""
+
+    def send_datagram(self, data: bytes, address: Address) -> bool:
+        """One datagram; False when it could not be sent (a full buffer)."""
+        ...
+
+    def send_to_many(self, data: bytes, addresses: Sequence[Address]) -> int:
+        """The same datagram to each address; how many were sent."""
+        ...
+
+    def is_own_address(self, address: Address) -> bool:
+        """Whether a datagram claiming ``address`` claims to come from this very socket."""
+        ...
+
+
+class AnswerLimit:
+    """The answers to addresses that are not members (``/cookie``, ``/expired``, ``/full``),
+    within ``rate_per_s`` to each address and ``total_per_s`` to all of them, bursts of twice
+    each: so that no stream of datagrams, forged or looped back, draws a stream of answers.
+
+    The per-address table keeps at most ``max_sources`` addresses, the oldest forgotten first.
+    What is refused is counted in ``tally`` (``unanswered``, by reason). Thread-safe.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float = DEFAULT_ANSWER_RATE_PER_S,
+        total_per_s: float = DEFAULT_ANSWER_RATE_TOTAL_PER_S,
+        max_sources: int = DEFAULT_MAX_SOURCES,
+        tally: Tally[RelayStats] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tally = tally or Tally(RelayStats)
+        self._per_address = RateLimiter(
+            rate_per_s, max(1.0, 2 * rate_per_s), max_sources, self._tally
+        )
+        self._clock = clock
+        self._total = TokenBucket.full(total_per_s, max(1.0, 2 * total_per_s), clock())
+        self._lock = threading.Lock()
+
+    def allows(self, peer: Address) -> bool:
+        """Whether ``peer`` may have an answer now; if not, counted."""
+        with self._lock:
+            now = self._clock()
+            if not self._per_address.allow(peer, now):
+                refused = "source_rate"
+            elif not self._total.take(1, now):
+                refused = "total_rate"
+            else:
+                return True
+        self._tally.add_reason("unanswered", refused)
+        return False
 
 
 class Relay:
@@ -220,8 +285,10 @@ class Relay:
     It runs in the pool workers like any handler, and texts from the room's other servers
     (:meth:`relay_remote`) come from the bus's delivery thread: relaying never runs on the
     event loop.
-    Commands (``/join``, ``/keepalive``, ``/leave``) are answered, not printed. ``send`` is where
-    answers and relayed datagrams go: the server's socket (:meth:`udpchat.Server.send_datagram`).
+    Commands (``/join``, ``/keepalive``, ``/leave``) are answered, not printed. ``outlet`` is
+    where answers and relayed datagrams go: the server's socket (:class:`udpchat.Server`).
+    ``answers`` limits the answers to addresses that are not members (by default, the defaults
+    of :class:`AnswerLimit`, counted in the room's tally).
     With ``bus``, the room spans servers over NATS: the relay builds its :attr:`bus`, members'
     texts also go to the room's other servers, and theirs come back through
     :meth:`relay_remote`; whoever runs the relay starts and stops the bus.
@@ -232,29 +299,41 @@ class Relay:
         room: Room,
         cookies: CookieJar,
         inner: Handler | None,
-        send: Send,
+        outlet: Outlet,
         bus: BusConfig | None = None,
+        answers: AnswerLimit | None = None,
     ) -> None:
         self.room = room
         self._cookies = cookies
         self._inner = inner
-        self._send = send
+        self._outlet = outlet
         self.bus = None if bus is None else RoomBus(bus, self.relay_remote)
         self._tally = room.tally
+        self._answers = answers or AnswerLimit(tally=room.tally)
 
     def _emit(self, data: bytes, peer: Address) -> bool:
         """Send one datagram and count it as sent, or as a send failure."""
-        if self._send(data, peer):
+        if self._outlet.send_datagram(data, peer):
             self._tally.add("bytes_out", len(data))
             return True
         self._tally.add("send_failures")
         return False
 
+    def _answer(self, data: bytes, peer: Address) -> bool:
+        """An answer to an address that is not (yet) a member: within the answer limit."""
+        return self._answers.allows(peer) and self._emit(data, peer)
+
     def __call__(self, message: Message) -> None:
         self._tally.add("bytes_in", message.size)
         text, peer = message.text, message.sender
         command, _, argument = text.partition(" ")
-        if command == JOIN:
+        own = self._outlet.is_own_address(peer)
+        if own or command in ANSWERS:
+            # Never answered, nor relayed: answering oneself, or an answer, could loop.
+            self._tally.add_reason("unanswered", "own_address" if own else "answer")
+            if self._inner is not None:
+                self._inner(message)
+        elif command == JOIN:
             self._join(peer, argument.strip(), message.size)
         elif text == LEAVE:
             self.room.leave(peer)
@@ -279,7 +358,7 @@ class Relay:
         if request_size < len(answer):
             self._tally.add("unanswered_non_members")
             return
-        if self._emit(answer, peer):
+        if self._answer(answer, peer):
             self._tally.add("expired_notices")
 
     def _forward(self, message: Message) -> bool:
@@ -328,13 +407,13 @@ class Relay:
                     self._tally.add("joins")
                     self._emit(f"{JOINED} {self.room.peer_timeout_s:g}".encode(), peer)
                 else:
-                    self._emit(ROOM_FULL.encode(), peer)
+                    self._answer(ROOM_FULL.encode(), peer)
                 return
         answer = f"{COOKIE} {self._cookies.issue(peer)}".encode()
         if request_size < len(answer):
             self._tally.add("ignored_joins")
             return
-        self._emit(answer, peer)
+        self._answer(answer, peer)
 
     def stats(self) -> RelayStats:
         return self._tally.snapshot(members=len(self.room.members()))

@@ -11,7 +11,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -41,9 +41,13 @@ from udpchat.record import (
     start_recorded,
 )
 from udpchat.relay import (
+    ANSWER_SOURCE_BYTES,
+    DEFAULT_ANSWER_RATE_PER_S,
+    DEFAULT_ANSWER_RATE_TOTAL_PER_S,
     DEFAULT_MAX_PEERS,
     DEFAULT_PEER_TIMEOUT_S,
     DEFAULT_TEXT_RATE_PER_S,
+    AnswerLimit,
     CookieJar,
     Relay,
     Room,
@@ -55,7 +59,10 @@ from udpchat.sockets import (
     MAX_RCVBUF,
     MAX_UDP_PAYLOAD,
     bind_udp_socket,
+    is_loopback,
+    is_wildcard,
     kernel_drop_count,
+    plain_ip,
     receive_buffer_size,
 )
 
@@ -135,7 +142,8 @@ class ServerConfig:
     rate_burst: float | None = setting(None, minimum=1)
     """Bucket size; defaults to one second's worth of ``rate_limit_per_s``."""
     max_sources: int = setting(DEFAULT_MAX_SOURCES, minimum=1)
-    """Per-source table entries (rate limiter, allow-list cache), at most."""
+    """Per-source table entries (rate limiter, allow-list cache, the relay's answer limit), at
+    most."""
     max_senders: int = setting(DEFAULT_MAX_SENDERS, minimum=1)
     """Senders (address + username) whose counters are tracked for loss, at most."""
     processes: int = setting(1, minimum=1, maximum=MAX_PROCESSES)
@@ -152,6 +160,11 @@ class ServerConfig:
     relay_rate_per_s: float = setting(DEFAULT_TEXT_RATE_PER_S, minimum=0.01)
     """Texts a second each member may have relayed (bursts of twice that); beyond it they are
     shown but not relayed, and counted: what one member can make the server send is bounded."""
+    answer_rate_per_s: float = setting(DEFAULT_ANSWER_RATE_PER_S, minimum=0.01)
+    """Answers a second the room sends to each address that is not a member (``/cookie``,
+    ``/expired``, ``/full``; bursts of twice that); beyond it they are counted, not sent."""
+    answer_rate_total_per_s: float = setting(DEFAULT_ANSWER_RATE_TOTAL_PER_S, minimum=0.01)
+    """Answers a second to all addresses that are not members together (bursts of twice that)."""
     metrics_port: int | None = setting(None, minimum=0, maximum=MAX_PORT)
     """Serve Prometheus metrics over HTTP on this TCP port (0: any free port); None: no endpoint."""
     metrics_host: str = DEFAULT_METRICS_HOST
@@ -271,7 +284,7 @@ class ServerConfig:
         ``max_datagram_size``, each with its sender's address, larger on an IPv6 or dual-stack
         socket), the per-sender accounting, the output being formatted by each worker (and the
         batch the event loop is filling), and the admission tables where the config asks for an
-        allow-list or a rate limit.
+        allow-list or a rate limit, and the relay's table of answered addresses.
         """
         overhead = (
             QUEUED_DATAGRAM_OVERHEAD_BYTES
@@ -285,6 +298,7 @@ class ServerConfig:
             + self.max_senders * SENDER_BYTES
             + (self.workers + 1) * OUTPUT_EXPANSION * batch_bytes
             + (self.max_sources * SOURCE_BYTES if self.admission() is not None else 0)
+            + (self.max_sources * ANSWER_SOURCE_BYTES if self.relay else 0)
         )
 
 
@@ -356,9 +370,15 @@ class Server(StartsAndStops):
                 self.config.peer_timeout_s,
                 text_rate_per_s=self.config.relay_rate_per_s,
             )
+            answers = AnswerLimit(
+                self.config.answer_rate_per_s,
+                self.config.answer_rate_total_per_s,
+                self.config.max_sources,
+                tally=room.tally,
+            )
             inner: Handler | None = handler  # callable, checked above
             self._relay = Relay(
-                room, CookieJar(), inner, self.send_datagram, self.config.bus_config()
+                room, CookieJar(), inner, self, self.config.bus_config(), answers=answers
             )
             handler = self._relay
         self._echo: Echo | None = None
@@ -374,6 +394,8 @@ class Server(StartsAndStops):
         self._receiver: Receiver | None = None
         self._dispatcher: Dispatcher | None = None
         self._socket: socket.socket | None = None
+        self._own_address: tuple[str, int] | None = None
+        """The socket's bound (host, port), kept after the stop for late questions."""
         self._kernel_drops_at_stop: int | None = None
         self._metrics: MetricsServer | None = None
         self._should_exit = asyncio.Event()
@@ -477,6 +499,7 @@ class Server(StartsAndStops):
                 await bus.stop()
             raise
         self._transport, self._receiver, self._socket = transport, receiver, sock
+        self._own_address = self.address
 
     async def serve_until_stopped(self) -> ServeResult:
         """Start (unless started), serve until :meth:`request_stop`, a fatal error or
@@ -607,6 +630,19 @@ class Server(StartsAndStops):
         except OSError:
             return False
         return True
+
+    def send_to_many(self, data: bytes, addresses: Sequence[tuple[str, int]]) -> int:
+        """:meth:`send_datagram` to each address; how many were sent."""
+        return sum(self.send_datagram(data, address) for address in addresses)
+
+    def is_own_address(self, address: tuple[str, int]) -> bool:
+        """Whether ``address`` is this server's socket: its port, and its address or, bound to
+        a wildcard, a loopback one. A datagram that claims it was forged, or looped back."""
+        own = self._own_address
+        if own is None or address[1] != own[1]:
+            return False
+        ip, host = plain_ip(address[0]), plain_ip(own[0])
+        return ip == host or (is_wildcard(host) and is_loopback(ip))
 
     def kernel_drops(self) -> int | None:
         """Datagrams the kernel dropped before we could read them; None where the OS cannot say."""

@@ -7,6 +7,7 @@ Kept apart from the server so that the platform-specific parts (``SO_RCVBUFFORCE
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import socket
@@ -171,6 +172,20 @@ def find_drops(rows: list[str], inode: str) -> int | None:
         if len(columns) > _DROPS_COLUMN and columns[_INODE_COLUMN] == inode:
             return int(columns[_DROPS_COLUMN])
     return None
+
+
+def is_wildcard(host: str) -> bool:
+    """A bound address that means every address of the host: ``0.0.0.0`` or ``::``."""
+    return host in ("0.0.0.0", "::")
+
+
+def is_loopback(ip: str) -> bool:
+    """An address of the loopback interface (127.0.0.0/8, ``::1``); False for what is not an
+    address at all."""
+    try:
+        return ipaddress.ip_address(ip.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def plain_ip(ip: str) -> str:

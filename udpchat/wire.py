@@ -284,3 +284,10 @@ def text_kind(text: str) -> TextKind | None:
 def sender_address(ip: str, port: int) -> str:
     """``1.2.3.4:5`` or ``[::1]:5``."""
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+ANSWERS = frozenset((COOKIE, JOINED, EXPIRED, ROOM_FULL, DELIVERED))
+"""The relay's answers. A relay never answers a datagram that starts with one: an answer to an
+answer is how two relays (or a relay and itself, given one forged datagram) would bounce
+``/expired`` between them for ever, as UDP's echo and chargen services once did. The first word
+of a datagram decides."""
