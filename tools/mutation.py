@@ -1,10 +1,10 @@
 """``make mutation``: mutmut over the modules pyproject.toml's ``[tool.mutmut]`` names, from
 scratch, then one summary: the counts, the kill ratio, and every mutant not killed with its diff,
-each marked where README.md's Development section lists it as equivalent.
+each marked where ``tools/mutation-equivalents.toml`` lists it as equivalent.
 
 Exits 1 when fewer than :data:`MIN_KILL_RATIO` of the mutants are killed, or when a survivor is
-not listed there: a new survivor needs a test that kills it, or a line that says why it cannot
-change behaviour.
+not listed there: a new survivor needs a test that kills it, or an entry that says why it
+cannot change behaviour.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 MIN_KILL_RATIO = 0.9
 MUTANTS = Path("mutants")
-README = Path("README.md")
-DEVELOPMENT_HEADING = "## Development"
+EQUIVALENTS = Path(__file__).with_name("mutation-equivalents.toml")
 MUTMUT = str(Path(sys.executable).with_name("mutmut"))
 DETECTED = ("killed", "timeout")
 """Statuses that need no explanation: the tests failed, or never finished, against the mutant."""
@@ -42,13 +42,14 @@ def readable_name(name: str) -> str:
     return f"{module}.{qualified} #{number}"
 
 
-def development_section() -> str:
-    text = README.read_text(encoding="utf-8")
-    start = text.find(DEVELOPMENT_HEADING)
-    if start < 0:
-        return ""
-    end = text.find("\n## ", start + len(DEVELOPMENT_HEADING))
-    return text[start : end if end >= 0 else len(text)]
+def equivalents(path: Path = EQUIVALENTS) -> dict[str, str]:
+    """The mutants listed as unable to change behaviour, each with its one-line reason."""
+    listed = tomllib.loads(path.read_text(encoding="utf-8")).get("equivalent", {})
+    if not isinstance(listed, dict) or not all(
+        isinstance(reason, str) and reason.strip() for reason in listed.values()
+    ):
+        raise SystemExit(f"make mutation: {path}: [equivalent] maps each mutant to its reason")
+    return listed
 
 
 def run_mutmut() -> float:
@@ -71,7 +72,7 @@ def main() -> int:
     wall_s = run_mutmut()
     mutmut("export-cicd-stats")
     stats = json.loads((MUTANTS / "mutmut-cicd-stats.json").read_text(encoding="utf-8"))
-    listed = development_section()
+    listed = equivalents()
     not_killed = [line.strip() for line in mutmut("results").splitlines() if line.strip()]
     unexplained = 0
     print()
@@ -80,10 +81,10 @@ def main() -> int:
         readable = readable_name(name)
         if status in DETECTED:
             note = "detected"
-        elif f"`{readable}`" in listed:
-            note = "listed in README.md as equivalent"
+        elif readable in listed:
+            note = f"equivalent: {listed[readable]}"
         else:
-            note = "NOT LISTED: kill it with a test, or list it in README.md as equivalent"
+            note = f"NOT LISTED: kill it with a test, or list it in {EQUIVALENTS.name}"
             unexplained += 1
         print(f"== {status}: {readable} ({note})")
         print(mutmut("show", name).partition("\n")[2])
