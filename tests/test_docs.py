@@ -23,6 +23,7 @@ from tests.docs_examples import (
     problems,
     run_page,
 )
+from tests.test_layout import LAYERS
 
 CONCURRENT_PAGES = 4
 README_MAX_LINES = 300
@@ -69,6 +70,17 @@ def test_the_page_s_shell_examples_print_what_it_shows(
     page = parse_page(path)
     found = problems(page, page_runs[path].result())
     assert not found, "\n\n".join(found)
+
+
+def test_the_design_page_s_layers_are_the_layout_test_s() -> None:
+    rows = re.findall(r"^\| (\d+) \| (.+?) \| ", (ROOT / "docs/design.md").read_text("utf-8"), re.M)
+    shown: dict[int, set[str]] = {}
+    for layer, cell in rows:
+        modules = re.findall(r"`([\w/]+)\.py`", cell)
+        shown.setdefault(int(layer), set()).update(
+            module.removesuffix("/__init__").replace("/", ".") for module in modules
+        )
+    assert [shown.get(layer, set()) for layer in range(len(LAYERS))] == LAYERS
 
 
 def test_the_readme_is_one_user_s_page() -> None:
