@@ -84,6 +84,16 @@ class Page:
     def blocks(self) -> list[Block]:
         return [step for step in self.steps if isinstance(step, Block)]
 
+    def scenes(self) -> list[list[Block | str]]:
+        """The page's steps cut after each ``stop``: once the background commands are stopped,
+        what follows needs nothing from before, so each scene can run apart, concurrently."""
+        scenes: list[list[Block | str]] = [[]]
+        for step in self.steps:
+            scenes[-1].append(step)
+            if step == "stop":
+                scenes.append([])
+        return [scene for scene in scenes if any(isinstance(step, Block) for step in scene)]
+
 
 HEREDOC = re.compile(r"<<-?\s*(['\"]?)(?P<word>\w+)\1")
 
@@ -443,8 +453,17 @@ def namespace_available() -> bool:
 
 
 def run_page(page: Page) -> dict[int, Outcome]:
-    """Runs the page's examples in a namespace of their own; each command's outcome by line."""
-    steps = [asdict(step) if isinstance(step, Block) else step for step in page.steps]
+    """Runs the page's examples, each scene in a namespace of its own and one after the other;
+    each command's outcome by line."""
+    outcomes: dict[int, Outcome] = {}
+    for scene in page.scenes():
+        outcomes.update(run_scene(page, scene))
+    return outcomes
+
+
+def run_scene(page: Page, scene: list[Block | str]) -> dict[int, Outcome]:
+    """Runs some of a page's steps in a network namespace of their own; outcomes by line."""
+    steps = [asdict(step) if isinstance(step, Block) else step for step in scene]
     result = subprocess.run(
         ["unshare", "-rn", sys.executable, "-m", "tests.docs_examples"],
         input=json.dumps(steps),

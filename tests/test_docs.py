@@ -22,10 +22,11 @@ from tests.docs_examples import (
     parse_page,
     problems,
     run_page,
+    run_scene,
 )
 from tests.test_layout import LAYERS
 
-CONCURRENT_PAGES = 4
+CONCURRENT_SCENES = 6
 README_MAX_LINES = 300
 needs_namespace = pytest.mark.skipif(
     not namespace_available(), reason="needs a network namespace of its own (unshare -rn)"
@@ -33,15 +34,21 @@ needs_namespace = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def page_runs(request: pytest.FixtureRequest) -> Iterator[dict[Path, Future[dict[int, Outcome]]]]:
-    """Every selected page with examples to run, started at once, a few pages at a time."""
+def page_runs(
+    request: pytest.FixtureRequest,
+) -> Iterator[dict[Path, list[Future[dict[int, Outcome]]]]]:
+    """Every scene of every selected page, started at once, a few at a time (each in a network
+    namespace of its own)."""
     chosen = [
         getattr(getattr(item, "callspec", None), "params", {}) for item in request.session.items
     ]
     selected = {params["path"] for params in chosen if "path" in params}
-    with ThreadPoolExecutor(CONCURRENT_PAGES) as pool:
+    with ThreadPoolExecutor(CONCURRENT_SCENES) as pool:
         yield {
-            path: pool.submit(run_page, parse_page(path)) for path in pages() if path in selected
+            path: [pool.submit(run_scene, page, scene) for scene in page.scenes()]
+            for path in pages()
+            if path in selected
+            for page in [parse_page(path)]
         }
 
 
@@ -65,10 +72,12 @@ def has_examples_to_run(path: Path) -> bool:
     ids=lambda path: str(path.relative_to(ROOT)),
 )
 def test_the_page_s_shell_examples_print_what_it_shows(
-    path: Path, page_runs: dict[Path, Future[dict[int, Outcome]]]
+    path: Path, page_runs: dict[Path, list[Future[dict[int, Outcome]]]]
 ) -> None:
-    page = parse_page(path)
-    found = problems(page, page_runs[path].result())
+    outcomes: dict[int, Outcome] = {}
+    for scene in page_runs[path]:
+        outcomes.update(scene.result())
+    found = problems(parse_page(path), outcomes)
     assert not found, "\n\n".join(found)
 
 
