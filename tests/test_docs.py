@@ -9,6 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import typer.main
 
 from tests.docs_examples import (
     ROOT,
@@ -25,6 +26,7 @@ from tests.docs_examples import (
     run_scene,
 )
 from tests.test_layout import LAYERS
+from udpchat import cli
 
 CONCURRENT_SCENES = 6
 README_MAX_LINES = 300
@@ -90,6 +92,39 @@ def test_the_design_page_s_layers_are_the_layout_test_s() -> None:
             module.removesuffix("/__init__").replace("/", ".") for module in modules
         )
     assert [shown.get(layer, set()) for layer in range(len(LAYERS))] == LAYERS
+
+
+OPTION_PAGES = {
+    "serve": "docs/guide/serve.md",
+    "send": "docs/guide/clients.md",
+    "chat": "docs/guide/clients.md",
+    "load": "docs/guide/clients.md",
+    "impair": "docs/guide/impair.md",
+}
+
+
+def documented_options(page: str, command: str) -> set[str]:
+    """The options in the first column of the page's tables whose header names the command."""
+    found: set[str] = set()
+    owner = None
+    for line in (ROOT / page).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("|"):
+            owner = None
+        elif owner is None:
+            owner = f"`{command}` option" in line.split("|")[1]
+        elif owner:
+            found.update(re.findall(r"--[a-z][\w-]*", line.split("|")[1]))
+    return found
+
+
+@pytest.mark.parametrize("command", sorted(OPTION_PAGES))
+def test_every_option_has_a_row_in_its_command_s_table(command: str) -> None:
+    params = typer.main.get_command(cli.app).commands[command].params  # type: ignore[attr-defined]
+    primary = {opt for param in params for opt in param.opts if opt.startswith("--")}
+    every = primary | {opt for param in params for opt in param.secondary_opts}
+    shown = documented_options(OPTION_PAGES[command], command)
+    assert sorted(primary - shown - {"--help"}) == []
+    assert sorted(shown - every) == []
 
 
 def test_the_readme_is_one_user_s_page() -> None:
