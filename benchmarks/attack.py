@@ -25,6 +25,8 @@ Scenarios (``--only NAME`` runs one):
 - ``downgrade``: ``--nats tls://TOKEN@...`` against a server that offers no TLS (a fake one
   asking for credentials, and a real nats-server without TLS): one line, exit 3, and nothing
   credential-bearing sent.
+- ``nan``: NaN and both infinities in every option that takes a fraction, of every command,
+  and ``impair`` values that overflow or underflow: each refused at once, one line, exit 2.
 """
 
 from __future__ import annotations
@@ -444,6 +446,57 @@ def loop(runs: int) -> None:
           f"{LOOP_WINDOW_S:g} s: {'HELD' if worst <= 2 else 'BROKEN'}")  # fmt: skip
 
 
+NAN_TARGET_ARGS = {
+    "serve": ["--host", LOOPBACK, "--port", "0", "--quiet"],
+    "send": ["--host", LOOPBACK, "--port", "{port}", "--username", "nan", "--count", "100"],
+    "load": ["--host", LOOPBACK, "--port", "{port}", "--count", "1000", "--no-progress"],
+    "impair": ["--listen", f"{LOOPBACK}:0", "--to", f"{LOOPBACK}:{{port}}"],
+}
+"""What each command needs besides the value under test so that, were the value taken, it
+would stay on loopback and end by itself (a command missing here fails the scenario)."""
+REFUSAL_TIMEOUT_S = 15.0
+
+
+def nan_options() -> None:
+    """Each float option with nan, inf and -inf, and impair's out-of-range values, through the
+    real command line: refused (exit 2, one line, no traceback) or not, and how long it took."""
+    import typer  # noqa: PLC0415 - the command line's own options, read from it
+
+    from tests.helpers import IMPAIRMENTS_OUT_OF_RANGE, float_options  # noqa: PLC0415
+    from udpchat.cli import app  # noqa: PLC0415
+
+    commands = typer.main.get_command(app)
+    assert isinstance(commands, typer.core.TyperGroup)
+    cases = [
+        (command, option, value)
+        for command, option in float_options(commands)
+        for value in ("nan", "inf", "-inf")
+    ]
+    cases += [("impair", option, value) for option, value in IMPAIRMENTS_OUT_OF_RANGE]
+    port = str(free_port())  # nothing listens there: were a value taken, nothing would answer
+    refused, seconds = [], []
+    for command, option, value in cases:
+        base = [arg.format(port=port) for arg in NAN_TARGET_ARGS[command]]
+        argv = [PYTHON, "-m", "udpchat", command, *base, option, value]
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                argv, check=False, capture_output=True, text=True, timeout=REFUSAL_TIMEOUT_S
+            )
+            outcome = f"exit {done.returncode}"
+            lines = done.stderr.splitlines()
+            held = done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr
+        except subprocess.TimeoutExpired:
+            outcome, lines, held = f"still running after {REFUSAL_TIMEOUT_S:g} s", [], False
+        seconds.append(time.monotonic() - started)
+        refused.append(held)
+        shown = value if len(value) < 20 else f"{value[:8]}...{value[-8:]}"
+        print(f"  {command} {option} {shown}: {outcome}, {len(lines)} line(s) on stderr: "
+              f"{lines[-1][:100] if lines else ''}", flush=True)  # fmt: skip
+    print(f"nan: {sum(refused)} of {len(cases)} values refused with one line and exit 2, each "
+          f"in {spread(seconds, ' s', 2)}: {'HELD' if all(refused) else 'BROKEN'}")  # fmt: skip
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "forged": lambda args: forged(args.runs),
     "bus": lambda args: bus(args.runs),
@@ -453,6 +506,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "headers": lambda args: headers(3.0),
     "downgrade": lambda args: downgrade(args.runs),
     "loop": lambda args: loop(args.runs),
+    "nan": lambda args: nan_options(),
 }
 
 

@@ -9,21 +9,27 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
+from typer._click.exceptions import UsageError
 
 from tests.helpers import (
+    IMPAIRMENTS_OUT_OF_RANGE,
     LOOPBACK,
     CliProcess,
     assert_summary_balanced,
+    float_options,
     flood,
     free_udp_port,
     read_port,
     start_cli,
     start_server_with_unread_stdout,
 )
+from udpchat import cli as cli_module
 from udpchat.accounting import DEFAULT_MAX_SENDERS
-from udpchat.cli import main
+from udpchat.cli import app, main, usage_error_line
 from udpchat.server import DEFAULT_WORKERS, ServerConfig
 
 
@@ -50,7 +56,7 @@ from udpchat.server import DEFAULT_WORKERS, ServerConfig
         (["send", "--port", "0"], "udpchat send: --port: must be 1 to 65535, not 0"),
         (["chat", "--port", "70000"], "udpchat chat: --port: must be 1 to 65535, not 70000"),
         (["load", "--users", "0"], "udpchat load: --users: must be 1 to 10000, not 0"),
-        (["load", "--rate", "-1"], "udpchat load: --rate: must be at least 0, not -1.0"),
+        (["load", "--rate", "-1"], "udpchat load: --rate: must be 0 to 1000000000, not -1.0"),
         (["load", "--duration", "4000"], "udpchat load: --duration: must be 0 to 3600, not 4000.0"),
         (["load", "--count", "0"], "udpchat load: --count: must be at least 1, not 0"),
         (  # refused before anything is sent, and before the progress bar draws
@@ -72,6 +78,49 @@ def test_a_usage_error_is_one_line_naming_the_command_and_option(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(line), err
     assert "Usage:" not in err and "\u256d" not in err  # neither click's usage nor rich's box
+
+
+COMMANDS = typer.main.get_command(app)
+"""The command line, built once: typer takes 0.1-0.3 s to build it, and these tests call it
+dozens of times (``main`` builds it anew for each call)."""
+assert isinstance(COMMANDS, typer.core.TyperGroup)
+
+
+class Accepted(Exception):  # noqa: N818 - what the test looks for, not an error
+    """The command line let the value through to a config: the test's failure."""
+
+
+def usage_line(monkeypatch: pytest.MonkeyPatch, *argv: str) -> str:
+    """The one line ``main`` would print for ``argv``, a usage error; whatever the command
+    line configures is not run, but raises :class:`Accepted` instead of serving or sending."""
+    real = cli_module.configure
+
+    def configure_only(*args: Any, **kwargs: Any) -> Any:
+        raise Accepted(real(*args, **kwargs))
+
+    monkeypatch.setattr(cli_module, "configure", configure_only)
+    with pytest.raises(UsageError) as refused:
+        COMMANDS.main(list(argv), prog_name="udpchat", standalone_mode=False)
+    return usage_error_line(refused.value)
+
+
+@pytest.mark.parametrize(("command", "option"), float_options(COMMANDS))
+def test_no_option_takes_nan_or_infinity(
+    command: str, option: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line, exit 2 (``main`` says a usage error so: tested above), in the bound's words."""
+    for value in ("nan", "inf", "-inf"):
+        line = usage_line(monkeypatch, command, option, value)
+        assert line.startswith(f"udpchat {command}: {option}: must be "), line
+        assert line.endswith(f", not {value}") and "\n" not in line, line
+
+
+@pytest.mark.parametrize(("option", "value"), IMPAIRMENTS_OUT_OF_RANGE)
+def test_impairments_that_overflow_or_underflow_are_refused(
+    option: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = usage_line(monkeypatch, "impair", option, value)
+    assert line.startswith(f"udpchat impair: {option}: ") and "\n" not in line, line
 
 
 def test_unknown_host_is_one_line(

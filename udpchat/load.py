@@ -28,6 +28,10 @@ DEFAULT_USERS = 10
 MAX_USERS = 10_000
 """Simulated users, at most: each holds a socket (a file descriptor)."""
 DEFAULT_RATE_PER_S = 10_000.0
+MAX_RATE_PER_S = 1e9
+"""The fastest target rate: a thousand times what one process sends, and low enough that the
+pacing's sum (rate * elapsed) stays a whole number a float can hold for :data:`MAX_DURATION_S`
+(at 1e308/s it overflowed)."""
 DEFAULT_DURATION_S = 5.0
 MAX_DURATION_S = 3600.0
 
@@ -132,7 +136,7 @@ class LoadConfig:
     port: int = setting(5002, minimum=1, maximum=MAX_PORT)
     users: int = setting(DEFAULT_USERS, minimum=1, maximum=MAX_USERS)
     """Simulated users, each with its own socket (source port), username and counter."""
-    rate_per_s: float = setting(DEFAULT_RATE_PER_S, minimum=0)
+    rate_per_s: float = setting(DEFAULT_RATE_PER_S, minimum=0, maximum=MAX_RATE_PER_S)
     """Target messages a second over all users; 0 sends as fast as possible."""
     duration_s: float = setting(DEFAULT_DURATION_S, minimum=0, maximum=MAX_DURATION_S)
     count: int | None = setting(None, minimum=1)

@@ -7,10 +7,11 @@ here and the command line takes its options' ranges, and their wording, from the
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, SupportsFloat
 
 
 def _written(number: float) -> str:
@@ -35,13 +36,22 @@ class Bounds:
             return f"at most {_written(self.maximum)}"
         return "any"
 
-    def problem(self, value: float) -> str | None:
-        """What is wrong with ``value``, or None."""
-        too_low = self.minimum is not None and value < self.minimum
-        too_high = self.maximum is not None and value > self.maximum
-        if not too_low and not too_high:
+    def problem(self, value: SupportsFloat) -> str | None:
+        """What is wrong with ``value``, or None. NaN and infinities are always wrong: every
+        comparison with NaN is false, so a range alone would let it through, and no setting
+        means "never" or "unlimited" by infinity (those are None or 0, each said in its help).
+        A value that is not an int is read as a float (a :class:`SupportsFloat`, such as a
+        rate with its unit); an int is compared exactly, however large."""
+        number = value if isinstance(value, int) else float(value)
+        finite = isinstance(number, int) or math.isfinite(number)
+        if finite and self._within(number):
             return None
-        return f"must be {self}, not {value!r}"
+        return f"must be {self}, not {value}"
+
+    def _within(self, number: float) -> bool:
+        too_low = self.minimum is not None and number < self.minimum
+        too_high = self.maximum is not None and number > self.maximum
+        return not too_low and not too_high
 
 
 def setting(default: Any, *, minimum: float | None = None, maximum: float | None = None) -> Any:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import enum
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -37,6 +36,10 @@ MAX_RATE_QUEUE = 1_000_000
 DEFAULT_REORDER_HOLD_S = 1.0
 """How long a datagram picked for reordering waits for the ones that are to overtake it; it
 leaves then even if fewer came (and counts as reordered only if one did)."""
+MIN_RATE_PER_S = 0.001
+"""The slowest ``--rate``, in datagrams or bytes a second: one in 1,000 s is slower than any
+link worth emulating, and keeps each datagram's time on the link finite, where a rate that
+underflows towards 0 (``0.000...1/s``) would put it at infinity (the timer cannot take it)."""
 MAX_DELAY_S = 60.0
 MAX_REORDER_DISTANCE = 1000
 DEFAULT_DRAIN_TIMEOUT_S = 2.0
@@ -109,6 +112,10 @@ class RateLimit:
     def __str__(self) -> str:
         return f"{self.per_s:g}{'B' if self.unit is RateUnit.BYTES else ''}/s"
 
+    def __float__(self) -> float:
+        """The rate in its unit a second: what the ``rate`` knob's bounds are checked on."""
+        return self.per_s
+
 
 def parse_rate(text: str) -> RateLimit:
     """``1000/s`` (datagrams) or ``64kB/s``, ``1MB/s``, ``500B/s`` (bytes; k and M are 1000s)."""
@@ -152,7 +159,9 @@ class Impairment:
     ``ValueError``) naming the field.
     """
 
-    loss: float = knob(0.0, "Share of datagrams lost (10% or 0.1).", parse_share, maximum=1)
+    loss: float = knob(
+        0.0, "Share of datagrams lost (10% or 0.1).", parse_share, minimum=0, maximum=1
+    )
     burst: float | None = knob(
         None,
         "Mean length of a run of losses, in datagrams: --loss then comes in bursts (simple "
@@ -162,12 +171,13 @@ class Impairment:
         maximum=1e6,
     )
     delay_s: float = knob(
-        0.0, "Delay added to every datagram (20ms).", parse_duration, maximum=MAX_DELAY_S
+        0.0, "Delay added to every datagram (20ms).", parse_duration, minimum=0, maximum=MAX_DELAY_S
     )
     jitter_s: float = knob(
         0.0,
         "Spread of the delay: uniform within --delay plus or minus this (5ms); never reorders.",
         parse_duration,
+        minimum=0,
         maximum=MAX_DELAY_S,
     )
     reorder: float = knob(
@@ -175,6 +185,7 @@ class Impairment:
         "Share of datagrams held back until --reorder-distance later datagrams of the same "
         "client have gone ahead.",
         parse_share,
+        minimum=0,
         maximum=1,
     )
     reorder_distance: int = knob(
@@ -192,16 +203,21 @@ class Impairment:
         maximum=MAX_DELAY_S,
     )
     duplicate: float = knob(
-        0.0, "Share of datagrams sent twice, the copy right behind.", parse_share, maximum=1
+        0.0,
+        "Share of datagrams sent twice, the copy right behind.",
+        parse_share,
+        minimum=0,
+        maximum=1,
     )
     corrupt: float = knob(
-        0.0, "Share of datagrams sent with one byte flipped.", parse_share, maximum=1
+        0.0, "Share of datagrams sent with one byte flipped.", parse_share, minimum=0, maximum=1
     )
     rate: RateLimit | None = knob(
         None,
         "Speed limit: 1000/s (datagrams) or 64kB/s (bytes); beyond it datagrams wait in a "
         "queue of --rate-queue, and the tail is dropped.",
         parse_rate,
+        minimum=MIN_RATE_PER_S,
     )
     rate_queue: int = knob(
         DEFAULT_RATE_QUEUE,
@@ -228,8 +244,6 @@ class Impairment:
                     f"must be at least {self.loss / (1 - self.loss):.3g} for a {{loss}} of "
                     f"{self.loss:.1%}, not {self.burst:g}",
                 )
-        if self.rate is not None and not (math.isfinite(self.rate.per_s) and self.rate.per_s > 0):
-            raise ConfigError("rate", f"must be above 0/s, not {self.rate}")
 
     @property
     def burst_transitions(self) -> tuple[float, float] | None:
