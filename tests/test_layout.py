@@ -14,7 +14,7 @@ PACKAGE = Path(udpchat.__file__).parent
 
 LAYERS = [
     {"counters", "wire", "libc", "logs", "pool", "settings", "sockets"},
-    {"signals", "eventloop", "lifecycle", "tuning"},
+    {"signals", "eventloop", "lifecycle", "tuning", "rtt"},
     {"fastpath", "admission", "bus", "exposition", "report", "client", "load", "wakeup"},
     {"accounting", "chat", "progress", "series", "metrics", "impair.spec"},
     {"handlers", "record", "impair.link"},

@@ -254,3 +254,22 @@ async def test_several_processes_record_their_sum(tmp_path: Path) -> None:
     assert sum(r["deltas"]["received"] for r in intervals) == counts["received"] == 5
     assert sum(r["deltas"]["delivery.lost"] for r in intervals) == counts["lost"] == 3
     assert records(path)[-1]["reason"] == "stopped"
+
+
+async def test_chat_records_what_it_sent_and_what_the_room_confirmed(tmp_path: Path) -> None:
+    server, port = await start_cli_server("--relay", "--quiet")
+    path = tmp_path / "chat.jsonl"
+    chat = await start_cli(
+        "chat", "--username", "ana", "--port", str(port), "--record", str(path),
+        "--record-interval", "0.1", stdin=b"satu\ndua\n",
+    )  # fmt: skip
+    status, stdout, stderr = await chat.finish()
+    assert status == 0, stderr
+    assert stdout.splitlines() == ["Ter kirim: ana: satu", "Ter kirim: ana: dua"]
+    head, *middle, end = records(path)
+    assert (head["kind"], head["config"]["username"], end["type"]) == ("chat", "ana", "end")
+    intervals = [r for r in middle if r["type"] == "interval"]
+    assert sum(r["deltas"]["confirmed"] for r in intervals) == 2
+    assert intervals[-1]["totals"]["sent"] >= 4  # the join's two, the lines, the leave
+    server.signal(signal.SIGINT)
+    await server.finish()

@@ -82,6 +82,9 @@ class Deliveries:
     def __init__(self, report: Report) -> None:
         self._report = report
         self._waiting: dict[str, list[tuple[str, asyncio.TimerHandle]]] = {}
+        self.confirmed_lines = 0
+        self.not_delivered_lines = 0
+        """Lines not confirmed in time, sent to a room that lost us, or typed while out."""
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -101,6 +104,7 @@ class Deliveries:
         """The room's ``/ok DIGEST``: the oldest line of that digest is delivered."""
         text = self._take(digest)
         if text is not None:
+            self.confirmed_lines += 1
             print_sent(text)
 
     def out_of_the_room(self) -> None:
@@ -112,6 +116,7 @@ class Deliveries:
     def _not_delivered(self, digest: str, why: str) -> None:
         text = self._take(digest)
         if text is not None:
+            self.not_delivered_lines += 1
             self._report(f"not delivered ({why}): {sanitize(text)}")
 
     def _take(self, digest: str) -> str | None:
@@ -145,19 +150,23 @@ async def send_typed_lines(
             client.send(text)
             deliveries.sent(text)
         else:
+            deliveries.not_delivered_lines += 1
             report(f"not sent, out of the room while rejoining: {sanitize(line)}")
     await deliveries.idle.wait()
 
 
-async def converse(client: Client, username: str, report: Report) -> None:
+async def converse(
+    client: Client, username: str, report: Report, deliveries: Deliveries | None = None
+) -> None:
     """Join, chat until the person leaves (end of input, Ctrl-D or Ctrl-C at the line editor),
-    then leave the room. Everything printed meanwhile goes above the input line."""
+    then leave the room. Everything printed meanwhile goes above the input line; what became
+    of each line is counted in ``deliveries``."""
 
     interactive = is_terminal()
     if interactive:
         from prompt_toolkit.patch_stdout import patch_stdout  # noqa: PLC0415
 
-    deliveries = Deliveries(report)
+    deliveries = deliveries or Deliveries(report)
 
     def on_room(event: RoomEvent, detail: str) -> None:
         report(detail)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn, TextIO, TypeVar
 
 import typer
 import typer.core
@@ -27,8 +29,9 @@ from udpchat import server as server_module
 from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
 from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusUnavailableError
-from udpchat.chat import converse, print_received, print_sent
-from udpchat.client import Client, ClientConfig, JoinError
+from udpchat.chat import Deliveries, converse, print_received, print_sent
+from udpchat.client import Client, ClientConfig, JoinError, wait_for_answers
+from udpchat.counters import ClientStats
 from udpchat.echo import DEFAULT_ECHO_RATE_PER_S
 from udpchat.eventloop import LoopChoice, LoopUnavailableError, run_coroutine
 from udpchat.handlers import OutputError
@@ -54,7 +57,18 @@ from udpchat.load import (
 )
 from udpchat.metrics import MetricsStartError
 from udpchat.output import OutputFormat
-from udpchat.record import RecordFileError, RecordFormat, Refusal
+from udpchat.record import (
+    RecordFileError,
+    RecordFormat,
+    RecordOptions,
+    RecordWriter,
+    Refusal,
+    Samples,
+    config_json,
+    open_new,
+    record_client,
+    setting_of,
+)
 from udpchat.relay import (
     DEFAULT_ANSWER_RATE_PER_S,
     DEFAULT_ANSWER_RATE_TOTAL_PER_S,
@@ -63,6 +77,7 @@ from udpchat.relay import (
     DEFAULT_TEXT_RATE_PER_S,
 )
 from udpchat.report import SortKey, impair_summary, json_summary, summary_lines
+from udpchat.rtt import RoundTrips
 from udpchat.runner import run
 from udpchat.server import ServerConfig, ServeResult, Service
 from udpchat.settings import ConfigError, bounds_of
@@ -268,20 +283,46 @@ def record_option(help: str, flag: str = "--record") -> Any:
     )  # fmt: skip
 
 
-def record_interval_option(config: type[Any]) -> Any:
-    return bounded(
-        config, "record_interval_s", "Seconds per recorded interval.", "--record-interval",
+RecordIntervalOption = Annotated[
+    float,
+    bounded(
+        RecordOptions, "interval_s", "Seconds per recorded interval.", "--record-interval",
         panel=Panel.RECORD,
-    )  # fmt: skip
-
-
-def record_max_bytes_option(config: type[Any]) -> Any:
-    return bounded(
-        config,
-        "record_max_bytes",
+    ),
+]  # fmt: skip
+RecordMaxBytesOption = Annotated[
+    int,
+    bounded(
+        RecordOptions,
+        "max_bytes",
         "The record file's bound: recording stops there, counted and logged; the run goes on.",
+        "--record-max-bytes",
         panel=Panel.RECORD,
-    )
+    ),
+]
+
+
+def record_options(
+    context: typer.Context, path: Path | None, **values: Any
+) -> RecordOptions | None:
+    """The ``--record`` options as a :class:`RecordOptions`; None without ``--record``. A value
+    out of range is a usage error naming its option."""
+    if path is None:
+        return None
+    try:
+        return RecordOptions(path=path, **values)
+    except ConfigError as error:
+        fail(error.describe(lambda name: option_name(context, setting_of(name))), ExitCode.USAGE)
+
+
+def open_record(options: RecordOptions | None, option: str = "--record") -> BinaryIO | None:
+    """The record file opened before anything starts, or one line and exit 2 or 3."""
+    if options is None:
+        return None
+    try:
+        return open_new(options.path, options.overwrite)
+    except RecordFileError as error:
+        refuse_file(error, option)
 
 
 def record_label_option() -> Any:
@@ -613,9 +654,7 @@ def serve(
             rich_help_panel=Panel.RECORD,
         ),
     ] = RecordFormat.JSONL,
-    record_interval_s: Annotated[float, record_interval_option(ServerConfig)] = (
-        record_module.DEFAULT_INTERVAL_S
-    ),
+    record_interval_s: RecordIntervalOption = record_module.DEFAULT_INTERVAL_S,
     record_senders: Annotated[
         int,
         bounded(
@@ -635,9 +674,7 @@ def serve(
             panel=Panel.RECORD,
         ),
     ] = record_module.DEFAULT_EVENTS,
-    record_max_bytes: Annotated[int, record_max_bytes_option(ServerConfig)] = (
-        record_module.DEFAULT_MAX_BYTES
-    ),
+    record_max_bytes: RecordMaxBytesOption = record_module.DEFAULT_MAX_BYTES,
     record_label: Annotated[str, record_label_option()] = "",
     overwrite: Annotated[bool, force_option()] = False,
     dashboard_sort: Annotated[
@@ -816,6 +853,32 @@ def send(
         bool,
         typer.Option(help="Join a 'serve --relay' room and also print the others' messages."),
     ] = False,
+    rtt: Annotated[
+        bool,
+        typer.Option(
+            "--rtt",
+            help="Measure each message's round trip by a 'serve --echo' server's answer: "
+            "min/p50/p99/max at exit, each round trip with --record.",
+        ),
+    ] = False,
+    record: Annotated[
+        Path | None,
+        record_option("Record what was sent, per interval (with --rtt, each round trip)."),
+    ] = None,
+    record_interval_s: RecordIntervalOption = record_module.DEFAULT_INTERVAL_S,
+    record_samples: Annotated[
+        int,
+        bounded(
+            RecordOptions,
+            "samples",
+            "Round trips recorded per interval, at most; more are counted.",
+            "--record-samples",
+            panel=Panel.RECORD,
+        ),
+    ] = record_module.DEFAULT_SAMPLES,
+    record_max_bytes: RecordMaxBytesOption = record_module.DEFAULT_MAX_BYTES,
+    record_label: Annotated[str, record_label_option()] = "",
+    overwrite: Annotated[bool, force_option()] = False,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Send 'USERNAME: pesan ke-N' every INTERVAL seconds, like the seed's client.
@@ -826,14 +889,25 @@ def send(
     config = configure(
         context, ClientConfig, host=host, port=port, interval_s=interval_s, count=count
     )
+    if rtt and relay:
+        fail("--rtt measures a 'serve --echo' server's answers: not with --relay", ExitCode.USAGE)
+    options = record_options(
+        context, record, interval_s=record_interval_s, samples=record_samples,
+        max_bytes=record_max_bytes, label=record_label, overwrite=overwrite,
+    )  # fmt: skip
+    name = ask_username(username)
+    round_trips = RoundTrips(name, record_samples) if rtt else None
+    recording = client_recording(options, "send", config, username=name, relay=relay, rtt=rtt)
 
     def report_send_error(error: Exception) -> None:
         going_on = "; still sending" if count is None or client.sent < count else ""
         report(f"send failed: {describe_error(error)}{going_on}")
 
     client = Client(config.host, config.port, on_error=report_send_error)
-    sending = send_until_stopped(client, ask_username(username), config, relay)
+    sending = send_until_stopped(client, name, config, relay, round_trips, recording)
     run_client(client, sending, loop)
+    if round_trips is not None:
+        report(round_trips.summary(client.sent))
     if client.sent and client.send_errors >= client.sent:
         fail(f"every datagram was refused: nothing listens at {host} port {port}", ExitCode.FAILURE)
 
@@ -895,23 +969,61 @@ async def until_stopped(work: Coroutine[Any, Any, object], stop: SignalStop) -> 
         working.result()  # raises what the work raised
 
 
+def client_recording(
+    options: RecordOptions | None, kind: str, config: ClientConfig, **more: Any
+) -> ClientRecording | None:
+    """The record file opened (or one line and exit 2 or 3), ready to record once the client
+    is open."""
+    stream = open_record(options)
+    if stream is None or options is None:
+        return None
+    return functools.partial(record_client, stream, options, kind, {**config_json(config), **more})
+
+
+ClientRecording = Callable[[Callable[[], ClientStats], Samples | None], RecordWriter]
+"""Starts recording a client, given its counters and (``send --rtt``) its round trips."""
+
+
 async def send_until_stopped(
-    client: Client, username: str, config: ClientConfig, relay: bool
+    client: Client,
+    username: str,
+    config: ClientConfig,
+    relay: bool,
+    round_trips: RoundTrips | None = None,
+    recording: ClientRecording | None = None,
 ) -> None:
     stop = SignalStop()
+    on_sent: Callable[[str], None] = print_sent
+    if round_trips is not None:
+        rtt = round_trips
+        client.listen(lambda data: rtt.received(data, time.monotonic()))
+
+        def on_sent(text: str) -> None:
+            rtt.sent(text, time.monotonic())  # before the print, which may wait for a pipe
+            print_sent(text)
+
     with stop.installed():
         async with client:
+            recorder = None
+            if recording is not None:
+                counts = (lambda: {}) if round_trips is None else round_trips.counts_by_name
+                samples = None if round_trips is None else round_trips.take_interval
+                recorder = recording(lambda: client.stats(**counts()), samples)
             if relay:
                 await client.join_room(print_received, on_room=lambda _, detail: report(detail))
             await until_stopped(
                 client.send_every(
-                    username, interval_s=config.interval_s, count=config.count, on_sent=print_sent
+                    username, interval_s=config.interval_s, count=config.count, on_sent=on_sent
                 ),
                 stop,
             )
             if relay:
                 client.leave_room()
+            if round_trips is not None:
+                await wait_for_answers(round_trips)
             await client.settle()
+            if recorder is not None:
+                await asyncio.to_thread(recorder.close)
 
 
 @command(
@@ -924,21 +1036,51 @@ def chat(
     username: Annotated[str | None, username_option("chat")] = None,
     host: HostOption = client_module.DEFAULT_HOST,
     port: Annotated[int, target_port(ClientConfig)] = client_module.DEFAULT_PORT,
+    record: Annotated[
+        Path | None,
+        record_option("Record what was sent per interval: lines sent, confirmed, not delivered."),
+    ] = None,
+    record_interval_s: RecordIntervalOption = record_module.DEFAULT_INTERVAL_S,
+    record_max_bytes: RecordMaxBytesOption = record_module.DEFAULT_MAX_BYTES,
+    record_label: Annotated[str, record_label_option()] = "",
+    overwrite: Annotated[bool, force_option()] = False,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Chat in a 'serve --relay' room: each line typed is sent as 'USERNAME: line', the
     others' lines appear above the input line as they arrive; Ctrl-D or Ctrl-C leaves.
     The client keeps itself in the room and rejoins by itself after a server restart."""
     config = configure(context, ClientConfig, host=host, port=port)
+    options = record_options(
+        context, record, interval_s=record_interval_s, max_bytes=record_max_bytes,
+        label=record_label, overwrite=overwrite,
+    )  # fmt: skip
+    name = ask_username(username)
+    recording = client_recording(options, "chat", config, username=name)
     client = Client(config.host, config.port)
-    run_client(client, chat_until_done(client, ask_username(username)), loop)
+    run_client(client, chat_until_done(client, name, recording), loop)
 
 
-async def chat_until_done(client: Client, username: str) -> None:
+async def chat_until_done(
+    client: Client, username: str, recording: ClientRecording | None = None
+) -> None:
     stop = SignalStop()
+    deliveries = Deliveries(report)
     with stop.installed():
         async with client:
-            await until_stopped(converse(client, username, report), stop)
+            recorder = None
+            if recording is not None:
+                recorder = recording(
+                    lambda: client.stats(
+                        confirmed=deliveries.confirmed_lines,
+                        not_delivered=deliveries.not_delivered_lines,
+                    ),
+                    None,
+                )
+            try:
+                await until_stopped(converse(client, username, report, deliveries), stop)
+            finally:
+                if recorder is not None:
+                    await asyncio.to_thread(recorder.close)
     report("left the room")
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
+from udpchat.counters import ClientStats
+from udpchat.rtt import RoundTrips
 from udpchat.settings import check_bounds, setting
 from udpchat.sockets import MAX_PORT
 from udpchat.wire import (
@@ -50,6 +52,10 @@ ERROR_REPEAT_S = 30.0
 """A send error is reported again after this long, even if the peer was never heard from."""
 REFUSAL_GRACE_S = 0.2
 """How long :meth:`Client.settle` waits for the refusal (ICMP) of the last datagrams."""
+ANSWER_GRACE_S = 1.0
+"""How long ``send --rtt`` waits for the last messages' answers before it ends: what has not
+come by then was lost on the way, there or back."""
+ANSWER_POLL_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +121,13 @@ class _SendProtocol(asyncio.DatagramProtocol):
         self._error_repeat_s = error_repeat_s
         self._last_report = -math.inf
         self.send_errors = 0
+        self.received = 0
         self.error_seen = asyncio.Event()
-        self.on_datagram: Callable[[bytes], None] | None = None
+        self.on_datagram: Callable[[bytes], object] | None = None
         self.on_refused: Callable[[], None] | None = None
 
     def datagram_received(self, data: bytes, addr: object) -> None:
+        self.received += 1
         self._last_report = -math.inf  # the server is there: its next failure is news
         if self.on_datagram is not None:
             self.on_datagram(data)
@@ -167,6 +175,23 @@ class Client:
     @property
     def send_errors(self) -> int:
         return self._protocol.send_errors
+
+    @property
+    def received(self) -> int:
+        """Datagrams the server sent back."""
+        return self._protocol.received
+
+    def stats(self, **more: int) -> ClientStats:
+        """What was sent and received, with ``more`` counted elsewhere (round trips, the
+        room's confirmations)."""
+        return ClientStats(
+            sent=self.sent, send_errors=self.send_errors, received=self.received, **more
+        )
+
+    def listen(self, on_datagram: Callable[[bytes], object]) -> None:
+        """Pass each datagram the server sends back (a ``serve --echo`` answer) to
+        ``on_datagram``; for a room, :meth:`join_room` listens instead."""
+        self._protocol.on_datagram = on_datagram
 
     @property
     def keepalive_s(self) -> float:
@@ -394,6 +419,15 @@ class Client:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+async def wait_for_answers(round_trips: RoundTrips, grace_s: float = ANSWER_GRACE_S) -> None:
+    """Give the answers to the last messages ``grace_s`` to arrive; returns as soon as every
+    message remembered was answered."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace_s):
+            while round_trips.outstanding:
+                await asyncio.sleep(ANSWER_POLL_S)
 
 
 def keepalive_interval(joined_argument: str) -> float:

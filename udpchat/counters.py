@@ -699,6 +699,38 @@ class EchoStats(Counts):
 
 
 @dataclass(frozen=True, slots=True)
+class ClientStats(Counts):
+    """What ``send`` or ``chat`` did, for its ``--record``."""
+
+    text_prefix: ClassVar[str] = "client"
+    metric_prefix: ClassVar[str] = "udpchat_client_"
+
+    sent: int = total("Datagrams sent: messages, and the room's words.", unit="datagrams")
+    send_errors: int = total(
+        "Sends the OS reported refused (nothing listens there: ICMP port unreachable).",
+        unit="datagrams",
+    )
+    received: int = total(
+        "Datagrams from the server: echoes, others' texts, the room's answers.", unit="datagrams"
+    )
+    replies: int = total(
+        "Echoes that measured a round trip (send --rtt): one per message answered.",
+        unit="datagrams",
+    )
+    duplicate_replies: int = total(
+        "Echoes of a message already answered (the link duplicated one).", unit="datagrams"
+    )
+    unmatched_replies: int = total(
+        "Echoes of no message remembered: too old, or not this sender's.", unit="datagrams"
+    )
+    confirmed: int = total("Lines the room confirmed (chat).", unit="messages")
+    not_delivered: int = total(
+        "Lines the room did not confirm in time, or typed while out of the room (chat).",
+        unit="messages",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RecordStats(Counts):
     """What a recording (``--record``) wrote, and what it could not."""
 

@@ -30,16 +30,25 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from udpchat.counters import LOSS_RUN_CAP, SENDER_SERIES, RecordStats, StatsSnapshot, Tally
+from udpchat.counters import (
+    LOSS_RUN_CAP,
+    SENDER_SERIES,
+    ClientStats,
+    RecordStats,
+    StatsSnapshot,
+    Tally,
+)
 from udpchat.series import (
     SCHEMA_VERSION,
     Sampler,
+    changes,
     event_json,
+    flat,
     interval_json,
     schema,
     sender_schema,
 )
-from udpchat.settings import setting
+from udpchat.settings import ConfigError, check_bounds, setting
 
 logger = logging.getLogger("udpchat.record")
 
@@ -56,6 +65,9 @@ DEFAULT_SENDERS = 20
 MAX_SENDERS = 10_000
 DEFAULT_EVENTS = 100
 MAX_EVENTS = 100_000
+DEFAULT_SAMPLES = 1000
+MAX_SAMPLES = 100_000
+MAX_LABEL_LENGTH = 200
 QUEUE_RECORDS = 4096
 """Records from other threads waiting for the writer, at most; more are dropped and counted."""
 END_RESERVE_BYTES = 256
@@ -375,20 +387,38 @@ class RecordWriter:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RecordOptions:
-    """What a run's ``--record`` options ask for."""
+    """What a run's ``--record`` options ask for, checked when built."""
 
     path: Path
     format: RecordFormat = RecordFormat.JSONL
-    interval_s: float = DEFAULT_INTERVAL_S
-    max_bytes: int = DEFAULT_MAX_BYTES
-    senders: int = DEFAULT_SENDERS
-    events: int = DEFAULT_EVENTS
+    interval_s: float = interval_setting()
+    max_bytes: int = max_bytes_setting()
+    senders: int = setting(DEFAULT_SENDERS, minimum=0, maximum=MAX_SENDERS)
+    """A server's: senders listed per interval."""
+    events: int = setting(DEFAULT_EVENTS, minimum=0, maximum=MAX_EVENTS)
+    """Events recorded per interval, at most."""
+    samples: int = setting(DEFAULT_SAMPLES, minimum=0, maximum=MAX_SAMPLES)
+    """``send --rtt``'s: round trips recorded per interval, at most."""
     label: str = ""
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        if str(self.path) == "-":
+            raise ConfigError("path", "cannot be '-': standard output carries the messages")
+        if len(self.label) > MAX_LABEL_LENGTH:
+            raise ConfigError("label", f"must be at most {MAX_LABEL_LENGTH} characters")
+
+
+def setting_of(option: str) -> str:
+    """The name a command's config gives a :class:`RecordOptions` field: ``interval_s`` is
+    ``record_interval_s``, so that an error names the right option."""
+    return {"path": "record", "overwrite": "overwrite"}.get(option, f"record_{option}")
+
 
 def header(kind: str, options: RecordOptions, config: Any, **more: Any) -> Record:
-    """The first record: the schema version, the kind of run, its label and configuration."""
+    """The first record: the schema version, the kind of run, its label and configuration
+    (a config dataclass, or what a command gathered as a dict)."""
     from udpchat import __version__  # noqa: PLC0415 - reads the installed metadata
 
     return {
@@ -399,7 +429,7 @@ def header(kind: str, options: RecordOptions, config: Any, **more: Any) -> Recor
         "label": options.label or options.path.stem,
         "started": rfc3339(time.time()),
         "interval_s": options.interval_s,
-        "config": config_json(config),
+        "config": config if isinstance(config, dict) else config_json(config),
         **more,
     }
 
@@ -464,5 +494,61 @@ def record_server(
             sender_fields=sender_schema(),
             loss_run_cap=LOSS_RUN_CAP,
         )
+    )
+    return writer
+
+
+Samples = Callable[[], tuple[list[float], int]]
+"""An interval's round trips in seconds, and how many more there were."""
+
+
+class ClientSeries:
+    """A client's tick (``send``, ``chat``): its counters' changes, and with ``send --rtt``
+    the interval's round trips."""
+
+    def __init__(self, source: Callable[[], ClientStats], samples: Samples | None) -> None:
+        self._source = source
+        self._samples = samples
+        self._previous = self.first = source()
+        self._previous_t_s = 0.0
+
+    def __call__(self, t_s: float) -> list[Record]:
+        now = self._source()
+        record: Record = {
+            "type": "interval",
+            "t_s": round(t_s, 6),
+            "elapsed_s": round(t_s - self._previous_t_s, 6),
+            "time": rfc3339(time.time()),
+            "totals": flat(now),
+            "deltas": changes(self._previous, now),
+        }
+        if self._samples is not None:
+            samples, left_out = self._samples()
+            record["rtt_ms"] = [round(sample * 1000, 3) for sample in samples]
+            record["rtt_samples_left_out"] = left_out
+        self._previous, self._previous_t_s = now, t_s
+        return [record]
+
+
+def record_client(
+    stream: BinaryIO,
+    options: RecordOptions,
+    kind: str,
+    config: Any,
+    source: Callable[[], ClientStats],
+    samples: Samples | None = None,
+) -> RecordWriter:
+    """Start recording a client (``send``, ``chat``) into ``stream``, opened by
+    :func:`open_new`."""
+    series = ClientSeries(source, samples)
+    writer = RecordWriter(
+        stream,
+        options.path,
+        max_bytes=options.max_bytes,
+        tick=series,
+        interval_s=options.interval_s,
+    )
+    writer.start(
+        header(kind, options, config, counters=schema(series.first), rtt=samples is not None)
     )
     return writer

@@ -38,6 +38,7 @@ from udpchat.record import (
     RecordWriter,
     interval_setting,
     max_bytes_setting,
+    setting_of,
     start_recorded,
 )
 from udpchat.relay import (
@@ -88,7 +89,6 @@ MAX_PEERS = 1024
 DEFAULT_METRICS_HOST = "127.0.0.1"
 """Loopback by default: the metrics say who talks to the server, which is not for everyone."""
 MAX_READS_AT_STOP = 100_000
-MAX_LABEL_LENGTH = 200
 DEFAULT_METRICS_SENDERS = 20
 MAX_METRICS_SENDERS = 1000
 
@@ -226,10 +226,7 @@ class ServerConfig:
             )
         if self.echo and self.relay:
             raise ConfigError("echo", "cannot be used with {relay}: the room answers its members")
-        if self.record is not None and str(self.record) == "-":
-            raise ConfigError("record", "cannot be '-': standard output carries the messages")
-        if len(self.record_label) > MAX_LABEL_LENGTH:
-            raise ConfigError("record_label", f"must be at most {MAX_LABEL_LENGTH} characters")
+        self.record_options()
         try:
             room_subject(self.room)
         except ValueError as error:
@@ -257,16 +254,19 @@ class ServerConfig:
         """What ``record`` asks for; None without it."""
         if self.record is None:
             return None
-        return RecordOptions(
-            self.record,
-            self.record_format,
-            self.record_interval_s,
-            self.record_max_bytes,
-            self.record_senders,
-            self.record_events,
-            self.record_label,
-            self.overwrite,
-        )
+        try:
+            return RecordOptions(
+                path=self.record,
+                format=self.record_format,
+                interval_s=self.record_interval_s,
+                max_bytes=self.record_max_bytes,
+                senders=self.record_senders,
+                events=self.record_events,
+                label=self.record_label,
+                overwrite=self.overwrite,
+            )
+        except ConfigError as error:  # said in this config's names
+            raise ConfigError(setting_of(error.setting), error.problem) from None
 
     def admission(self) -> Admission | None:
         """The allow-list and rate limiter this config asks for; None when it asks for neither."""
