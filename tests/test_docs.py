@@ -139,6 +139,11 @@ def test_the_readme_s_links_lead_somewhere() -> None:
     targets = re.findall(r"\]\((?!https?://|#)([^)#]+)", text)
     assert targets
     assert [target for target in targets if not (ROOT / target).exists()] == []
+    headings = re.findall(r"^#+ (.+)$", text, re.MULTILINE)
+    slugs = {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+    anchors = re.findall(r"\]\(#([^)]+)\)", text)
+    assert anchors
+    assert [anchor for anchor in anchors if anchor not in slugs] == []
 
 
 @pytest.mark.parametrize(
