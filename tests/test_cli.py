@@ -130,18 +130,6 @@ async def test_ipv6_loopback_end_to_end() -> None:
     assert (await server.finish())[0] == 0
 
 
-async def test_port_in_use_is_one_line_and_exit_3() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
-        taken.bind((LOOPBACK, 0))
-        port = taken.getsockname()[1]
-        server = await start_cli("serve", "--host", LOOPBACK, "--port", str(port))
-        status, stdout, stderr = await server.finish()
-    assert status == 3
-    assert stdout == ""
-    assert stderr.count("\n") == 1
-    assert stderr.startswith(f"udpchat: cannot listen on {LOOPBACK} port {port}: ")
-
-
 def test_main_returns_exit_codes_without_a_subprocess(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert "serve" in capsys.readouterr().out

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import typer
+from hypothesis import given
+from hypothesis import strategies as st
 from typer._click.exceptions import UsageError
 
 from tests.helpers import (
@@ -31,6 +33,7 @@ from udpchat import cli as cli_module
 from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.cli import app, main, usage_error_line
 from udpchat.server import DEFAULT_WORKERS, ServerConfig
+from udpchat.settings import host_problem
 
 
 @pytest.mark.parametrize(
@@ -67,6 +70,28 @@ from udpchat.server import DEFAULT_WORKERS, ServerConfig
          "not 0"),
         (["send", "--username", "bad: name"], "udpchat send: invalid username"),
         (["nosuch"], "udpchat: No such command 'nosuch'"),
+        (["sned"], "udpchat: No such command 'sned'. Did you mean 'send'?"),
+        (["serve", "--dashbord"], "udpchat serve: no such option --dashbord; did you mean "
+         "--dashboard?"),
+        (["serve", "--port", "abc"], "udpchat serve: --port: 'abc' is not a whole number"),
+        (["serve", "--drain-timeout", "soon"], "udpchat serve: --drain-timeout: 'soon' is not a "
+         "number"),
+        (["serve", "--host", "127.0.0.1:5002"], "udpchat serve: --host: 127.0.0.1:5002 has a port "
+         "in it: --host takes an address; put the port in --port (--host 127.0.0.1 --port 5002)"),
+        (["serve", "--host", "999.1.1.1"], "udpchat serve: --host: 999.1.1.1 is not an IPv4 "
+         "address (four numbers, each 0 to 255)"),
+        (["serve", "--host", "http://example.org:5002"], "udpchat serve: --host: "
+         "http://example.org:5002 is a URL: --host takes an address; put the port in --port"),
+        (["serve", "--metrics-host", "[::1]:9100"], "udpchat serve: --metrics-host: [::1]:9100 has "
+         "a port in it: --metrics-host takes an address; put the port in --metrics-port"),
+        (["send", "--host", "localhost:5002"], "udpchat send: --host: localhost:5002 has a port in "
+         "it: --host takes an address; put the port in --port (--host localhost --port 5002)"),
+        (["chat", "--host", "[::1]:5002"], "udpchat chat: --host: [::1]:5002 has a port in it"),
+        (["load", "--host", "127.0.0.1:5002"], "udpchat load: --host: 127.0.0.1:5002 has a port"),
+        (["impair", "--loss", "10"], "udpchat impair: --loss: 10 is not a percentage; write 10% "
+         "(or 0.1)"),
+        (["impair", "--loss", "150%"], "udpchat impair: --loss: must be 0% to 100% (or 0 to 1), "
+         "not '150%'"),
     ],
 )  # fmt: skip
 def test_a_usage_error_is_one_line_naming_the_command_and_option(
@@ -145,7 +170,40 @@ async def test_address_not_on_this_host_is_one_line() -> None:
     server = await start_cli("serve", "--host", "192.0.2.1", "--port", "0")
     status, _, stderr = await server.finish()
     assert status == 3
-    assert stderr == "udpchat: cannot listen on 192.0.2.1 port 0: Cannot assign requested address\n"
+    assert stderr == (
+        "udpchat: cannot listen on 192.0.2.1 port 0: Cannot assign requested address; no "
+        "interface has that address; --host 0.0.0.0 listens on all\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["serve", "--host", LOOPBACK, "--port", "{udp}"], "udpchat: cannot listen on 127.0.0.1 "
+         "port {udp}: Address already in use; is another server on it? --port 0 picks a free port"),
+        (["serve", "--host", LOOPBACK, "--port", "{udp}", "--processes", "2"], "udpchat: cannot "
+         "listen on 127.0.0.1 port {udp}: Address already in use; is another server on it? "
+         "--port 0 picks a free port"),
+        (["serve", "--host", LOOPBACK, "--port", "0", "--metrics-port", "{tcp}"], "udpchat: cannot "
+         "serve metrics on 127.0.0.1 port {tcp}: Address already in use; is another server on "
+         "it? --metrics-port 0 picks a free port"),
+    ],
+)  # fmt: skip
+async def test_a_port_in_use_is_one_line_naming_the_fix_and_exit_3(
+    argv: list[str], line: str
+) -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+    ):
+        udp.bind((LOOPBACK, 0))
+        tcp.bind((LOOPBACK, 0))
+        tcp.listen()
+        ports = {"udp": udp.getsockname()[1], "tcp": tcp.getsockname()[1]}
+        cli = await start_cli(*(arg.format(**ports) for arg in argv))
+        status, stdout, stderr = await cli.finish()
+    assert (status, stdout) == (3, "")
+    assert stderr == line.format(**ports) + "\n"
 
 
 async def test_client_reports_refusal_once_and_reaches_a_late_server() -> None:
@@ -234,3 +292,13 @@ async def test_second_signal_forces_exit() -> None:
     assert "Traceback" not in stderr
     counts = assert_summary_balanced(stderr, sent=sent)  # what was abandoned is queued
     assert counts["queued"] > 0
+
+
+@given(st.ip_addresses())
+def test_every_address_is_a_host(address: object) -> None:
+    assert host_problem(str(address)) is None
+
+
+@given(st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True))
+def test_every_name_is_a_host(name: str) -> None:
+    assert host_problem(name) is None

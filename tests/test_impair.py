@@ -795,7 +795,8 @@ async def test_a_port_in_use_is_one_line_and_exit_3() -> None:
         status, _, stderr = await proxy.finish()
     assert status == 3
     assert stderr.splitlines() == [
-        f"udpchat: cannot listen on {LOOPBACK} port {port}: Address already in use"
+        f"udpchat: cannot listen on {LOOPBACK} port {port}: Address already in use; is another "
+        f"server on it? --listen {LOOPBACK}:0 picks a free port"
     ]
 
 

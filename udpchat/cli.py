@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import functools
 import logging
 import os
@@ -202,6 +203,18 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, OSError) and not isinstance(error, socket.gaierror) and error.strerror:
         return error.strerror
     return str(error)
+
+
+def listen_fix(error: OSError, any_port: str, every_address: str) -> str:
+    """``; ... --port 0 picks a free port``: what to do about a socket that could not listen,
+    after the OS's words; ``any_port`` and ``every_address`` as the command writes them."""
+    fixes = {
+        errno.EADDRINUSE: f"is another server on it? {any_port} picks a free port",
+        errno.EACCES: "a port below 1024 needs root: pick one above 1023",
+        errno.EADDRNOTAVAIL: f"no interface has that address; {every_address} listens on all",
+    }
+    fix = fixes.get(error.errno or 0)
+    return "" if fix is None else f"; {fix}"
 
 
 def bounded(
@@ -709,13 +722,17 @@ def serve(
     except StdoutError as error:
         silence_stdout()
         fail(str(error), ExitCode.FAILURE)
-    except (MetricsStartError, BusUnavailableError) as error:
+    except MetricsStartError as error:
+        fix = listen_fix(error, "--metrics-port 0", "--metrics-host 127.0.0.1")
+        fail(f"{describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
+    except BusUnavailableError as error:
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)
     except RecordFileError as error:
         refuse_file(error, "--record")
     except OSError as error:
         where = f"{config.host} port {config.port}"
-        fail(f"cannot listen on {where}: {describe_error(error)}", ExitCode.STARTUP_FAILURE)
+        fix = listen_fix(error, "--port 0", "--host 0.0.0.0")
+        fail(f"cannot listen on {where}: {describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
     finish(result, as_json=output_format is OutputFormat.JSON, verbose=verbose)
 
 
@@ -1201,18 +1218,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def usage_error_line(error: UsageError) -> str:
     """``udpchat serve: --format: 'xml' is not one of text, json``: a usage error in one line,
-    naming the command and the option."""
+    naming the command and the option, the value that was wrong, and the option meant when the
+    parser found a close one."""
     where = error.ctx.command_path if error.ctx is not None else "udpchat"
     param = getattr(error, "param", None)
     if isinstance(error, BadParameter) and param is not None and param.opts:
-        text = f"{param.opts[0]}: {error.message}"
+        text = f"{param.opts[0]}: {unparsed_value(error) or error.message}"
     elif isinstance(error, NoSuchOption):
-        text = f"no such option {error.option_name}; '{where} --help' lists them"
+        meant = error.possibilities or ()
+        hint = f"did you mean {meant[0]}?" if meant else f"'{where} --help' lists them"
+        text = f"no such option {error.option_name}; {hint}"
     else:
         text = error.message
     text = text.replace("Value error, ", "").rstrip(".")
     text = re.sub(r"is not one of (.*)$", lambda found: found.group(0).replace("'", ""), text)
     return f"{where}: {text}"
+
+
+EXPECTED_VALUES = {"int_parsing": "a whole number", "float_parsing": "a number"}
+"""What an option's type takes, in words, by the type check that refused the value."""
+
+
+def unparsed_value(error: BadParameter) -> str | None:
+    """``'abc' is not a whole number``: a value the option's type refused, echoed; None when
+    the refusal was something else (typer's type check raises pydantic's ValidationError)."""
+    errors = getattr(error.__cause__, "errors", None)
+    found = errors()[0] if callable(errors) and errors() else {}
+    expected = EXPECTED_VALUES.get(found.get("type", ""))
+    return None if expected is None else f"{found.get('input')!r} is not {expected}"
 
 
 def impairment_option(setting: str) -> Any:
@@ -1325,11 +1358,15 @@ def impair(
         result = run_proxy(config, loop)
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
-    except (MetricsStartError, TargetUnresolvedError) as error:
+    except MetricsStartError as error:
+        fix = listen_fix(error, "--metrics-port 0", "--metrics-host 127.0.0.1")
+        fail(f"{describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
+    except TargetUnresolvedError as error:
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)
     except OSError as error:
         where = f"{config.listen_host} port {config.listen_port}"
-        fail(f"cannot listen on {where}: {describe_error(error)}", ExitCode.STARTUP_FAILURE)
+        fix = listen_fix(error, f"--listen {config.listen_host}:0", "--listen 0.0.0.0:PORT")
+        fail(f"cannot listen on {where}: {describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
     report(impair_summary(result.stats))
     if not result.drained:
         report("stopped before the link was empty: what it held is counted as queued")

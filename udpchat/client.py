@@ -15,7 +15,7 @@ from types import TracebackType
 
 from udpchat.counters import ClientStats
 from udpchat.rtt import RoundTrips
-from udpchat.settings import check_bounds, setting
+from udpchat.settings import check_bounds, check_host, setting
 from udpchat.sockets import MAX_PORT
 from udpchat.wire import (
     COOKIE,
@@ -72,6 +72,7 @@ class ClientConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        check_host(self)
 
 
 class JoinFailure(enum.Enum):

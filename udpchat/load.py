@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from udpchat.libc import libc_function
-from udpchat.settings import check_bounds, setting
+from udpchat.settings import check_bounds, check_host, setting
 from udpchat.sockets import MAX_PORT
 from udpchat.wire import format_message
 
@@ -147,6 +147,7 @@ class LoadConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        check_host(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import io
 import logging
+import os
 from collections.abc import Callable
 
 from udpchat.counters import Counts, EndpointStats, Tally
@@ -179,6 +180,8 @@ async def start_metrics(
     try:
         return await MetricsServer.start(stats, host, port, sender_series=sender_series)
     except OSError as error:
+        # The OS's own words: asyncio's strerror is "error while attempting to bind on ...".
+        words = os.strerror(error.errno) if error.errno else str(error)
         raise MetricsStartError(
-            error.errno, f"cannot serve metrics on {host} port {port}: {error.strerror}"
+            error.errno, f"cannot serve metrics on {host} port {port}: {words}"
         ) from None

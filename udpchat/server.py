@@ -54,7 +54,7 @@ from udpchat.relay import (
     Room,
 )
 from udpchat.report import StatusLine
-from udpchat.settings import ConfigError, check_bounds, setting
+from udpchat.settings import ConfigError, check_bounds, check_host, setting
 from udpchat.sockets import (
     MAX_PORT,
     MAX_RCVBUF,
@@ -213,9 +213,8 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        for name in ("host", "metrics_host"):
-            if not getattr(self, name):
-                raise ConfigError(name, "must not be empty")
+        check_host(self)
+        check_host(self, "metrics_host", "metrics_port")
         if self.processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
             raise ConfigError("processes", "above 1 needs SO_REUSEPORT, which this OS lacks")
         if self.nats and not self.relay:

@@ -7,6 +7,7 @@ here and the command line takes its options' ranges, and their wording, from the
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable
@@ -95,3 +96,44 @@ def check_bounds(config: Any) -> None:
             problem = bounds.problem(value)
             if problem is not None:
                 raise ConfigError(each.name, problem)
+
+
+_HOST_AND_PORT = re.compile(r"(?:\[(?P<bracketed>[^\]]*)\]|(?P<plain>[^:\[\]]+)):(?P<port>[0-9]+)")
+"""``127.0.0.1:5002``, ``localhost:5002`` or ``[::1]:5002``: an address with its port."""
+
+
+def host_problem(host: str, host_setting: str = "host", port_setting: str = "port") -> str | None:
+    """Why ``host`` is not what a host setting takes (an address or a name), with the fix; or
+    None. Checked before any lookup, so that a port or a URL written into it is said as such
+    rather than as "Name or service not known", and no DNS query leaves for it. The text names
+    the settings as ``{host}`` and ``{port}`` placeholders, for a :class:`ConfigError` to name
+    as the caller calls them."""
+    shown = host.replace("{", "{{").replace("}", "}}")
+    fix = f"{{{host_setting}}} takes an address; put the port in {{{port_setting}}}"
+    if "://" in host:
+        return f"{shown} is a URL: {fix}"
+    found = _HOST_AND_PORT.fullmatch(host)
+    if found is not None:
+        address = (found["bracketed"] or found["plain"]).replace("{", "{{").replace("}", "}}")
+        example = f"{{{host_setting}}} {address} {{{port_setting}}} {found['port']}"
+        return f"{shown} has a port in it: {fix} ({example})"
+    if re.fullmatch(r"[0-9.]+", host) and not _is_ipv4(host):
+        return f"{shown} is not an IPv4 address (four numbers, each 0 to 255)"
+    return None
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_host(config: Any, host_setting: str = "host", port_setting: str = "port") -> None:
+    """Raise :class:`ConfigError` when ``config``'s host setting is empty or not a host
+    (:func:`host_problem`)."""
+    host = getattr(config, host_setting)
+    problem = "must not be empty" if not host else host_problem(host, host_setting, port_setting)
+    if problem is not None:
+        raise ConfigError(host_setting, problem)

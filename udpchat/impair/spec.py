@@ -70,8 +70,10 @@ def parse_share(text: str) -> float:
     if found is None:
         raise ValueError(f"write a share as 10% or 0.1, not {text!r}")
     value = float(found[1]) / (100 if found[2] else 1)
+    if 1 < value <= 100 and not found[2]:  # a percentage without its sign
+        raise ValueError(f"{found[1]} is not a percentage; write {found[1]}% (or {value / 100:g})")
     if value > 1:
-        raise ValueError(f"must be 0% to 100%, not {text!r}")
+        raise ValueError(f"must be 0% to 100% (or 0 to 1), not {text!r}")
     return value
 
 
