@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import typer
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer._click.exceptions import UsageError
 
@@ -294,11 +294,13 @@ async def test_second_signal_forces_exit() -> None:
     assert counts["queued"] > 0
 
 
+@settings(deadline=None)  # a busy machine: the first example imports ipaddress's tables
 @given(st.ip_addresses())
 def test_every_address_is_a_host(address: object) -> None:
     assert host_problem(str(address)) is None
 
 
+@settings(deadline=None)
 @given(st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True))
 def test_every_name_is_a_host(name: str) -> None:
     assert host_problem(name) is None
