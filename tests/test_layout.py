@@ -21,7 +21,7 @@ LAYERS = [
     {"pipeline", "output", "relay", "echo", "impair.proxy"},
     {"protocol", "impair"},
     {"server"},
-    {"supervisor", "dashboard"},
+    {"supervisor", "dashboard", "plot"},
     {"runner"},
     {"cli"},
 ]

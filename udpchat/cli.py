@@ -25,6 +25,7 @@ from typer._click.globals import get_current_context
 
 from udpchat import __version__
 from udpchat import client as client_module
+from udpchat import plot as plot_module
 from udpchat import record as record_module
 from udpchat import server as server_module
 from udpchat.accounting import DEFAULT_MAX_SENDERS
@@ -58,6 +59,7 @@ from udpchat.load import (
 )
 from udpchat.metrics import MetricsStartError
 from udpchat.output import OutputFormat
+from udpchat.plot import PlotName
 from udpchat.record import (
     RecordFileError,
     RecordFormat,
@@ -1187,6 +1189,89 @@ def load(
             "is the server running, is the port right?",
             ExitCode.FAILURE,
         )
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``--size 1000x700``: pixels (a PNG at 100 dpi; points at 72 an inch for SVG and PDF)."""
+    width, separator, height = text.lower().partition("x")
+    try:
+        size = (int(width), int(height))
+    except ValueError:
+        size = (0, 0)
+    low, high = plot_module.MIN_SIDE, plot_module.MAX_SIDE
+    if not separator or not all(low <= side <= high for side in size):
+        fail(f"--size: must be WIDTHxHEIGHT, each {low} to {high}, not {text!r}", ExitCode.USAGE)
+    return size
+
+
+@command(
+    "Figures from recorded runs (--record files): time series, CDFs, comparisons.",
+    (
+        "udpchat plot run.jsonl -o run.png",
+        "The figures the run has data for: run-timeseries.png, ...",
+    ),
+    (
+        "udpchat plot lossy.jsonl bursty.jsonl --plot compare -o compare.svg",
+        "Two runs on one figure, each labelled by its --record-label.",
+    ),
+)
+def plot(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="FILE...", exists=True, dir_okay=False, help="Record files (JSON Lines)."
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="OUT",
+            help="Where to draw: .png, .svg or .pdf; with "
+            "several figures, OUT's name with each figure's after it (run-timeseries.png).",
+        ),
+    ],
+    plots: Annotated[
+        list[PlotName] | None,
+        typer.Option(
+            "--plot", help="A figure to draw; repeatable (default: what the runs have data for)."
+        ),
+    ] = None,
+    size: Annotated[
+        str, typer.Option(metavar="WxH", help="Size in pixels (points for SVG and PDF).")
+    ] = "{}x{}".format(*plot_module.DEFAULT_SIZE),
+    senders: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=plot_module.MAX_TOP_SENDERS,
+            metavar="N",
+            help="Senders in the time series, the busiest.",
+        ),
+    ] = plot_module.DEFAULT_TOP_SENDERS,
+    overwrite: Annotated[
+        bool, typer.Option("--force", help="Overwrite existing output files.")
+    ] = False,
+) -> None:
+    """Draw Flent-style figures from runs recorded with --record: messages/s, loss and jitter
+    over time (timeseries), loss runs by length (loss-runs), the jitter and round-trip
+    distributions (jitter-cdf, rtt-cdf), and several runs side by side (compare). Needs the
+    optional extra: pip install 'udpchat[plot]'."""
+    try:
+        written = plot_module.plot_runs(
+            files, output, plots or (), size=parse_size(size), top=senders, overwrite=overwrite
+        )
+    except (plot_module.RecordFormatError, plot_module.NothingToPlotError) as error:
+        fail(str(error), ExitCode.USAGE)
+    except plot_module.PlotUnavailableError as error:
+        fail(str(error), ExitCode.STARTUP_FAILURE)
+    except RecordFileError as error:
+        refuse_file(error, "--output")
+    except ValueError as error:
+        fail(str(error), ExitCode.USAGE)
+    for path in written:
+        print(path, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
