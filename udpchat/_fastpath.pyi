@@ -20,3 +20,9 @@ def account_next(
     jitter_spacing_s: float,
     new: object,
 ) -> list[Any]: ...
+
+HAVE_RECVMMSG: bool
+
+class DatagramReader:
+    def __init__(self, fd: int, max_size: int, slots: int) -> None: ...
+    def read(self, datagrams: list[tuple[bytes, Any]], refused: list[tuple[int, Any]]) -> int: ...

@@ -6,10 +6,14 @@ says which one runs. Tests hold both to identical results on the same inputs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from udpchat.wire import SeedFields, match_clean_seed
+
+if TYPE_CHECKING:
+    from udpchat import _fastpath
 
 LineFormatter = Callable[[str, str], bytes]
 """``[ip] text`` with the text escaped, as bytes: for what is not clean seed text."""
@@ -99,16 +103,38 @@ def py_account_next(
     return verdicts
 
 
-try:
-    from udpchat._fastpath import account_next, clean_seeds, text_lines
-except ImportError:  # not compiled here: the same code, in Python
+PURE_VARIABLE = "UDPCHAT_PURE"
+"""Set (to anything but empty or ``0``) in the environment, the pure-Python loops run even
+where the compiled ones are there: so that the tests run the fallback too, and a suspected
+compiled-path bug can be ruled out in the field."""
+
+DatagramReader: type[_fastpath.DatagramReader] | None = None
+"""The batch reader (``recvmmsg``, Linux, compiled only; no pure-Python twin: without it the
+loop's own transport reads one datagram at a time)."""
+
+if os.environ.get(PURE_VARIABLE, "") not in ("", "0"):
     account_next, clean_seeds, text_lines = py_account_next, py_clean_seeds, py_text_lines
     COMPILED = False
 else:
-    COMPILED = True
+    try:
+        from udpchat import _fastpath
+    except ImportError:  # not compiled here: the same code, in Python
+        account_next, clean_seeds, text_lines = py_account_next, py_clean_seeds, py_text_lines
+        COMPILED = False
+    else:
+        account_next, clean_seeds, text_lines = (
+            _fastpath.account_next,
+            _fastpath.clean_seeds,
+            _fastpath.text_lines,
+        )
+        COMPILED = True
+        if _fastpath.HAVE_RECVMMSG:
+            DatagramReader = _fastpath.DatagramReader
 
 __all__ = [
     "COMPILED",
+    "PURE_VARIABLE",
+    "DatagramReader",
     "account_next",
     "clean_seeds",
     "py_account_next",

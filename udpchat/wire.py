@@ -19,17 +19,25 @@ MESSAGE_SEPARATOR = ": pesan ke-"
 MAX_USERNAME_LENGTH = 32
 MAX_COUNTER = 2**63 - 1
 """Counters above this are not numbers we account for: they are counted as unparsed."""
+NAME_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+"""What a name in the seed's format is made of (the seed's own clients allow more: those names
+take the slow path, :func:`parse_text`)."""
+CLEAN_COUNTER_DIGITS = 18
+"""Digits of a counter the fast path reads from the bytes: 18 are always below
+:data:`MAX_COUNTER`, so the fast path never needs the check."""
 
-_USERNAME_REGEX = rf"[A-Za-z0-9._-]{{1,{MAX_USERNAME_LENGTH}}}"
+_USERNAME_REGEX = rf"[{re.escape(NAME_CHARACTERS)}]{{1,{MAX_USERNAME_LENGTH}}}"
 _SEED_REGEX = rf"({_USERNAME_REGEX}){re.escape(MESSAGE_SEPARATOR)}([1-9][0-9]{{0,18}})"
 _SEED_PATTERN = re.compile(_SEED_REGEX)
 """The whole valid format in one match."""
 _CLEAN_SEED_BYTES = re.compile(
-    rf"({_USERNAME_REGEX}){re.escape(MESSAGE_SEPARATOR)}([1-9][0-9]{{0,17}})".encode("ascii")
+    rf"({_USERNAME_REGEX}){re.escape(MESSAGE_SEPARATOR)}"
+    rf"([1-9][0-9]{{0,{CLEAN_COUNTER_DIGITS - 1}}})".encode("ascii")
 )
-"""Seed text with an ASCII name and a counter of at most 18 digits (always below
-:data:`MAX_COUNTER`): the per-datagram fast path, one match on the bytes before any decoding.
-What it matches is printable ASCII, so it needs no escaping either."""
+"""Seed text with an ASCII name and a counter of at most :data:`CLEAN_COUNTER_DIGITS` digits:
+the per-datagram fast path, one match on the bytes before any decoding. What it matches is
+printable ASCII, so it needs no escaping either. ``udpchat/_fastpath.pyx`` reads the same
+constants from here when it is imported."""
 match_clean_seed = _CLEAN_SEED_BYTES.fullmatch
 _DIGITS_PATTERN = re.compile(r"[1-9][0-9]{0,18}\Z")
 """Plain decimal: no sign, no leading zero (so ``ke-01`` is never counter 1)."""
