@@ -19,7 +19,7 @@ LAYERS = [
     {"accounting", "chat", "progress", "series", "metrics", "impair.spec"},
     {"handlers", "record", "impair.link"},
     {"pipeline", "output", "relay", "echo", "impair.proxy"},
-    {"protocol", "impair"},
+    {"protocol", "transport", "impair"},
     {"server"},
     {"supervisor", "dashboard", "plot"},
     {"runner"},
@@ -28,10 +28,10 @@ LAYERS = [
 """Bottom to top: bytes and counts; what a process runs on (signals, the event loop, the
 lifecycle, its tuning); the compiled loops, the room's parts and the views; the
 accounting and the metrics endpoint; the handler types; the queue and its handlers; the protocol
-on the loop; the server; what runs or watches servers; the one library entry; the command line
-over it all. A subpackage's modules are named with a dot (``impair.link``), the package itself (its
-``__init__``, which exports its public names) by its name: the impairment proxy sits below
-the server, which it talks to only over UDP."""
+and its batch transport on the loop; the server; what runs or watches servers; the one library
+entry; the command line over it all. A subpackage's modules are named with a dot
+(``impair.link``), the package itself (its ``__init__``, which exports its public names) by its
+name: the impairment proxy sits below the server, which it talks to only over UDP."""
 ENTRY_POINTS = {"__init__", "__main__"}
 """The top package's entry points; a subpackage's ``__init__`` is a module like the others."""
 HEAVY = ("nats", "rich", "prometheus_client", "prompt_toolkit")

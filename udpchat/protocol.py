@@ -1,11 +1,14 @@
 """The receiving end: the ``DatagramProtocol`` on the event-loop thread.
 
 It does only the cheap work, so that it can keep draining the socket: a size check, the
-admission check where the config asks for one, and appending to the batch of this loop
-iteration, which it hands to the :class:`~udpchat.pipeline.Dispatcher` once per iteration.
-When the queue is full it sheds load at once: each datagram is counted as ``queue_full``
-before anything is built for it, until the workers have made room. (uvloop's datagram transport
-cannot pause reading; this is the cheapest point left.)
+admission check where the config asks for one, and handing the datagrams to the
+:class:`~udpchat.pipeline.Dispatcher` in batches. It has two entry points. Any asyncio
+transport calls :meth:`Receiver.datagram_received` once per datagram; those of one loop
+iteration are handed over as one batch, and while the queue is full each is counted as
+``queue_full`` before anything is built for it (uvloop's datagram transport cannot pause
+reading; this is the cheapest point left). The batch reader's transport
+(:class:`~udpchat.transport.BatchTransport`, where the fast path is compiled) calls
+:meth:`Receiver.datagrams_received` once per read, and the dispatcher keeps what fits.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from udpchat.admission import Admission
@@ -54,17 +58,19 @@ class DropNotices:
             for reason in self._why
         }
 
-    def __call__(self, reason: DropReason, data: bytes, address: Any) -> None:
+    def __call__(self, reason: DropReason, size: int, address: Any) -> None:
         log = self._logs[reason]
         suppressed = log.due()
         if suppressed is not None:
-            log.log(
-                self._why[reason].format(size=len(data), ip=plain_ip(address[0])), None, suppressed
-            )
+            log.log(self._why[reason].format(size=size, ip=plain_ip(address[0])), None, suppressed)
 
 
 class Receiver(asyncio.DatagramProtocol):
-    """Size-check and append to the next batch; shed when the queue is full."""
+    """Size-check and append to the next batch; shed when the queue is full.
+
+    Subclass it or wrap it like any ``DatagramProtocol``: every datagram it takes, by either
+    entry point, is counted as received and ends as handled or dropped.
+    """
 
     def __init__(
         self,
@@ -86,13 +92,17 @@ class Receiver(asyncio.DatagramProtocol):
         self._shedding = False
         self._slow_checks = admission is not None
         """Admission or shedding: every datagram takes :meth:`_refusal`."""
+        self.transport: asyncio.BaseTransport | None = None
+        """The transport reading for it, once connected."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if self._slow_checks or not 0 < len(data) <= self._max_size:
-            refusal = self._refusal(data, addr)
+            refusal = self._refusal(len(data), addr)
             if refusal is not None:
-                self._tally.refuse(refusal)
-                self._notices(refusal, data, addr)
+                self._refuse(refusal, len(data), addr)
                 return
         batch = self._batch
         batch.append((data, addr))
@@ -101,11 +111,41 @@ class Receiver(asyncio.DatagramProtocol):
         elif len(batch) >= self._max_batch:
             self.dispatch()
 
-    def _refusal(self, data: bytes, addr: Any) -> DropReason | None:
-        """Why a datagram that failed the fast checks is dropped; None to take it after all."""
-        if not data:
+    def datagrams_received(
+        self, datagrams: list[tuple[bytes, Address]], refused: Sequence[tuple[int, Address]] = ()
+    ) -> None:
+        """The batch entry point: the datagrams one read of the socket took, in order, as
+        ``(data, address)``; ``refused`` gives the ``(size, address)`` of those it read but did
+        not copy, being empty or over ``max_datagram_size``. The list becomes the dispatcher's:
+        the caller must not touch it again."""
+        for size, addr in refused:
+            refusal = self._refusal(size, addr)
+            assert refusal is not None, "only a datagram outside the size bounds is refused"
+            self._refuse(refusal, size, addr)
+        if self._admission is not None:
+            datagrams = [entry for entry in datagrams if self._admitted(entry)]
+        if datagrams:
+            self.dispatch()  # what datagram_received took before, if anything, goes first
+            self._submit(datagrams)
+
+    def _admitted(self, entry: tuple[bytes, Address]) -> bool:
+        data, addr = entry
+        assert self._admission is not None
+        refusal = self._admission.refusal(plain_ip(addr[0]))
+        if refusal is not None:
+            self._refuse(refusal, len(data), addr)
+        return refusal is None
+
+    def _refuse(self, refusal: DropReason, size: int, addr: Any) -> None:
+        self._tally.refuse(refusal)
+        self._notices(refusal, size, addr)
+
+    def _refusal(self, size: int, addr: Any) -> DropReason | None:
+        """Why a datagram of ``size`` bytes that failed the fast checks is dropped; None to take
+        it after all."""
+        if size == 0:
             return DropReason.EMPTY
-        if len(data) > self._max_size:
+        if size > self._max_size:
             return DropReason.OVERSIZE
         if self._shedding:
             if self._dispatcher.full:
@@ -121,10 +161,13 @@ class Receiver(asyncio.DatagramProtocol):
         from here, so that ``received == handled + dropped + queue_depth`` at every moment."""
         batch, self._batch = self._batch, []
         if batch:
-            self._dispatcher.submit(batch, time.time())
-            if self._dispatcher.full:
-                self._shedding = self._slow_checks = True
-                self._notices(DropReason.QUEUE_FULL, b"", batch[0][1])
+            self._submit(batch)
+
+    def _submit(self, batch: list[tuple[bytes, Address]]) -> None:
+        self._dispatcher.submit(batch, time.time())
+        if self._dispatcher.full:
+            self._shedding = self._slow_checks = True
+            self._notices(DropReason.QUEUE_FULL, 0, batch[0][1])
 
     def error_received(self, exc: Exception) -> None:
         logger.warning("socket error: %s", exc)

@@ -66,6 +66,7 @@ from udpchat.sockets import (
     plain_ip,
     receive_buffer_size,
 )
+from udpchat.transport import batch_transport
 
 logger = logging.getLogger("udpchat.server")
 status_logger = logging.getLogger("udpchat.status")
@@ -283,7 +284,8 @@ class ServerConfig:
         ``max_datagram_size``, each with its sender's address, larger on an IPv6 or dual-stack
         socket), the per-sender accounting, the output being formatted by each worker (and the
         batch the event loop is filling), and the admission tables where the config asks for an
-        allow-list or a rate limit, and the relay's table of answered addresses.
+        allow-list or a rate limit, and the relay's table of answered addresses. (The batch
+        reader's buffers do not grow: at most a batch and a table of 256 addresses, in the base.)
         """
         overhead = (
             QUEUED_DATAGRAM_OVERHEAD_BYTES
@@ -414,6 +416,14 @@ class Server(StartsAndStops):
         return sockname[0], sockname[1]
 
     @property
+    def protocol(self) -> Receiver:
+        """The ``DatagramProtocol`` the server reads with: an app may also feed it datagrams it
+        reads elsewhere (``datagram_received``); they are counted with the rest."""
+        if self._receiver is None:
+            raise RuntimeError("the server is not started")
+        return self._receiver
+
+    @property
     def started(self) -> bool:
         """True from the end of :meth:`start` to the beginning of :meth:`stop`."""
         return self._transport is not None
@@ -488,7 +498,17 @@ class Server(StartsAndStops):
                     rate_limit_per_s=config.rate_limit_per_s,
                 ),
             )
-            transport, _ = await self._loop.create_datagram_endpoint(lambda: receiver, sock=sock)
+            transport: asyncio.DatagramTransport | None = batch_transport(
+                self._loop,
+                sock,
+                receiver,
+                max_datagram_size=config.max_datagram_size,
+                slots=self._dispatcher.max_batch,
+            )
+            if transport is None:  # no compiled reader here: the loop's own transport
+                transport, _ = await self._loop.create_datagram_endpoint(
+                    lambda: receiver, sock=sock
+                )
         except BaseException:
             sock.close()
             if self._metrics is not None:
