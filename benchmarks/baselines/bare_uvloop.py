@@ -20,6 +20,7 @@ from typing import Any
 
 import uvloop
 
+from benchmarks.baselines.prototype import Prototype
 from udpchat.sockets import set_receive_buffer
 
 RCVBUF = 4 * 1024 * 1024
@@ -33,20 +34,10 @@ def handle(batch: list[tuple[bytes, Any]]) -> None:
     sys.stdout.flush()
 
 
-class BatchingProtocol(asyncio.DatagramProtocol):
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
-        self.pool = pool
-        self.batch: list[tuple[bytes, Any]] = []
-        self.loop = asyncio.get_running_loop()
+class BatchingProtocol(Prototype):
+    """The prototype's protocol, with a flush after every batch."""
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.batch.append((data, addr))
-        if len(self.batch) == 1:
-            self.loop.call_soon(self.hand_over)
-
-    def hand_over(self) -> None:
-        batch, self.batch = self.batch, []
-        self.pool.submit(handle, batch)
+    handle = staticmethod(handle)
 
 
 class CountingProtocol(BatchingProtocol):
