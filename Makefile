@@ -70,24 +70,27 @@ mutation: $(MUTATION_STAMP)
 # udpchat's and the bare baseline's ceilings, bracketed within 10%, at 100 and 10 users, trials
 # interleaved; then udpchat impair with loss and duplication at 50,000 msg/s beside the server
 # alone. Under 3 minutes on the 2-core box. The C generator and sink are built on first use.
+# Each bench target writes its section of benchmarks/RESULTS.md (benchmarks/results.py): the
+# tables it printed, with the commit, the date, the machine, the load average and the commands.
+RESULTS := $(BIN)/python -m benchmarks.results
+
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
-	$(BIN)/python -m benchmarks.impair --parts throughput --rates 50000 --trials 3 --duration 2
+	$(RESULTS) bench "$(BIN)/python -m benchmarks.run $(BENCH_ARGS)" \
+		"$(BIN)/python -m benchmarks.impair --parts throughput --rates 50000 --trials 3 --duration 2"
 
 # The same ladder with 3 trials per rate, each user count climbed from the start, with
 # --processes 2; then overload, the dashboard's cost, the saturation benchmark (with py-spy
 # when installed: pip install py-spy), the CPU per message, the per-stage micro-benchmark,
 # handler latency, and all of bench-impair. It prints its estimate first.
 bench-full: $(STAMP)
-	$(BIN)/python -m benchmarks.run --full $(BENCH_ARGS)
-	$(BIN)/python -m benchmarks.micro
-	$(BIN)/python -m benchmarks.latency
-	$(BIN)/python -m benchmarks.impair
+	$(RESULTS) bench-full "$(BIN)/python -m benchmarks.run --full $(BENCH_ARGS)" \
+		"$(BIN)/python -m benchmarks.micro" "$(BIN)/python -m benchmarks.latency" \
+		"$(BIN)/python -m benchmarks.impair"
 
 # Second by second at udpchat's first failed rate (found by a quick ladder, or BENCH_ARGS=
 # --rate N), side by side with the baseline: CPU per thread, batches, jobs, queue, drops.
 bench-saturation: $(STAMP)
-	$(BIN)/python -m benchmarks.saturation $(BENCH_ARGS)
+	$(RESULTS) bench-saturation "$(BIN)/python -m benchmarks.saturation $(BENCH_ARGS)"
 
 # CPU time per message at a fixed 100,000 msg/s, udpchat against the baseline.
 bench-cpu: $(STAMP)
@@ -108,7 +111,7 @@ attack: $(STAMP)
 # udpchat impair beside the server alone: throughput with loss and duplication, delay precision,
 # peak RSS against the bound SECURITY.md states (trials interleaved, medians and spreads).
 bench-impair: $(STAMP)
-	$(BIN)/python -m benchmarks.impair $(BENCH_IMPAIR_ARGS)
+	$(RESULTS) bench-impair "$(BIN)/python -m benchmarks.impair $(BENCH_IMPAIR_ARGS)"
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast benchmarks/sink benchmarks/stamp mutants

@@ -1,0 +1,67 @@
+"""``benchmarks/RESULTS.md`` is written by the runs, section by section: each names its commit,
+date, machine, load average and commands, and a failed run leaves the file as it was."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def record(results: Path, section: str, *printed: str, fail: bool = False) -> int:
+    """Run ``python -m benchmarks.results`` with commands that print ``printed``."""
+    commands = [shlex.join([sys.executable, "-c", f"print({text!r})"]) for text in printed]
+    if fail:
+        commands.append(shlex.join([sys.executable, "-c", "raise SystemExit(3)"]))
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.results", "--file", str(results), section, *commands],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+    ).returncode
+
+
+def sections(text: str) -> list[str]:
+    return re.findall(r"<!-- --8<-- \[start:([\w-]+)\] -->", text)
+
+
+def test_each_run_keeps_its_own_section_with_what_made_it(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    assert record(results, "bench", "| a | 1 |", "| b | 2 |") == 0
+    assert record(results, "bench-impair", "| impair | 3 |") == 0
+    assert record(results, "bench", "| a | 4 |") == 0
+    text = results.read_text()
+    assert sections(text) == ["bench", "bench-impair"]
+    bench = text[: text.index("[end:bench]")]
+    assert "| a | 4 |" in bench and "| a | 1 |" not in text
+    assert "| impair | 3 |" in text
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    for field in ("- commit: ", "- date: ", "- machine: ", "- load average (1, 5, 15 min): "):
+        assert bench.count(field) == 1
+    assert head and f"- commit: {head}" in bench
+    assert shlex.join([sys.executable, "-c", "print('| a | 4 |')"]) in bench  # what made it
+
+
+def test_a_failed_run_writes_nothing(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    assert record(results, "bench", "| a | 1 |") == 0
+    before = results.read_text()
+    assert record(results, "bench", "| a | 2 |", fail=True) != 0
+    assert results.read_text() == before
+
+
+@pytest.mark.parametrize("name", ["has space", "a/b", ""])
+def test_a_section_name_is_a_word(tmp_path: Path, name: str) -> None:
+    assert record(tmp_path / "RESULTS.md", name, "x") == 2
