@@ -37,7 +37,7 @@ from udpchat.counters import ClientStats
 from udpchat.echo import DEFAULT_ECHO_RATE_PER_S
 from udpchat.eventloop import LoopChoice, LoopUnavailableError, run_coroutine
 from udpchat.handlers import OutputError
-from udpchat.impair import TargetUnresolvedError, run_proxy
+from udpchat.impair import TargetUnresolvedError, profiles, run_proxy
 from udpchat.impair.spec import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_LISTEN,
@@ -1346,7 +1346,10 @@ def shown(help: str, default: str | None) -> str:
     return help if default is None else f"{help}  [default: {default}]"
 
 
-IMPAIR_ONLY = ("loop",)
+IMPAIR_ONLY = (
+    "loop", "record", "record_interval_s", "record_clients", "record_max_bytes", "record_label",
+    "pcap", "pcap_max_bytes", "overwrite",
+)  # fmt: skip
 """``impair`` options that are not :func:`proxy_config` arguments."""
 
 
@@ -1429,6 +1432,53 @@ def impair(
     metrics_host: Annotated[
         str, typer.Option(metavar="HOST", help="Address for --metrics-port.")
     ] = "127.0.0.1",
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="A named link (lan, wifi, 3g, satellite, congested, lossy-10): a set of the "
+            "options above, which options given beside it override. 'list' shows them.",
+        ),
+    ] = None,
+    record: Annotated[
+        Path | None,
+        record_option(
+            "Record what the link did per interval, direction and client: the fates (lost, "
+            "duplicated, reordered, corrupted, rate-dropped) and the delays."
+        ),
+    ] = None,
+    record_interval_s: RecordIntervalOption = record_module.DEFAULT_INTERVAL_S,
+    record_clients: Annotated[
+        int,
+        bounded(
+            RecordOptions,
+            "senders",
+            "Clients listed per interval and direction, the busiest; the others are counted.",
+            "--record-clients",
+            panel=Panel.RECORD,
+        ),
+    ] = record_module.DEFAULT_SENDERS,
+    record_max_bytes: RecordMaxBytesOption = record_module.DEFAULT_MAX_BYTES,
+    record_label: Annotated[str, record_label_option()] = "",
+    pcap: Annotated[
+        Path | None,
+        record_option(
+            "Capture every datagram, both ways, in pcapng for Wireshark: each packet's "
+            "comment says its fate (lost, duplicate of #N, delayed 23.4 ms, ...).",
+            "--pcap",
+        ),
+    ] = None,
+    pcap_max_bytes: Annotated[
+        int,
+        bounded(
+            RecordOptions,
+            "max_bytes",
+            "The capture's bound: capturing stops there, counted and logged.",
+            "--pcap-max-bytes",
+            panel=Panel.RECORD,
+        ),
+    ] = record_module.DEFAULT_MAX_BYTES,
+    overwrite: Annotated[bool, force_option()] = False,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Forward UDP from --listen to --to and back, losing, delaying, reordering, duplicating
@@ -1437,10 +1487,20 @@ def impair(
 
     Each impairment applies both ways; 'up:' or 'down:' before a value applies it one way
     only, and the option may be repeated: --loss up:10% --loss down:1%."""
+    if profile == profiles.LIST:
+        print("\n".join(profiles.profile_table()), flush=True)
+        raise typer.Exit(ExitCode.OK)
     settings = {name: value for name, value in context.params.items() if name not in IMPAIR_ONLY}
     config = configure(context, proxy_config, **settings)
+    recording = record_options(
+        context, record, interval_s=record_interval_s, senders=record_clients,
+        max_bytes=record_max_bytes, label=record_label, overwrite=overwrite,
+    )  # fmt: skip
+    capturing = record_options(context, pcap, max_bytes=pcap_max_bytes, overwrite=overwrite)
     try:
-        result = run_proxy(config, loop)
+        result = run_proxy(config, loop, record=recording, pcap=capturing)
+    except RecordFileError as error:
+        refuse_file(error, "--pcap" if pcap is not None and error.path == pcap else "--record")
     except LoopUnavailableError as error:
         fail(str(error), ExitCode.STARTUP_FAILURE)
     except MetricsStartError as error:

@@ -753,6 +753,15 @@ class RecordStats(Counts):
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureStats(RecordStats):
+    """What a capture (``impair --pcap``) wrote, and what it could not: counted as a record
+    file's, under its own name."""
+
+    text_prefix: ClassVar[str] = "pcap"
+    metric_prefix: ClassVar[str] = "udpchat_pcap_"
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSnapshot(Counts):
     """A server's counters at one moment, safe to keep, compare and add up across processes.
 
@@ -959,6 +968,10 @@ class ImpairStats(Counts):
     clients_expired: int = total("Clients forgotten after their idle timeout.", unit="clients")
     endpoint: EndpointStats | None = part()
     """The metrics endpoint's refusals, where the config asks for one."""
+    record: RecordStats | None = part()
+    """What ``--record`` wrote, where asked."""
+    capture: CaptureStats | None = part()
+    """What ``--pcap`` wrote, where asked."""
 
 
 COUNT_GROUPS: tuple[type[Counts], ...] = (

@@ -261,6 +261,7 @@ class RecordWriter:
         interval_s: float = DEFAULT_INTERVAL_S,
         queue_records: int = QUEUE_RECORDS,
         clock: Callable[[], float] = time.monotonic,
+        counts_type: type[RecordStats] = RecordStats,
     ) -> None:
         self.path = path
         self._stream = stream
@@ -272,7 +273,7 @@ class RecordWriter:
         self._started_at = clock()
         self._queue: queue.Queue[Record | _Wake] = queue.Queue(maxsize=queue_records)
         self._stopping = threading.Event()
-        self._tally = Tally(RecordStats)
+        self._tally = Tally(counts_type)
         self._stopped_by = ""
         """Why recording stopped early (max_bytes, write_failed); empty while it goes on."""
         self._header: Record = {}

@@ -20,7 +20,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Iterable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from udpchat.accounting import JITTER_GAIN, JITTER_MIN_SPACING_S
 from udpchat.counters import DIRECTION, ImpairStats, Kind, declarations
@@ -46,6 +46,25 @@ DIRECTION_COUNTERS = tuple(
 
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Observer(Protocol[T_contra]):
+    """Told each datagram's fate as the link decides it, for a capture or a record
+    (:mod:`udpchat.impair.trace`). ``number`` is the datagram's place in this direction's
+    arrival order, from 1; the link calls nothing when it has no observer."""
+
+    def taken(self, number: int, data: bytes, tag: T_contra, arrived: float) -> None: ...
+
+    def dropped(self, number: int, reason: str) -> None:
+        """Never sent: ``reason`` is the counter it went to (``dropped_loss``, ...)."""
+
+    def reordered(self, number: int) -> None:
+        """Held back, and overtaken: it leaves after later datagrams of its client."""
+
+    def sent(self, number: int, data: bytes, tag: T_contra, copy: bool, now: float) -> None:
+        """Leaves the link at ``now``, as ``data`` (a byte flipped where corrupted); ``copy``
+        for the duplicate, right behind."""
 
 
 _Fate = tuple[bytes, bool, int, bool, float]
@@ -57,11 +76,21 @@ back for reordering, and its delay."""
 class _Held(Generic[T]):
     """A datagram held back for reordering, with the copy that travels with it."""
 
-    __slots__ = ("copies", "data", "deadline", "due", "passes", "ready", "released", "tag")
+    __slots__ = (
+        "copies", "data", "deadline", "due", "number", "passes", "ready", "released", "tag",
+    )  # fmt: skip
 
     def __init__(
-        self, data: bytes, tag: T, ready: float, due: float, deadline: float, copies: int
+        self,
+        data: bytes,
+        tag: T,
+        ready: float,
+        due: float,
+        deadline: float,
+        copies: int,
+        number: int,
     ) -> None:
+        self.number = number
         self.data = data
         self.tag = tag
         self.ready = ready
@@ -88,8 +117,10 @@ class Link(Generic[T]):
         seed: int,
         direction: Direction,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        observer: Observer[T] | None = None,
     ) -> None:
         self.impairment = impairment
+        self.observer = observer
         self.direction = direction
         self.max_queue_bytes = max_queue_bytes
         self.counts: dict[str, int] = dict.fromkeys(DIRECTION_COUNTERS, 0)
@@ -101,9 +132,10 @@ class Link(Generic[T]):
         self._transitions = impairment.burst_transitions
         self._losing = False
         """The Gilbert model's state: True while every datagram is lost."""
-        self._line: deque[tuple[float, float | None, bytes, T]] = deque()
+        self._line: deque[tuple[float, float | None, bytes, T, int]] = deque()
         """Datagrams on their way, in the order they leave (their times never decrease), each
-        with when it came out of the rate limit (None for a copy: it is not sampled twice)."""
+        with when it came out of the rate limit (None for a copy: it is not sampled twice)
+        and its number."""
         self._measures = impairment.delay_s > 0 or impairment.rate is not None or impairment.reorder
         self.jitter_s = 0.0
         """RFC 3550's jitter over each datagram's transit from its arrival (the kernel's stamp
@@ -142,14 +174,17 @@ class Link(Generic[T]):
         however late it was read; the rate limit and the reorder hold count from ``now``);
         returns what leaves now, in order (what was due already first)."""
         out = self.release(now)
-        counts = self.counts
+        counts, observer = self.counts, self.observer
         loses = self.impairment.loss > 0
         for data, tag, arrived in datagrams:
             counts["received"] += 1
+            number = counts["received"]
+            if observer is not None:
+                observer.taken(number, data, tag, arrived)
             if loses and self._lost():
-                self._drop("dropped_loss")
+                self._drop("dropped_loss", number)
                 continue
-            self._forward(self._fate(data), tag, arrived, now, out)
+            self._forward(self._fate(data), tag, arrived, now, out, number)
         return out
 
     def _lost(self) -> bool:
@@ -180,26 +215,32 @@ class Link(Generic[T]):
         return data, corrupted, copies, held, delay
 
     def _forward(
-        self, fate: _Fate, tag: T, arrived: float, now: float, out: list[tuple[bytes, T]]
+        self,
+        fate: _Fate,
+        tag: T,
+        arrived: float,
+        now: float,
+        out: list[tuple[bytes, T]],
+        number: int,
     ) -> None:
         """What depends on time: through the rate limit, into the room the link has (unless it
         leaves at once), then held back for reordering or on its way."""
         data, corrupted, copies, held, delay = fate
         ready = self._through_rate_limit(len(data), arrived, now)
         if ready is None:
-            self._drop("dropped_rate")
+            self._drop("dropped_rate", number)
             return
         due = max(ready + delay, self._last_due)
         waits = held or due > now or bool(self._line)  # else it leaves at once: no room
         if waits and not self._reserve(copies, len(data)):
-            self._drop("dropped_full")
+            self._drop("dropped_full", number)
             return
         self._commit(ready, corrupted, copies)
         if held:
             deadline = now + self.impairment.reorder_hold_s
-            self._hold(_Held(data, tag, ready, ready + delay, deadline, copies))
+            self._hold(_Held(data, tag, ready, ready + delay, deadline, copies, number))
             return
-        self._place(data, tag, ready, due, copies, now, out)
+        self._place(data, tag, ready, due, copies, now, out, number)
         if self._held:
             self._pass(tag, now, out)
 
@@ -233,13 +274,15 @@ class Link(Generic[T]):
                 self._released_waiting -= 1
             else:
                 self._unhold(waited, now, out)
-        line = self._line
+        line, observer = self._line, self.observer
         while line and line[0][0] <= now:
-            _, ready, data, tag = line.popleft()
+            _, ready, data, tag, number = line.popleft()
             self.queued -= 1
             self.queued_bytes -= len(data) + QUEUED_DATAGRAM_OVERHEAD_BYTES
             if ready is not None:
                 self._sample(ready, now)
+            if observer is not None:
+                observer.sent(number, data, tag, ready is None, now)
             out.append((data, tag))
         return out
 
@@ -254,9 +297,11 @@ class Link(Generic[T]):
             self.jitter_s += (abs(transit_s - self._last_transit) - self.jitter_s) * JITTER_GAIN
         self._last_transit, self._last_sampled = transit_s, now
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, number: int) -> None:
         self.counts[reason] += 1
         self.counts["dropped"] += 1
+        if self.observer is not None:
+            self.observer.dropped(number, reason)
 
     def _through_rate_limit(self, size: int, arrived: float, now: float) -> float | None:
         """When a datagram taken now would be through the rate limit (without one: when it
@@ -282,6 +327,7 @@ class Link(Generic[T]):
         copies: int,
         now: float,
         out: list[tuple[bytes, T]],
+        number: int,
     ) -> None:
         """Send at ``due``, or right behind the one before if that is later (order is kept);
         at once when nothing waits ahead. A queued datagram's cost is counted already."""
@@ -290,12 +336,14 @@ class Link(Generic[T]):
         if due <= now and not self._line:
             if self._measures:
                 self._sample(ready, now)
-            for _ in range(copies):
+            for copy in range(copies):
+                if self.observer is not None:
+                    self.observer.sent(number, data, tag, copy == 1, now)
                 out.append((data, tag))
             return
-        self._line.append((due, ready, data, tag))
+        self._line.append((due, ready, data, tag, number))
         if copies == 2:
-            self._line.append((due, None, data, tag))
+            self._line.append((due, None, data, tag, number))
 
     def _hold(self, held: _Held[T]) -> None:
         self._held.setdefault(held.tag, []).append(held)
@@ -326,10 +374,12 @@ class Link(Generic[T]):
             del self._held[held.tag]
         if held.passes:
             self.counts["reordered"] += 1
+            if self.observer is not None:
+                self.observer.reordered(held.number)
         cost = held.copies * (len(held.data) + QUEUED_DATAGRAM_OVERHEAD_BYTES)
         due = max(held.due, self._last_due)
         if due <= now and not self._line:  # leaves at once: it no longer takes room
             self.queued -= held.copies
             self.queued_bytes -= cost
         data, held.data = held.data, b""  # it may wait in _held_by_deadline a while yet
-        self._place(data, held.tag, held.ready, due, held.copies, now, out)
+        self._place(data, held.tag, held.ready, due, held.copies, now, out, held.number)

@@ -14,16 +14,26 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
-from udpchat.counters import ImpairStats
+from udpchat.counters import CaptureStats, ImpairStats
 from udpchat.eventloop import LoopChoice, periodically, run_coroutine
 from udpchat.impair.link import DIRECTION_COUNTERS, Link
 from udpchat.impair.spec import MAX_DELAY_S, READ_BATCH, Direction, ProxyConfig, describe
+from udpchat.impair.trace import Capture, Intervals, Tracer, wall_offset
 from udpchat.lifecycle import StartsAndStops
 from udpchat.logs import RateLimitedLog
 from udpchat.metrics import MetricsServer, start_metrics
+from udpchat.record import (
+    RecordOptions,
+    RecordWriter,
+    discard,
+    header,
+    open_new,
+    rfc3339,
+)
 from udpchat.report import Rate, impair_status
+from udpchat.series import changes, flat, schema
 from udpchat.signals import stop_on_signals
 from udpchat.sockets import (
     ARRIVAL_ANCILLARY_BYTES,
@@ -77,11 +87,13 @@ def read_batch(
 class _Client:
     """One client: its address, and its own connected socket towards the server."""
 
-    __slots__ = ("address", "last_heard", "send", "sock", "stamped")
+    __slots__ = ("address", "last_heard", "local", "send", "sock", "stamped")
 
     def __init__(self, address: Any, sock: socket.socket, now: float, stamped: bool) -> None:
         self.address = address
         self.sock = sock
+        self.local: tuple[str, int] = sock.getsockname()[:2]
+        """Its socket's own address: where the server's answers to it arrive."""
         self.send = sock.send
         self.last_heard = now
         self.stamped = stamped
@@ -103,8 +115,21 @@ class ImpairProxy(StartsAndStops):
     """The impaired link as an asyncio object: ``async with ImpairProxy(config) as proxy``,
     then send to ``proxy.address`` instead of the server's."""
 
-    def __init__(self, config: ProxyConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig | None = None,
+        *,
+        record: RecordOptions | None = None,
+        pcap: RecordOptions | None = None,
+    ) -> None:
+        """``record``: what the link did per interval, direction and client, in a record file;
+        ``pcap``: every datagram in a capture, its fate in its comment."""
         self.config = config = config or ProxyConfig()
+        self._record_options, self._pcap_options = record, pcap
+        self._recorder: RecordWriter | None = None
+        self._capture: Capture | None = None
+        self._intervals = None if record is None else Intervals(record.senders)
+        self._last_interval: tuple[float, ImpairStats] | None = None
         self.seed = config.seed if config.seed is not None else secrets.randbits(32)
         self._up: Link[_Client] = Link(config.up, self.seed, Direction.UP, config.max_queue_bytes)
         self._down: Link[_Client] = Link(
@@ -155,7 +180,13 @@ class ImpairProxy(StartsAndStops):
             ) from None
         family, _, _, _, target = found[0]
         self._target_family, self._target = family, target
-        sock = bind_udp_socket(config.listen_host, config.listen_port, rcvbuf=config.rcvbuf)
+        files = self._open_files()
+        try:
+            sock = bind_udp_socket(config.listen_host, config.listen_port, rcvbuf=config.rcvbuf)
+        except BaseException:
+            for stream, options in files:
+                discard(stream, options.path)
+            raise
         try:
             if config.metrics_port is not None:
                 self._metrics = await start_metrics(
@@ -167,8 +198,11 @@ class ImpairProxy(StartsAndStops):
         except BaseException:
             sock.close()
             await self._background.aclose()
+            for stream, options in files:
+                discard(stream, options.path)
             raise
         self._sock = sock
+        await self._start_tracing(files)
         self._stamped_up = config.up.delays and stamp_arrivals(sock)
         self._wakeups = {
             direction: Wakeup(loop, functools.partial(self._on_time, direction))
@@ -209,6 +243,7 @@ class ImpairProxy(StartsAndStops):
         self._sock.close()
         self._sock = None
         await self._background.aclose()
+        await self._stop_tracing()
         return not self._up.queued and not self._down.queued
 
     def request_stop(self) -> None:
@@ -255,6 +290,8 @@ class ImpairProxy(StartsAndStops):
             clients_refused=self._refused,
             clients_expired=self._expired,
             endpoint=None if self._metrics is None else self._metrics.stats(),
+            record=None if self._recorder is None else self._recorder.stats(),
+            capture=None if self._capture is None else self._capture.writer.stats(),  # type: ignore[arg-type]
         )
 
     # The event loop's side: read, let the link decide, send; wake up when the link says.
@@ -370,17 +407,112 @@ class ImpairProxy(StartsAndStops):
             (self._send_up if direction is Direction.UP else self._send_down)(out)
         self._schedule(direction)
 
+    # Tracing: --record and --pcap.
+
+    def _open_files(self) -> list[tuple[BinaryIO, RecordOptions]]:
+        """The record file and the capture, opened before anything binds (so that a path that
+        cannot be written fails first); one that opens after another failed closes that one."""
+        files: list[tuple[BinaryIO, RecordOptions]] = []
+        try:
+            for options in (self._record_options, self._pcap_options):
+                if options is not None:
+                    files.append((open_new(options.path, options.overwrite), options))
+        except BaseException:
+            for stream, options in files:
+                discard(stream, options.path)
+            raise
+        return files
+
+    async def _start_tracing(self, files: list[tuple[BinaryIO, RecordOptions]]) -> None:
+        """The writers, then each link's observer (:class:`~udpchat.impair.trace.Tracer`)."""
+        if not files:
+            return
+        streams = dict((id(options), stream) for stream, options in files)
+        record, pcap = self._record_options, self._pcap_options
+        if record is not None:
+            self._recorder = RecordWriter(
+                streams[id(record)], record.path, max_bytes=record.max_bytes
+            )
+            stats = self.stats()
+            self._last_interval = (0.0, stats)
+            self._recorder.start(
+                header("impair", record, self.config, counters=schema(stats), seed=self.seed)
+            )
+            await self._background.enter_async_context(
+                periodically(record.interval_s, self._record_interval)
+            )
+        if pcap is not None:
+            from udpchat.impair.pcap import encode as pcap_encode  # noqa: PLC0415 - dpkt, for --pcap
+
+            writer = RecordWriter(
+                streams[id(pcap)], pcap.path, max_bytes=pcap.max_bytes, encode=pcap_encode,
+                counts_type=CaptureStats,
+            )  # fmt: skip
+            writer.start(header("impair", pcap, self.config, seed=self.seed))
+            self._capture = Capture(writer, wall_offset())
+        for link, config in ((self._up, self.config.up), (self._down, self.config.down)):
+            link.observer = Tracer(
+                link.direction,
+                functools.partial(self._endpoints, link.direction),
+                lambda client: client.address,
+                bursty=config.burst is not None,
+                intervals=self._intervals,
+                capture=self._capture,
+            )
+
+    def _endpoints(self, direction: Direction, client: _Client) -> tuple[Any, Any]:
+        """Where a datagram came from and went to, as the proxy saw it arrive."""
+        assert self._target is not None
+        if direction is Direction.UP:
+            return client.address[:2], self.address
+        return self._target[:2], client.local
+
+    def _record_interval(self) -> None:
+        """The interval's record: each counter's change, and each client's fates and delays."""
+        assert self._recorder is not None and self._intervals is not None
+        assert self._last_interval is not None
+        t_s, stats = self._recorder.t_s(), self.stats()
+        previous_t_s, previous = self._last_interval
+        clients, left_out = self._intervals.take()
+        self._recorder.put(
+            {
+                "type": "interval",
+                "t_s": round(t_s, 6),
+                "elapsed_s": round(t_s - previous_t_s, 6),
+                "time": rfc3339(time.time()),
+                "totals": flat(stats),
+                "deltas": changes(previous, stats),
+                "clients": clients,
+                "clients_left_out": left_out,
+            }
+        )
+        self._last_interval = (t_s, stats)
+
+    async def _stop_tracing(self) -> None:
+        """The last interval, then each writer finishes its file off the loop."""
+        if self._recorder is not None:
+            self._record_interval()
+            await asyncio.to_thread(self._recorder.close)
+        if self._capture is not None:
+            await asyncio.to_thread(self._capture.writer.close)
+
     def _check_emptied(self) -> None:
         if self._stopping and not self._up.queued and not self._down.queued:
             self._emptied.set()
 
 
-def run_proxy(config: ProxyConfig, loop: LoopChoice = LoopChoice.AUTO) -> ProxyResult:
+def run_proxy(
+    config: ProxyConfig,
+    loop: LoopChoice = LoopChoice.AUTO,
+    *,
+    record: RecordOptions | None = None,
+    pcap: RecordOptions | None = None,
+) -> ProxyResult:
     """Serve ``config`` until SIGINT, SIGTERM or SIGHUP; a second one stops without waiting
     for the links to empty. The ``impair`` command is this call."""
 
     async def serve() -> ProxyResult:
-        proxy = ImpairProxy(config)
+        proxy = ImpairProxy(config, record=record, pcap=pcap)
         with stop_on_signals(proxy, logger).installed():
             return await proxy.serve_until_stopped()
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from udpchat.impair.profiles import with_profile
 from udpchat.settings import Bounds, ConfigError, check_bounds, setting
 from udpchat.sockets import MAX_PORT, MAX_RCVBUF, MAX_UDP_PAYLOAD
 
@@ -405,13 +406,19 @@ class ProxyConfig:
 def proxy_config(
     listen: str = "{}:{}".format(*DEFAULT_LISTEN),
     to: str = "{}:{}".format(*DEFAULT_TARGET),
+    profile: str | None = None,
     **settings: Any,
 ) -> ProxyConfig:
     """A :class:`ProxyConfig` from values as the command line writes them: ``listen`` and
     ``to`` as ``HOST:PORT``, each :class:`Impairment` field as a list of values for
     :func:`impairments`, the other fields as they are. A :class:`~udpchat.settings.ConfigError`
-    names the argument at fault (``listen``, ``to``, ``loss``, ``max_clients``)."""
+    names the argument at fault (``listen``, ``to``, ``loss``, ``max_clients``). A ``profile``
+    (:mod:`udpchat.impair.profiles`) comes first: the values given beside it override its."""
     written = {name: settings.pop(name) for name in IMPAIRMENT_FIELDS if name in settings}
+    try:
+        written = with_profile(profile, written)
+    except ValueError as error:
+        raise ConfigError("profile", str(error)) from None
     directions = impairments({name: values for name, values in written.items() if values})
     hosts = {}
     for argument, text in (("listen", listen), ("to", to)):

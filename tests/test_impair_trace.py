@@ -1,0 +1,158 @@
+"""What the link did, datagram by datagram: ``impair --pcap`` read back with tshark agrees with
+the proxy's summary exactly and carries the payloads as sent; ``impair --record``'s intervals
+add up to the same; named links (``--profile``) are sets of the options, overridable."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import LOOPBACK, eventually
+from udpchat import Server, ServerConfig
+from udpchat.cli import main
+from udpchat.impair import ImpairProxy, proxy_config
+from udpchat.impair.profiles import PROFILES, profile_table
+from udpchat.impair.spec import Direction
+from udpchat.impair.trace import corrupted_byte, drop_comment
+from udpchat.record import RecordOptions
+from udpchat.settings import ConfigError
+
+FATE_COMMENTS = {
+    "dropped_loss": "lost (",
+    "dropped_rate": "dropped: rate queue full",
+    "dropped_full": "dropped: link full",
+    "duplicated": "duplicate of #",
+    "reordered": "reordered: sent after #",
+    "corrupted": "corrupted: byte ",
+}
+"""Each counter of the proxy's summary, and what a packet's comment says for it."""
+
+
+def test_every_profile_is_a_valid_link_and_options_beside_it_override_it() -> None:
+    for profile in PROFILES:
+        config = proxy_config(profile=profile.name)
+        assert config.up == config.down and config.up.active, profile.name
+    config = proxy_config(profile="satellite", loss=["up:2%"], delay_s=["300ms"])
+    assert (config.up.loss, config.down.loss) == (0.02, 0.005)
+    assert config.up.delay_s == config.down.delay_s == 0.3
+    assert config.up.jitter_s == 0.01  # the profile's, where nothing overrides it
+    with pytest.raises(ConfigError, match="profile: must be one of lan, wifi, 3g"):
+        proxy_config(profile="dialup")
+
+
+def test_profile_list_shows_each_profile_its_options_and_its_source(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["impair", "--profile", "list"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.splitlines() == profile_table()
+    for profile in PROFILES:
+        assert f"{profile.name}  " in shown and profile.written() in shown
+        assert f"{profile.name}: {profile.source}" in shown
+
+
+def test_a_fate_is_said_in_words() -> None:
+    assert drop_comment("dropped_loss", bursty=False) == "lost (loss)"
+    assert drop_comment("dropped_loss", bursty=True) == "lost (burst)"
+    assert drop_comment("dropped_rate", bursty=False) == "dropped: rate queue full"
+    assert corrupted_byte(b"abcd", b"abXd") == 2
+    assert corrupted_byte(b"abcd", b"abcd") is None
+
+
+def read_capture(path: Path) -> list[tuple[int, str, bytes, str]]:
+    """(frame, comment, UDP payload, direction) of every packet, as tshark reads them."""
+    result = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|",
+         "-e", "frame.number", "-e", "frame.comment", "-e", "udp.payload",
+         "-e", "frame.p2p_dir"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = []
+    for line in result.stdout.splitlines():
+        frame, comment, payload, direction = line.split("|")
+        rows.append((int(frame), comment, bytes.fromhex(payload), direction))
+    return rows
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+async def test_the_capture_and_the_record_agree_with_the_summary_exactly(tmp_path: Path) -> None:
+    pcap, record = tmp_path / "link.pcapng", tmp_path / "link.jsonl"
+    sent = [f"ana: pesan ke-{counter}".encode() for counter in range(1, 301)]
+    echo = ServerConfig(host=LOOPBACK, port=0, echo=True, echo_rate_per_s=10_000)
+    async with Server(echo, lambda message: None) as server:
+        config = proxy_config(
+            f"{LOOPBACK}:0", to=f"{LOOPBACK}:{server.address[1]}", loss=["10%"],
+            burst=["up:3"], duplicate=["5%"], reorder=["5%"], corrupt=["3%"], delay_s=["2ms"],
+            rate=["down:2000/s"], rate_queue=["down:5"], reorder_hold_s=["50ms"], seed=11,
+        )  # fmt: skip
+        proxy = ImpairProxy(
+            config,
+            record=RecordOptions(record, interval_s=0.05),
+            pcap=RecordOptions(pcap),
+        )
+        async with proxy:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                for payload in sent:
+                    client.sendto(payload, proxy.address)
+
+                def settled() -> bool:
+                    stats = proxy.stats()
+                    echoed = server.stats().echo
+                    return (
+                        stats.received.get("up") == len(sent)
+                        and stats.queued == 0
+                        and echoed is not None
+                        and stats.received.get("down") == echoed.echoed
+                        and server.stats().received == stats.forwarded.get("up")
+                    )
+
+                await eventually(settled)
+        summary = proxy.stats()
+    packets = await asyncio.to_thread(read_capture, pcap)
+    assert [frame for frame, *_ in packets] == list(range(1, len(packets) + 1))
+    for direction, inbound in ((Direction.UP, "1"), (Direction.DOWN, "0")):
+        comments = [comment for _, comment, _, way in packets if way == inbound]
+        for counter, words in FATE_COMMENTS.items():
+            said = sum(words in comment for comment in comments)
+            assert said == getattr(summary, counter)[direction.value], (counter, direction)
+        received = summary.received[direction.value]
+        assert len(comments) == received + summary.duplicated[direction.value]
+    up_originals = [
+        data for _, comment, data, way in packets if way == "1" and "duplicate" not in comment
+    ]
+    assert sorted(up_originals) == sorted(sent)  # as ana sent them, lost ones included
+    assert summary.dropped_loss["up"] and summary.duplicated["up"] and summary.reordered["up"]
+    assert summary.corrupted["up"] + summary.corrupted["down"] and summary.dropped_rate["down"]
+    intervals = [json.loads(line) for line in record.read_text().splitlines()]
+    intervals = [r for r in intervals if r["type"] == "interval"]
+    per_client: collections.Counter[str] = collections.Counter()
+    for interval in intervals:
+        for row in interval["clients"]:
+            for fate in ("received", "lost", "duplicated", "reordered", "corrupted"):
+                per_client[f"{fate}.{row['direction']}"] += row[fate]
+    for name, fate in (("received", "received"), ("dropped_loss", "lost"),
+                       ("duplicated", "duplicated"), ("reordered", "reordered"),
+                       ("corrupted", "corrupted")):  # fmt: skip
+        for way in ("up", "down"):
+            total = sum(r["deltas"][f"{name}.{way}"] for r in intervals)
+            assert total == per_client[f"{fate}.{way}"] == getattr(summary, name)[way]
+
+
+def test_capture_and_record_files_are_refused_as_any_record_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    existing = tmp_path / "exists"
+    existing.write_bytes(b"keep")
+    assert main(["impair", "--listen", f"{LOOPBACK}:0", "--pcap", str(tmp_path)]) == 2
+    assert "--pcap: " in capsys.readouterr().err
+    assert main(["impair", "--listen", f"{LOOPBACK}:0", "--record", str(existing)]) == 2
+    assert "--record: " in capsys.readouterr().err
+    assert existing.read_bytes() == b"keep"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exists"]
