@@ -34,10 +34,12 @@ cdef inline object item(object entry, Py_ssize_t index, str what):
     return <object>PyTuple_GET_ITEM(entry, index)
 
 
-cdef object clean_seed(object data):
+cdef Py_ssize_t clean_name_length(object data, unsigned long long *counter) except -2:
+    """The length of the name in clean seed text, its counter in ``counter``; -1 when
+    ``data`` is not clean seed text."""
     cdef const unsigned char *text
     cdef Py_ssize_t size, position = 0, name_end
-    cdef unsigned long long counter = 0
+    cdef unsigned long long value = 0
     cdef unsigned char byte
     if not PyBytes_Check(data):
         raise TypeError(f"a datagram must be bytes, not {type(data).__name__}")
@@ -46,68 +48,112 @@ cdef object clean_seed(object data):
     while position < size and position <= MAX_NAME and NAME_BYTE[text[position]]:
         position += 1
     if position == 0 or position > MAX_NAME:
-        return None
+        return -1
     name_end = position
     if size - position <= SEPARATOR_LENGTH or size - position > SEPARATOR_LENGTH + MAX_DIGITS:
-        return None
+        return -1
     if memcmp(text + position, SEPARATOR, SEPARATOR_LENGTH) != 0:
-        return None
+        return -1
     position += SEPARATOR_LENGTH
     if not (c'1' <= text[position] <= c'9'):
-        return None
+        return -1
     while position < size:
         byte = text[position]
         if not (c'0' <= byte <= c'9'):
-            return None
-        counter = counter * 10 + (byte - c'0')
+            return -1
+        value = value * 10 + (byte - c'0')
         position += 1
-    return (PyBytes_FromStringAndSize(<const char *>text, name_end), counter)
+    counter[0] = value
+    return name_end
 
 
 def clean_seeds(list datagrams not None):
     cdef list seeds = []
     cdef list others = []
-    cdef Py_ssize_t index
-    cdef object fields
+    cdef Py_ssize_t index, name_length
+    cdef unsigned long long counter = 0
+    cdef object data, name = None
     for index in range(len(datagrams)):
-        fields = clean_seed(item(datagrams[index], 0, "a datagram entry"))
-        seeds.append(fields)
-        if fields is None:
+        data = item(datagrams[index], 0, "a datagram entry")
+        name_length = clean_name_length(data, &counter)
+        if name_length < 0:
+            seeds.append(None)
             others.append(index)
+            continue
+        # A sender's datagrams come in runs: the run shares one name object (and its hash).
+        if name is None or PyBytes_GET_SIZE(name) != name_length or memcmp(
+            PyBytes_AS_STRING(name), PyBytes_AS_STRING(data), name_length
+        ) != 0:
+            name = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), name_length)
+        seeds.append((name, counter))
     return seeds, others
 
 
 def text_lines(list datagrams not None, list senders not None, dict texts not None,
                dict prefixes not None, format_other):
-    cdef list parts = []
-    cdef Py_ssize_t index
-    cdef object text, ip, prefix, data
+    cdef list pieces = []
+    cdef Py_ssize_t index, total = 0, size, count
+    cdef object text, ip, prefix = None, data, last_ip = None, line
+    cdef bytes lines
+    cdef char *out
     if len(datagrams) != len(senders):
         raise ValueError("datagrams and senders differ in length")
+    # First each line's pieces and the total size: a prefix and the datagram for clean seed
+    # text, the whole line (in a 1-tuple) for the others...
     for index in range(len(datagrams)):
         ip = item(senders[index], 0, "a sender")
         data = item(datagrams[index], 0, "a datagram entry")
         text = texts.get(index) if texts else None
         if text is not None:
-            parts.append(format_other(ip, text))
+            line = format_other(ip, text)
+            if not PyBytes_Check(line):
+                raise TypeError(f"a formatted line must be bytes, not {type(line).__name__}")
+            pieces.append((line,))
+            total += PyBytes_GET_SIZE(line)
             continue
         if not PyBytes_Check(data):
             raise TypeError(f"a datagram must be bytes, not {type(data).__name__}")
-        prefix = prefixes.get(ip)
-        if prefix is None:
-            prefix = f"[{ip}] ".encode()
-            prefixes[ip] = prefix
-        parts.append(prefix)
-        parts.append(data)
-        parts.append(b"\n")
-    return b"".join(parts)
+        if ip is not last_ip:  # a sender's datagrams come in runs
+            prefix = prefixes.get(ip)
+            if prefix is None:
+                prefix = f"[{ip}] ".encode()
+                prefixes[ip] = prefix
+            last_ip = ip
+        pieces.append(prefix)
+        pieces.append(data)
+        total += PyBytes_GET_SIZE(prefix) + PyBytes_GET_SIZE(data) + 1
+    # ...then one bytes object, copied into once (from the pieces alone: they cannot change).
+    lines = PyBytes_FromStringAndSize(NULL, total)
+    out = PyBytes_AS_STRING(lines)
+    index, count = 0, len(pieces)
+    while index < count:
+        line = pieces[index]
+        if PyTuple_Check(line):
+            line = (<tuple>line)[0]
+            size = PyBytes_GET_SIZE(line)
+            memcpy(out, PyBytes_AS_STRING(line), size)
+            out += size
+            index += 1
+            continue
+        size = PyBytes_GET_SIZE(line)
+        memcpy(out, PyBytes_AS_STRING(line), size)
+        out += size
+        data = pieces[index + 1]
+        size = PyBytes_GET_SIZE(data)
+        memcpy(out, PyBytes_AS_STRING(data), size)
+        out += size
+        out[0] = 10  # the newline
+        out += 1
+        index += 2
+    return lines
 
 
 def account_next(dict senders not None, record, list addresses not None, list seeds not None,
                  double arrival, double jitter_spacing_s, new):
     cdef list verdicts = []
     cdef Py_ssize_t index
-    cdef object seed, key, sequence, counter
+    cdef object seed, key, sequence, counter, address, name
+    cdef object last_address = None, last_name = None, last_sequence = None
     if len(addresses) != len(seeds):
         raise ValueError("addresses and seeds differ in length")
     for index in range(len(addresses)):
@@ -116,11 +162,20 @@ def account_next(dict senders not None, record, list addresses not None, list se
             verdicts.append(None)
             continue
         counter = item(seed, 1, "a seed")
-        key = (addresses[index], item(seed, 0, "a seed"))
-        sequence = senders.get(key)
+        name = item(seed, 0, "a seed")
+        address = addresses[index]
+        # A run of one sender's datagrams (the same address and name objects) finds its
+        # sequence once; record() may evict or replace sequences, so it ends the run.
+        if address is last_address and name is last_name:
+            sequence = last_sequence
+        else:
+            key = (address, name)
+            sequence = senders.get(key)
         if sequence is None or counter != sequence.highest + 1:
-            verdicts.append(record(key, counter, arrival))
+            last_address = None
+            verdicts.append(record((address, name), counter, arrival))
             continue
+        last_address, last_name, last_sequence = address, name, sequence
         sequence.highest = counter
         sequence.received += 1
         if arrival - sequence.last_arrival >= jitter_spacing_s:
