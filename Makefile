@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.serve-stamp
 STAMP := $(VENV)/.dev-stamp
 MUTATION_STAMP := $(VENV)/.mutation-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 SERVE_ARGS ?=
 
 .PHONY: serve test test-busy lint docs nats mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory bench-impair attack clean
@@ -56,6 +57,10 @@ test-busy: lint
 	status=0; for run in 1 2 3; do echo "run $$run of 3, two busy loops"; \
 	$(BIN)/python -m pytest -q || status=1; done; kill $$busy 2>/dev/null; exit $$status
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
 $(MUTATION_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,mutation]'
 	touch $(MUTATION_STAMP)
@@ -79,17 +84,18 @@ bench: $(STAMP)
 		"$(BIN)/python -m benchmarks.impair --parts throughput --rates 50000 --trials 3 --duration 2"
 
 # The same ladder with 3 trials per rate, each user count climbed from the start, with
-# --processes 2; then overload, the dashboard's cost, the saturation benchmark (with py-spy
-# when installed: pip install py-spy), the CPU per message, the per-stage micro-benchmark,
+# --processes 2; then overload, the dashboard's cost, the saturation benchmark (with py-spy,
+# installed by the bench extra), the CPU per message, the per-stage micro-benchmark,
 # handler latency, and all of bench-impair. It prints its estimate first.
-bench-full: $(STAMP)
+bench-full: $(BENCH_STAMP)
 	$(RESULTS) bench-full "$(BIN)/python -m benchmarks.run --full $(BENCH_ARGS)" \
 		"$(BIN)/python -m benchmarks.micro" "$(BIN)/python -m benchmarks.latency" \
 		"$(BIN)/python -m benchmarks.impair"
 
 # Second by second at udpchat's first failed rate (found by a quick ladder, or BENCH_ARGS=
-# --rate N), side by side with the baseline: CPU per thread, batches, jobs, queue, drops.
-bench-saturation: $(STAMP)
+# --rate N), side by side with the baseline: CPU per thread, batches, jobs, queue, drops, and
+# a py-spy profile of each (who holds the GIL, and where).
+bench-saturation: $(BENCH_STAMP)
 	$(RESULTS) bench-saturation "$(BIN)/python -m benchmarks.saturation $(BENCH_ARGS)"
 
 # CPU time per message at a fixed 100,000 msg/s, udpchat against the baseline.
