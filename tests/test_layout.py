@@ -15,7 +15,7 @@ PACKAGE = Path(udpchat.__file__).parent
 LAYERS = [
     {"counters", "wire", "libc", "logs", "pool", "settings", "sockets"},
     {"signals", "eventloop", "lifecycle", "tuning", "rtt"},
-    {"fastpath", "admission", "bus", "exposition", "report", "client", "load", "wakeup"},
+    {"fastpath", "admission", "bus", "fanout", "exposition", "report", "client", "load", "wakeup"},
     {"impair.profiles"},
     {"accounting", "chat", "progress", "series", "metrics", "impair.spec"},
     {"handlers", "record", "impair.link"},

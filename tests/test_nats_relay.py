@@ -7,16 +7,18 @@ import asyncio
 import re
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
+import nats
 import pytest
 
 from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, eventually, start_cli, start_cli_server
 from tests.nats_servers import PLAIN_INFO, FakeNats, NatsNode, wait_for_subscriptions
 from udpchat import Server, ServerConfig
-from udpchat.bus import redact_url
+from udpchat.bus import ORIGIN_HEX_DIGITS, encode_envelope, redact_url, room_subject
 from udpchat.cli import main
 from udpchat.counters import BusStats, StatsSnapshot
 from udpchat.exposition import StatsCollector
@@ -282,3 +284,47 @@ async def test_a_tls_url_to_a_server_without_tls_exits_3_in_one_line_sending_not
         "for: not connecting, no credentials sent"
     ]
     assert b"CONNECT" not in b"".join(fake.received)
+
+
+FLOOD = 3000
+BUDGET_PER_S = 300.0
+
+
+async def test_a_flood_on_the_bus_is_shed_within_the_rooms_budget_and_counted(
+    nats_node: NatsNode,
+) -> None:
+    """3,000 bus messages as fast as a client publishes them, to a room of 3 members with a
+    budget of 300 datagrams a second: what the members get stays within the budget (bursts
+    of 64, half of them kept for members here), the rest is shed and counted, every message
+    accounted for; and the members' own texts still go round."""
+    config = ServerConfig(
+        host=LOOPBACK, port=0, relay=True, nats=(nats_node.url,), relay_budget_per_s=BUDGET_PER_S
+    )
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(Server(config))
+        joined = await stack.enter_async_context(
+            members(*[(server.address, f"127.0.0.{index}") for index in (2, 3, 4)])
+        )
+        publisher = await nats.connect(nats_node.url)
+        stack.push_async_callback(publisher.close)
+        started = time.monotonic()
+        for sequence in range(1, FLOOD + 1):
+            envelope = encode_envelope("f" * ORIGIN_HEX_DIGITS, sequence, "192.0.2.9", b"x: y")
+            await publisher.publish(room_subject("lobby"), envelope)
+        await publisher.flush()
+
+        def accounted() -> bool:
+            stats = bus_stats(server)
+            return stats.received + sum(stats.dropped.values()) == FLOOD
+
+        await eventually(accounted)
+        elapsed_s = time.monotonic() - started
+        stats = bus_stats(server)
+        assert set(stats.dropped) == {"over_budget"} and stats.lost_in_transit == 0
+        relay = server.stats(include_senders=False).relay
+        assert relay is not None
+        assert relay.relayed_datagrams == 3 * stats.received
+        assert relay.relayed_datagrams <= BUDGET_PER_S * elapsed_s + 64 / 2
+        joined[0].send("ana: masih di sini")
+        for other in joined[1:]:
+            await other.until(lambda lines: "[127.0.0.2] ana: masih di sini" in lines)

@@ -8,14 +8,11 @@ import socket
 import sys
 import tracemalloc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import cast
 
 import pexpect
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from nats.aio.msg import Msg
 
 from tests.helpers import (
     EVENT_TIMEOUT_S,
@@ -30,7 +27,15 @@ from udpchat.bus import ORIGIN_HEX_DIGITS, BusConfig, RoomBus, encode_envelope
 from udpchat.client import JoinError, JoinFailure, RoomEvent
 from udpchat.counters import RelayStats
 from udpchat.handlers import Message
-from udpchat.relay import ANSWER_SOURCE_BYTES, AnswerLimit, CookieJar, Refusal, Relay, Room
+from udpchat.relay import (
+    ANSWER_SOURCE_BYTES,
+    AnswerLimit,
+    CookieJar,
+    FanOutBudget,
+    Refusal,
+    Relay,
+    Room,
+)
 from udpchat.wire import (
     COOKIE,
     DELIVERED,
@@ -79,10 +84,10 @@ def test_room_expires_silent_members_and_is_bounded() -> None:
     assert not room.admit(("c", 3))
     assert room.tally.snapshot().refused_full == 1
     clock.now += 20
-    assert room.recipients(("b", 2)) == [("a", 1)]  # b's text: no cookie, no refresh
+    assert room.recipients(("b", 2)) == (("a", 1), ("b", 2))  # b's text: no cookie, no refresh
     assert room.refresh(("a", 1))  # a's keepalive, with its cookie
     clock.now += 15
-    assert room.recipients(("a", 1)) == []  # b was silent (but for a text) for 35 s
+    assert room.recipients(("a", 1)) == (("a", 1),)  # b was silent (but for a text) for 35 s
     assert room.tally.snapshot().expired == 1
     assert room.recipients(("b", 2)) is Refusal.NOT_A_MEMBER  # no longer a member
     assert not room.refresh(("b", 2))
@@ -252,8 +257,10 @@ class Outbox:
         self.sent.append((data, peer))
         return True
 
-    def send_to_many(self, data: bytes, peers: Sequence[tuple[str, int]]) -> int:
-        return sum(self.send_datagram(data, peer) for peer in peers)
+    def send_to_many(
+        self, data: bytes, peers: Sequence[tuple[str, int]], skip: tuple[str, int] | None = None
+    ) -> int:
+        return sum(self.send_datagram(data, peer) for peer in peers if peer != skip)
 
     def is_own_address(self, address: tuple[str, int]) -> bool:
         return address == OWN
@@ -571,13 +578,6 @@ class RecordingBus(RoomBus):
         self.published.append((ip, text))
 
 
-@dataclass
-class NatsMessage:
-    """What the bus reads of a message from NATS."""
-
-    data: bytes
-
-
 async def test_a_relay_with_a_bus_sends_members_texts_to_it_and_relays_what_comes_back() -> None:
     clock, outbox, printed = Clock(), Outbox(), list[Message]()
     config = BusConfig(servers=("nats://127.0.0.1:4222",))
@@ -587,7 +587,7 @@ async def test_a_relay_with_a_bus_sends_members_texts_to_it_and_relays_what_come
     for peer in (PEER, other):
         relay.room.admit(peer)
     from_elsewhere = encode_envelope("0" * ORIGIN_HEX_DIGITS, 1, "10.0.0.9", b"hai")
-    await relay.bus._on_message(cast(Msg, NatsMessage(from_elsewhere)))
+    relay.bus._receive(from_elsewhere)
     relay.bus._inbox.put(None)  # the delivery thread's work, done here: what waits, then stop
     relay.bus._deliver_inbox()
     assert outbox.to(PEER) == outbox.to(other) == [b"[10.0.0.9] hai"]
@@ -616,10 +616,10 @@ def test_a_rate_below_one_a_second_still_lets_one_text_through_at_once() -> None
     clock = Clock()
     room = Room(clock=clock, text_rate_per_s=0.25)
     room.admit(PEER)
-    assert room.recipients(PEER) == []
+    assert room.recipients(PEER) == (PEER,)
     assert room.recipients(PEER) is Refusal.OVER_RATE
     clock.now += 4  # a quarter of a text a second: one more
-    assert room.recipients(PEER) == []
+    assert room.recipients(PEER) == (PEER,)
     assert room.recipients(PEER) is Refusal.OVER_RATE
 
 
@@ -729,3 +729,56 @@ def test_an_answered_address_costs_at_most_its_declared_bytes() -> None:
     finally:
         tracemalloc.stop()
     assert used / count <= ANSWER_SOURCE_BYTES
+
+
+def budgeted_relay(per_s: float, members: int) -> tuple[Relay, Outbox, Clock, list[Message]]:
+    clock, outbox, printed = Clock(), Outbox(), list[Message]()
+    room = Room(max_peers=members, clock=clock)
+    budget = FanOutBudget(per_s, members, clock)
+    relay = Relay(room, CookieJar(b"secret", clock), printed.append, outbox, budget=budget)
+    for port in range(40000, 40000 + members):
+        room.admit(("127.0.0.1", port))
+    return relay, outbox, clock, printed
+
+
+def test_members_texts_over_the_rooms_budget_are_shown_but_not_relayed() -> None:
+    """100 datagrams a second, bursts of 10 (a tenth of a second, but at least two texts to a
+    full room of 4): three texts to the three others, then none until it refills."""
+    relay, outbox, clock, printed = budgeted_relay(per_s=100, members=4)
+    for counter in range(1, 6):
+        relay(datagram(PEER, f"ana: pesan ke-{counter}"))
+    clock.now += 0.03  # three datagrams' worth: one more text
+    relay(datagram(PEER, "ana: pesan ke-6"))
+    relayed = [data for data, address in outbox.sent if address != PEER]
+    assert len(relayed) == 4 * 3 and len(printed) == 6
+    assert len(outbox.to(PEER)) == 4  # each relayed text confirmed, no other
+    stats = relay.stats()
+    assert (stats.over_budget, stats.relayed_datagrams) == (2, 12)
+
+
+def test_texts_from_the_bus_may_not_take_the_half_of_the_budget_kept_for_members_here() -> None:
+    clock = Clock()
+    budget = FanOutBudget(per_s=100, max_peers=4, clock=clock)  # bursts of 10, 5 kept
+    assert budget.take(4, from_bus=True)
+    assert not budget.take(4, from_bus=True)  # would leave 2
+    assert budget.take(3, from_bus=False) and budget.take(3, from_bus=False)
+    assert not budget.take(1, from_bus=False)
+    clock.now += 1  # refilled to the burst, no more
+    assert budget.take(5, from_bus=True) and not budget.take(1, from_bus=True)
+
+
+async def test_a_bus_message_over_the_budget_is_shed_on_the_loop_and_its_sequence_followed() -> (
+    None
+):
+    admitted = iter([True, False, False, True])
+    bus = RoomBus(
+        BusConfig(("nats://127.0.0.1:4222",)), lambda ip, text: None, lambda: next(admitted)
+    )
+    origin = "0" * ORIGIN_HEX_DIGITS
+    for sequence in (1, 2, 3, 4):
+        envelope = encode_envelope(origin, sequence, "10.0.0.9", b"hai %d" % sequence)
+        bus._receive(envelope)
+    stats = bus.stats()
+    assert stats.dropped == {"over_budget": 2} and stats.lost_in_transit == 0
+    handed = [bus._inbox.get_nowait() for _ in range(2)]
+    assert [envelope and envelope.sequence for envelope in handed] == [1, 4]

@@ -115,11 +115,12 @@ class TokenBucket:
     def full(cls, rate_per_s: float, burst: float, now: float) -> TokenBucket:
         return cls(rate_per_s, burst, burst, now)
 
-    def take(self, amount: float, now: float) -> bool:
-        """Take ``amount`` tokens if there are that many now; False (taking none) if not."""
+    def take(self, amount: float, now: float, keep: float = 0.0) -> bool:
+        """Take ``amount`` tokens if there are that many now, and ``keep`` more left after;
+        False (taking none) if not."""
         self.tokens = min(self.burst, self.tokens + (now - self.refilled_at) * self.rate_per_s)
         self.refilled_at = now
-        if self.tokens < amount:
+        if self.tokens < amount + keep:
             return False
         self.tokens -= amount
         return True

@@ -77,6 +77,7 @@ from udpchat.relay import (
     DEFAULT_ANSWER_RATE_TOTAL_PER_S,
     DEFAULT_MAX_PEERS,
     DEFAULT_PEER_TIMEOUT_S,
+    DEFAULT_RELAY_BUDGET_PER_S,
     DEFAULT_TEXT_RATE_PER_S,
 )
 from udpchat.report import SortKey, impair_summary, json_summary, summary_lines
@@ -585,6 +586,17 @@ def serve(
             panel=Panel.ROOM,
         ),
     ] = DEFAULT_TEXT_RATE_PER_S,
+    relay_budget_per_s: Annotated[
+        float,
+        bounded(
+            ServerConfig,
+            "relay_budget_per_s",
+            "Datagrams a second the room sends to its members in all, texts from here and from "
+            "NATS alike; beyond it texts are not relayed (counted).",
+            "--relay-budget",
+            panel=Panel.ROOM,
+        ),
+    ] = DEFAULT_RELAY_BUDGET_PER_S,
     answer_rate_per_s: Annotated[
         float,
         bounded(

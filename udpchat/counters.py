@@ -541,6 +541,12 @@ class RelayStats(Counts):
         "only then).",
         unit="datagrams",
     )
+    over_budget: int = total(
+        "Members' texts not relayed: the room was over --relay-budget datagrams a second to "
+        "its members (texts from the bus shed for it are counted under nats dropped).",
+        unit="messages",
+        brief=Brief.NONZERO,
+    )
     over_rate: int = total(
         "Members' texts not relayed: their member was over --relay-rate texts a second.",
         unit="messages",
@@ -570,7 +576,6 @@ class RelayStats(Counts):
         "--answer-rate-total for all non-members).",
         unit="datagrams",
         label="reason",
-        brief=Brief.NONZERO,
     )
     sources_evicted: int = total(
         "Addresses the per-address answer limit forgot to bound its table (--max-sources).",
@@ -608,7 +613,8 @@ class BusStats(Counts):
         brief=Brief.NONZERO,
     )
     dropped: Mapping[str, int] = by_reason(
-        "Messages from NATS refused, by reason: malformed, oversize, slow_consumer (nats-py's "
+        "Messages from NATS refused, by reason: malformed, oversize, over_budget (the room was "
+        "over --relay-budget datagrams a second to its members), slow_consumer (nats-py's "
         "subscription limit), delivery_backlog_full (the delivery thread fell behind), "
         "deliver_error.",
         unit="messages",

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from udpchat.libc import libc_function
+from udpchat.libc import SENDMMSG, IoVec, MMsgHdr
 from udpchat.settings import check_bounds, check_host, setting
 from udpchat.sockets import MAX_PORT
 from udpchat.wire import format_message
@@ -36,31 +36,6 @@ DEFAULT_DURATION_S = 5.0
 MAX_DURATION_S = 3600.0
 
 
-class _IoVec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-class _MsgHdr(ctypes.Structure):
-    _fields_ = (
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.POINTER(_IoVec)),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    )
-
-
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
-
-
-_SENDMMSG = libc_function(
-    "sendmmsg", (ctypes.c_int, ctypes.POINTER(_MMsgHdr), ctypes.c_uint, ctypes.c_int), ctypes.c_int
-)
-
-
 class BatchSender:
     """Sends lists of datagrams on a connected UDP socket, with sendmmsg where the OS has it."""
 
@@ -69,9 +44,9 @@ class BatchSender:
         self.refusals = 0
         """Times the OS reported the target's port unreachable (ICMP); each time the datagrams
         of that send were not sent."""
-        self._sendmmsg = _SENDMMSG if use_sendmmsg else None
-        self._iovecs = (_IoVec * BATCH_SIZE)()
-        self._headers = (_MMsgHdr * BATCH_SIZE)()
+        self._sendmmsg = SENDMMSG if use_sendmmsg else None
+        self._iovecs = (IoVec * BATCH_SIZE)()
+        self._headers = (MMsgHdr * BATCH_SIZE)()
         for index in range(BATCH_SIZE):
             header = self._headers[index].msg_hdr
             header.msg_iov = ctypes.pointer(self._iovecs[index])

@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import threading
@@ -70,6 +71,10 @@ ANSWER_SOURCE_BYTES = 384
 """Memory for one address in the answer limit's table, at most: its (ip, port), its bucket and
 its share of the table (370 measured with the longest scoped IPv6 address, just past one of
 the table's resizes; tests/test_relay.py)."""
+DEFAULT_RELAY_BUDGET_PER_S = 20_000.0
+"""Datagrams a second the room sends to its members in all (:class:`FanOutBudget`): 645 texts
+a second to 31 members."""
+BUDGET_BURST_S = 0.1
 COOKIE_LIFETIME_S = 60
 _COOKIE_PATTERN = re.compile(rf"[0-9]{{1,12}}\.[0-9a-f]{{{COOKIE_MAC_HEX_DIGITS}}}\Z", re.ASCII)
 
@@ -138,7 +143,9 @@ class Room:
     """The members: addresses that proved themselves, each expiring after a silence, each
     allowed ``text_rate_per_s`` relayed texts a second.
 
-    Thread-safe, because pool workers call it concurrently. Bounded by ``max_peers``.
+    Thread-safe, because pool workers call it concurrently. Bounded by ``max_peers``. The
+    members are also kept as one tuple that stays the same object until the membership
+    changes (:meth:`audience`), so that the fan-out packs their addresses once, not per text.
     """
 
     def __init__(
@@ -155,6 +162,9 @@ class Room:
         self._burst = max(1.0, 2 * text_rate_per_s)
         self._clock = clock
         self._members: dict[Address, _Member] = {}
+        self._everyone: tuple[Address, ...] = ()
+        self._heard_at_least_since = math.inf
+        """No member was last heard before this: until it is a peer timeout ago, none expires."""
         self._lock = threading.Lock()
         self.tally = tally or Tally(RelayStats)
         """Where the room counts joins refused for a full room, members expired and texts over
@@ -162,6 +172,8 @@ class Room:
 
     def _expire(self, now: float) -> None:
         timeout_s = self.peer_timeout_s
+        if now - self._heard_at_least_since <= timeout_s:
+            return
         stale = [
             peer for peer, member in self._members.items() if now - member.last_heard > timeout_s
         ]
@@ -169,6 +181,9 @@ class Room:
             del self._members[peer]
         if stale:
             self.tally.add("expired", len(stale))
+            self._everyone = tuple(self._members)
+        heard = (member.last_heard for member in self._members.values())
+        self._heard_at_least_since = min(heard, default=math.inf)
 
     def admit(self, peer: Address) -> bool:
         """Make ``peer`` a member; False when the room is full."""
@@ -185,12 +200,14 @@ class Room:
             self._members[peer] = _Member(
                 now, TokenBucket.full(self.text_rate_per_s, self._burst, now)
             )
+            self._everyone = tuple(self._members)
+            self._heard_at_least_since = min(self._heard_at_least_since, now)
             return True
 
-    def recipients(self, peer: Address) -> list[Address] | Refusal:
-        """The other members, for a text from ``peer`` that is within its rate; else why not.
-        A text carries no cookie, so it does not refresh its sender: anyone can forge a source
-        address."""
+    def recipients(self, peer: Address) -> tuple[Address, ...] | Refusal:
+        """The members, ``peer`` among them (the fan-out passes it over), for a text from
+        ``peer`` that is within its rate; else why not. A text carries no cookie, so it does
+        not refresh its sender: anyone can forge a source address."""
         with self._lock:
             now = self._clock()
             self._expire(now)
@@ -200,7 +217,7 @@ class Room:
             if not member.texts.take(1, now):
                 self.tally.add("over_rate")
                 return Refusal.OVER_RATE
-            return [other for other in self._members if other != peer]
+            return self._everyone
 
     def refresh(self, peer: Address) -> bool:
         """Note that ``peer`` is still here (it proved it with its cookie); False when it is
@@ -216,12 +233,50 @@ class Room:
 
     def leave(self, peer: Address) -> None:
         with self._lock:
-            self._members.pop(peer, None)
+            if self._members.pop(peer, None) is not None:
+                self._everyone = tuple(self._members)
 
-    def members(self) -> list[Address]:
+    def audience(self) -> tuple[Address, ...]:
+        """The members now, as the same tuple until the membership changes."""
         with self._lock:
             self._expire(self._clock())
-            return list(self._members)
+            return self._everyone
+
+    def members(self) -> list[Address]:
+        return list(self.audience())
+
+    @property
+    def size(self) -> int:
+        """Members as of the last change (without expiring anyone): cheap, for an estimate."""
+        return len(self._everyone)
+
+
+class FanOutBudget:
+    """The datagrams the room may send to its members: ``per_s`` a second, in bursts of a tenth
+    of a second's worth (at least two texts to a full room), whether a text came from a member
+    here (by UDP) or from the room's other servers (by the bus), so that what one text to N
+    members costs is bounded the same way for both.
+
+    Members here come first: a text from the bus may only take what leaves half the burst, so
+    that a flood on the bus cannot take the budget from the members' own texts. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        per_s: float = DEFAULT_RELAY_BUDGET_PER_S,
+        max_peers: int = DEFAULT_MAX_PEERS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        burst = max(per_s * BUDGET_BURST_S, 2.0 * max_peers)
+        self._bucket = TokenBucket.full(per_s, burst, clock())
+        self._reserve = burst / 2
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def take(self, datagrams: int, *, from_bus: bool) -> bool:
+        """Whether a text to ``datagrams`` members may go now (and its share is taken)."""
+        with self._lock:
+            return self._bucket.take(datagrams, self._clock(), self._reserve if from_bus else 0)
 
 
 class Outlet(Protocol):
@@ -231,8 +286,11 @@ class Outlet(Protocol):
         """One datagram; False when it could not be sent (a full buffer)."""
         ...
 
-    def send_to_many(self, data: bytes, addresses: Sequence[Address]) -> int:
-        """The same datagram to each address; how many were sent."""
+    def send_to_many(
+        self, data: bytes, addresses: Sequence[Address], skip: Address | None = None
+    ) -> int:
+        """The same datagram to each address but ``skip``; how many were sent. ``addresses``
+        is the room's :meth:`Room.audience`: the same object while the membership stays."""
         ...
 
     def is_own_address(self, address: Address) -> bool:
@@ -302,12 +360,14 @@ class Relay:
         outlet: Outlet,
         bus: BusConfig | None = None,
         answers: AnswerLimit | None = None,
+        budget: FanOutBudget | None = None,
     ) -> None:
         self.room = room
         self._cookies = cookies
         self._inner = inner
         self._outlet = outlet
-        self.bus = None if bus is None else RoomBus(bus, self.relay_remote)
+        self._budget = budget or FanOutBudget(max_peers=room.max_peers)
+        self.bus = None if bus is None else RoomBus(bus, self.relay_remote, self._admit_remote)
         self._tally = room.tally
         self._answers = answers or AnswerLimit(tally=room.tally)
 
@@ -366,34 +426,49 @@ class Relay:
         display. A text that grew in decoding (invalid UTF-8 shown as escapes) is not relayed,
         so that nothing sent is larger than what came in plus the header. False when the
         sender is not a member."""
-        others = self.room.recipients(message.sender)
-        if others is Refusal.NOT_A_MEMBER:
+        members = self.room.recipients(message.sender)
+        if members is Refusal.NOT_A_MEMBER:
             return False
-        if others is Refusal.OVER_RATE:
+        if members is Refusal.OVER_RATE:
             return True
         line = f"[{message.sender[0]}] {message.text}".encode()
         if len(line) > message.size + MAX_HEADER_BYTES:
             self._tally.add("not_relayed")
             return True
+        if not self._budget.take(len(members) - 1, from_bus=False):
+            self._tally.add("over_budget")
+            return True
         if self.bus is not None:
             self.bus.publish(message.sender[0], message.text)
-        self._relay_line(line, others)
+        self._relay_line(line, members, message.sender)
         digest = text_digest(message.text.encode("utf-8", "surrogatepass"))
         if self._emit(f"{DELIVERED} {digest}".encode(), message.sender):
             self._tally.add("confirmations")
         return True
 
+    def _admit_remote(self) -> bool:
+        """Whether a text from the bus fits the budget now (on the event loop, before it is
+        handed to the delivery thread): else the bus sheds it, counted."""
+        return self._budget.take(self.room.size, from_bus=True)
+
     def relay_remote(self, ip: str, text: str) -> None:
         """A member's text from another server, to every member here, as ``[ip] text``; the bus
-        has checked that ``text`` is within the datagram size limit and ``ip`` an address."""
-        self._relay_line(f"[{ip}] {text}".encode(), self.room.members())
+        has checked that ``text`` is within the datagram size limit and ``ip`` an address, and
+        that it fits the budget (:meth:`_admit_remote`)."""
+        self._relay_line(f"[{ip}] {text}".encode(), self.room.audience())
 
-    def _relay_line(self, line: bytes, peers: list[Address]) -> None:
-        relayed = sum(self._emit(line, peer) for peer in peers)
-        if relayed:
-            with self._tally.lock:
-                self._tally.values["relayed_datagrams"] += relayed
-                self._tally.values["relayed_bytes"] += relayed * len(line)
+    def _relay_line(
+        self, line: bytes, members: tuple[Address, ...], sender: Address | None = None
+    ) -> None:
+        """``line`` to every member but ``sender``, in one call (:meth:`Outlet.send_to_many`)."""
+        relayed = self._outlet.send_to_many(line, members, sender)
+        failed = len(members) - (sender is not None) - relayed
+        values = self._tally.values
+        with self._tally.lock:
+            values["relayed_datagrams"] += relayed
+            values["relayed_bytes"] += relayed * len(line)
+            values["bytes_out"] += relayed * len(line)
+            values["send_failures"] += failed
 
     def _join(self, peer: Address, cookie: str, request_size: int) -> None:
         if cookie.strip("-"):  # a cookie, not a request's padding

@@ -22,6 +22,7 @@ from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusConfig, room
 from udpchat.counters import ServerTally, StatsSnapshot
 from udpchat.echo import DEFAULT_ECHO_RATE_PER_S, Echo
 from udpchat.eventloop import periodically
+from udpchat.fanout import FanOut
 from udpchat.handlers import BatchHandler, Handler
 from udpchat.lifecycle import StartsAndStops
 from udpchat.metrics import MetricsServer, start_metrics
@@ -47,9 +48,11 @@ from udpchat.relay import (
     DEFAULT_ANSWER_RATE_TOTAL_PER_S,
     DEFAULT_MAX_PEERS,
     DEFAULT_PEER_TIMEOUT_S,
+    DEFAULT_RELAY_BUDGET_PER_S,
     DEFAULT_TEXT_RATE_PER_S,
     AnswerLimit,
     CookieJar,
+    FanOutBudget,
     Relay,
     Room,
 )
@@ -65,6 +68,7 @@ from udpchat.sockets import (
     kernel_drop_count,
     plain_ip,
     receive_buffer_size,
+    sendto_address,
 )
 from udpchat.transport import batch_transport
 
@@ -161,6 +165,10 @@ class ServerConfig:
     relay_rate_per_s: float = setting(DEFAULT_TEXT_RATE_PER_S, minimum=0.01)
     """Texts a second each member may have relayed (bursts of twice that); beyond it they are
     shown but not relayed, and counted: what one member can make the server send is bounded."""
+    relay_budget_per_s: float = setting(DEFAULT_RELAY_BUDGET_PER_S, minimum=1)
+    """Datagrams a second the room sends to its members in all, texts from members here and
+    from the bus alike (bursts of a tenth of a second's worth); texts beyond it are shown but
+    not relayed, and counted, and the bus's may use only half the burst."""
     answer_rate_per_s: float = setting(DEFAULT_ANSWER_RATE_PER_S, minimum=0.01)
     """Answers a second the room sends to each address that is not a member (``/cookie``,
     ``/expired``, ``/full``; bursts of twice that); beyond it they are counted, not sent."""
@@ -377,9 +385,10 @@ class Server(StartsAndStops):
                 self.config.max_sources,
                 tally=room.tally,
             )
+            budget = FanOutBudget(self.config.relay_budget_per_s, self.config.max_peers)
             inner: Handler | None = handler  # callable, checked above
             self._relay = Relay(
-                room, CookieJar(), inner, self, self.config.bus_config(), answers=answers
+                room, CookieJar(), inner, self, self.config.bus_config(), answers, budget
             )
             handler = self._relay
         self._echo: Echo | None = None
@@ -395,6 +404,8 @@ class Server(StartsAndStops):
         self._receiver: Receiver | None = None
         self._dispatcher: Dispatcher | None = None
         self._socket: socket.socket | None = None
+        self._family = socket.AF_INET
+        self._fanout: FanOut | None = None
         self._own_address: tuple[str, int] | None = None
         """The socket's bound (host, port), kept after the stop for late questions."""
         self._kernel_drops_at_stop: int | None = None
@@ -509,6 +520,7 @@ class Server(StartsAndStops):
                 transport, _ = await self._loop.create_datagram_endpoint(
                     lambda: receiver, sock=sock
                 )
+            self._family, self._fanout = sock.family, FanOut(sock)
         except BaseException:
             sock.close()
             if self._metrics is not None:
@@ -587,6 +599,8 @@ class Server(StartsAndStops):
         logger.info("stopping: finishing %d queued messages", self._dispatcher.queued)
         self._read_what_the_kernel_holds()
         self._kernel_drops_at_stop = self.kernel_drops()
+        if self._fanout is not None:
+            self._fanout.close()  # before its file descriptor can be closed and reused
         self._transport.close()
         self._transport = None
         self._receiver.dispatch()
@@ -639,20 +653,23 @@ class Server(StartsAndStops):
         """Send from the server's own socket (safe from pool threads); False when the socket's
         buffer is full, the address is unreachable or the server is not serving: UDP gives
         no other guarantee anyway."""
-        if self._socket is None:
+        sock = self._socket
+        if sock is None:
             return False
-        host, port = address
-        if self._socket.family == socket.AF_INET6 and "." in host and ":" not in host:
-            host = f"::ffff:{host}"  # an IPv4 peer of a dual-stack socket
         try:
-            self._socket.sendto(data, (host, port))
+            sock.sendto(data, sendto_address(self._family, address))
         except OSError:
             return False
         return True
 
-    def send_to_many(self, data: bytes, addresses: Sequence[tuple[str, int]]) -> int:
-        """:meth:`send_datagram` to each address; how many were sent."""
-        return sum(self.send_datagram(data, address) for address in addresses)
+    def send_to_many(
+        self, data: bytes, addresses: Sequence[tuple[str, int]], skip: tuple[str, int] | None = None
+    ) -> int:
+        """``data`` to each of ``addresses`` but ``skip``, in one system call where the OS
+        allows (safe from pool threads, without the GIL: :mod:`udpchat.fanout`); how many were
+        sent. Nothing once the server stops."""
+        fanout = self._fanout
+        return 0 if fanout is None else fanout.send(data, addresses, skip)
 
     def is_own_address(self, address: tuple[str, int]) -> bool:
         """Whether ``address`` is this server's socket: its port, and its address or, bound to

@@ -174,6 +174,20 @@ def find_drops(rows: list[str], inode: str) -> int | None:
     return None
 
 
+def is_address(ip: str) -> bool:
+    """An IPv4 address, or an IPv6 one with at most a ``%scope``, in the forms ``ipaddress``
+    takes (no leading zeros); ``inet_pton`` checks it, ten times as fast."""
+    host, percent, scope = ip.partition("%")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if percent and (family == socket.AF_INET or not scope or "%" in scope):
+        return False
+    try:
+        socket.inet_pton(family, host)
+    except OSError:
+        return False
+    return True
+
+
 def is_wildcard(host: str) -> bool:
     """A bound address that means every address of the host: ``0.0.0.0`` or ``::``."""
     return host in ("0.0.0.0", "::")
@@ -191,6 +205,15 @@ def is_loopback(ip: str) -> bool:
 def plain_ip(ip: str) -> str:
     """``::ffff:1.2.3.4`` (an IPv4 sender on a dual-stack socket) shown as ``1.2.3.4``."""
     return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
+
+
+def sendto_address(family: int, address: tuple[str, int]) -> tuple[str, int]:
+    """What ``sendto`` takes for ``address`` from a socket of ``family``: an IPv4 peer of an
+    IPv6 (dual-stack) socket as ``::ffff:a.b.c.d``."""
+    ip = plain_ip(address[0])
+    if family == socket.AF_INET6 and "." in ip and ":" not in ip:
+        ip = f"::ffff:{ip}"
+    return ip, address[1]
 
 
 def plain_sender(address: tuple[str, int, int, int]) -> tuple[str, int]:
