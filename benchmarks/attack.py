@@ -120,44 +120,50 @@ def spread(values: list[float], unit: str = "", digits: int = 1) -> str:
 def forged(runs: int) -> None:
     """The real sender's row under a flood of rotating forged identities: 3,000 of them arrive
     between two of its messages, half as many again as the table's 2,000."""
-    texts = [f"real: pesan ke-{counter}".encode() for counter in range(1, 200, 2)]
-    verdicts = []
-    for run in range(runs):
-        server, port = serve("--quiet", "--format", "json", "--max-senders", "2000")
-        floods = [blast(port, FORGED_RATE // 2, 11.0, 10_000, prefix) for prefix in ("fa", "fb")]
-        time.sleep(0.5)  # the flood is on before the real sender starts
-        send_paced(port, texts, 0.1)
-        flooded = sum(int(re.findall(r"sent=(\d+)", f.communicate()[0])[0]) for f in floods)
-        stderr = stop(server)
-        summary = json.loads(stderr.splitlines()[-1])["summary"]
-        delivery = summary["delivery"]
-        rows = [row for row in summary["senders"] if row["username"] == "real"]
-        counted = rows[0]["lost"] + delivery["evicted_lost"] if rows else -1
-        # Each eviction before its row was kept ended a session holding at least one of its
-        # messages, and may hide the one gap across it (SECURITY.md): at most that many.
-        unseen_at_most = len(texts) - rows[0]["received"] if rows else 0
-        if summary["kernel_drops"]:
-            verdict = "not measurable: the kernel dropped some"
-        elif counted == TRUE_LOSS:
-            verdict = "exact"
-        elif TRUE_LOSS - unseen_at_most <= counted < TRUE_LOSS:
-            verdict = f"{TRUE_LOSS - counted} gap(s) across an eviction unseen, as documented"
-        else:
-            verdict = "WRONG"
-        verdicts.append(verdict)
-        print(
-            f"  run {run + 1}: forged sent {flooded:,}, kernel_drops {summary['kernel_drops']:,}, "
-            f"senders_evicted {delivery['evicted']:,}; the real sender's row: "
-            f"{rows[0] if rows else 'none'}; evicted_lost {delivery['evicted_lost']}; counted "
-            f"{counted} of {TRUE_LOSS}: {verdict}",
-            flush=True,
-        )
+    verdicts = [forged_run(run) for run in range(runs)]
     print(
         f"forged: the real sender's loss of {TRUE_LOSS} (its row, plus evicted_lost for what "
         f"was measured before its row was kept) exact in {verdicts.count('exact')} of {runs} "
         f"runs, short only by gaps across its evictions in "
         f"{sum('unseen' in verdict for verdict in verdicts)}, wrong in {verdicts.count('WRONG')}"
     )
+
+
+def forged_run(run: int) -> str:
+    """One run of :func:`forged`, printed; its verdict."""
+    texts = [f"real: pesan ke-{counter}".encode() for counter in range(1, 200, 2)]
+    server, port = serve("--quiet", "--format", "json", "--max-senders", "2000")
+    floods = [blast(port, FORGED_RATE // 2, 11.0, 10_000, prefix) for prefix in ("fa", "fb")]
+    time.sleep(0.5)  # the flood is on before the real sender starts
+    send_paced(port, texts, 0.1)
+    flooded = sum(int(re.findall(r"sent=(\d+)", f.communicate()[0])[0]) for f in floods)
+    stderr = stop(server)
+    summary = json.loads(stderr.splitlines()[-1])["summary"]
+    delivery = summary["delivery"]
+    rows = [row for row in summary["senders"] if row["username"] == "real"]
+    counted = rows[0]["lost"] + delivery["evicted_lost"] if rows else -1
+    # Each eviction before its row was kept ended a session holding at least one of its
+    # messages, and may hide the one gap across it (SECURITY.md): at most that many.
+    unseen_at_most = len(texts) - rows[0]["received"] if rows else 0
+    verdict = forged_verdict(summary["kernel_drops"], counted, unseen_at_most)
+    print(
+        f"  run {run + 1}: forged sent {flooded:,}, kernel_drops {summary['kernel_drops']:,}, "
+        f"senders_evicted {delivery['evicted']:,}; the real sender's row: "
+        f"{rows[0] if rows else 'none'}; evicted_lost {delivery['evicted_lost']}; counted "
+        f"{counted} of {TRUE_LOSS}: {verdict}",
+        flush=True,
+    )
+    return verdict
+
+
+def forged_verdict(kernel_drops: int, counted: int, unseen_at_most: int) -> str:
+    if kernel_drops:
+        return "not measurable: the kernel dropped some"
+    if counted == TRUE_LOSS:
+        return "exact"
+    if TRUE_LOSS - unseen_at_most <= counted < TRUE_LOSS:
+        return f"{TRUE_LOSS - counted} gap(s) across an eviction unseen, as documented"
+    return "WRONG"
 
 
 FORGED_RATE = 30_000
@@ -386,38 +392,46 @@ def startup(runs: int) -> None:
     entries = {"python -m udpchat": [PYTHON, "-m", "udpchat"], "udpchat script": [str(script)]}
     args = ["serve", "--host", LOOPBACK, "--port", "0"]
     for name, command in entries.items():
-        windows = []
-        for _ in range(runs):
-            started = time.monotonic()
-            process = subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)  # fmt: skip
-            while process.poll() is None and not holds_sighup(process.pid):  # a zombie has /proc
-                time.sleep(0.0005)
-            windows.append((time.monotonic() - started) * 1000)
-            process.send_signal(signal.SIGINT)
-            process.wait(30)
+        windows = [held_after_ms([*command, *args]) for _ in range(runs)]
         print(f"  {name}: signals held {spread(windows, ' ms')} after exec", flush=True)
     outcomes: dict[str, list[int]] = {}
     rng = random.Random(19)
     for _ in range(runs):
         for command in entries.values():
-            process = subprocess.Popen([*command, *args], stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE)  # fmt: skip
-            delay_s = rng.uniform(0.0, 0.25)
-            time.sleep(delay_s)
-            process.send_signal(rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP]))
-            _, stderr = process.communicate(timeout=30)
-            clean = process.returncode == 0 and b"summary:" in stderr
-            kind = "clean" if clean else f"rc {process.returncode}"
-            if b"Traceback" in stderr:
-                kind += " with a traceback"
-            outcomes.setdefault(kind, []).append(round(delay_s * 1000))
+            kind, delay_ms = signalled_at_random([*command, *args], rng)
+            outcomes.setdefault(kind, []).append(delay_ms)
     shown = {kind: len(delays) for kind, delays in outcomes.items()}
     unclean = sorted(
         delay for kind, delays in outcomes.items() if kind != "clean" for delay in delays
     )
     print(f"startup: a stop signal 0-250 ms after exec, {2 * runs} runs: {shown}; the others "
           f"were signalled {unclean} ms after exec")  # fmt: skip
+
+
+def held_after_ms(command: list[str]) -> float:
+    """Milliseconds from exec until the process holds SIGHUP (stop signals are held)."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while process.poll() is None and not holds_sighup(process.pid):  # a zombie has /proc
+        time.sleep(0.0005)
+    window_ms = (time.monotonic() - started) * 1000
+    process.send_signal(signal.SIGINT)
+    process.wait(30)
+    return window_ms
+
+
+def signalled_at_random(command: list[str], rng: random.Random) -> tuple[str, int]:
+    """A stop signal 0-250 ms after exec: how the process ended, and when it was signalled."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    delay_s = rng.uniform(0.0, 0.25)
+    time.sleep(delay_s)
+    process.send_signal(rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP]))
+    _, stderr = process.communicate(timeout=30)
+    clean = process.returncode == 0 and b"summary:" in stderr
+    kind = "clean" if clean else f"rc {process.returncode}"
+    if b"Traceback" in stderr:
+        kind += " with a traceback"
+    return kind, round(delay_s * 1000)
 
 
 def force(runs: int) -> None:

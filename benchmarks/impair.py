@@ -395,10 +395,7 @@ def main() -> None:
         ROLES[args.role](rest)
         return
     parts = args.parts.split(",")
-    if "throughput" in parts and not build(BLAST):
-        raise SystemExit("the throughput part needs the C generator (a C compiler)")
-    if "delay" in parts and not build(STAMP):
-        raise SystemExit("the delay part needs the C sender and receiver (a C compiler)")
+    build_for(parts)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, {platform.system()} {platform.release()}; "
@@ -406,14 +403,25 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="udpchat-bench-impair-") as directory:
-        workdir = Path(directory)
-        if "throughput" in parts:
-            throughput(args.rates or list(DEFAULT_RATES), args.trials, args.duration, workdir)
-        if "delay" in parts:
-            rates = args.delay_rates or list(DEFAULT_DELAY_RATES)
-            delay(rates, args.trials, args.duration, workdir)
-        if "memory" in parts:
-            memory(args.trials, workdir)
+        run_parts(parts, args, Path(directory))
+
+
+def build_for(parts: list[str]) -> None:
+    """The C programs the parts need, built; or an exit saying which part lacks a compiler."""
+    if "throughput" in parts and not build(BLAST):
+        raise SystemExit("the throughput part needs the C generator (a C compiler)")
+    if "delay" in parts and not build(STAMP):
+        raise SystemExit("the delay part needs the C sender and receiver (a C compiler)")
+
+
+def run_parts(parts: list[str], args: argparse.Namespace, workdir: Path) -> None:
+    if "throughput" in parts:
+        throughput(args.rates or list(DEFAULT_RATES), args.trials, args.duration, workdir)
+    if "delay" in parts:
+        rates = args.delay_rates or list(DEFAULT_DELAY_RATES)
+        delay(rates, args.trials, args.duration, workdir)
+    if "memory" in parts:
+        memory(args.trials, workdir)
 
 
 if __name__ == "__main__":

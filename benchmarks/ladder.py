@@ -94,34 +94,49 @@ class Climb:
         )
 
     def record(self, result: Result) -> None:
+        """The verdict at the current rate moves the bracket; then the next rate, or the end."""
         rate = self.rate
         self.results[rate] = result
-        if result.passed:
-            if result.generator_limited:  # it passed what the generator could send
-                self.passed = max(self.passed or 0, round_rate(result.achieved_per_s))
-                self.stopped_by = "generator"
-                return
-            self.passed = max(self.passed or 0, rate)
-        elif self.failed is None or rate < self.failed:
-            self.failed = rate  # even when the generator fell short: the table says so
+        self._note(rate, result)
         if self.done:
             return
         if self.passed is not None and self.failed is not None:
-            if self.bisect:
-                middle = round_rate(math.sqrt(self.passed * self.failed))
-                self.rate = middle if self.passed < middle < self.failed else self.failed
-            else:
-                self.rate = min(round_rate(self.passed * (1 + STEP)), self.failed)
+            self.rate = self._inside(self.passed, self.failed)
         elif self.failed is None:
-            self.rate = round_rate(rate * self.factor)
-            if self.max_rate is not None and self.rate > self.max_rate:
-                self.rate = self.max_rate
-                if rate >= self.max_rate:
-                    self.stopped_by = "max rate"
+            self._up_from(rate)
         else:
-            self.rate = round_rate(rate / self.factor)
-            if self.rate < FLOOR_RATE or self.rate == rate:
-                self.stopped_by = "floor"
+            self._down_from(rate)
+
+    def _note(self, rate: int, result: Result) -> None:
+        if not result.passed:
+            if self.failed is None or rate < self.failed:
+                self.failed = rate  # even when the generator fell short: the table says so
+        elif result.generator_limited:  # it passed what the generator could send
+            self.passed = max(self.passed or 0, round_rate(result.achieved_per_s))
+            self.stopped_by = "generator"
+        else:
+            self.passed = max(self.passed or 0, rate)
+
+    def _inside(self, passed: int, failed: int) -> int:
+        """The fine phase: the bracket halved, or a step of at most :data:`STEP` up."""
+        if self.bisect:
+            middle = round_rate(math.sqrt(passed * failed))
+            return middle if passed < middle < failed else failed
+        return min(round_rate(passed * (1 + STEP)), failed)
+
+    def _up_from(self, rate: int) -> None:
+        """Nothing failed yet: up by the factor, to ``max_rate`` at most, and no further."""
+        self.rate = round_rate(rate * self.factor)
+        if self.max_rate is not None and self.rate > self.max_rate:
+            self.rate = self.max_rate
+            if rate >= self.max_rate:
+                self.stopped_by = "max rate"
+
+    def _down_from(self, rate: int) -> None:
+        """Nothing passed yet: down by the factor, to :data:`FLOOR_RATE`."""
+        self.rate = round_rate(rate / self.factor)
+        if self.rate < FLOOR_RATE or self.rate == rate:
+            self.stopped_by = "floor"
 
 
 class Progress:

@@ -350,7 +350,18 @@ def parse_list(convert: Callable[[str], int]) -> Callable[[str], list[int]]:
     return lambda text: [convert(part) for part in text.split(",")]
 
 
-def main() -> None:
+@dataclass(frozen=True)
+class Plan:
+    """What one run climbs: the profile as the options change it, the user counts, and the
+    rates to start at and not to pass."""
+
+    profile: Profile
+    users: list[int]
+    start: int
+    max_rate: int | None
+
+
+def parse_plan(argv: Sequence[str] | None = None) -> Plan:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="the make bench-full profile")
     parser.add_argument("--duration", type=float, help="seconds per trial")
@@ -362,20 +373,27 @@ def main() -> None:
     parser.add_argument(
         "--skip", type=lambda text: text.split(","), default=[], help=f"of {','.join(SECTIONS)}"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    profile = chosen_profile(args)
+    unknown = [design for design in profile.designs if design not in DESIGNS]
+    if unknown:
+        parser.error(f"unknown designs {unknown}; known: {'; '.join(DESIGNS)}")
+    return Plan(profile, args.users or list(DEFAULT_USERS), args.start, args.max_rate)
+
+
+def chosen_profile(args: argparse.Namespace) -> Profile:
+    """``make bench``'s or ``make bench-full``'s profile with what the options change."""
     base = FULL if args.full else QUICK
-    profile = replace(
+    return replace(
         base,
         designs=tuple(args.designs or base.designs),
         trials=args.trials or base.trials,
         duration_s=args.duration or base.duration_s,
         sections=tuple(section for section in base.sections if section not in args.skip),
     )
-    unknown = [design for design in profile.designs if design not in DESIGNS]
-    if unknown:
-        parser.error(f"unknown designs {unknown}; known: {'; '.join(DESIGNS)}")
-    users = args.users or list(DEFAULT_USERS)
-    started = time.monotonic()
+
+
+def print_machine() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         f", {platform.system()} {platform.release()}; load average "
@@ -383,54 +401,80 @@ def main() -> None:
         f"{'blast (C, sendmmsg)' if build(BLAST) else 'udpchat load'}",
         flush=True,
     )
+
+
+def climb_each_user_count(plan: Plan, workdir: Path, progress: Progress) -> tuple[int, int] | None:
+    """The ladder for each user count, each followed by the sections run per user count.
+    Returns udpchat's first failed rate and its user count, at the first user count where it
+    failed: where the saturation benchmark looks."""
+    profile = plan.profile
+    saturation_at = None
+    previous: dict[str, int] = {}
+    for users in plan.users:
+        sink = generator_ceiling(users, profile.sink_trials, profile.duration_s, workdir, progress)
+        climbs = [first_climb(design, previous, plan) for design in profile.designs]
+        climb_all(
+            climbs, profile.trials, profile.duration_s, users, workdir, progress,
+            profile.decide_early,
+        )  # fmt: skip
+        print_ladder(users, climbs, profile.trials, sink)
+        sys.stdout.flush()
+        if profile.reuse_ceiling:
+            previous = {climb.design: climb.passed for climb in climbs if climb.passed is not None}
+        udpchat = next((climb for climb in climbs if climb.design == UDPCHAT), None)
+        if saturation_at is None and udpchat is not None and udpchat.failed is not None:
+            saturation_at = (udpchat.failed, users)
+        per_user_count(profile, udpchat, users, workdir, progress)
+    return saturation_at
+
+
+def first_climb(design: str, previous: dict[str, int], plan: Plan) -> Climb:
+    """A design's climb: from its highest pass at the user count before, in small steps, when
+    the profile reuses it; else from ``--start``, in coarse steps."""
+    if design in previous:
+        return Climb(design, previous[design], 1 + STEP, plan.profile.bisect, plan.max_rate)
+    return Climb(design, plan.start, COARSE_FACTOR, plan.profile.bisect, plan.max_rate)
+
+
+def per_user_count(
+    profile: Profile, udpchat: Climb | None, users: int, workdir: Path, progress: Progress
+) -> None:
+    """The sections that follow each user count's ladder: overload and the dashboard's cost."""
+    if "overload" in profile.sections and udpchat is not None and udpchat.passed is not None:
+        overload(
+            udpchat.passed, profile.trials, profile.duration_s, users, workdir, progress
+        )  # fmt: skip
+    if "dashboard" in profile.sections:
+        dashboard_cost(profile.trials, profile.duration_s, users, workdir, progress)
+    sys.stdout.flush()
+
+
+def after_the_ladders(
+    profile: Profile, saturation_at: tuple[int, int] | None, workdir: Path, progress: Progress
+) -> None:
+    """The sections that run once: saturation at udpchat's first failed rate, the CPU cost."""
+    if "saturation" in profile.sections:
+        if saturation_at is None:
+            print("\nsaturation: skipped, udpchat failed at no rate the generator could send")
+        else:
+            rate, users = saturation_at
+            saturation.run(rate, users, workdir, progress, "udpchat's first failed rate")
+    if "cpu" in profile.sections:
+        cpu.run(workdir, progress)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    plan = parse_plan(argv)
+    started = time.monotonic()
+    print_machine()
     if not build(SINK):
         sys.exit("the C sink needs a C compiler (cc)")
-    print_plan(profile, users, args.start)
+    print_plan(plan.profile, plan.users, plan.start)
     progress = Progress()
-    saturation_at: tuple[int, int] | None = None
-    """udpchat's first failed rate and its user count: the first user count where it failed."""
     with tempfile.TemporaryDirectory(prefix="udpchat-bench-") as directory:
         workdir = Path(directory)
-        previous: dict[str, int] = {}
-        for user_count in users:
-            sink = generator_ceiling(
-                user_count, profile.sink_trials, profile.duration_s, workdir, progress
-            )
-            climbs = []
-            for design in profile.designs:
-                if design in previous:
-                    start, factor = previous[design], 1 + STEP
-                else:
-                    start, factor = args.start, COARSE_FACTOR
-                climbs.append(Climb(design, start, factor, profile.bisect, args.max_rate))
-            climb_all(
-                climbs, profile.trials, profile.duration_s, user_count, workdir, progress,
-                profile.decide_early,
-            )  # fmt: skip
-            print_ladder(user_count, climbs, profile.trials, sink)
-            sys.stdout.flush()
-            if profile.reuse_ceiling:
-                previous = {c.design: c.passed for c in climbs if c.passed is not None}
-            udpchat = next((climb for climb in climbs if climb.design == UDPCHAT), None)
-            if udpchat and udpchat.failed is not None and saturation_at is None:
-                saturation_at = (udpchat.failed, user_count)
-            if "overload" in profile.sections and udpchat and udpchat.passed is not None:
-                overload(
-                    udpchat.passed, profile.trials, profile.duration_s, user_count, workdir,
-                    progress,
-                )  # fmt: skip
-            if "dashboard" in profile.sections:
-                dashboard_cost(profile.trials, profile.duration_s, user_count, workdir, progress)
-            sys.stdout.flush()
-        if "saturation" in profile.sections:
-            if saturation_at is None:
-                print("\nsaturation: skipped, udpchat failed at no rate the generator could send")
-            else:
-                rate, at_users = saturation_at
-                reason = "udpchat's first failed rate"
-                saturation.run(rate, at_users, workdir, progress, reason)
-        if "cpu" in profile.sections:
-            cpu.run(workdir, progress)
+        saturation_at = climb_each_user_count(plan, workdir, progress)
+        after_the_ladders(plan.profile, saturation_at, workdir, progress)
     minutes = (time.monotonic() - started) / 60
     print(f"\nbench took {minutes:.1f} minutes ({progress.count} trials)")
 

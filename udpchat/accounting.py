@@ -233,29 +233,42 @@ class DeliveryAccounting:
         """Every sender's loss runs by length, evicted ones included: counted as they open, so
         that the totals need no pass over the senders for them."""
 
-    def record(self, key: SenderKey, counter: int, arrival: float) -> Verdict:  # noqa: PLR0911
+    def record(self, key: SenderKey, counter: int, arrival: float) -> Verdict:
         """Account one message and say where it stands; ``arrival`` in seconds, any epoch.
 
-        One return per rule of the module docstring, in its order."""
+        The module docstring's rules, in its order: a new sender, a counter ahead of the
+        highest, one at or behind it (:meth:`_behind`)."""
         sequence = self._senders.get(key)
         if sequence is None:
-            if len(self._senders) >= self._max_senders:
-                self._evict(arrival)
-            self._admissions.add(key)
-            self._senders[key] = _Sequence(counter, arrival)
+            self._admit(key, counter, arrival)
             return Verdict.NEW
         sequence.received += 1
-        highest = sequence.highest
-        if counter > highest:
-            if counter > highest + 1:
-                sequence.open_gap(highest + 1, counter, self._loss_runs)
-            sequence.highest = counter
-            if arrival - sequence.last_arrival >= JITTER_MIN_SPACING_S:
-                sequence.sample_jitter(counter, arrival)
+        if counter > sequence.highest:
+            self._ahead(sequence, counter, arrival)
             return Verdict.NEW
+        return self._behind(sequence, counter, arrival)
+
+    def _admit(self, key: SenderKey, counter: int, arrival: float) -> None:
+        """A sender not in the table, after making room when it is full."""
+        if len(self._senders) >= self._max_senders:
+            self._evict(arrival)
+        self._admissions.add(key)
+        self._senders[key] = _Sequence(counter, arrival)
+
+    def _ahead(self, sequence: _Sequence, counter: int, arrival: float) -> None:
+        """A counter above the highest: what it skipped opens a gap; the jitter is sampled."""
+        highest = sequence.highest
+        if counter > highest + 1:
+            sequence.open_gap(highest + 1, counter, self._loss_runs)
+        sequence.highest = counter
+        if arrival - sequence.last_arrival >= JITTER_MIN_SPACING_S:
+            sequence.sample_jitter(counter, arrival)
+
+    def _behind(self, sequence: _Sequence, counter: int, arrival: float) -> Verdict:
+        """A counter at or below the highest: one return per rule, in the docstring's order."""
         if sequence.fill_gap(counter):
             sequence.lost -= 1
-            if highest - counter <= REORDER_WINDOW:
+            if sequence.highest - counter <= REORDER_WINDOW:
                 sequence.reordered += 1
                 return Verdict.REORDERED
             sequence.late += 1

@@ -157,46 +157,76 @@ def run_load(
     try:
         for sock in sockets:
             sock.connect(address)
-        senders = [BatchSender(sock, config.use_sendmmsg) for sock in sockets]
-        prefixes = [
-            f"{format_message(f'{config.username_prefix}{index}', 0)[:-1]}".encode()
-            for index in range(config.users)
-        ]
-        counters = [0] * config.users
-        limit = config.count if config.count is not None else 2**63
-        sent = 0
-        user = 0
-        start = time.monotonic()
-        next_progress = start
-        while True:
-            now = time.monotonic()
-            elapsed = now - start
-            if elapsed >= config.duration_s or sent >= limit:
-                break
-            if on_progress is not None and now >= next_progress:
-                on_progress(sent, elapsed)
-                next_progress = now + 0.1
-            batch = min(BATCH_SIZE, limit - sent)
-            if config.rate_per_s > 0:
-                due = int(config.rate_per_s * elapsed) - sent
-                if due <= 0:
-                    time.sleep(PACING_STEP_S)
-                    continue
-                batch = min(batch, due)
-            first = counters[user] + 1
-            prefix = prefixes[user]
-            payloads = [b"%s%d" % (prefix, n) for n in range(first, first + batch)]
-            taken = senders[user].send(payloads)
-            counters[user] += batch
-            sent += taken
-            user = (user + 1) % config.users
-        elapsed = time.monotonic() - start
-        if on_progress is not None:
-            on_progress(sent, elapsed)
-        for sender in senders:
-            sender.collect_refusal()
-        refusals = sum(sender.refusals for sender in senders)
-        return LoadResult(sent, elapsed, senders[0].batched, refusals)
+        users = _Users(config, sockets)
+        sent, elapsed = _send_until_done(config, users, on_progress)
+        return LoadResult(sent, elapsed, users.senders[0].batched, users.refusals())
     finally:
         for sock in sockets:
             sock.close()
+
+
+class _Users:
+    """The simulated users, each with its socket, username and counter; batches go round
+    them in turn."""
+
+    def __init__(self, config: LoadConfig, sockets: list[socket.socket]) -> None:
+        self.senders = [BatchSender(sock, config.use_sendmmsg) for sock in sockets]
+        self._prefixes = [
+            f"{format_message(f'{config.username_prefix}{index}', 0)[:-1]}".encode()
+            for index in range(config.users)
+        ]
+        self._counters = [0] * config.users
+        self._user = 0
+
+    def send(self, count: int) -> int:
+        """The next user's next ``count`` messages; how many the socket took."""
+        user = self._user
+        first = self._counters[user] + 1
+        prefix = self._prefixes[user]
+        payloads = [b"%s%d" % (prefix, n) for n in range(first, first + count)]
+        taken = self.senders[user].send(payloads)
+        self._counters[user] += count
+        self._user = (user + 1) % len(self.senders)
+        return taken
+
+    def refusals(self) -> int:
+        """Refusals over every user, the last sends' included."""
+        for sender in self.senders:
+            sender.collect_refusal()
+        return sum(sender.refusals for sender in self.senders)
+
+
+def _send_until_done(
+    config: LoadConfig, users: _Users, on_progress: Callable[[int, float], None] | None
+) -> tuple[int, float]:
+    """(sent, elapsed seconds) once ``duration_s`` or ``count`` is reached."""
+    limit = config.count if config.count is not None else 2**63
+    sent = 0
+    start = time.monotonic()
+    next_progress = start
+    while True:
+        now = time.monotonic()
+        elapsed = now - start
+        if elapsed >= config.duration_s or sent >= limit:
+            break
+        if on_progress is not None and now >= next_progress:
+            on_progress(sent, elapsed)
+            next_progress = now + 0.1
+        batch = _due(config, elapsed, sent, limit)
+        if batch <= 0:
+            time.sleep(PACING_STEP_S)
+            continue
+        sent += users.send(batch)
+    elapsed = time.monotonic() - start
+    if on_progress is not None:
+        on_progress(sent, elapsed)
+    return sent, elapsed
+
+
+def _due(config: LoadConfig, elapsed: float, sent: int, limit: int) -> int:
+    """Messages to send now: a batch at most, within ``count``, and as many as the rate allows
+    by ``elapsed`` (none: wait a pacing step)."""
+    batch = min(BATCH_SIZE, limit - sent)
+    if config.rate_per_s > 0:
+        batch = min(batch, int(config.rate_per_s * elapsed) - sent)
+    return batch

@@ -530,16 +530,8 @@ class Supervisor:
         as ``shutdown``."""
         dead = [child for child in self._children if child.ended.is_set() and child.done is None]
         died = [await self._died(child) for child in dead]
-        for child in self._children:
-            if child.process.pid is not None and not child.ended.is_set():
-                os.kill(child.process.pid, signal.SIGTERM)
-        orderly = asyncio.ensure_future(self._children_and_output_done())
-        forced = asyncio.ensure_future(self._abandoned.wait())
-        deadline_s = self.config.drain_timeout_s + CHILD_EXIT_GRACE_S
-        await asyncio.wait({orderly, forced}, timeout=deadline_s, return_when=FIRST_COMPLETED)
-        finished = orderly.done()
-        orderly.cancel()
-        forced.cancel()
+        self._terminate_living()
+        finished = await self._children_stopped()
         self._kill_all()
         self._writer.give_up()
         for reader in self._readers:  # the children are gone: their pipes end at once
@@ -553,6 +545,23 @@ class Supervisor:
             await asyncio.to_thread(self._recorder.close, self._abandoned.is_set())
         reports = self._with_endpoint(self._reports())
         return ServeResult(reports, drained, self._writer.error, tuple(died))
+
+    def _terminate_living(self) -> None:
+        for child in self._children:
+            if child.process.pid is not None and not child.ended.is_set():
+                os.kill(child.process.pid, signal.SIGTERM)
+
+    async def _children_stopped(self) -> bool:
+        """Whether the children ended and their lines were written within the drain timeout
+        and :data:`CHILD_EXIT_GRACE_S`; False also when a second signal ends the wait."""
+        orderly = asyncio.ensure_future(self._children_and_output_done())
+        forced = asyncio.ensure_future(self._abandoned.wait())
+        deadline_s = self.config.drain_timeout_s + CHILD_EXIT_GRACE_S
+        await asyncio.wait({orderly, forced}, timeout=deadline_s, return_when=FIRST_COMPLETED)
+        finished = orderly.done()
+        orderly.cancel()
+        forced.cancel()
+        return finished
 
     @staticmethod
     async def _died(child: _Child) -> str:
