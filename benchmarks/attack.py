@@ -571,6 +571,20 @@ REFUSAL_TIMEOUT_S = 15.0
 def nan_options() -> None:
     """Each float option with nan, inf and -inf, and impair's out-of-range values, through the
     real command line: refused (exit 2, one line, no traceback) or not, and how long it took."""
+    cases = nan_cases()
+    port = str(free_port())  # nothing listens there: were a value taken, nothing would answer
+    refused, seconds = [], []
+    for command, option, value in cases:
+        started = time.monotonic()
+        refused.append(refused_at_once(command, option, value, port))
+        seconds.append(time.monotonic() - started)
+    print(f"nan: {sum(refused)} of {len(cases)} values refused with one line and exit 2, each "
+          f"in {spread(seconds, ' s', 2)}: {'HELD' if all(refused) else 'BROKEN'}")  # fmt: skip
+
+
+def nan_cases() -> list[tuple[str, str, str]]:
+    """(command, option, value): every float option with nan, inf and -inf, read from the
+    command line itself, and impair's values out of range."""
     import typer  # noqa: PLC0415 - the command line's own options, read from it
 
     from tests.helpers import IMPAIRMENTS_OUT_OF_RANGE, float_options  # noqa: PLC0415
@@ -583,29 +597,26 @@ def nan_options() -> None:
         for command, option in float_options(commands)
         for value in ("nan", "inf", "-inf")
     ]
-    cases += [("impair", option, value) for option, value in IMPAIRMENTS_OUT_OF_RANGE]
-    port = str(free_port())  # nothing listens there: were a value taken, nothing would answer
-    refused, seconds = [], []
-    for command, option, value in cases:
-        base = [arg.format(port=port) for arg in NAN_TARGET_ARGS[command]]
-        argv = [PYTHON, "-m", "udpchat", command, *base, option, value]
-        started = time.monotonic()
-        try:
-            done = subprocess.run(
-                argv, check=False, capture_output=True, text=True, timeout=REFUSAL_TIMEOUT_S
-            )
-            outcome = f"exit {done.returncode}"
-            lines = done.stderr.splitlines()
-            held = done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr
-        except subprocess.TimeoutExpired:
-            outcome, lines, held = f"still running after {REFUSAL_TIMEOUT_S:g} s", [], False
-        seconds.append(time.monotonic() - started)
-        refused.append(held)
-        shown = value if len(value) < 20 else f"{value[:8]}...{value[-8:]}"
-        print(f"  {command} {option} {shown}: {outcome}, {len(lines)} line(s) on stderr: "
-              f"{lines[-1][:100] if lines else ''}", flush=True)  # fmt: skip
-    print(f"nan: {sum(refused)} of {len(cases)} values refused with one line and exit 2, each "
-          f"in {spread(seconds, ' s', 2)}: {'HELD' if all(refused) else 'BROKEN'}")  # fmt: skip
+    return cases + [("impair", option, value) for option, value in IMPAIRMENTS_OUT_OF_RANGE]
+
+
+def refused_at_once(command: str, option: str, value: str, port: str) -> bool:
+    """Whether ``command option value`` exits 2 with one line and no traceback; printed."""
+    base = [arg.format(port=port) for arg in NAN_TARGET_ARGS[command]]
+    argv = [PYTHON, "-m", "udpchat", command, *base, option, value]
+    try:
+        done = subprocess.run(
+            argv, check=False, capture_output=True, text=True, timeout=REFUSAL_TIMEOUT_S
+        )
+        outcome = f"exit {done.returncode}"
+        lines = done.stderr.splitlines()
+        held = done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr
+    except subprocess.TimeoutExpired:
+        outcome, lines, held = f"still running after {REFUSAL_TIMEOUT_S:g} s", [], False
+    shown = value if len(value) < 20 else f"{value[:8]}...{value[-8:]}"
+    print(f"  {command} {option} {shown}: {outcome}, {len(lines)} line(s) on stderr: "
+          f"{lines[-1][:100] if lines else ''}", flush=True)  # fmt: skip
+    return held
 
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {

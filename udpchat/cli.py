@@ -731,23 +731,28 @@ def serve(
     output = None if terminal is None else terminal.message_stream
     try:
         result = run(config, output=output, loop=loop, on_started=on_started)
-    except LoopUnavailableError as error:
+    except (LoopUnavailableError, OSError) as error:
+        serve_failed(error, config)
+    finish(result, as_json=output_format is OutputFormat.JSON, verbose=verbose)
+
+
+def serve_failed(error: LoopUnavailableError | OSError, config: ServerConfig) -> NoReturn:
+    """What stopped ``serve`` from starting, or its output, as one line and its exit code."""
+    if isinstance(error, LoopUnavailableError):
         fail(str(error), ExitCode.STARTUP_FAILURE)
-    except StdoutError as error:
+    if isinstance(error, StdoutError):
         silence_stdout()
         fail(str(error), ExitCode.FAILURE)
-    except MetricsStartError as error:
+    if isinstance(error, MetricsStartError):
         fix = listen_fix(error, "--metrics-port 0", "--metrics-host 127.0.0.1")
         fail(f"{describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
-    except BusUnavailableError as error:
+    if isinstance(error, BusUnavailableError):
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)
-    except RecordFileError as error:
+    if isinstance(error, RecordFileError):
         refuse_file(error, "--record")
-    except OSError as error:
-        where = f"{config.host} port {config.port}"
-        fix = listen_fix(error, "--port 0", "--host 0.0.0.0")
-        fail(f"cannot listen on {where}: {describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
-    finish(result, as_json=output_format is OutputFormat.JSON, verbose=verbose)
+    where = f"{config.host} port {config.port}"
+    fix = listen_fix(error, "--port 0", "--host 0.0.0.0")
+    fail(f"cannot listen on {where}: {describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
 
 
 def option_name(context: typer.Context, setting: str) -> str:
