@@ -170,16 +170,7 @@ class ImpairProxy(StartsAndStops):
             raise RuntimeError("the proxy is already started")
         config = self.config
         self._loop = loop = asyncio.get_running_loop()
-        try:
-            found = await loop.getaddrinfo(
-                config.target_host, config.target_port, type=socket.SOCK_DGRAM
-            )
-        except socket.gaierror as error:
-            raise TargetUnresolvedError(
-                error.errno, f"cannot resolve the server {config.target_host}: {error.strerror}"
-            ) from None
-        family, _, _, _, target = found[0]
-        self._target_family, self._target = family, target
+        self._target_family, self._target = await self._resolve_target(loop)
         files = self._open_files()
         try:
             sock = bind_udp_socket(config.listen_host, config.listen_port, rcvbuf=config.rcvbuf)
@@ -209,6 +200,27 @@ class ImpairProxy(StartsAndStops):
             for direction in Direction
         }
         loop.add_reader(sock.fileno(), self._read_clients)
+        self._log_started()
+
+    async def _resolve_target(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+        """The server's address family and address, or :class:`TargetUnresolvedError`."""
+        config = self.config
+        try:
+            found = await loop.getaddrinfo(
+                config.target_host, config.target_port, type=socket.SOCK_DGRAM
+            )
+        except socket.gaierror as error:
+            raise TargetUnresolvedError(
+                error.errno, f"cannot resolve the server {config.target_host}: {error.strerror}"
+            ) from None
+        family, _, _, _, target = found[0]
+        return family, target
+
+    def _log_started(self) -> None:
+        """Where the proxy listens and forwards, with which seed, and what each direction does."""
+        config = self.config
         host, port = self.address
         logger.info(
             "impair: listening on %s port %d, forwarding to %s port %d, seed %d",
