@@ -254,8 +254,14 @@ async def test_a_line_is_shown_as_sent_only_once_the_room_has_it() -> None:
         server = await start_cli("serve", "--host", LOOPBACK, "--port", str(port), "--relay")
         await read_port(server)
         await expect(chat, "back in the room", timeout_s=5)  # rejoins every second when out
+        await expect(chat, "1 line not delivered: an empty line (Enter) sends them again")
+        budi, inbox = await joined_member(port)
+        chat.sendline("")  # one keypress
+        await expect(chat, "Ter kirim: ana: ada orang? (resent)")
+        assert await inbox.wait_for(1) == [f"[{LOOPBACK}] ana: ada orang? (resent)"]
         chat.sendline("halo lagi")
         await expect(chat, "Ter kirim: ana: halo lagi")
+        budi.close()
         await leave(chat)
     finally:
         chat.terminate(force=True)
@@ -277,3 +283,86 @@ async def test_an_unconfirmed_line_is_said_not_delivered(
     assert said == ["not delivered (the room did not confirm it): ana: satu"]
     deliveries.confirmed(text_digest(b"ana: satu"))  # too late: already said
     assert capsys.readouterr().out == ""
+
+
+async def test_commands_stay_local_and_only_lines_for_the_room_reach_it() -> None:
+    """``/help``, ``/nick`` and ``/quit`` are done here; an unknown ``/word`` is refused with a
+    hint; ``//`` sends one slash; nothing after ``/quit`` is read."""
+    typed = "halo\n/help\n/zap x\n//shrug\n/nick ana\n/nick bad: name\nlagi\n/quit\nsesudah\n"
+    async with relay_server() as (_, port):
+        budi, inbox = await joined_member(port)
+        chat = await start_cli(
+            "chat", "--username", "citra", "--port", str(port), stdin=typed.encode()
+        )
+        status, stdout, stderr = await chat.finish()
+        budi.close()
+    assert status == 0, stderr
+    assert inbox.texts == [
+        f"[{LOOPBACK}] citra: halo", f"[{LOOPBACK}] citra: /shrug", f"[{LOOPBACK}] ana: lagi"
+    ]  # fmt: skip
+    assert stdout.splitlines() == ["Ter kirim: citra: halo", "Ter kirim: citra: /shrug",
+                                   "Ter kirim: ana: lagi"]  # fmt: skip
+    said = stderr.splitlines()
+    for command in chat_module.CHAT_COMMANDS.values():
+        assert any(line.startswith(f"udpchat: {command.usage} ") for line in said), command
+    assert (
+        "udpchat: unknown command /zap, not sent; /help lists the commands, // sends a line "
+        "that starts with /" in said
+    )
+    assert any(line.startswith("udpchat: joined the room") and "as ana;" in line for line in said)
+    assert any(line.startswith("udpchat: /nick: 'bad: name' cannot be a name") for line in said)
+    assert said[-2:] == ["udpchat: left the room", "udpchat: summary: typed=3 delivered=3"]
+
+
+async def test_stopped_during_a_join_that_fails_says_it_never_joined() -> None:
+    server, port = await start_cli_server()  # no --relay: the join is printed, not answered
+    try:
+        chat = await start_cli("chat", "--username", "ana", "--port", str(port), stdin=b"")
+        assert (await server.read_stdout_line()).startswith(f"[{LOOPBACK}] /join ")
+        chat.signal(signal.SIGINT)
+        status, _, stderr = await chat.finish()
+    finally:
+        server.signal(signal.SIGINT)
+        await server.finish()
+    assert status == 0
+    assert stderr.splitlines() == [
+        f"udpchat: stopped before joining the room at {LOOPBACK} port {port}: never joined",
+        "udpchat: summary: nothing sent",
+    ]
+
+
+def test_a_line_sent_again_is_not_shown_twice(capsys: pytest.CaptureFixture[str]) -> None:
+    transcript = chat_module.Transcript()
+    transcript("[10.0.0.1] budi: halo")
+    transcript("[10.0.0.1] budi: halo (resent)")  # its /ok was lost: budi sent it again
+    transcript("[10.0.0.1] budi: apa kabar (resent)")  # lost the first time: shown, marked
+    transcript("[10.0.0.1] budi: halo")  # typed twice: shown twice
+    assert capsys.readouterr().out.splitlines() == [
+        "Diterima: [10.0.0.1] budi: halo",
+        "Diterima: [10.0.0.1] budi: apa kabar (resent)",
+        "Diterima: [10.0.0.1] budi: halo",
+    ]
+    assert transcript.hidden == 1
+
+
+def test_a_transcript_remembers_a_bounded_number_of_lines(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(chat_module, "MAX_SEEN", 2)
+    transcript = chat_module.Transcript()
+    for line in ("a: 1", "a: 2", "a: 3", "a: 1 (resent)", "a: 3 (resent)"):
+        transcript(line)
+    assert capsys.readouterr().out.count("\n") == 4  # 1 forgotten, so shown again; 3 not
+    assert transcript.hidden == 1
+
+
+async def test_lines_not_delivered_are_kept_to_send_again_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chat_module, "MAX_UNDELIVERED", 2)
+    deliveries = chat_module.Deliveries(lambda line: None)
+    for text in ("ana: 1", "ana: 2", "ana: 3"):
+        deliveries.not_sent(text)
+    assert deliveries.take_undelivered() == [("ana: 2", False), ("ana: 3", False)]
+    assert (deliveries.forgotten, deliveries.not_delivered_lines) == (1, 3)
+    assert deliveries.take_undelivered() == []

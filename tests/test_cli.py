@@ -81,7 +81,7 @@ async def test_cli_client_to_blocking_seed_server() -> None:
     assert status == 0
     assert await seed.join() == [b"carol: pesan ke-1", b"carol: pesan ke-2"]
     assert stdout.splitlines() == ["Ter kirim: carol: pesan ke-1", "Ter kirim: carol: pesan ke-2"]
-    assert stderr.splitlines() == ["udpchat: summary: sent=2 send_errors=0"]
+    assert stderr.splitlines() == ["udpchat: summary: messages=2"]
 
 
 async def test_username_prompt_like_the_seed() -> None:
@@ -97,8 +97,9 @@ async def test_username_prompt_like_the_seed() -> None:
 
 async def test_prompt_without_input_fails_cleanly() -> None:
     client = await start_cli("send", "--count", "1", stdin=b"")
-    status, _, stderr = await client.finish()
+    status, stdout, stderr = await client.finish()
     assert status == 2
+    assert stdout == "Masukkan username: \n"  # the prompt's line ends before the error
     assert stderr.strip() == "udpchat send: no username given"
 
 

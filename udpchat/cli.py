@@ -31,7 +31,7 @@ from udpchat import server as server_module
 from udpchat.accounting import DEFAULT_MAX_SENDERS
 from udpchat.admission import DEFAULT_MAX_SOURCES, IPNetwork, parse_network
 from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusUnavailableError
-from udpchat.chat import Deliveries, converse, print_received, print_sent
+from udpchat.chat import Conversation, Deliveries, converse, print_received, print_sent
 from udpchat.client import Client, ClientConfig, JoinError, wait_for_answers
 from udpchat.counters import ClientStats
 from udpchat.echo import DEFAULT_ECHO_RATE_PER_S
@@ -80,7 +80,7 @@ from udpchat.relay import (
     DEFAULT_RELAY_BUDGET_PER_S,
     DEFAULT_TEXT_RATE_PER_S,
 )
-from udpchat.report import SortKey, impair_summary, json_summary, summary_lines
+from udpchat.report import SortKey, client_summary, impair_summary, json_summary, summary_lines
 from udpchat.rtt import RoundTrips
 from udpchat.runner import run
 from udpchat.server import ServerConfig, ServeResult, Service
@@ -968,6 +968,7 @@ def prompt_username() -> str:
         try:
             typed = input(USERNAME_PROMPT)
         except EOFError:
+            print(flush=True)  # Ctrl-D: the prompt's line ends here, before the error's
             fail("no username given", ExitCode.USAGE)
         except KeyboardInterrupt:
             print(flush=True)  # the prompt's line ends here, not in the shell's next prompt
@@ -978,8 +979,14 @@ def prompt_username() -> str:
             report(f"{error}; try again")
 
 
-def run_client(client: Client, main: Coroutine[Any, Any, None], loop: LoopChoice) -> None:
-    """Run a client command; its errors end it with one line, and its counts are reported."""
+def run_client(
+    client: Client,
+    main: Coroutine[Any, Any, None],
+    loop: LoopChoice,
+    counts: Callable[[], dict[str, int]] = dict,
+) -> None:
+    """Run a client command; its errors end it with one line, and what the person did is
+    reported (:func:`~udpchat.report.client_summary`, with ``counts`` kept elsewhere)."""
     try:
         run_coroutine(main, loop)
     except LoopUnavailableError as error:
@@ -991,7 +998,7 @@ def run_client(client: Client, main: Coroutine[Any, Any, None], loop: LoopChoice
             f"cannot send to {client.host} port {client.port}: {describe_error(error)}",
             ExitCode.FAILURE,
         )
-    report(f"summary: sent={client.sent} send_errors={client.send_errors}")
+    report(client_summary(client.stats(**counts())))
 
 
 async def until_stopped(work: Coroutine[Any, Any, object], stop: SignalStop) -> None:
@@ -1083,8 +1090,10 @@ def chat(
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Chat in a 'serve --relay' room: each line typed is sent as 'USERNAME: line', the
-    others' lines appear above the input line as they arrive; Ctrl-D or Ctrl-C leaves.
-    The client keeps itself in the room and rejoins by itself after a server restart."""
+    others' lines appear above the input line as they arrive. A line that starts with / is a
+    command, never sent: /help lists them (/nick NAME, /resend, /quit); // sends one slash.
+    Ctrl-D or Ctrl-C leaves. The client keeps itself in the room and rejoins by itself after a
+    server restart; an empty line then sends again what was not delivered."""
     config = configure(context, ClientConfig, host=host, port=port)
     options = record_options(
         context, record, interval_s=record_interval_s, max_bytes=record_max_bytes,
@@ -1093,31 +1102,29 @@ def chat(
     name = ask_username(username)
     recording = client_recording(options, "chat", config, username=name)
     client = Client(config.host, config.port)
-    run_client(client, chat_until_done(client, name, recording), loop)
+    conversation = Conversation(client, name, report, Deliveries(report))
+    run_client(client, chat_until_done(conversation, recording), loop, conversation.counts)
 
 
 async def chat_until_done(
-    client: Client, username: str, recording: ClientRecording | None = None
+    conversation: Conversation, recording: ClientRecording | None = None
 ) -> None:
     stop = SignalStop()
-    deliveries = Deliveries(report)
+    client = conversation.client
     with stop.installed():
         async with client:
             recorder = None
             if recording is not None:
-                recorder = recording(
-                    lambda: client.stats(
-                        confirmed=deliveries.confirmed_lines,
-                        not_delivered=deliveries.not_delivered_lines,
-                    ),
-                    None,
-                )
+                recorder = recording(lambda: client.stats(**conversation.counts()), None)
             try:
-                await until_stopped(converse(client, username, report, deliveries), stop)
+                await until_stopped(converse(conversation), stop)
             finally:
                 if recorder is not None:
                     await asyncio.to_thread(recorder.close)
-    report("left the room")
+    if client.joined:
+        report("left the room")
+    else:
+        report(f"stopped before joining the room at {client.host} port {client.port}: never joined")
 
 
 @command(

@@ -165,6 +165,10 @@ class Client:
         self.sent = 0
         self.in_room = False
         """True from a join until the server, or its silence, says we are out of the room."""
+        self.joined = False
+        """True once a join succeeded: a stop before it never joined."""
+        self.messages = 0
+        """The seed's messages :meth:`send_every` sent."""
         self._protocol = _SendProtocol(on_error, error_repeat_s)
         self._transport: asyncio.DatagramTransport | None = None
         self._answers: asyncio.Queue[str | _Refused] = asyncio.Queue(maxsize=JOIN_QUEUE_SIZE)
@@ -186,7 +190,11 @@ class Client:
         """What was sent and received, with ``more`` counted elsewhere (round trips, the
         room's confirmations)."""
         return ClientStats(
-            sent=self.sent, send_errors=self.send_errors, received=self.received, **more
+            sent=self.sent,
+            send_errors=self.send_errors,
+            received=self.received,
+            messages=self.messages,
+            **more,
         )
 
     def listen(self, on_datagram: Callable[[bytes], object]) -> None:
@@ -313,7 +321,7 @@ class Client:
                 )
             self._cookie = cookie
             self._keepalive_s = keepalive_interval(peer_timeout)
-            self.in_room = True
+            self.in_room = self.joined = True
             return
         where = f"{self.host} port {self.port}"
         if cookie_came:
@@ -398,6 +406,7 @@ class Client:
             counter += 1
             text = format_message(username, counter)
             self.send(text)
+            self.messages += 1
             if on_sent is not None:
                 on_sent(text)
             if count is not None and counter >= count:

@@ -729,10 +729,38 @@ class ClientStats(Counts):
     unmatched_replies: int = total(
         "Echoes of no message remembered: too old, or not this sender's.", unit="datagrams"
     )
-    confirmed: int = total("Lines the room confirmed (chat).", unit="messages")
+    messages: int = total(
+        "The seed's messages sent (send): what the person asked for.",
+        unit="messages",
+        brief=Brief.NONZERO,
+    )
+    typed: int = total(
+        "Lines typed for the room (chat), commands (/help) apart.",
+        unit="lines",
+        brief=Brief.NONZERO,
+    )
+    confirmed: int = total(
+        "Lines the room confirmed (chat).", unit="messages", key="delivered", brief=Brief.NONZERO
+    )
     not_delivered: int = total(
         "Lines the room did not confirm in time, or typed while out of the room (chat).",
         unit="messages",
+        brief=Brief.NONZERO,
+    )
+    resent: int = total(
+        "Lines not delivered sent again after a rejoin (chat: an empty line or /resend).",
+        unit="lines",
+        brief=Brief.NONZERO,
+    )
+    forgotten: int = total(
+        "Lines not delivered that were not kept to send again: more than chat keeps.",
+        unit="lines",
+        brief=Brief.NONZERO,
+    )
+    hidden_repeats: int = total(
+        "Other members' lines sent again after their rejoin that had been shown already, not "
+        "shown twice (chat).",
+        unit="lines",
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from udpchat.counters import (
     Brief,
+    ClientStats,
     Counts,
     Declaration,
     ImpairStats,
@@ -102,13 +103,19 @@ def brief_segments(stats: StatsSnapshot, processes: int = 1) -> list[list[str]]:
 
 
 def pack(segments: Sequence[Sequence[str]], width: int, max_lines: int) -> list[str]:
-    """The segments' words into at most ``max_lines`` lines of at most ``width`` cells, a
-    segment's label never last on a line; what does not fit ends the last line as ``…``."""
-    words: list[str] = []
-    for label, *said in segments:
-        first, *rest = " ".join(said).split(" ") if said else [""]
-        words.append(f"{label} {first}".rstrip())
-        words.extend(rest)
+    """The segments' pairs into at most ``max_lines`` lines of at most ``width`` cells, a
+    segment's label never last on a line, a pair (``dropped=3 (oversize=3)``) broken only
+    when it is wider than a line; what does not fit ends the last line as ``…``."""
+    units = [
+        f"{label} {pair}" if index == 0 else pair
+        for label, *said in segments
+        for index, pair in enumerate(said or [""])
+    ]
+    words = [
+        word
+        for unit in units
+        for word in (unit.rstrip().split(" ") if display_width(unit) > width else [unit.rstrip()])
+    ]
     lines: list[str] = []
     for word in words:
         if lines and display_width(lines[-1]) + 1 + display_width(word) <= width:
@@ -229,6 +236,12 @@ class StatusLine:
 
     def __call__(self, stats: StatsSnapshot) -> str:
         return format_status(stats, self._rate(stats.handled), verbose=self._verbose)
+
+
+def client_summary(stats: ClientStats, *, verbose: bool = False) -> str:
+    """What ``send`` or ``chat`` reports at exit: what the person did (messages sent, lines
+    typed, delivered, not delivered), not the datagrams that kept it in the room."""
+    return f"summary: {' '.join(pairs(stats, verbose=verbose)) or 'nothing sent'}"
 
 
 def impair_summary(stats: ImpairStats) -> str:

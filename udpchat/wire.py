@@ -261,6 +261,11 @@ DELIVERED = "/ok"
 client shows a line as sent only once it is (:func:`text_digest` names the text)."""
 
 
+RESENT_MARK = " (resent)"
+"""What ends a chat line sent again after a rejoin: a member that had it already (its ``/ok``
+was what got lost) does not show it twice, and others see why it came late."""
+
+
 def text_digest(data: bytes) -> str:
     """Eight hex digits naming a text in a ``/ok``: its CRC-32, enough to match a line typed
     with its confirmation among the few a person has in flight."""
