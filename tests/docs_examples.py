@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SHELL_LANGUAGES = frozenset({"bash", "sh", "shell", "zsh", "shell-session", "sh-session"})
 """Fence languages refused: a shell example is a ``console`` block, run or skipped with a reason."""
 DIRECTIVE = re.compile(r"^\s*<!--\s*docs-test:\s*(.*?)\s*-->\s*$")
+STOPS = {"stop": "stop", "stop, keep the files": "stop-keep"}
+"""The stop directives: ``stop`` ends a scene (what follows runs apart, in a directory and a
+network namespace of its own); ``stop, keep the files`` stops the background commands and goes
+on in the same scene, for examples that read what the stopped commands wrote."""
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)\s*(?P<info>[^`\s]*)")
 PROMPT = "$ "
 ANY_LINES = "..."
@@ -163,8 +167,8 @@ def parse_page(path: Path) -> Page:
         directive = DIRECTIVE.match(line)
         fence = FENCE.match(line)
         if directive:
-            if directive.group(1) == "stop":
-                page.steps.append("stop")
+            if directive.group(1) in STOPS:
+                page.steps.append(STOPS[directive.group(1)])
             else:
                 pending = (index + 1, directive.group(1))
         elif fence:
@@ -384,7 +388,7 @@ class PageRunner:
         notes: dict[int, str] = {}
         try:
             for step in steps:
-                if step == "stop":
+                if step in STOPS.values():
                     self.stop()
                 elif isinstance(step, Block) and step.mode == "run":
                     for command in step.commands:
