@@ -604,32 +604,47 @@ class Server(StartsAndStops):
         self._transport.close()
         self._transport = None
         self._receiver.dispatch()
-        draining = asyncio.ensure_future(self._dispatcher.drain(self.config.drain_timeout_s))
+        try:
+            idle = await self._drain_unless_abandoned(self._dispatcher)
+        finally:
+            await self._close_attachments()
+        self._warn_unfinished(idle, self._dispatcher.queued)
+        self._drained = idle
+        self._closed.set()
+        return idle
+
+    async def _drain_unless_abandoned(self, dispatcher: Dispatcher) -> bool:
+        """Whether the pool finished its queue within the drain timeout; False at once when
+        :meth:`abandon` is called meanwhile."""
+        draining = asyncio.ensure_future(dispatcher.drain(self.config.drain_timeout_s))
         abandoning = asyncio.ensure_future(self._abandoned.wait())
         try:
             await asyncio.wait({draining, abandoning}, return_when=asyncio.FIRST_COMPLETED)
-            idle = draining.done() and draining.result()
+            return draining.done() and draining.result()
         finally:
             draining.cancel()
             abandoning.cancel()
-            if self._relay is not None and self._relay.bus is not None:
-                await self._relay.bus.stop()  # after the drain: members' last texts go out too
-            if self._metrics is not None:
-                await self._metrics.close()
-            if self._recorder is not None:  # its last interval has the drain's counts
-                await asyncio.to_thread(self._recorder.close, self._abandoned.is_set())
+
+    async def _close_attachments(self) -> None:
+        """The bus, the metrics endpoint and the recorder, after the drain: members' last texts
+        go out too, and the record's last interval has the drain's counts."""
+        if self._relay is not None and self._relay.bus is not None:
+            await self._relay.bus.stop()
+        if self._metrics is not None:
+            await self._metrics.close()
+        if self._recorder is not None:
+            await asyncio.to_thread(self._recorder.close, self._abandoned.is_set())
+
+    def _warn_unfinished(self, idle: bool, queued: int) -> None:
         if self._abandoned.is_set():
-            logger.warning("forced stop: %d messages were not finished", self._dispatcher.queued)
+            logger.warning("forced stop: %d messages were not finished", queued)
         elif not idle:
             logger.warning(
                 "a worker was still stuck in its handler or output after the drain timeout "
                 "(%s s); %d messages were not finished",
                 self.config.drain_timeout_s,
-                self._dispatcher.queued,
+                queued,
             )
-        self._drained = idle
-        self._closed.set()
-        return idle
 
     def _output_failed_in_worker(self, error: OSError) -> None:
         """Called from a pool thread when output can no longer be written (a broken pipe, a
