@@ -45,6 +45,8 @@ CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 UDPCHAT = "udpchat serve"
 BARE = "bare: uvloop, batch per iteration, 2 threads"
+PROTOTYPE = "prototype: bare without the flush per batch"
+"""The strongest Python peer (``benchmarks/baselines/prototype.py``)."""
 C_SINK = "C sink: recvmmsg, count only"
 QUIET = "udpchat serve --quiet"
 DASHBOARD = "udpchat serve --quiet --dashboard"
@@ -53,6 +55,7 @@ UDPCHAT_ARGS = ("-m", "udpchat", "serve", "--host", "127.0.0.1", "--port", "{por
 DESIGNS: dict[str, list[str]] = {
     UDPCHAT: [PYTHON, *UDPCHAT_ARGS],
     BARE: [PYTHON, "-m", "benchmarks.baselines.bare_uvloop", "{port}"],
+    PROTOTYPE: [PYTHON, "-m", "benchmarks.baselines.prototype", "{port}"],
     "udpchat serve --processes 2": [PYTHON, *UDPCHAT_ARGS, "--processes", "2"],
     "seed: thread per datagram": [PYTHON, "-m", "benchmarks.baselines.seed_threads", "{port}"],
     "naive: run_in_executor per datagram": [
