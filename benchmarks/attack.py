@@ -27,6 +27,9 @@ Scenarios (``--only NAME`` runs one):
 - ``downgrade``: ``--nats tls://TOKEN@...`` against a server that offers no TLS (a fake one
   asking for credentials, and a real nats-server without TLS): one line, exit 3, and nothing
   credential-bearing sent.
+- ``slowpath``: floods at one rate whose every datagram takes the accounting's slow path (a
+  gap in its sender's counters; a new identity, with the table full) against a clean flood:
+  the server's CPU per datagram, as a factor of the clean flood's, and a normal sender's lines.
 - ``nan``: NaN and both infinities in every option that takes a fraction, of every command,
   and ``impair`` values that overflow or underflow: each refused at once, one line, exit 2.
 """
@@ -557,6 +560,70 @@ def loop(runs: int) -> None:
           f"{LOOP_WINDOW_S:g} s: {'HELD' if worst <= 2 else 'BROKEN'}")  # fmt: skip
 
 
+SLOW_PATH_RATE = 20_000
+"""Datagrams a second in each flood of ``slowpath``: the rate of issue #27's gap flood."""
+SLOW_PATH_SECONDS = 4.0
+SLOW_PATH_PATTERNS = {
+    "clean": "next",
+    "gaps": "gaps",
+    "new identities": "fresh",
+}
+"""Each flood and ``blast``'s pattern for it: counters 1, 2, 3 ... from 100 users; 1, 3, 5 ...
+(every datagram a gap); every datagram a new username (a new identity, the table full after
+the first 10,000)."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def slow_path(runs: int) -> None:
+    """The accounting's slow path as the attacker's lever: the server's CPU per datagram under
+    a flood whose every datagram is a gap, or a new identity, against a clean flood at the same
+    rate, interleaved; with a normal sender's 100 lines (25 a second) during each flood."""
+    normal = [f"normal: pesan ke-{n}".encode() for n in range(1, 101)]
+    cost: dict[str, list[float]] = {name: [] for name in SLOW_PATH_PATTERNS}
+    factors: dict[str, list[float]] = {name: [] for name in SLOW_PATH_PATTERNS}
+    shown: dict[str, list[int]] = {name: [] for name in SLOW_PATH_PATTERNS}
+    for run in range(runs):
+        for name, pattern in SLOW_PATH_PATTERNS.items():
+            with tempfile.TemporaryFile() as out:
+                server, port = serve(stdout=out.fileno())
+                before = cpu_seconds(server.pid)
+                flood = subprocess.Popen(
+                    [str(BLAST), str(port), str(SLOW_PATH_RATE), str(SLOW_PATH_SECONDS), "100",
+                     "fl", pattern],
+                    stdout=subprocess.PIPE, text=True,
+                )  # fmt: skip
+                time.sleep(0.2)  # the flood is on before the normal sender starts
+                send_paced(port, normal, 1 / 25)
+                flood.communicate()
+                time.sleep(0.5)  # the server catches up with what it read
+                used = cpu_seconds(server.pid) - before
+                stderr = stop(server)
+                out.seek(0)
+                lines = out.read().decode(errors="replace").splitlines()
+            counts = summary_counts(stderr)
+            per_datagram_us = used / max(counts["received"], 1) * 1e6
+            cost[name].append(per_datagram_us)
+            factors[name].append(per_datagram_us / cost["clean"][-1])
+            shown[name].append(sum(1 for line in lines if "] normal: " in line))
+            print(f"  run {run + 1} {name}: received {counts['received']:,}, dropped "
+                  f"{counts['dropped']:,}, kernel_drops {counts['kernel_drops']:,}, server CPU "
+                  f"{used:.2f} s = {per_datagram_us:.1f} us a datagram "
+                  f"({factors[name][-1]:.2f}x clean); senders_evicted "
+                  f"{counts.get('senders_evicted', 0):,}; normal lines {shown[name][-1]} of 100",
+                  flush=True)  # fmt: skip
+    clean = statistics.median(cost["clean"])
+    for name in SLOW_PATH_PATTERNS:
+        print(f"slowpath: {name} at {SLOW_PATH_RATE:,}/s: server CPU a datagram "
+              f"{spread(cost[name], ' us')}, {statistics.median(cost[name]) / clean:.2f}x the "
+              f"clean flood's median (each round's own factor: {spread(factors[name], 'x', 2)}); "
+              f"normal lines {shown[name]} of 100")  # fmt: skip
+
+
 NAN_TARGET_ARGS = {
     "serve": ["--host", LOOPBACK, "--port", "0", "--quiet"],
     "send": ["--host", LOOPBACK, "--port", "{port}", "--username", "nan", "--count", "100"],
@@ -628,6 +695,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "headers": lambda args: headers(3.0),
     "downgrade": lambda args: downgrade(args.runs),
     "loop": lambda args: loop(args.runs),
+    "slowpath": lambda args: slow_path(args.runs),
     "nan": lambda args: nan_options(),
 }
 

@@ -6,8 +6,11 @@
  * batches, paced on a fixed grid. Refuses any target outside 127.0.0.0/8.
  * Prints "sent=N elapsed_s=S rate_per_s=R refused=E" on stdout.
  *
- * usage: blast PORT RATE DURATION_S USERS [PREFIX]
+ * usage: blast PORT RATE DURATION_S USERS [PREFIX [PATTERN]]
  *   RATE 0 sends as fast as possible. PREFIX is the username prefix (default "load").
+ *   PATTERN is what each user's counters do: "next" (1, 2, 3 ...; the default), "gaps"
+ *   (1, 3, 5 ...: every datagram after the first skips one, a gap for the accounting), or
+ *   "fresh" (every datagram a new username with counter 1: a new identity each time).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -40,6 +43,13 @@ int main(int argc, char **argv) {
     double duration_s = atof(argv[3]);
     int users = atoi(argv[4]);
     const char *prefix = argc > 5 ? argv[5] : "load";
+    const char *pattern = argc > 6 ? argv[6] : "next";
+    int fresh = strcmp(pattern, "fresh") == 0;
+    unsigned long step = strcmp(pattern, "gaps") == 0 ? 2 : 1;
+    if (!fresh && step == 1 && strcmp(pattern, "next") != 0) {
+        fprintf(stderr, "blast: PATTERN is next, gaps or fresh\n");
+        return 2;
+    }
     if (port < 1 || port > 65535 || users < 1 || users > MAX_USERS || duration_s <= 0 ||
         duration_s > 600 || rate < 0) {
         fprintf(stderr, "blast: bad arguments\n");
@@ -79,8 +89,11 @@ int main(int argc, char **argv) {
         /* One sendmmsg per user run: consecutive messages of a batch share a socket. */
         int count = (int)due;
         for (int i = 0; i < count; i++) {
-            int length = snprintf(texts[i], MAX_TEXT, "%s%d: pesan ke-%lu", prefix, user,
-                                  ++counters[user]);
+            counters[user] += step;
+            int length = fresh ? snprintf(texts[i], MAX_TEXT, "%s%lu: pesan ke-1", prefix,
+                                          sent + (unsigned long)i)
+                               : snprintf(texts[i], MAX_TEXT, "%s%d: pesan ke-%lu", prefix,
+                                          user, counters[user] - step + 1);
             iovs[i].iov_base = texts[i];
             iovs[i].iov_len = (size_t)length;
             memset(&msgs[i], 0, sizeof msgs[i]);
@@ -91,17 +104,17 @@ int main(int argc, char **argv) {
         if (done < 0) {
             if (errno == ECONNREFUSED) {
                 refused++;
-                counters[user] -= count;
+                counters[user] -= step * (unsigned long)count;
                 continue;
             }
             if (errno == EAGAIN || errno == ENOBUFS) {
-                counters[user] -= count;
+                counters[user] -= step * (unsigned long)count;
                 continue;
             }
             perror("blast: sendmmsg");
             return 1;
         }
-        counters[user] -= (unsigned long)(count - done);
+        counters[user] -= step * (unsigned long)(count - done);
         sent += (unsigned long)done;
         user = (user + 1) % users;
     }

@@ -6,6 +6,7 @@ import itertools
 import math
 import random
 import tracemalloc
+from array import array
 from collections.abc import Callable
 
 import pytest
@@ -26,6 +27,7 @@ from udpchat.accounting import (
     SenderKey,
     Verdict,
     _AdmissionSketch,
+    _halve,
 )
 from udpchat.counters import LOSS_RUN_CAP, DeliveryTotals, LossRuns, SenderStats, add_up
 
@@ -617,6 +619,46 @@ def test_a_sketch_counter_stops_at_its_16_bit_ceiling_and_halves_from_there() ->
     assert sketch.estimate(ALICE) == 0x8000
 
 
+@given(counts=st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=64), at=st.integers(0, 1023))
+def test_halving_a_row_halves_every_counter_and_no_other(counts: list[int], at: int) -> None:
+    """The row is halved as one integer (shifted, then masked per counter): the oracle halves
+    each counter alone; a run of counters anywhere in the row, the rest zero or full."""
+    for background in (0, 0xFFFF):
+        row = array("H", [background]) * SKETCH_WIDTH
+        row[at : at + len(counts)] = array("H", counts)
+        expected = array("H", [background >> 1]) * SKETCH_WIDTH
+        expected[at : at + len(counts)] = array("H", [count >> 1 for count in counts])
+        _halve(row)
+        assert row == expected
+
+
+def test_a_new_identity_costs_one_digest_and_one_draw_whatever_the_table() -> None:
+    """The slow path an attacker picks at will: with the table full, each new identity takes
+    one digest (its admission) and one draw (its tie-break), never one per sender weighed at
+    an eviction; a pass over the table weighs each sender by what it holds."""
+    accounting = DeliveryAccounting(max_senders=100, seed=6)
+    sketch = accounting._admissions
+    digests = draws = 0
+    slots, draw = sketch._slots, accounting._random.random
+
+    def counted_slots(key: SenderKey) -> tuple[int, ...]:
+        nonlocal digests
+        digests += 1
+        return slots(key)
+
+    def counted_draw() -> float:
+        nonlocal draws
+        draws += 1
+        return draw()
+
+    sketch._slots = counted_slots  # type: ignore[method-assign]
+    accounting._random.random = counted_draw  # type: ignore[method-assign]
+    for port in range(1000):  # ten tables' worth: 90 evictions of 10
+        accounting.record((("10.0.0.1", port), b"forged"), 1, float(port))
+    assert accounting.totals().evicted == 900
+    assert (digests, draws) == (1000, 1000)
+
+
 def admitted_a_quarter_row(seed: int) -> tuple[_AdmissionSketch, dict[SenderKey, int]]:
     """A sketch that admitted 16,384 keys (a quarter of a row's counters) one to three times
     each, and those counts."""
@@ -657,7 +699,7 @@ def test_where_a_sender_counts_in_the_sketch_depends_on_its_secret() -> None:
     which identities share counters: another key puts the same senders elsewhere."""
     keys = [(("10.0.0.1", port), b"a") for port in range(100)]
 
-    def slots(seed: int) -> list[list[int]]:
+    def slots(seed: int) -> list[tuple[int, ...]]:
         sketch = _AdmissionSketch(period=1 << 30, rng=random.Random(seed))
         return [sketch._slots(key) for key in keys]
 
