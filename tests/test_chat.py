@@ -286,9 +286,13 @@ async def test_an_unconfirmed_line_is_said_not_delivered(
 
 
 async def test_commands_stay_local_and_only_lines_for_the_room_reach_it() -> None:
-    """``/help``, ``/nick`` and ``/quit`` are done here; an unknown ``/word`` is refused with a
-    hint; ``//`` sends one slash; nothing after ``/quit`` is read."""
-    typed = "halo\n/help\n/zap x\n//shrug\n/nick ana\n/nick bad: name\nlagi\n/quit\nsesudah\n"
+    """``/help``, ``/who``, ``/nick`` and ``/quit`` are done here (``/who`` asks the room); an
+    unknown ``/word`` is refused with a hint; ``//`` sends one slash; nothing after ``/quit``
+    is read."""
+    typed = (
+        "halo\n/help\n/who\n/zap x\n//shrug\n/nick ana\n/nick bad: name\n/who\nlagi\n/quit\n"
+        "sesudah\n"
+    )
     async with relay_server() as (_, port):
         budi, inbox = await joined_member(port)
         chat = await start_cli(
@@ -311,6 +315,11 @@ async def test_commands_stay_local_and_only_lines_for_the_room_reach_it() -> Non
     )
     assert any(line.startswith("udpchat: joined the room") and "as ana;" in line for line in said)
     assert any(line.startswith("udpchat: /nick: 'bad: name' cannot be a name") for line in said)
+    members = [line for line in said if line.startswith("udpchat: in the room")]
+    assert members == [  # budi joined without a name, as an older client does
+        f"udpchat: in the room (2): [{LOOPBACK}], citra [{LOOPBACK}]",
+        f"udpchat: in the room (2): [{LOOPBACK}], ana [{LOOPBACK}]",
+    ]
     assert said[-2:] == ["udpchat: left the room", "udpchat: summary: typed=3 delivered=3"]
 
 

@@ -45,9 +45,15 @@ from udpchat.wire import (
     KEEPALIVE,
     LEAVE,
     MAX_HEADER_BYTES,
+    MEMBERS,
+    MIN_WHO_REQUEST_BYTES,
     ROOM_FULL,
+    WHO,
+    WHO_REQUEST_BYTES,
+    parse_members,
     relay_join_request,
     text_digest,
+    who_request,
 )
 
 PEER = ("127.0.0.1", 40000)
@@ -282,11 +288,11 @@ def offline_relay(max_peers: int = 8) -> tuple[Relay, Outbox, Clock, list[Messag
     return relay, outbox, clock, printed
 
 
-def join(relay: Relay, outbox: Outbox, peer: tuple[str, int]) -> str:
+def join(relay: Relay, outbox: Outbox, peer: tuple[str, int], name: str = "") -> str:
     """The handshake as a client does it; returns the cookie."""
     relay(datagram(peer, relay_join_request()))
     cookie = outbox.to(peer)[-1].decode().removeprefix(f"{COOKIE} ")
-    relay(datagram(peer, f"{JOIN} {cookie}"))
+    relay(datagram(peer, f"{JOIN} {cookie} {name}".rstrip()))
     return cookie
 
 
@@ -645,8 +651,12 @@ def test_a_member_that_joins_again_keeps_its_seat_and_its_rate_and_is_refreshed(
 
 
 @pytest.mark.parametrize(
-    "answer", [f"{COOKIE} 1.ab", f"{JOINED} 30", EXPIRED, ROOM_FULL, f"{DELIVERED} 0123abcd"]
-)
+    "answer",
+    [
+        f"{COOKIE} 1.ab", f"{JOINED} 30", EXPIRED, ROOM_FULL, f"{DELIVERED} 0123abcd",
+        f"{MEMBERS} 1/1\n127.0.0.1 ana",
+    ],
+)  # fmt: skip
 def test_an_answer_is_never_answered_nor_relayed_from_anyone(answer: str) -> None:
     relay, outbox, _, printed = offline_relay()
     member = ("127.0.0.1", 40001)
@@ -782,3 +792,102 @@ async def test_a_bus_message_over_the_budget_is_shed_on_the_loop_and_its_sequenc
     assert stats.dropped == {"over_budget": 2} and stats.lost_in_transit == 0
     handed = [bus._inbox.get_nowait() for _ in range(2)]
     assert [envelope and envelope.sequence for envelope in handed] == [1, 4]
+
+
+def members_of(relay: Relay, outbox: Outbox, peer: tuple[str, int], cookie: str) -> list[str]:
+    """Every page of the member list, as a client asks for them."""
+    entries: list[str] = []
+    page = pages = 1
+    while page <= pages:
+        relay(datagram(peer, who_request(cookie, page)))
+        answer = outbox.to(peer)[-1]
+        assert len(answer) <= WHO_REQUEST_BYTES  # never larger than the request
+        parsed = parse_members(answer.decode())
+        assert parsed is not None and parsed[0] == page, answer
+        _, pages, found = parsed
+        entries.extend(found)
+        page += 1
+    return entries
+
+
+def test_who_lists_the_members_by_name_to_a_member_only() -> None:
+    relay, outbox, _, printed = offline_relay(max_peers=64)
+    cookie = join(relay, outbox, PEER, "citra")
+    join(relay, outbox, ("127.0.0.2", 40001), "Budi Santoso")
+    join(relay, outbox, ("127.0.0.3", 40002))  # an older client: no name
+    assert members_of(relay, outbox, PEER, cookie) == [
+        "127.0.0.3", "127.0.0.2 Budi Santoso", "127.0.0.1 citra",
+    ]  # fmt: skip
+    join(relay, outbox, ("127.0.0.2", 40001), "budi")  # /nick: a join with another name
+    assert "127.0.0.2 budi" in members_of(relay, outbox, PEER, cookie)
+    assert printed == []  # /who is the room's, not a message
+    assert relay.stats().who_pages == 2
+
+
+def test_a_long_member_list_comes_in_pages_no_larger_than_the_request() -> None:
+    relay, outbox, _, _ = offline_relay(max_peers=64)
+    cookie = join(relay, outbox, PEER, "a" * 32)
+    names = [f"{'用' * 30}{index:02d}" for index in range(40)]  # 92 bytes each
+    for index, name in enumerate(names):
+        join(relay, outbox, ("127.0.0.2", 41000 + index), name)
+    entries = members_of(relay, outbox, PEER, cookie)
+    assert sorted(entries) == sorted(
+        [f"127.0.0.1 {'a' * 32}", *(f"127.0.0.2 {name}" for name in names)]
+    )
+    assert relay.stats().who_pages > 3
+
+
+def test_who_from_an_address_that_is_not_a_member_draws_at_most_expired() -> None:
+    relay, outbox, _, _ = offline_relay()
+    cookie = join(relay, outbox, PEER, "citra")
+    stranger = ("127.0.0.9", 40009)
+    relay(datagram(stranger, who_request(cookie, 1)))  # another address's cookie
+    relay(datagram(stranger, who_request("1.abc", 1)))
+    assert outbox.to(stranger) == [EXPIRED.encode()] * 2
+    relay(datagram(PEER, LEAVE))
+    relay(datagram(PEER, who_request(cookie, 1)))  # its own cookie, but it left
+    assert outbox.to(PEER)[-1] == EXPIRED.encode()
+    assert relay.stats().who_pages == 0
+
+
+def test_who_is_refused_and_counted_when_small_over_rate_or_past_the_last_page() -> None:
+    relay, outbox, _, _ = offline_relay()
+    cookie = join(relay, outbox, PEER, "citra")
+    sent = len(outbox.sent)
+    relay(datagram(PEER, f"{WHO} {cookie} 1 ".ljust(MIN_WHO_REQUEST_BYTES - 1, "-")))
+    relay(datagram(PEER, who_request(cookie, 2)))
+    relay(datagram(PEER, who_request(cookie, 0)))
+    relay(datagram(PEER, f"{WHO} {cookie}"))  # no page, and small
+    assert len(outbox.sent) == sent
+    burst = int(2 * relay.room.text_rate_per_s)
+    for _ in range(burst + 3):  # its texts' tokens: two went to the pages past the last
+        relay(datagram(PEER, who_request(cookie, 1)))
+    assert relay.stats().who_refused == {
+        "too_small": 2, "no_such_page": 2, "over_rate": 5,
+    }  # fmt: skip
+    assert relay.stats().who_pages == burst - 2
+
+
+def test_a_join_with_a_name_that_is_not_one_is_refused() -> None:
+    relay, outbox, _, _ = offline_relay()
+    relay(datagram(PEER, relay_join_request()))
+    cookie = outbox.to(PEER)[-1].decode().removeprefix(f"{COOKIE} ")
+    relay(datagram(PEER, f"{JOIN} {cookie} bad: name"))
+    assert relay.room.members() == []
+    assert relay.stats().malformed_joins == 1
+
+
+@given(
+    sizes=st.integers(min_value=MIN_WHO_REQUEST_BYTES, max_value=65507),
+    requests=st.lists(st.integers(min_value=1, max_value=8), min_size=1, max_size=30),
+)
+def test_a_who_never_draws_more_bytes_than_it_sends(sizes: int, requests: list[int]) -> None:
+    """Whatever a member asks, and however large the room: the answer is at most the request."""
+    relay, outbox, _, _ = offline_relay(max_peers=40)
+    cookie = join(relay, outbox, PEER, "x" * 32)
+    for index in range(39):
+        join(relay, outbox, (f"fe80::{index:x}%eth0", 40000 + index), f"{'é' * 31}{index}")
+    sent = len(outbox.sent)
+    for page in requests:
+        relay(datagram(PEER, f"{WHO} {cookie} {page} ".ljust(sizes, "-")))
+    assert all(len(data) <= sizes for data, _ in outbox.sent[sent:])

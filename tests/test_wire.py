@@ -12,6 +12,8 @@ from udpchat.wire import (
     MAX_COUNTER,
     MAX_USERNAME_LENGTH,
     MIN_JOIN_REQUEST_BYTES,
+    MIN_WHO_REQUEST_BYTES,
+    WHO_REQUEST_BYTES,
     InvalidUsernameError,
     ParsedText,
     TextKind,
@@ -22,6 +24,8 @@ from udpchat.wire import (
     format_line,
     format_message,
     is_valid_username,
+    members_pages,
+    parse_members,
     parse_text,
     relay_join_request,
     sanitize,
@@ -29,6 +33,7 @@ from udpchat.wire import (
     terminal_cells,
     text_kind,
     username_problem,
+    who_request,
 )
 
 
@@ -314,3 +319,33 @@ def test_a_text_outside_the_seed_format_is_a_chat_line_a_room_word_or_neither(
     text: str, kind: TextKind | None
 ) -> None:
     assert text_kind(text) is kind
+
+
+member_entries = st.lists(
+    st.builds(
+        lambda ip, name: f"{ip} {name}".rstrip(),
+        st.ip_addresses().map(str),
+        st.text(st.characters(codec="utf-8", categories=("L", "N")), min_size=0, max_size=32),
+    ),
+    max_size=200,
+)
+
+
+@given(entries=member_entries, size=st.integers(min_value=MIN_WHO_REQUEST_BYTES, max_value=65507))
+def test_member_pages_hold_every_entry_in_order_within_the_size(
+    entries: list[str], size: int
+) -> None:
+    pages = members_pages(entries, size)
+    assert all(len(page.encode()) <= size for page in pages)
+    parsed = [parse_members(page) for page in pages]
+    assert [(p[0], p[1]) for p in parsed if p] == [
+        (n, len(pages)) for n in range(1, len(pages) + 1)
+    ]
+    assert [entry for p in parsed if p for entry in p[2]] == entries
+
+
+def test_a_who_request_is_padded_and_an_answer_that_is_not_one_is_refused() -> None:
+    assert len(who_request(f"{2**40}.{'0' * 32}", 184)) == WHO_REQUEST_BYTES
+    assert parse_members("/members 1/1") == (1, 1, [])
+    for text in ("/members 2/1", "/members 0/1", "/members 1", "/members x/y", "/member 1/1"):
+        assert parse_members(text) is None, text

@@ -199,6 +199,7 @@ class ChatCommand:
 
 CHAT_COMMANDS = {
     "/help": ChatCommand("/help", "the commands"),
+    "/who": ChatCommand("/who", "who is in the room (on this server)"),
     "/nick": ChatCommand("/nick NAME", "rejoin the room as NAME"),
     "/resend": ChatCommand(
         "/resend", "send the lines that were not delivered again (so does an empty line)"
@@ -282,12 +283,30 @@ class Conversation:
             self.resend()
         elif word == "/nick":
             await self.rename(argument.strip())
+        elif word == "/who":
+            await self.who()
         else:
             self._report(
                 f"unknown command {sanitize(word)}, not sent; /help lists the commands, "
                 f"{ESCAPE} sends a line that starts with /"
             )
         return True
+
+    async def who(self) -> None:
+        """``/who``: the members, as the room says them (names escaped: they are untrusted)."""
+        if not self.client.in_room:
+            self._report("/who: out of the room while rejoining; ask again once back")
+            return
+        try:
+            entries = await self.client.who()
+        except TimeoutError:
+            self._report("/who: no answer from the room (lost on the way?); ask again")
+            return
+        shown = []
+        for entry in entries:
+            ip, _, name = entry.partition(" ")
+            shown.append(f"{name} [{ip}]" if name else f"[{ip}]")
+        self._report(f"in the room ({len(shown)}): {sanitize(', '.join(shown))}")
 
     async def rename(self, name: str) -> None:
         """``/nick NAME``: leave the room and join it again as ``name``."""
@@ -301,7 +320,10 @@ class Conversation:
 
     async def join(self) -> None:
         await self.client.join_room(
-            self.transcript, on_room=self.on_room, on_delivered=self.deliveries.confirmed
+            self.transcript,
+            on_room=self.on_room,
+            on_delivered=self.deliveries.confirmed,
+            name=self.username,
         )
         hint = "/help lists the commands, " if is_terminal() else ""
         self._report(

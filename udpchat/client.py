@@ -25,10 +25,13 @@ from udpchat.wire import (
     JOINED,
     KEEPALIVE,
     LEAVE,
+    MEMBERS,
     ROOM_FULL,
     decode,
     format_message,
+    parse_members,
     relay_join_request,
+    who_request,
 )
 
 logger = logging.getLogger("udpchat.client")
@@ -42,6 +45,8 @@ REJOIN_INTERVAL_S = 1.0
 """Out of the room, a join is tried this often (each waits :data:`JOIN_TIMEOUT_S`), so that a
 member is back within two seconds of its server."""
 JOIN_QUEUE_SIZE = 16
+MAX_WHO_PAGES = 256
+"""Pages of a member list asked for, at most: 1024 members of the longest names take 184."""
 KEEPALIVES_PER_PEER_TIMEOUT = 3
 """Keepalives sent within the server's ``--peer-timeout``: two may be lost before it expires us."""
 DEFAULT_KEEPALIVE_S = 10.0
@@ -175,6 +180,9 @@ class Client:
         self._cookie = ""
         self._keepalive_s = DEFAULT_KEEPALIVE_S
         self._rejoin_now = asyncio.Event()
+        self._name = ""
+        self._pages: asyncio.Queue[str] = asyncio.Queue(maxsize=JOIN_QUEUE_SIZE)
+        """``/members`` answers, for :meth:`who`."""
         self._membership: asyncio.Task[None] | None = None
 
     @property
@@ -249,10 +257,12 @@ class Client:
         *,
         on_room: Callable[[RoomEvent, str], None] | None = None,
         on_delivered: Callable[[str], None] | None = None,
+        name: str = "",
         attempts: int = JOIN_ATTEMPTS,
         timeout_s: float = JOIN_TIMEOUT_S,
     ) -> None:
-        """Join a ``serve --relay`` room: ask for a cookie, echo it, and from then on pass each
+        """Join a ``serve --relay`` room as ``name`` (what ``/who`` lists; none: the address
+        alone): ask for a cookie, echo it, and from then on pass each
         relayed text (``[ip] text``, not yet escaped for display) to ``on_text``, and the
         digest of each of our texts the room confirmed (:func:`udpchat.wire.text_digest`) to
         ``on_delivered``.
@@ -273,6 +283,9 @@ class Client:
                     on_delivered(text[len(DELIVERED) + 1 :])
             elif text == EXPIRED:
                 self._leave_room(on_room, "the server no longer counts us as a member")
+            elif text.startswith(f"{MEMBERS} "):
+                if not self._pages.full():
+                    self._pages.put_nowait(text)
             elif not self._answers.full():
                 self._answers.put_nowait(text)
 
@@ -283,6 +296,7 @@ class Client:
 
         self._protocol.on_datagram = receive
         self._protocol.on_refused = refused
+        self._name = name
         await self._join(attempts, timeout_s)
         self._membership = asyncio.create_task(self._keep_membership(on_room, timeout_s))
 
@@ -308,7 +322,7 @@ class Client:
                 continue
             cookie_came = True
             cookie = answer[1]
-            self.send(f"{JOIN} {cookie}")
+            self.send(f"{JOIN} {cookie} {self._name}".rstrip())
             admitted = await self._answer(timeout_s, JOINED, ROOM_FULL)
             if isinstance(admitted, _Refused) or admitted is None:
                 continue
@@ -376,6 +390,26 @@ class Client:
                 continue
             if on_room is not None:
                 on_room(RoomEvent.BACK, f"back in the room at {self.host} port {self.port}")
+
+    async def who(self, timeout_s: float = JOIN_TIMEOUT_S) -> list[str]:
+        """The room's members, ``ip name`` each, asked for page by page (at most
+        :data:`MAX_WHO_PAGES`); TimeoutError when a page does not come within ``timeout_s``
+        (it was lost, or we are not a member)."""
+        while not self._pages.empty():
+            self._pages.get_nowait()  # answers to an earlier, abandoned request
+        entries: list[str] = []
+        page = pages = 1
+        while page <= min(pages, MAX_WHO_PAGES):
+            self.send(who_request(self._cookie, page))
+            async with asyncio.timeout(timeout_s):
+                while (answer := parse_members(await self._pages.get())) is None or (
+                    answer[0] != page
+                ):
+                    pass
+            _, pages, found = answer
+            entries.extend(found)
+            page += 1
+        return entries
 
     def leave_room(self) -> None:
         """Stop the keepalives and tell the server, so that it stops relaying to us at once."""

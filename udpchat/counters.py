@@ -557,6 +557,18 @@ class RelayStats(Counts):
         unit="datagrams",
         brief=Brief.NONZERO,
     )
+    who_pages: int = total(
+        "Pages of the member list sent to members that asked (/who), each no larger than "
+        "its request.",
+        unit="datagrams",
+    )
+    who_refused: Mapping[str, int] = by_reason(
+        "Members' /who not answered, by reason: over_rate (the member's --relay-rate), "
+        "too_small (smaller than the answer may be: it would amplify), no_such_page.",
+        unit="requests",
+        label="reason",
+        brief=Brief.NONZERO,
+    )
     keepalives: int = total(
         "Keepalives from members, with their own cookie: each kept a member in the room.",
         unit="datagrams",

@@ -12,7 +12,10 @@ header of at most :data:`udpchat.wire.MAX_HEADER_BYTES`, and the member gets ``/
 most ``max_peers`` outgoing ones.
 
 A member stays with ``/keepalive COOKIE`` (the cookie it joined with, so that only an address
-that once received the cookie can stay). An address that is not a member, because it expired or
+that once received the cookie can stay). It may ask for the member list with ``/who COOKIE
+PAGE`` (its cookie again, and one of its texts' tokens): the answer, a page of ``/members``, is
+never larger than the request, and a request from an address that is not a member draws at
+most ``/expired``, as a text does. An address that is not a member, because it expired or
 the server restarted, gets ``/expired`` in answer to its keepalive or text, so that its client
 can rejoin; a full room answers a valid cookie with ``/full``. Each of these answers is smaller
 than what it answers, and none is sent in answer to a datagram smaller than itself.
@@ -52,7 +55,11 @@ from udpchat.wire import (
     KEEPALIVE,
     LEAVE,
     MAX_HEADER_BYTES,
+    MIN_WHO_REQUEST_BYTES,
     ROOM_FULL,
+    WHO,
+    is_valid_username,
+    members_pages,
     text_digest,
 )
 
@@ -136,7 +143,9 @@ class _Member:
     last_heard: float
     """When the member last proved itself (join, keepalive)."""
     texts: TokenBucket
-    """Texts it may still have relayed now."""
+    """Texts it may still have relayed now, and member lists (``/who``) it may still ask for."""
+    name: str = ""
+    """The name it joined with (``/join COOKIE NAME``), for ``/who``; empty when it gave none."""
 
 
 class Room:
@@ -185,20 +194,21 @@ class Room:
         heard = (member.last_heard for member in self._members.values())
         self._heard_at_least_since = min(heard, default=math.inf)
 
-    def admit(self, peer: Address) -> bool:
-        """Make ``peer`` a member; False when the room is full."""
+    def admit(self, peer: Address, name: str = "") -> bool:
+        """Make ``peer`` a member, known as ``name``; False when the room is full."""
         with self._lock:
             now = self._clock()
             self._expire(now)
             member = self._members.get(peer)
             if member is not None:
                 member.last_heard = now
+                member.name = name
                 return True
             if len(self._members) >= self.max_peers:
                 self.tally.add("refused_full")
                 return False
             self._members[peer] = _Member(
-                now, TokenBucket.full(self.text_rate_per_s, self._burst, now)
+                now, TokenBucket.full(self.text_rate_per_s, self._burst, now), name
             )
             self._everyone = tuple(self._members)
             self._heard_at_least_since = min(self._heard_at_least_since, now)
@@ -218,6 +228,25 @@ class Room:
                 self.tally.add("over_rate")
                 return Refusal.OVER_RATE
             return self._everyone
+
+    def take_request(self, peer: Address) -> Refusal | None:
+        """Whether member ``peer`` may have a member list now: one of its texts' tokens."""
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            member = self._members.get(peer)
+            if member is None:
+                return Refusal.NOT_A_MEMBER
+            return None if member.texts.take(1, now) else Refusal.OVER_RATE
+
+    def roster(self) -> list[str]:
+        """``ip name`` of each member, by name then address."""
+        with self._lock:
+            self._expire(self._clock())
+            members = sorted(
+                (member.name, peer[0], peer[1]) for peer, member in self._members.items()
+            )
+        return [f"{ip} {name}".rstrip() for name, ip, _ in members]
 
     def refresh(self, peer: Address) -> bool:
         """Note that ``peer`` is still here (it proved it with its cookie); False when it is
@@ -399,6 +428,8 @@ class Relay:
             self.room.leave(peer)
         elif command == KEEPALIVE:
             self._keepalive(peer, argument, message.size)
+        elif command == WHO:
+            self._who(peer, argument, message.size)
         else:
             if not self._forward(message):
                 self._tell_not_a_member(peer, message.size)
@@ -410,6 +441,31 @@ class Relay:
             self._tally.add("keepalives")
             return
         self._tell_not_a_member(peer, request_size)
+
+    def _who(self, peer: Address, argument: str, request_size: int) -> None:
+        """A page of the member list, to a member only (its cookie proves its address), within
+        its rate, and never larger than the request: a forged ``/who`` amplifies nothing."""
+        cookie, _, rest = argument.partition(" ")
+        if not self._cookies.is_genuine(peer, cookie):
+            self._tell_not_a_member(peer, request_size)
+            return
+        if request_size < MIN_WHO_REQUEST_BYTES:
+            self._tally.add_reason("who_refused", "too_small")
+            return
+        refusal = self.room.take_request(peer)
+        if refusal is Refusal.NOT_A_MEMBER:
+            self._tell_not_a_member(peer, request_size)
+            return
+        if refusal is Refusal.OVER_RATE:
+            self._tally.add_reason("who_refused", "over_rate")
+            return
+        pages = members_pages(self.room.roster(), request_size)
+        page = rest.partition(" ")[0]
+        if not page.isdigit() or not 1 <= int(page) <= len(pages):
+            self._tally.add_reason("who_refused", "no_such_page")
+            return
+        if self._emit(pages[int(page) - 1].encode(), peer):
+            self._tally.add("who_pages")
 
     def _tell_not_a_member(self, peer: Address, request_size: int) -> None:
         """``/expired``, so that a client the room forgot (expired, or a restarted server)
@@ -470,15 +526,16 @@ class Relay:
             values["bytes_out"] += relayed * len(line)
             values["send_failures"] += failed
 
-    def _join(self, peer: Address, cookie: str, request_size: int) -> None:
+    def _join(self, peer: Address, argument: str, request_size: int) -> None:
+        cookie, _, name = argument.partition(" ")
         if cookie.strip("-"):  # a cookie, not a request's padding
-            if not self._cookies.is_well_formed(cookie):
+            if not self._cookies.is_well_formed(cookie) or (name and not is_valid_username(name)):
                 self._tally.add("malformed_joins")
                 return
             if self._cookies.is_valid(peer, cookie):
                 # Both answers are smaller than the cookie they answer: a valid one proves the
                 # address anyway. The peer timeout tells the client how often to keep alive.
-                if self.room.admit(peer):
+                if self.room.admit(peer, name):
                     self._tally.add("joins")
                     self._emit(f"{JOINED} {self.room.peer_timeout_s:g}".encode(), peer)
                 else:

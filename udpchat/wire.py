@@ -261,6 +261,55 @@ DELIVERED = "/ok"
 client shows a line as sent only once it is (:func:`text_digest` names the text)."""
 
 
+WHO = "/who"
+"""``/who COOKIE PAGE``, padded with ``-`` to :data:`WHO_REQUEST_BYTES`: a member asks for the
+room's member list, a page at a time; the cookie it joined with proves its address."""
+MEMBERS = "/members"
+"""``/members PAGE/PAGES`` then a line per member (``ip`` and its name): the answer to a
+``/who``, never larger than the request it answers."""
+WHO_REQUEST_BYTES = 1000
+"""What a client pads ``/who`` to: the answer may be as large, so that a room of a few dozen
+fits one page, and it stays under the server's default ``--max-size`` of 1024."""
+MIN_WHO_REQUEST_BYTES = 256
+"""A ``/who`` smaller than this is not answered: a page must hold at least one member (an
+address and a name of 32 characters take at most 175 bytes) within the request's size."""
+_MEMBERS_HEADER = re.compile(rf"{MEMBERS} ([1-9][0-9]{{0,5}})/([1-9][0-9]{{0,5}})")
+
+
+def who_request(cookie: str, page: int) -> str:
+    """The ``/who`` for ``page`` (from 1), padded to :data:`WHO_REQUEST_BYTES`."""
+    return f"{WHO} {cookie} {page} ".ljust(WHO_REQUEST_BYTES, "-")
+
+
+def members_pages(entries: list[str], size: int) -> list[str]:
+    """``entries`` (one member each: an address and a name, at most 175 bytes) as ``/members``
+    answers of at most ``size`` bytes each (at least :data:`MIN_WHO_REQUEST_BYTES`), as many
+    as they take."""
+    room = size - len(f"{MEMBERS} 999999/999999\n".encode())
+    pages: list[list[str]] = [[]]
+    used = 0
+    for entry in entries:
+        cost = len(entry.encode()) + 1
+        if used + cost > room and pages[-1]:
+            pages.append([])
+            used = 0
+        pages[-1].append(entry)
+        used += cost
+    return [
+        "\n".join([f"{MEMBERS} {number}/{len(pages)}", *page])
+        for number, page in enumerate(pages, start=1)
+    ]
+
+
+def parse_members(text: str) -> tuple[int, int, list[str]] | None:
+    """(page, pages, entries) of a ``/members`` answer; None when it is not one."""
+    header, *entries = text.split("\n")
+    found = _MEMBERS_HEADER.fullmatch(header)
+    if found is None or int(found[1]) > int(found[2]):
+        return None
+    return int(found[1]), int(found[2]), entries
+
+
 RESENT_MARK = " (resent)"
 """What ends a chat line sent again after a rejoin: a member that had it already (its ``/ok``
 was what got lost) does not show it twice, and others see why it came late."""
@@ -278,10 +327,10 @@ class TextKind(enum.Enum):
     CHAT = "texts"
     """``name: anything``: a line typed in ``chat``."""
     ROOM_WORD = "commands"
-    """A word a client says to the room (``/join``, ``/keepalive``, ``/leave``)."""
+    """A word a client says to the room (``/join``, ``/keepalive``, ``/leave``, ``/who``)."""
 
 
-ROOM_WORDS = frozenset({JOIN, LEAVE, KEEPALIVE})
+ROOM_WORDS = frozenset({JOIN, LEAVE, KEEPALIVE, WHO})
 """What a client sends to the room besides its texts."""
 
 
@@ -299,7 +348,7 @@ def sender_address(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-ANSWERS = frozenset((COOKIE, JOINED, EXPIRED, ROOM_FULL, DELIVERED))
+ANSWERS = frozenset((COOKIE, JOINED, EXPIRED, ROOM_FULL, DELIVERED, MEMBERS))
 """The relay's answers. A relay never answers a datagram that starts with one: an answer to an
 answer is how two relays (or a relay and itself, given one forged datagram) would bounce
 ``/expired`` between them for ever, as UDP's echo and chargen services once did. The first word
