@@ -219,25 +219,24 @@ class Room:
         ``peer`` that is within its rate; else why not. A text carries no cookie, so it does
         not refresh its sender: anyone can forge a source address."""
         with self._lock:
-            now = self._clock()
-            self._expire(now)
-            member = self._members.get(peer)
-            if member is None:
-                return Refusal.NOT_A_MEMBER
-            if not member.texts.take(1, now):
+            refusal = self._spend(peer)
+            if refusal is Refusal.OVER_RATE:
                 self.tally.add("over_rate")
-                return Refusal.OVER_RATE
-            return self._everyone
+            return self._everyone if refusal is None else refusal
 
     def take_request(self, peer: Address) -> Refusal | None:
         """Whether member ``peer`` may have a member list now: one of its texts' tokens."""
         with self._lock:
-            now = self._clock()
-            self._expire(now)
-            member = self._members.get(peer)
-            if member is None:
-                return Refusal.NOT_A_MEMBER
-            return None if member.texts.take(1, now) else Refusal.OVER_RATE
+            return self._spend(peer)
+
+    def _spend(self, peer: Address) -> Refusal | None:
+        """One of member ``peer``'s tokens, taken (the lock held); else why not."""
+        now = self._clock()
+        self._expire(now)
+        member = self._members.get(peer)
+        if member is None:
+            return Refusal.NOT_A_MEMBER
+        return None if member.texts.take(1, now) else Refusal.OVER_RATE
 
     def roster(self) -> list[str]:
         """``ip name`` of each member, by name then address."""
