@@ -41,6 +41,7 @@ from udpchat.counters import (
     ServerTally,
     StatsSnapshot,
     Tally,
+    WebStats,
     add_up,
     by_reason,
     declarations,
@@ -83,6 +84,7 @@ def every_group_filled() -> StatsSnapshot:
         endpoint=filled(EndpointStats, 6000),
         record=filled(RecordStats, 8000),
         echo=filled(EchoStats, 9000),
+        web=filled(WebStats, 6500),
     )
 
 

@@ -55,3 +55,12 @@ async def test_run_example_serves_two_processes_until_a_signal() -> None:
     status, rest, stderr = await cli.finish()
     assert status == 0, stderr
     assert rest == "processes=2 received=2 drained=True\n"
+
+
+def test_web_example_mounts_the_view_in_its_own_app() -> None:
+    assert run_example("web.py") == [
+        "the application's own page",
+        "page: relay=True columns=10",
+        "sent: budi: halo dari web",
+        "joins=2 confirmations=1",
+    ]

@@ -27,10 +27,11 @@ LAYERS = [
         "wakeup",
         "impair.profiles",
     },
-    {"accounting", "chat", "progress", "series", "metrics", "impair.spec"},
-    {"handlers", "record", "impair.link"},
-    {"pipeline", "output", "relay", "echo", "impair.trace", "impair.pcap"},
-    {"protocol", "transport", "impair.proxy"},
+    {"accounting", "chat", "progress", "series", "metrics", "impair.spec", "web.config"},
+    {"handlers", "record", "impair.link", "web.security", "web.pages", "web.feed"},
+    {"pipeline", "output", "relay", "echo", "impair.trace", "impair.pcap", "web.view", "web.room"},
+    {"protocol", "transport", "impair.proxy", "web.server_view"},
+    {"web"},
     {"server", "impair"},
     {"supervisor", "dashboard", "plot"},
     {"runner"},
@@ -42,10 +43,11 @@ accounting and the metrics endpoint; the handler types; the queue and its handle
 and its batch transport on the loop; the server; what runs or watches servers; the one library
 entry; the command line over it all. A subpackage's modules are named with a dot
 (``impair.link``), the package itself (its ``__init__``, which exports its public names) by its
-name: the impairment proxy sits below the server, which it talks to only over UDP."""
+name: the impairment proxy sits below the server, which it talks to only over UDP; the browser
+view (``web``) sits below the server too, and its room members are UDP clients."""
 ENTRY_POINTS = {"__init__", "__main__"}
 """The top package's entry points; a subpackage's ``__init__`` is a module like the others."""
-HEAVY = ("nats", "rich", "prometheus_client", "prompt_toolkit")
+HEAVY = ("nats", "rich", "prometheus_client", "prompt_toolkit", "aiohttp")
 MAX_CLI_FUNCTION_LINES = 60
 
 
@@ -68,13 +70,19 @@ def source_of(module: str) -> Path:
 def imports_of(module: str) -> set[str]:
     """The udpchat modules ``module`` imports, anywhere in it (lazy and type-only included)."""
     tree = ast.parse(source_of(module).read_text())
+    modules = module_names()
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
             if node.module == "udpchat":
                 found.update(alias.name for alias in node.names)
             elif node.module.startswith("udpchat."):
-                found.add(node.module.removeprefix("udpchat."))
+                package = node.module.removeprefix("udpchat.")
+                # ``from udpchat.web import feed`` imports the module web.feed, not web
+                submodules = {f"{package}.{alias.name}" for alias in node.names} & modules
+                found.update(submodules)
+                if len(submodules) < len(node.names):
+                    found.add(package)
         elif isinstance(node, ast.Import):
             found.update(
                 alias.name.removeprefix("udpchat.")

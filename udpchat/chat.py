@@ -93,8 +93,10 @@ class Deliveries:
     :data:`CONFIRM_TIMEOUT_S`, or when the client finds itself out of the room. What was not
     delivered is kept (the last :data:`MAX_UNDELIVERED`) to be offered again after a rejoin."""
 
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, delivered: Callable[[str], None] = print_sent) -> None:
         self._report = report
+        self._delivered = delivered
+        """Shows a confirmed line: printed as sent here, given to the page in a browser."""
         self._waiting: dict[str, list[tuple[str, asyncio.TimerHandle]]] = {}
         self.confirmed_lines = 0
         self.not_delivered_lines = 0
@@ -128,7 +130,7 @@ class Deliveries:
         text = self._take(digest)
         if text is not None:
             self.confirmed_lines += 1
-            print_sent(text)
+            self._delivered(text)
 
     def out_of_the_room(self) -> None:
         """What still waits was sent to a room that no longer has us: not delivered."""

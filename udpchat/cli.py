@@ -86,6 +86,14 @@ from udpchat.runner import run
 from udpchat.server import ServerConfig, ServeResult, Service
 from udpchat.settings import ConfigError, bounds_of
 from udpchat.signals import SignalStop, hold_stop_signals, release_stop_signals
+from udpchat.web.config import (
+    DEFAULT_MAX_CLIENT_BUFFER_BYTES,
+    WebAddressError,
+    WebConfig,
+    WebStartError,
+    parse_web_address,
+)
+from udpchat.web.config import DEFAULT_MAX_CLIENTS as DEFAULT_WEB_MAX_CLIENTS
 from udpchat.wire import MAX_USERNAME_LENGTH, InvalidUsernameError, clean_username
 
 if TYPE_CHECKING:
@@ -124,6 +132,7 @@ class Panel(enum.StrEnum):
     NATS = "NATS (one room across servers)"
     METRICS = "Metrics"
     RECORD = "Recording (the run's time series, for 'udpchat plot')"
+    WEB = "Web view (a page for the browser)"
 
 
 class PanelledCommand(typer.core.TyperCommand):
@@ -279,6 +288,69 @@ def parse_allow(values: list[str] | None) -> tuple[IPNetwork, ...]:
         raise typer.BadParameter(str(error), param_hint="'--allow'") from None
 
 
+WEB_OPTIONS = {
+    "web": "host",
+    "web_token": "token",
+    "web_max_clients": "max_clients",
+    "web_max_client_buffer_bytes": "max_client_buffer_bytes",
+}
+"""The ``--web`` options, each with the :class:`WebConfig` setting it sets (``--web`` sets
+the host and the port)."""
+
+
+def web_options(page: str) -> dict[str, Any]:
+    """``--web`` and its companions, for ``serve`` and ``impair`` alike."""
+    return {
+        "web": typer.Option(
+            metavar="[HOST:]PORT",
+            help=f"Serve {page} on this TCP address (HOST defaults to 127.0.0.1; port 0 picks "
+            "one). Beyond loopback it needs a token: the printed URL carries one.",
+            rich_help_panel=Panel.WEB,
+        ),
+        "web_token": typer.Option(
+            metavar="TOKEN",
+            envvar="UDPCHAT_WEB_TOKEN",
+            help="The token a visitor must present (default: none on loopback, a random one "
+            "beyond). 16-128 letters, digits, . _ ~ -.",
+            rich_help_panel=Panel.WEB,
+        ),
+        "web_max_clients": bounded(
+            WebConfig, "max_clients", "Pages open at once, at most.", panel=Panel.WEB
+        ),
+        "web_max_client_buffer_bytes": bounded(
+            WebConfig,
+            "max_client_buffer_bytes",
+            "Bytes waiting for one page, at most; a slower page is dropped.",
+            "--web-max-buffer",
+            panel=Panel.WEB,
+        ),
+    }
+
+
+WEB = web_options("the page (senders, charts, the room)")
+
+
+def web_config(context: typer.Context, settings: dict[str, Any]) -> WebConfig | None:
+    """The :class:`WebConfig` that ``--web`` and its companions ask for; None without
+    ``--web``. A wrong value is a usage error naming the option."""
+    address = settings["web"]
+    if address is None:
+        return None
+    try:
+        host, port = parse_web_address(address)
+    except WebAddressError as error:
+        fail(f"--web: {error}", ExitCode.USAGE)
+    values = {WEB_OPTIONS[name]: value for name, value in settings.items() if name != "web"}
+    try:
+        return WebConfig(host=host, port=port, **values)
+    except ConfigError as error:
+        options = {setting: name for name, setting in WEB_OPTIONS.items()}
+        fail(
+            error.describe(lambda setting: option_name(context, options.get(setting, setting))),
+            ExitCode.USAGE,
+        )
+
+
 def nats_file(flag: str, help: str) -> Any:
     """One of ``serve``'s NATS files: it must exist, and be a file."""
     return typer.Option(
@@ -286,7 +358,7 @@ def nats_file(flag: str, help: str) -> Any:
     )
 
 
-SERVE_ONLY = ("quiet", "output_format", "dashboard", "dashboard_sort", "loop")
+SERVE_ONLY = ("quiet", "output_format", "dashboard", "dashboard_sort", "loop", *WEB_OPTIONS)
 """``serve`` options that are not :class:`ServerConfig` settings; each other option is the
 setting of the same name."""
 
@@ -711,12 +783,25 @@ def serve(
             rich_help_panel=Panel.OUTPUT,
         ),
     ] = SortKey.LOSS,
+    web: Annotated[str | None, WEB["web"]] = None,
+    web_token: Annotated[str | None, WEB["web_token"]] = None,
+    web_max_clients: Annotated[int, WEB["web_max_clients"]] = DEFAULT_WEB_MAX_CLIENTS,
+    web_max_client_buffer_bytes: Annotated[
+        int, WEB["web_max_client_buffer_bytes"]
+    ] = DEFAULT_MAX_CLIENT_BUFFER_BYTES,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Receive messages and print each as '[ip] text', like the seed's server."""
     settings = {name: value for name, value in context.params.items() if name not in SERVE_ONLY}
     lines = None if quiet else output_format
-    config = configure(context, ServerConfig, **settings, output_format=lines)
+    web_settings = {name: context.params[name] for name in WEB_OPTIONS}
+    config = configure(
+        context,
+        ServerConfig,
+        **settings,
+        output_format=lines,
+        web=web_config(context, web_settings),
+    )
     terminal = dashboard_terminal(messages=not quiet) if dashboard else None
     banner = sys.stderr if output_format is OutputFormat.JSON else sys.stdout
 
@@ -745,6 +830,9 @@ def serve_failed(error: LoopUnavailableError | OSError, config: ServerConfig) ->
         fail(str(error), ExitCode.FAILURE)
     if isinstance(error, MetricsStartError):
         fix = listen_fix(error, "--metrics-port 0", "--metrics-host 127.0.0.1")
+        fail(f"{describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
+    if isinstance(error, WebStartError):
+        fix = listen_fix(error, "--web 0", "--web 0.0.0.0:PORT")
         fail(f"{describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
     if isinstance(error, BusUnavailableError):
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)

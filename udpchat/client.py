@@ -211,6 +211,14 @@ class Client:
         self._protocol.on_datagram = on_datagram
 
     @property
+    def local_address(self) -> tuple[str, int]:
+        """The (ip, port) we send from: what the server, and a room's members, know us by."""
+        if self._transport is None:
+            raise RuntimeError("the client is not open")
+        sockname = self._transport.get_extra_info("sockname")
+        return str(sockname[0]), int(sockname[1])
+
+    @property
     def keepalive_s(self) -> float:
         """Seconds between keepalives: a third of the peer timeout the server told us."""
         return self._keepalive_s

@@ -808,6 +808,48 @@ class CaptureStats(RecordStats):
 
 
 @dataclass(frozen=True, slots=True)
+class WebStats(Counts):
+    """The browser view's own bounds and refusals (``--web``), so that what it turns away and
+    whom it drops are visible."""
+
+    text_prefix: ClassVar[str] = "web"
+    metric_prefix: ClassVar[str] = "udpchat_web_"
+
+    clients: int = level(
+        "Browser pages connected now (WebSockets).", unit="clients", brief=Brief.ALWAYS
+    )
+    members: int = level(
+        "Browser pages that joined the room now, each a member with its own UDP socket.",
+        unit="members",
+        brief=Brief.NONZERO,
+    )
+    refused: Mapping[str, int] = by_reason(
+        "Requests refused, by reason: token (missing or wrong), host (a loopback view asked "
+        "under a foreign name: DNS rebinding), origin (a WebSocket or change from another "
+        "site), full (--web-max-clients pages connected already).",
+        unit="requests",
+        label="reason",
+        metric="requests_refused",
+        brief=Brief.NONZERO,
+    )
+    slow_clients_dropped: int = total(
+        "Pages disconnected because what waited for them passed the send buffer bound.",
+        unit="clients",
+        brief=Brief.NONZERO,
+    )
+    posts: int = total(
+        "Lines posted to the room from browser pages.", unit="messages", brief=Brief.NONZERO
+    )
+    posts_refused: Mapping[str, int] = by_reason(
+        "Page requests refused, by reason: malformed, invalid_username, too_long, "
+        "not_in_room, join_failed.",
+        unit="requests",
+        label="reason",
+        brief=Brief.NONZERO,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSnapshot(Counts):
     """A server's counters at one moment, safe to keep, compare and add up across processes.
 
@@ -902,6 +944,8 @@ class StatsSnapshot(Counts):
     """What ``--record`` wrote, where the config asks for it."""
     echo: EchoStats | None = part()
     """What ``--echo`` answered, where the config asks for it."""
+    web: WebStats | None = part()
+    """The browser view's refusals and drops, where the config asks for one."""
 
     @property
     def dropped_total(self) -> int:
@@ -1029,6 +1073,7 @@ COUNT_GROUPS: tuple[type[Counts], ...] = (
     EndpointStats,
     RecordStats,
     EchoStats,
+    WebStats,
     ImpairStats,
 )
 """Every group of declared counters: a server's, and the impairment proxy's."""

@@ -28,14 +28,18 @@ from rich.text import Text
 
 from udpchat.counters import SenderStats, StatsSnapshot, add_up
 from udpchat.report import (
+    DEFAULT_IDLE_AFTER_S,
     Cells,
     GiveWay,
     SortKey,
     brief_segments,
     fit,
+    heard,
+    idle_after_s,
     pack,
     ranked,
     sender_cells,
+    short_duration,
     table_lines,
 )
 from udpchat.server import Service
@@ -45,8 +49,6 @@ REFRESH_PER_S = 4.0
 """Redraws a second, at most: often enough to look live, rarely enough to cost nothing."""
 RATE_WINDOW_S = 2.0
 """Rates are taken over about this long, so that a 1 message/s client reads as steady."""
-DEFAULT_IDLE_AFTER_S = 10.0
-"""Silence after which a sender is marked idle when there is no room (``--relay``) timeout."""
 MAX_WAITING_CHARS = 1 << 20
 """Text waiting to scroll above the view, at most; writers wait beyond it, as for a slow
 terminal, rather than lose message lines."""
@@ -80,16 +82,6 @@ class Sample:
 
     stats: tuple[StatsSnapshot, ...]
     at_s: float
-
-
-def _duration(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h01m``: short enough for a table cell."""
-    whole = max(0, int(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 @lru_cache(maxsize=4096)
@@ -140,7 +132,7 @@ def _header_items(
     kernel = "n/a" if stats.kernel_drops is None else str(stats.kernel_drops)
     first = [
         Text.assemble(("udpchat", "bold"), f" {sender_address(*settings.address)}"),
-        Text(f"up {_duration(current.at_s - settings.started_at_s)}"),
+        Text(f"up {short_duration(current.at_s - settings.started_at_s)}"),
     ]
     if len(current.stats) > 1:
         first.append(Text(f"processes {len(current.stats)}"))
@@ -218,20 +210,17 @@ def _table(
     headers, then when each was last heard: a header, a rule and a line per row, each one
     terminal line, the columns that do not fit left out as :data:`DASHBOARD_GIVE_WAY` says."""
     senders = [sender for _, sender in rows]
-    heard = []
-    for sender in senders:
-        silent_s = now_s - sender.last_heard_s
-        heard.append(
-            f"{_duration(silent_s)} {'idle' if silent_s > settings.idle_after_s else 'ago'}"
-        )
+    heard_cells = [heard(now_s - sender.last_heard_s, settings.idle_after_s) for sender in senders]
     columns = sender_cells(senders, short=True, shown=displayed)
     if processes:
         columns.insert(0, Cells(PROCESS_HEADER, PROCESS_HEADER, tuple(str(p) for p, _ in rows)))
-    columns.append(Cells(HEARD_HEADER, HEARD_HEADER, tuple(heard), numeric=False))
+    columns.append(
+        Cells(HEARD_HEADER, HEARD_HEADER, tuple(text for text, _ in heard_cells), numeric=False)
+    )
     head, *rows_text = table_lines(columns, fit(columns, width, DASHBOARD_GIVE_WAY))
     table = [Text(head, style="bold"), Text("\u2500" * min(width, cell_len(head)))]
-    for sender, text, heard_cell in zip(senders, rows_text, heard, strict=True):
-        style = "dim" if heard_cell.endswith("idle") else ("red" if sender.lost else "")
+    for sender, text, (_, idle) in zip(senders, rows_text, heard_cells, strict=True):
+        style = "dim" if idle else ("red" if sender.lost else "")
         table.append(Text(text, style=style))
     for line in table:
         line.no_wrap = True
@@ -495,6 +484,6 @@ class Dashboard:
 def watch(terminal: ViewTerminal, sort_key: SortKey, service: Service) -> Dashboard:
     """The view of a started service, with a column for each process when there are several."""
     config = service.config
-    idle_after_s = config.peer_timeout_s if config.relay else DEFAULT_IDLE_AFTER_S
-    settings = DashboardSettings(service.address, time.time(), sort_key, idle_after_s)
+    idle_after = idle_after_s(config.relay, config.peer_timeout_s)
+    settings = DashboardSettings(service.address, time.time(), sort_key, idle_after)
     return Dashboard(service.per_process, settings, terminal)

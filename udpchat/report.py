@@ -6,6 +6,7 @@ that a counter declared there shows here with no more code. Pure: strings in, st
 from __future__ import annotations
 
 import enum
+import heapq
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -255,6 +256,32 @@ def impair_status(stats: ImpairStats, rate_per_s: float) -> str:
     return f"impair status: rate={rate_per_s:.0f}/s {' '.join(pairs(stats))}"
 
 
+DEFAULT_IDLE_AFTER_S = 10.0
+"""Silence after which a sender is marked idle when there is no room (``--relay``) timeout."""
+
+
+def idle_after_s(relay: bool, peer_timeout_s: float) -> float:
+    """When a sender counts as idle in the live views: the room's own timeout with a room."""
+    return peer_timeout_s if relay else DEFAULT_IDLE_AFTER_S
+
+
+def short_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h01m``: short enough for a table cell."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def heard(silent_s: float, idle_after_s: float) -> tuple[str, bool]:
+    """The live views' last column: ``3s ago``, or ``1m05s idle`` past ``idle_after_s``; and
+    whether the sender is idle."""
+    idle = silent_s > idle_after_s
+    return f"{short_duration(silent_s)} {'idle' if idle else 'ago'}", idle
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     """One column of the sender table, in the summary, the JSON summary and on the dashboard."""
@@ -405,6 +432,14 @@ def sender_cells(
             column.numeric,
             column.cut_middle,
         )
+        for column in shown_columns(senders)
+    ]
+
+
+def shown_columns(senders: Sequence[SenderStats]) -> list[Column]:
+    """The sender columns with something to show: a rare one only when some sender has it."""
+    return [
+        column
         for column in SENDER_COLUMNS
         if not column.rare or any(column.value(sender) for sender in senders)
     ]
@@ -434,14 +469,20 @@ _SORT_ORDERS: dict[SortKey, Callable[[SenderStats], tuple[object, ...]]] = {
 }
 
 
-def ranked(rows: list[tuple[int, SenderStats]], key: SortKey) -> list[tuple[int, SenderStats]]:
+def ranked(
+    rows: list[tuple[int, SenderStats]], key: SortKey, limit: int | None = None
+) -> list[tuple[int, SenderStats]]:
     """(process, sender) rows sorted by ``key``, ties by address, username and process, so
-    that rows do not jump between frames."""
+    that rows do not jump between frames; the first ``limit`` only, when given (found without
+    sorting them all)."""
     order = _SORT_ORDERS[key]
-    return sorted(
-        rows,
-        key=lambda row: (*order(row[1]), row[1].ip, row[1].port, row[1].username, row[0]),
-    )
+
+    def rank(row: tuple[int, SenderStats]) -> tuple[object, ...]:
+        return (*order(row[1]), row[1].ip, row[1].port, row[1].username, row[0])
+
+    if limit is None:
+        return sorted(rows, key=rank)
+    return heapq.nsmallest(limit, rows, key=rank)
 
 
 def format_sender_table(

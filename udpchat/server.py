@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from udpchat.accounting import DEFAULT_MAX_SENDERS, SENDER_BYTES
 from udpchat.admission import DEFAULT_MAX_SOURCES, SOURCE_BYTES, Admission, IPNetwork
@@ -71,6 +71,11 @@ from udpchat.sockets import (
     sendto_address,
 )
 from udpchat.transport import batch_transport
+from udpchat.web import start_web
+from udpchat.web.config import WebConfig
+
+if TYPE_CHECKING:  # aiohttp is imported only by a server that serves the web view
+    from udpchat.web.server_view import ServerView
 
 logger = logging.getLogger("udpchat.server")
 status_logger = logging.getLogger("udpchat.status")
@@ -219,6 +224,9 @@ class ServerConfig:
     """What ``udpchat plot`` calls the run (default: the file's name)."""
     overwrite: bool = False
     """Overwrite an existing record file."""
+    web: WebConfig | None = None
+    """Serve the browser view (:mod:`udpchat.web`): the senders, charts and, with ``relay``,
+    the room; None: no view. With ``processes`` above 1 the supervisor serves it."""
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -410,6 +418,7 @@ class Server(StartsAndStops):
         """The socket's bound (host, port), kept after the stop for late questions."""
         self._kernel_drops_at_stop: int | None = None
         self._metrics: MetricsServer | None = None
+        self._web: ServerView | None = None
         self._should_exit = asyncio.Event()
         self._abandoned = asyncio.Event()
         self._closed = asyncio.Event()
@@ -466,8 +475,7 @@ class Server(StartsAndStops):
             port,
             receive_buffer_size(sock),
         )
-        if self._metrics is not None:
-            logger.info("metrics on http://%s:%d/metrics", *self._metrics.address)
+        announce_views(self._metrics, self._web)
         if self._recorder is not None:
             logger.info("recording to %s", self._recorder.path)
 
@@ -521,7 +529,13 @@ class Server(StartsAndStops):
                     lambda: receiver, sock=sock
                 )
             self._family, self._fanout = sock.family, FanOut(sock)
+            self._transport = transport
+            if config.web is not None:
+                self._web = await start_web(config.web, self)
         except BaseException:
+            if self._transport is not None:
+                self._transport.close()
+                self._transport = None
             sock.close()
             if self._metrics is not None:
                 await self._metrics.close()
@@ -531,6 +545,18 @@ class Server(StartsAndStops):
             raise
         self._transport, self._receiver, self._socket = transport, receiver, sock
         self._own_address = self.address
+
+    @property
+    def web_url(self) -> str | None:
+        """Where a browser opens the web view (with its token); None without one."""
+        return None if self._web is None else self._web.url
+
+    @property
+    def web_address(self) -> tuple[str, int]:
+        """The web view's bound (host, port)."""
+        if self._web is None:
+            raise RuntimeError("the server serves no web view")
+        return self._web.address
 
     async def serve_until_stopped(self) -> ServeResult:
         """Start (unless started), serve until :meth:`request_stop`, a fatal error or
@@ -626,14 +652,16 @@ class Server(StartsAndStops):
             abandoning.cancel()
 
     async def _close_attachments(self) -> None:
-        """The bus, the metrics endpoint and the recorder, after the drain: members' last texts
-        go out too, and the record's last interval has the drain's counts."""
+        """The bus, the metrics endpoint, the recorder and the web view, after the drain:
+        members' last texts go out too, and the record's last interval has the drain's counts."""
         if self._relay is not None and self._relay.bus is not None:
             await self._relay.bus.stop()
         if self._metrics is not None:
             await self._metrics.close()
         if self._recorder is not None:
             await asyncio.to_thread(self._recorder.close, self._abandoned.is_set())
+        if self._web is not None:
+            await self._web.close()
 
     def _warn_unfinished(self, idle: bool, queued: int) -> None:
         if self._abandoned.is_set():
@@ -712,6 +740,7 @@ class Server(StartsAndStops):
             "endpoint": None if self._metrics is None else self._metrics.stats(),
             "record": None if self._recorder is None else self._recorder.stats(),
             "echo": None if self._echo is None else self._echo.stats(),
+            "web": None if self._web is None else self._web.stats(),
         }
         if self._dispatcher is not None:
             parts["delivery"], parts["senders"] = self._dispatcher.delivery(include_senders)
@@ -721,3 +750,11 @@ class Server(StartsAndStops):
     def per_process(self) -> tuple[StatsSnapshot, ...]:
         """The counters of each process serving: this one's alone."""
         return (self.stats(),)
+
+
+def announce_views(metrics: MetricsServer | None, view: ServerView | None) -> None:
+    """Say where the metrics endpoint and the web view listen (a server's or a supervisor's)."""
+    if metrics is not None:
+        logger.info("metrics on http://%s:%d/metrics", *metrics.address)
+    if view is not None:
+        logger.info("web view on %s", view.url)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import BinaryIO, TextIO, cast
+from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
 
 from udpchat.bus import BusUnavailableError, log_attached
 from udpchat.counters import DropReason, StatsSnapshot, add_up
@@ -38,10 +38,14 @@ from udpchat.handlers import OutputError
 from udpchat.metrics import MetricsServer, start_metrics
 from udpchat.output import output_failure
 from udpchat.record import RecordWriter, start_recorded
-from udpchat.server import Server, ServerConfig, ServeResult
+from udpchat.server import Server, ServerConfig, ServeResult, announce_views
 from udpchat.signals import SignalStop
 from udpchat.sockets import bind_udp_socket
 from udpchat.tuning import tune_for_throughput
+from udpchat.web import start_web
+
+if TYPE_CHECKING:
+    from udpchat.web.server_view import ServerView
 
 logger = logging.getLogger("udpchat.supervisor")
 
@@ -349,6 +353,7 @@ class Supervisor:
         self._abandoned = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._metrics: MetricsServer | None = None
+        self._web: ServerView | None = None
         self._address: tuple[str, int] | None = None
         self._recorder: RecordWriter | None = None
 
@@ -374,15 +379,17 @@ class Supervisor:
         return self._with_endpoint(reports)
 
     def _with_endpoint(self, reports: tuple[StatsSnapshot, ...]) -> tuple[StatsSnapshot, ...]:
-        """``reports`` with the parent's metrics endpoint and recording in the first: they are
-        no child's, and so each view that adds them up (/metrics, the dashboard, the summary)
-        has them once, as a single server's stats have them."""
-        if (self._metrics is None and self._recorder is None) or not reports:
+        """``reports`` with the parent's metrics endpoint, recording and web view in the first:
+        they are no child's, and so each view that adds them up (/metrics, the dashboard, the
+        page, the summary) has them once, as a single server's stats have them."""
+        parents = (self._metrics, self._recorder, self._web)
+        if all(part is None for part in parents) or not reports:
             return reports
         first = dataclasses.replace(
             reports[0],
             endpoint=None if self._metrics is None else self._metrics.stats(),
             record=None if self._recorder is None else self._recorder.stats(),
+            web=None if self._web is None else self._web.stats(),
         )
         return (first, *reports[1:])
 
@@ -401,7 +408,13 @@ class Supervisor:
         them all with :class:`ChildStartError`."""
         port = claim_port(self.config)
         child_config = dataclasses.replace(
-            self.config, port=port, reuse_port=True, metrics_port=None, processes=1, record=None
+            self.config,
+            port=port,
+            reuse_port=True,
+            metrics_port=None,
+            processes=1,
+            record=None,
+            web=None,
         )
         self._recorder = await start_recorded(
             lambda: self._start_children(child_config),
@@ -419,8 +432,7 @@ class Supervisor:
             len(self._children),
             pids,
         )
-        if self._metrics is not None:
-            logger.info("metrics on http://%s:%d/metrics", *self._metrics.address)
+        announce_views(self._metrics, self._web)
 
     async def _start_children(self, child_config: ServerConfig) -> None:
         """Spawn the children and wait for each to be ready, then the metrics endpoint."""
@@ -452,9 +464,18 @@ class Supervisor:
                     self.config.metrics_port,
                     self.config.metrics_senders,
                 )
+            if self.config.web is not None:
+                self._web = await start_web(self.config.web, self)
         except BaseException:
+            if self._metrics is not None:
+                await self._metrics.close()
             self._kill_all()
             raise
+
+    @property
+    def web_url(self) -> str | None:
+        """Where a browser opens the web view (with its token); None without one."""
+        return None if self._web is None else self._web.url
 
     def _spawn_thread(self, target: Callable[..., None], *args: object) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -522,6 +543,8 @@ class Supervisor:
             self._kill_all()
             if self._metrics is not None:
                 await self._metrics.close()
+            if self._web is not None:
+                await self._web.close()
 
     async def _stop_children(self) -> ServeResult:
         """SIGTERM each living child and wait, within the drain timeout and
