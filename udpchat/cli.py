@@ -84,7 +84,7 @@ from udpchat.report import SortKey, client_summary, impair_summary, json_summary
 from udpchat.rtt import RoundTrips
 from udpchat.runner import run
 from udpchat.server import ServerConfig, ServeResult, Service
-from udpchat.settings import ConfigError, bounds_of
+from udpchat.settings import ConfigError, bounds_of, check_values
 from udpchat.signals import SignalStop, hold_stop_signals, release_stop_signals
 from udpchat.web.config import (
     DEFAULT_MAX_CLIENT_BUFFER_BYTES,
@@ -394,11 +394,10 @@ def record_options(
     context: typer.Context, path: Path | None, **values: Any
 ) -> RecordOptions | None:
     """The ``--record`` options as a :class:`RecordOptions`; None without ``--record``. A value
-    out of range is a usage error naming its option."""
-    if path is None:
-        return None
+    out of range is a usage error naming its option, with ``--record`` or without."""
     try:
-        return RecordOptions(path=path, **values)
+        check_values(RecordOptions, values)
+        return None if path is None else RecordOptions(path=path, **values)
     except ConfigError as error:
         fail(error.describe(lambda name: option_name(context, setting_of(name))), ExitCode.USAGE)
 
@@ -1010,15 +1009,15 @@ def send(
     Exits 1 when every datagram was refused (nothing listens at HOST PORT), else 0: UDP
     says nothing of the datagrams that were not refused.
     """
+    options = record_options(
+        context, record, interval_s=record_interval_s, samples=record_samples,
+        max_bytes=record_max_bytes, label=record_label, overwrite=overwrite,
+    )  # fmt: skip
     config = configure(
         context, ClientConfig, host=host, port=port, interval_s=interval_s, count=count
     )
     if rtt and relay:
         fail("--rtt measures a 'serve --echo' server's answers: not with --relay", ExitCode.USAGE)
-    options = record_options(
-        context, record, interval_s=record_interval_s, samples=record_samples,
-        max_bytes=record_max_bytes, label=record_label, overwrite=overwrite,
-    )  # fmt: skip
     name = ask_username(username)
     round_trips = RoundTrips(name, record_samples) if rtt else None
     recording = client_recording(options, "send", config, username=name, relay=relay, rtt=rtt)
@@ -1182,11 +1181,11 @@ def chat(
     command, never sent: /help lists them (/nick NAME, /resend, /quit); // sends one slash.
     Ctrl-D or Ctrl-C leaves. The client keeps itself in the room and rejoins by itself after a
     server restart; an empty line then sends again what was not delivered."""
-    config = configure(context, ClientConfig, host=host, port=port)
     options = record_options(
         context, record, interval_s=record_interval_s, max_bytes=record_max_bytes,
         label=record_label, overwrite=overwrite,
     )  # fmt: skip
+    config = configure(context, ClientConfig, host=host, port=port)
     name = ask_username(username)
     recording = client_recording(options, "chat", config, username=name)
     client = Client(config.host, config.port)
@@ -1603,12 +1602,12 @@ def impair(
         print("\n".join(profiles.profile_table()), flush=True)
         raise typer.Exit(ExitCode.OK)
     settings = {name: value for name, value in context.params.items() if name not in IMPAIR_ONLY}
-    config = configure(context, proxy_config, **settings)
     recording = record_options(
         context, record, interval_s=record_interval_s, senders=record_clients,
         max_bytes=record_max_bytes, label=record_label, overwrite=overwrite,
     )  # fmt: skip
     capturing = record_options(context, pcap, max_bytes=pcap_max_bytes, overwrite=overwrite)
+    config = configure(context, proxy_config, **settings)
     try:
         result = run_proxy(config, loop, record=recording, pcap=capturing)
     except RecordFileError as error:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, SupportsFloat
 
@@ -89,9 +89,16 @@ class ConfigError(ValueError):
 def check_bounds(config: Any) -> None:
     """Raise :class:`ConfigError` for the first field of a config dataclass outside the range
     its :func:`setting` declares; None is always in range (the setting is off)."""
+    check_values(type(config), {each.name: getattr(config, each.name) for each in fields(config)})
+
+
+def check_values(config: type[Any], values: Mapping[str, Any]) -> None:
+    """:func:`check_bounds` for values meant for ``config``'s fields before it is built: for
+    options that are checked even when what they configure is off (``--record-interval``
+    without ``--record``)."""
     for each in fields(config):
         bounds = each.metadata.get("bounds")
-        value = getattr(config, each.name)
+        value = values.get(each.name)
         if bounds is not None and value is not None:
             problem = bounds.problem(value)
             if problem is not None:
