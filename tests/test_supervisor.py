@@ -45,7 +45,10 @@ async def test_a_port_already_bound_by_anyone_is_refused_with_exit_3() -> None:
         status, stdout, stderr = await cli.finish()
     assert status == 3
     assert stdout == ""
-    assert stderr == (f"udpchat: cannot listen on {LOOPBACK} port {port}: Address already in use\n")
+    assert stderr == (
+        f"udpchat: cannot listen on {LOOPBACK} port {port}: Address already in use; is another "
+        "server on it? --port 0 picks a free port\n"
+    )
 
 
 async def test_a_second_supervisor_on_the_same_port_is_refused() -> None:
