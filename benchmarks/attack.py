@@ -77,14 +77,16 @@ def serve(
     )
     assert process.stderr is not None
     deadline = time.monotonic() + READY_TIMEOUT_S
+    said = []
     while time.monotonic() < deadline:
         line = process.stderr.readline().decode()
         if "listening on" in line:
             return process, port
         if not line:
             break
+        said.append(line.strip())
     process.kill()
-    raise RuntimeError("the server did not start")
+    raise RuntimeError(f"the server did not start: {said[-3:]}")
 
 
 def stop(process: subprocess.Popen[bytes], signum: int = signal.SIGINT) -> str:

@@ -385,7 +385,8 @@ async def test_tls_url_refuses_a_server_that_offers_no_tls_and_sends_no_credenti
 async def test_tls_url_upgrades_where_the_server_also_takes_plain_connections() -> None:
     """``tls_available`` (a server with ``allow_non_tls``): TLS all the same, never CONNECT."""
     async with FakeNats({**PLAIN_INFO, "tls_available": True}) as fake:
-        bus = RoomBus(BusConfig((f"tls://t0ken@{LOOPBACK}:{fake.port}",)), lambda ip, text: None)
+        config = BusConfig((f"tls://t0ken@{LOOPBACK}:{fake.port}",), connect_timeout_s=0.5)
+        bus = RoomBus(config, lambda ip, text: None)
         with pytest.raises(BusUnavailableError):
             await bus.start()
     assert fake.received and all(chunk.startswith(TLS_HANDSHAKE) for chunk in fake.received)

@@ -412,6 +412,8 @@ class RoomBus:
     def _count(self, counter: str, reason: str, what: str) -> None:
         """Count one more for ``reason``: the first of each is logged, the rest only counted."""
         self._tally.add_reason(counter, reason)
+        if (counter, reason) in self._logged_reasons:  # the common case, without the lock
+            return
         with self._lock:
             first = (counter, reason) not in self._logged_reasons
             self._logged_reasons.add((counter, reason))
