@@ -9,7 +9,7 @@ MUTATION_STAMP := $(VENV)/.mutation-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 SERVE_ARGS ?=
 
-.PHONY: serve test test-busy lint docs nats mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory bench-impair attack clean
+.PHONY: lab-figures serve test test-busy lint docs nats mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory bench-impair attack clean
 
 # The install compiles the fast path (udpchat/_fastpath.pyx): an edited .pyx installs again.
 $(SERVE_STAMP): pyproject.toml setup.py udpchat/_fastpath.pyx
@@ -126,3 +126,8 @@ bench-impair: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/blast benchmarks/sink benchmarks/stamp mutants
+
+# The lab page's runs (docs/lab.md) and its pictures, into docs/img/: three links compared, and
+# round trips through a delayed link (about 20 s; ports 15002 and 15003 on loopback).
+lab-figures: $(STAMP)
+	bash tools/lab_figures.sh

@@ -21,6 +21,7 @@ from udpchat import Server, ServerConfig
 from udpchat.cli import main
 from udpchat.plot import (
     Cdf,
+    Run,
     PlotName,
     compare,
     default_plots,
@@ -129,6 +130,9 @@ def test_the_data_series_behind_each_figure(runs: dict[str, Path]) -> None:
     steady_loss = compare(steady)
     assert steady_loss.label == "--loss 10%" and steady_loss.t_s == [1.0, 2.0]
     assert steady_loss.loss_percent == [100 * 2 / 18, 100 * 4 / 9]
+    late = Run(steady.path, "serve", "late", {}, [{**steady.intervals[1], "t_s": 9.0}])
+    late.intervals.insert(0, {**steady.intervals[0], "t_s": 8.5, "senders": [], "rest": rest()})
+    assert compare(late).t_s == [0.5]  # from the start of its first interval with messages
     assert default_plots([steady, rtt]) == [
         PlotName.TIMESERIES,
         PlotName.LOSS_RUNS,

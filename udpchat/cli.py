@@ -407,7 +407,7 @@ def open_record(options: RecordOptions | None, option: str = "--record") -> Bina
     if options is None:
         return None
     try:
-        return open_new(options.path, options.overwrite)
+        return open_new(options.file, options.overwrite)
     except RecordFileError as error:
         refuse_file(error, option)
 

@@ -249,13 +249,21 @@ class RunLoss:
 
 
 def compare(run: Run) -> RunLoss:
-    """Loss % per interval over every sender (listed and the rest), and its loss runs."""
+    """Loss % per interval over every sender (listed and the rest), from the start of the
+    first interval with messages (so that runs started at different times line up), and its
+    loss runs."""
     t_s, losses = [], []
+    start_s: float | None = None
     for interval in run.intervals:
         rows = [*interval["senders"], interval["rest"]]
         summed = {key: sum(row[key] for row in rows) for key in ("received", "duplicates", "lost")}
-        t_s.append(float(interval["t_s"]))
-        losses.append(_loss_percent(summed))
+        loss = _loss_percent(summed)
+        if start_s is None:
+            if math.isnan(loss):
+                continue
+            start_s = interval["t_s"] - interval["elapsed_s"]
+        t_s.append(float(interval["t_s"]) - start_s)
+        losses.append(loss)
     return RunLoss(run.label, t_s, losses, loss_run_shares(run))
 
 
@@ -347,7 +355,7 @@ def _draw_compare(figure: Any, runs: Sequence[Run], top: int) -> None:
     over_time, by_length = figure.subplots(2, 1)
     for loss in losses:
         over_time.plot(loss.t_s, loss.loss_percent, marker=".", label=loss.label)
-    over_time.set_xlabel("time (s)")
+    over_time.set_xlabel("time from the first message (s)")
     over_time.set_ylabel("loss % (every sender)")
     over_time.grid(True, alpha=0.3)
     over_time.legend(fontsize="small")

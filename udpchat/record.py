@@ -388,9 +388,11 @@ class RecordWriter:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RecordOptions:
-    """What a run's ``--record`` options ask for, checked when built."""
+    """What a run's ``--record`` options ask for, checked when built (without a path too, so
+    that a value out of range is refused whether or not it is used)."""
 
-    path: Path
+    path: Path | None = None
+    """The file; None records nothing."""
     format: RecordFormat = RecordFormat.JSONL
     interval_s: float = interval_setting()
     max_bytes: int = max_bytes_setting()
@@ -405,10 +407,17 @@ class RecordOptions:
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        if str(self.path) == "-":
+        if self.path is not None and str(self.path) == "-":
             raise ConfigError("path", "cannot be '-': standard output carries the messages")
         if len(self.label) > MAX_LABEL_LENGTH:
             raise ConfigError("label", f"must be at most {MAX_LABEL_LENGTH} characters")
+
+    @property
+    def file(self) -> Path:
+        """The path, for what records: :class:`ValueError` without one."""
+        if self.path is None:
+            raise ValueError("no record file was given")
+        return self.path
 
 
 def setting_of(option: str) -> str:
@@ -427,7 +436,7 @@ def header(kind: str, options: RecordOptions, config: Any, **more: Any) -> Recor
         "schema": SCHEMA_VERSION,
         "kind": kind,
         "udpchat": __version__,
-        "label": options.label or options.path.stem,
+        "label": options.label or options.file.stem,
         "started": rfc3339(time.time()),
         "interval_s": options.interval_s,
         "config": config if isinstance(config, dict) else config_json(config),
@@ -460,12 +469,12 @@ async def start_recorded(
     """Open the record file that ``options`` ask for, then ``start()`` (a server's start),
     then record ``source``; a start that fails leaves no file behind. So that a path that
     cannot be written fails before anything binds."""
-    stream = None if options is None else open_new(options.path, options.overwrite)
+    stream = None if options is None else open_new(options.file, options.overwrite)
     try:
         await start()
     except BaseException:
         if stream is not None and options is not None:
-            discard(stream, options.path)
+            discard(stream, options.file)
         raise
     if stream is None or options is None:
         return None
@@ -480,7 +489,7 @@ def record_server(
     series = ServerSeries(source, options)
     writer = RecordWriter(
         stream,
-        options.path,
+        options.file,
         max_bytes=options.max_bytes,
         encode=ENCODERS[options.format],
         tick=series,
@@ -544,7 +553,7 @@ def record_client(
     series = ClientSeries(source, samples)
     writer = RecordWriter(
         stream,
-        options.path,
+        options.file,
         max_bytes=options.max_bytes,
         tick=series,
         interval_s=options.interval_s,

@@ -176,7 +176,7 @@ class ImpairProxy(StartsAndStops):
             sock = bind_udp_socket(config.listen_host, config.listen_port, rcvbuf=config.rcvbuf)
         except BaseException:
             for stream, options in files:
-                discard(stream, options.path)
+                discard(stream, options.file)
             raise
         try:
             if config.metrics_port is not None:
@@ -190,7 +190,7 @@ class ImpairProxy(StartsAndStops):
             sock.close()
             await self._background.aclose()
             for stream, options in files:
-                discard(stream, options.path)
+                discard(stream, options.file)
             raise
         self._sock = sock
         await self._start_tracing(files)
@@ -428,10 +428,10 @@ class ImpairProxy(StartsAndStops):
         try:
             for options in (self._record_options, self._pcap_options):
                 if options is not None:
-                    files.append((open_new(options.path, options.overwrite), options))
+                    files.append((open_new(options.file, options.overwrite), options))
         except BaseException:
             for stream, options in files:
-                discard(stream, options.path)
+                discard(stream, options.file)
             raise
         return files
 
@@ -443,7 +443,7 @@ class ImpairProxy(StartsAndStops):
         record, pcap = self._record_options, self._pcap_options
         if record is not None:
             self._recorder = RecordWriter(
-                streams[id(record)], record.path, max_bytes=record.max_bytes
+                streams[id(record)], record.file, max_bytes=record.max_bytes
             )
             stats = self.stats()
             self._last_interval = (0.0, stats)
@@ -457,7 +457,7 @@ class ImpairProxy(StartsAndStops):
             from udpchat.impair.pcap import encode as pcap_encode  # noqa: PLC0415 - dpkt, for --pcap
 
             writer = RecordWriter(
-                streams[id(pcap)], pcap.path, max_bytes=pcap.max_bytes, encode=pcap_encode,
+                streams[id(pcap)], pcap.file, max_bytes=pcap.max_bytes, encode=pcap_encode,
                 counts_type=CaptureStats,
             )  # fmt: skip
             writer.start(header("impair", pcap, self.config, seed=self.seed))
