@@ -21,8 +21,8 @@ from udpchat import Server, ServerConfig
 from udpchat.cli import main
 from udpchat.plot import (
     Cdf,
-    Run,
     PlotName,
+    Run,
     compare,
     default_plots,
     jitter_cdf,
