@@ -40,6 +40,7 @@ from benchmarks.harness import (
     DESIGNS,
     GENERATOR_SHORTFALL,
     GRACE_S,
+    PROTOTYPE,
     QUIET,
     SINK,
     UDPCHAT,
@@ -96,7 +97,7 @@ class Profile:
 
 
 QUICK = Profile(
-    (UDPCHAT, BARE),
+    (UDPCHAT, PROTOTYPE, BARE),
     trials=3,
     duration_s=2.0,
     decide_early=True,
@@ -105,7 +106,7 @@ QUICK = Profile(
     sections=(),
 )
 FULL = Profile(
-    (UDPCHAT, BARE, "udpchat serve --processes 2"),
+    (UDPCHAT, PROTOTYPE, BARE, "udpchat serve --processes 2"),
     trials=3,
     duration_s=3.0,
     decide_early=False,
@@ -181,8 +182,8 @@ def describe_ceiling(climb: Climb) -> tuple[str, str, str]:
 
 
 def ratio(udpchat: Climb, bare: Climb) -> str:
-    """udpchat's ceiling over the baseline's, read only when both are bracketed: the passes'
-    ratio, with the range the two brackets allow."""
+    """udpchat's ceiling over a peer's, read only when both are bracketed: the passes' ratio,
+    with the range the two brackets allow."""
     if not udpchat.bracketed:
         reason = "udpchat's ceiling not bracketed"
         if bare.bracketed and udpchat.passed is not None and bare.failed is not None:
@@ -191,8 +192,8 @@ def ratio(udpchat: Climb, bare: Climb) -> str:
     assert udpchat.passed is not None and udpchat.failed is not None
     if not bare.bracketed:
         if bare.passed is None:
-            return "none (the baseline passed no rate)"
-        return f"≤ {udpchat.failed / bare.passed:.2f}x (the baseline's ceiling not bracketed)"
+            return "none (the peer passed no rate)"
+        return f"≤ {udpchat.failed / bare.passed:.2f}x (the peer's ceiling not bracketed)"
     assert bare.passed is not None and bare.failed is not None
     low, high = udpchat.passed / bare.failed, udpchat.failed / bare.passed
     return f"{udpchat.passed / bare.passed:.2f}x (bracket allows {low:.2f}-{high:.2f}x)"
@@ -217,10 +218,16 @@ def print_ladder(users: int, climbs: list[Climb], trials: int, sink: list[Trial]
         f"| generator flat out → C sink | {generator:,.0f}/s sent "
         f"({sent[0]:,.0f}-{sent[-1]:,.0f}), {received:.1%} received | | | |"
     )
+    print_ratios(users, climbs)
+
+
+def print_ratios(users: int, climbs: list[Climb]) -> None:
+    """udpchat's ceiling over each peer's that climbed beside it."""
     by_design = {climb.design: climb for climb in climbs}
-    if UDPCHAT in by_design and BARE in by_design:
-        read = ratio(by_design[UDPCHAT], by_design[BARE])
-        print(f"\nudpchat / bare baseline, {users} users, ceiling / ceiling: {read}")
+    for peer, called in ((PROTOTYPE, "prototype"), (BARE, "bare baseline")):
+        if UDPCHAT in by_design and peer in by_design:
+            read = ratio(by_design[UDPCHAT], by_design[peer])
+            print(f"\nudpchat / {called}, {users} users, ceiling / ceiling: {read}")
 
 
 def overload(
