@@ -87,20 +87,50 @@ def run(command: str) -> str:
     return "".join(kept)
 
 
-def section(name: str, commands: Sequence[str], outputs: Sequence[str], load_before: str) -> str:
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    ran = "\n".join(f"    {command}" for command in commands)
-    body = "\n".join(output.strip("\n") for output in outputs)
+def as_markdown(output: str) -> str:
+    """What a benchmark printed: its tables as they are, the lines between them as text."""
+    blocks: list[str] = []
+    text: list[str] = []
+    for line in output.strip("\n").splitlines():
+        if line.startswith("|"):
+            if text:
+                blocks.append("```text\n" + "\n".join(text).strip("\n") + "\n```\n")
+                text = []
+            if blocks and not blocks[-1].startswith("|"):
+                blocks.append("")
+            blocks.append(line)
+        else:
+            if blocks and blocks[-1].startswith("|"):
+                blocks.append("")
+            text.append(line)
+    if text and "\n".join(text).strip():
+        blocks.append("```text\n" + "\n".join(text).strip("\n") + "\n```\n")
+    return "\n".join(blocks).rstrip("\n") + "\n"
+
+
+def section(name: str, commands: Sequence[str], outputs: Sequence[str], started: str) -> str:
+    """The section, from ``started`` (the commit, the date and the load before the run)."""
+    ran = "\n".join(commands)
+    body = "\n".join(as_markdown(output) for output in outputs)
     return (
         f"<!-- --8<-- [start:{name}] -->\n"
         f"## {name}\n\n"
+        f"{started}"
+        f"- machine: {machine()}\n"
+        f"- load average (1, 5, 15 min) after: {load_average()}\n"
+        f"- made by:\n\n```text\n{ran}\n```\n\n"
+        f"{body}"
+        f"<!-- --8<-- [end:{name}] -->\n"
+    )
+
+
+def start() -> str:
+    """What is known before the run: the commit measured, the date and the load average."""
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
         f"- commit: {commit()}\n"
         f"- date: {when}\n"
-        f"- machine: {machine()}\n"
-        f"- load average (1, 5, 15 min): {load_before} before, {load_average()} after\n"
-        f"- made by:\n\n{ran}\n\n"
-        f"{body}\n"
-        f"<!-- --8<-- [end:{name}] -->\n"
+        f"- load average (1, 5, 15 min) before: {load_average()}\n"
     )
 
 
@@ -120,10 +150,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not re.fullmatch(r"[\w-]+", args.section):
         parser.error("a section's name is letters, digits, _ and -")
-    load_before = load_average()
+    started = start()
     outputs = [run(command) for command in args.commands]
     old = args.file.read_text() if args.file.exists() else ""
-    new = section(args.section, args.commands, outputs, load_before)
+    new = section(args.section, args.commands, outputs, started)
     args.file.write_text(replace_section(old, args.section, new))
     print(f"benchmarks.results: section {args.section!r} of {args.file} written", file=sys.stderr)
 

@@ -48,7 +48,7 @@ def test_each_run_keeps_its_own_section_with_what_made_it(tmp_path: Path) -> Non
         text=True,
         check=True,
     ).stdout.strip()
-    for field in ("- commit: ", "- date: ", "- machine: ", "- load average (1, 5, 15 min): "):
+    for field in ("- commit: ", "- date: ", "- machine: ", "before: ", "after: "):
         assert bench.count(field) == 1
     assert head and f"- commit: {head}" in bench
     assert shlex.join([sys.executable, "-c", "print('| a | 4 |')"]) in bench  # what made it
@@ -65,3 +65,11 @@ def test_a_failed_run_writes_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["has space", "a/b", ""])
 def test_a_section_name_is_a_word(tmp_path: Path, name: str) -> None:
     assert record(tmp_path / "RESULTS.md", name, "x") == 2
+
+
+def test_tables_stay_tables_and_the_rest_is_text(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    assert record(results, "bench", "plan: two designs", "| a | 1 |\n|---|---|\n| b | 2 |") == 0
+    text = results.read_text()
+    assert "```text\nplan: two designs\n```\n" in text
+    assert "\n| a | 1 |\n|---|---|\n| b | 2 |\n" in text
