@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
+import json
 import os
 import re
 import socket
@@ -19,10 +20,13 @@ import pytest
 from tests.helpers import (
     EVENT_TIMEOUT_S,
     LOOPBACK,
+    CliProcess,
     Collector,
     assert_balanced,
     assert_summary_balanced,
+    flood,
     raw_send,
+    read_port,
 )
 from udpchat import LinePrinter, Message, Server, ServerConfig
 from udpchat.handlers import OutputError
@@ -80,18 +84,46 @@ async def test_with_processes_a_broken_pipe_stops_them_all_without_a_traceback()
     assert counts["output_failed"] > 0
 
 
-async def test_a_full_disk_is_named_at_start() -> None:
-    with open(os.devnull if not os.path.exists("/dev/full") else "/dev/full", "wb") as full:
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this OS")
+@pytest.mark.parametrize(
+    ("args", "flood_s"),
+    [
+        ((), 0.0),
+        (("--processes", "2"), 0.0),
+        (("--format", "json"), 1.0),
+        (("--processes", "2", "--format", "json"), 1.0),
+    ],
+    ids=["text-short", "text-2-processes-short", "json-long", "json-2-processes-long"],
+)
+async def test_a_full_disk_never_costs_the_summary(args: tuple[str, ...], flood_s: float) -> None:
+    """``serve > /dev/full``: the seed's banner fails at once in text (it goes to stdout), the
+    first batch of lines in JSON (the banner goes to stderr); a short run (50 datagrams) or a
+    long one (a flood first). However it fails, the server stops on its own, with the summary
+    on stderr, the full disk named, exit 1, and no "forced stop" (the banner's failure was one:
+    the summary was lost with it). No signal is sent: it would race with the exit, and the
+    interpreter's last moments die of a SIGINT whatever the program does."""
+    with open("/dev/full", "wb") as full:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0",
+            sys.executable, "-m", "udpchat", "serve", "--host", LOOPBACK, "--port", "0", *args,
             stdout=full, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        _, stderr = await asyncio.wait_for(process.communicate(), EVENT_TIMEOUT_S * 3)
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full on this OS")
-    assert process.returncode == 1
-    assert b"cannot write to stdout: No space left on device" in stderr
-    assert b"cannot listen" not in stderr
+    cli = CliProcess(process)
+    port = await read_port(cli)
+    if flood_s:
+        await flood(port, size=100, count=int(20_000 * flood_s), seconds=flood_s)
+    raw_send((LOOPBACK, port), *SEED)
+    status, _, stderr = await cli.finish(timeout_s=EVENT_TIMEOUT_S * 3)
+    assert status == 1, stderr
+    assert "No space left on device" in stderr.splitlines()[-1], stderr
+    assert "forced" not in stderr and "Traceback" not in stderr, stderr
+    if "json" in args:
+        (summary,) = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+        counts = summary["summary"]
+        assert counts["handled"] == 0, counts
+        assert counts["received"] == sum(counts["dropped"].values()) + counts["queue_depth"]
+    else:
+        counts = assert_summary_balanced(stderr)
+        assert counts["handled"] == 0, counts
 
 
 class FullDisk(io.StringIO):

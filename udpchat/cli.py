@@ -824,9 +824,6 @@ def serve_failed(error: LoopUnavailableError | OSError, config: ServerConfig) ->
     """What stopped ``serve`` from starting, or its output, as one line and its exit code."""
     if isinstance(error, LoopUnavailableError):
         fail(str(error), ExitCode.STARTUP_FAILURE)
-    if isinstance(error, StdoutError):
-        silence_stdout()
-        fail(str(error), ExitCode.FAILURE)
     if isinstance(error, MetricsStartError):
         fix = listen_fix(error, "--metrics-port 0", "--metrics-host 127.0.0.1")
         fail(f"{describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
@@ -890,8 +887,9 @@ def finish(result: ServeResult, *, as_json: bool = False, verbose: bool = False)
     raise typer.Exit(code)
 
 
-class StdoutError(OSError):
-    """Standard output cannot be written (a broken pipe, a full disk)."""
+class StdoutError(OutputError):
+    """Standard output cannot be written (a broken pipe, a full disk): an output that failed,
+    so that serving stops with the summary as for a message line that could not be written."""
 
 
 def print_banner(stream: TextIO) -> None:

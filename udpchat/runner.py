@@ -30,7 +30,9 @@ logger = logging.getLogger("udpchat.run")
 
 OnStarted = Callable[[Service], AbstractContextManager[object] | None]
 """Called once the service receives, before it serves: what it returns (a live view, say) is
-entered for as long as the service serves. What it raises stops the service at once."""
+entered for as long as the service serves. An exception it raises (a banner that cannot be
+written) stops the service as a failed output does: with a drain, and in the result's
+``error``, so that the counts of the run are not lost with it."""
 
 
 def run(
@@ -74,10 +76,8 @@ async def serve_until_signalled(
             view = on_started(service) if on_started is not None else None
             if view is not None:
                 shown.enter_context(view)
-        except BaseException:
-            service.abandon()  # nothing was served yet: close without a drain
-            await service.serve_until_stopped()
-            raise
+        except Exception as error:
+            service.fail(error)
         result = await service.serve_until_stopped()
     # A second signal only forced anything if it cut the drain short.
     return dataclasses.replace(result, forced=stop.forced and not result.drained)

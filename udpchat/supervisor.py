@@ -221,26 +221,46 @@ class _Child:
         self.ended = asyncio.Event()
         """The control pipe closed: the child has left, of its own will or not."""
         self._lost_lock = threading.Lock()
-        self._lost: dict[DropReason, int] = {}
-        """Lines the child counted as handled (they were in the pipe) that the parent could not
-        write, by why: it reports them, and the parent moves them from handled to dropped."""
+        self._read = 0
+        """Lines read from the child's output pipe, in the order it wrote them."""
+        self._lost: list[tuple[DropReason, int]] = []
+        """Lines read that the parent could not write, in the order read, by why: the child
+        counted them as handled (they were in the pipe), so the parent moves them from handled
+        to dropped in its reports."""
+
+    def count_read(self, chunk: bytes) -> None:
+        with self._lost_lock:
+            self._read += chunk.count(b"\n")
 
     def count_lost(self, chunk: bytes, reason: DropReason) -> None:
         with self._lost_lock:
-            self._lost[reason] = self._lost.get(reason, 0) + chunk.count(b"\n")
+            lines = chunk.count(b"\n")
+            if self._lost and self._lost[-1][0] is reason:
+                lines += self._lost.pop()[1]
+            self._lost.append((reason, lines))
 
     def report(self) -> StatsSnapshot | None:
-        """The latest report, with the lines the parent lost moved from handled to dropped."""
+        """The latest report, with the lines the parent lost moved from handled to dropped.
+
+        Only those the report counts as handled move: the parent writes a child's lines in
+        order, and what it could not write comes after what it wrote, so of the report's
+        ``handled`` lines, those beyond the ones written were lost. A report older than the
+        lines read (a child killed before its final report) counted the later ones as not yet
+        handled, or not yet received: they stay so, and ``handled`` never goes below 0."""
         if self.latest is None:
             return None
         with self._lost_lock:
-            lost = dict(self._lost)
+            lost, read = list(self._lost), self._read
         if not lost:
             return self.latest
-        dropped = dict(self.latest.dropped)
-        for reason, lines in lost.items():
-            dropped[reason.value] = dropped.get(reason.value, 0) + lines
-        handled = self.latest.handled - sum(lost.values())
+        written = read - sum(lines for _, lines in lost)
+        budget = max(0, self.latest.handled - written)
+        handled, dropped = self.latest.handled, dict(self.latest.dropped)
+        for reason, lines in lost:
+            moved = min(lines, budget)
+            budget -= moved
+            handled -= moved
+            dropped[reason.value] = dropped.get(reason.value, 0) + moved
         return dataclasses.replace(self.latest, handled=handled, dropped=dropped)
 
 
@@ -356,6 +376,8 @@ class Supervisor:
         self._web: ServerView | None = None
         self._address: tuple[str, int] | None = None
         self._recorder: RecordWriter | None = None
+        self._error: BaseException | None = None
+        """What ended serving on the parent's side (:meth:`fail`), beside a failed stdout."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -394,6 +416,13 @@ class Supervisor:
         return (first, *reports[1:])
 
     def request_stop(self) -> None:
+        self._should_exit.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Stop the children with a drain, ``error`` (the banner could not be written, say)
+        in the result unless stdout failed first. Call it on the loop."""
+        if self._error is None:
+            self._error = error
         self._should_exit.set()
 
     def abandon(self) -> None:
@@ -492,6 +521,7 @@ class Supervisor:
                     chunk = connection.recv_bytes()
                 except (EOFError, OSError):
                     return
+                child.count_read(chunk)
                 self._writer.put(child, chunk)
 
     def _output_failed(self, error: OutputError) -> None:
@@ -567,7 +597,8 @@ class Supervisor:
         if self._recorder is not None:  # its last interval has the children's last reports
             await asyncio.to_thread(self._recorder.close, self._abandoned.is_set())
         reports = self._with_endpoint(self._reports())
-        return ServeResult(reports, drained, self._writer.error, tuple(died))
+        error = self._writer.error or self._error
+        return ServeResult(reports, drained, error, tuple(died))
 
     def _terminate_living(self) -> None:
         for child in self._children:
