@@ -56,7 +56,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from benchmarks.harness import BLAST, CLOCK_TICKS_PER_S, build, cpu_ticks, free_port, process_cpu_s
-from tests.helpers import holds_sighup, summary_counts
+from support.procfs import holds_sighup
+from support.summary import summary_counts
 from udpchat import Client
 from udpchat.wire import JOIN, JOINED, relay_join_request
 
@@ -180,7 +181,7 @@ TRUE_LOSS = 99
 
 @contextlib.contextmanager
 def nats_node() -> Iterator[str]:
-    from tests.nats_servers import NatsNode  # noqa: PLC0415 - the tests' real nats-server
+    from support.nats_servers import NatsNode  # noqa: PLC0415 - the tests' real nats-server
 
     with tempfile.TemporaryDirectory(prefix="udpchat-attack-") as directory:
         node = NatsNode(Path(directory), "attack")
@@ -448,7 +449,7 @@ def force(runs: int) -> None:
             drain = "60" if case == "second signal" else "2"
             server, port = serve("--processes", "2", "--drain-timeout", drain, stdout=write_end)
             os.close(write_end)
-            subprocess.run([PYTHON, "tests/flood.py", LOOPBACK, str(port), "1000", "20000", "2"],
+            subprocess.run([PYTHON, "support/flood.py", LOOPBACK, str(port), "1000", "20000", "2"],
                            check=True, capture_output=True)  # fmt: skip
             server.send_signal(signal.SIGTERM if case != "second signal" else signal.SIGINT)
             if case == "second signal":
@@ -485,7 +486,7 @@ def headers(seconds: float) -> None:
 def downgrade(runs: int) -> None:
     """``--nats tls://TOKEN@...`` against a server without TLS: a fake one that asks for
     credentials (what a man in the middle shows), and a real nats-server without TLS."""
-    from tests.nats_servers import PLAIN_INFO, FakeNats  # noqa: PLC0415
+    from support.nats_servers import PLAIN_INFO, FakeNats  # noqa: PLC0415
 
     async def against_fake() -> tuple[int | None, str, bytes]:
         async with FakeNats(PLAIN_INFO) as fake:
@@ -530,7 +531,7 @@ def loop(runs: int) -> None:
     """One forged datagram (``/expired``, and a text that draws ``/expired``) between two relays,
     from a relay's own address to itself, and through ``udpchat impair`` to a relay from
     another's: how many datagrams each side reads in the next two seconds."""
-    from tests.helpers import forge  # noqa: PLC0415
+    from support.forgery import forge  # noqa: PLC0415
     from udpchat import Server, ServerConfig  # noqa: PLC0415
     from udpchat.impair import ImpairProxy, ProxyConfig  # noqa: PLC0415
 
@@ -656,7 +657,7 @@ def nan_cases() -> list[tuple[str, str, str]]:
     command line itself, and impair's values out of range."""
     import typer  # noqa: PLC0415 - the command line's own options, read from it
 
-    from tests.helpers import IMPAIRMENTS_OUT_OF_RANGE, float_options  # noqa: PLC0415
+    from support.options import IMPAIRMENTS_OUT_OF_RANGE, float_options  # noqa: PLC0415
     from udpchat.cli import app  # noqa: PLC0415
 
     commands = typer.main.get_command(app)

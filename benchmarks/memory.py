@@ -23,7 +23,6 @@ SECURITY.md states.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import signal
@@ -34,22 +33,20 @@ import sys
 import tempfile
 import threading
 import time
-import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.harness import peak_rss_bytes
+from support.memory import queued_datagram_bytes
 from udpchat.accounting import DEFAULT_MAX_SENDERS, MAX_GAPS_PER_SENDER
 from udpchat.eventloop import run_coroutine
-from udpchat.handlers import Message
 from udpchat.server import (
     DEFAULT_QUEUE_SIZE,
     DEFAULT_WORKERS,
     QUEUED_DATAGRAM_OVERHEAD_BYTES,
     QUEUED_IPV6_DATAGRAM_OVERHEAD_BYTES,
-    Server,
     ServerConfig,
 )
 
@@ -67,8 +64,6 @@ STATUS_READ = r"status: .* received=(\d+) .* kernel_drops=(\d+) "
 SLOW_READ_BYTES = 4096
 SLOW_READ_PERIOD_S = 0.02
 """The slow reader takes 4 KiB every 20 ms: 200 KB/s, some 50 lines of 1 KB of control bytes."""
-COST_DATAGRAMS = 20_000
-COST_STEP = 500
 """Datagrams sent between two waits for the server to have queued them: the kernel drops none."""
 
 
@@ -115,49 +110,6 @@ COST_CASES = (
     ("dual-stack socket, IPv6 sender", "::", "::1", QUEUED_IPV6_DATAGRAM_OVERHEAD_BYTES),
 )
 """(what, server host, sender host, the overhead the formula counts)."""
-
-
-async def queued_datagram_bytes(
-    server_host: str, client_host: str, size: int, count: int = COST_DATAGRAMS
-) -> float:
-    """What one queued datagram of ``size`` bytes costs, as ``tracemalloc`` counts it: a
-    server whose one worker is held by the first datagram queues the next ones, which are
-    sent a few hundred at a time, each step waiting until the server has them all."""
-    release = threading.Event()
-
-    def hold(message: Message) -> None:
-        release.wait()
-
-    config = ServerConfig(
-        host=server_host, port=0, workers=1, queue_size=count + 1, max_datagram_size=size
-    )
-    family = socket.AF_INET6 if ":" in client_host else socket.AF_INET
-    payload = b"x" * size
-    deadline = time.monotonic() + READY_TIMEOUT_S
-
-    async def queued_at_least(datagrams: int) -> None:
-        while server.stats(include_senders=False).queue_depth < datagrams:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server never queued {datagrams} datagrams")
-            await asyncio.sleep(0.001)
-
-    async with Server(config, hold) as server:
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.connect((client_host, server.address[1]))
-            sock.send(payload)  # the worker takes this one and is held
-            await queued_at_least(1)
-            tracemalloc.start()
-            try:
-                before = tracemalloc.get_traced_memory()[0]
-                for sent in range(1, count + 1):
-                    sock.send(payload)
-                    if sent % COST_STEP == 0:
-                        await queued_at_least(1 + sent)
-                after = tracemalloc.get_traced_memory()[0]
-            finally:
-                tracemalloc.stop()
-                release.set()
-    return (after - before) / count
 
 
 def report_datagram_costs(size: int = 1024) -> None:
@@ -289,7 +241,7 @@ def run(scenario: Scenario, workdir: Path) -> tuple[int, str]:
             wait_for_line(errors, rf"senders={scenario.gap_senders} ", server, GAPS_TIMEOUT_S)
         if reader is not None:
             reader.slow_down()
-        flood = [PYTHON, "tests/flood.py", LOOPBACK, str(port), str(scenario.flood_size)]
+        flood = [PYTHON, "support/flood.py", LOOPBACK, str(port), str(scenario.flood_size)]
         flood += ["100000000", str(scenario.flood_seconds), "control"]
         floods = [
             subprocess.Popen(flood, stdout=subprocess.DEVNULL) for _ in range(FLOOD_PROCESSES)

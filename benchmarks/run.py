@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -59,9 +58,10 @@ from benchmarks.ladder import (
     climb_all,
     round_rate,
 )
+from support.summary import balanced, summary_counts
 
 __all__ = ["accounts_balance", "main"]
-"""What benchmarks.memory and tests/test_load.py import from here."""
+"""What benchmarks/tests/test_harness.py imports from here."""
 
 DEFAULT_USERS = (100, 10)
 OVERLOAD_FACTORS = (2, 4)
@@ -242,12 +242,12 @@ def overload(
             runs.append(run_trial(UDPCHAT, rate, duration_s, users, workdir))
             progress(runs[-1], "  overload")
         goodput = sorted(trial.handled / duration_s for trial in runs)
-        balanced = all(accounts_balance(trial) for trial in runs)
+        balance_held = all(accounts_balance(trial) for trial in runs)
         sent = statistics.median(trial.achieved_per_s for trial in runs)
         rows.append(
             f"| {factor}x = {rate:,}/s (sent median {sent:,.0f}/s) "
             f"| {statistics.median(goodput):,.0f}/s ({goodput[0]:,.0f}-{goodput[-1]:,.0f}) "
-            f"| {statistics.median(goodput) / sustained:.0%} | {'yes' if balanced else 'NO'} |"
+            f"| {statistics.median(goodput) / sustained:.0%} | {'yes' if balance_held else 'NO'} |"
         )
     print(f"\noverload, {users} users, udpchat serve (sustained {sustained:,}/s):\n")
     print("| offered | handled/s median (min-max) | share of sustained | accounts balance |")
@@ -279,14 +279,11 @@ def dashboard_cost(
 def accounts_balance(trial: Trial) -> bool:
     """``sent == received + kernel_drops`` and ``received == handled + dropped + queued``, from
     the summary udpchat printed at exit."""
-    found = re.search(
-        r"summary: received=(\d+) handled=(\d+) dropped=(\d+).*? queued=(\d+) kernel_drops=(\d+)",
-        trial.stderr,
-    )
-    if found is None:
+    try:
+        counts = summary_counts(trial.stderr)
+    except ValueError:  # no summary: it did not stop cleanly
         return False
-    received, handled, dropped, queued, kernel = map(int, found.groups())
-    return trial.sent == received + kernel and received == handled + dropped + queued
+    return balanced(counts, trial.sent)
 
 
 def print_plan(profile: Profile, users: Sequence[int], start: int) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from support.nats_servers import NatsNode, start_cluster
 from tests.helpers import LOOPBACK, STARTED, Collector
-from tests.nats_servers import NatsNode, start_cluster
 from udpchat import Server, ServerConfig
 
 settings.register_profile(

@@ -1,6 +1,6 @@
-"""Helpers the tests share: a collecting handler, a relay member's inbox, waiting for state with
-a deadline, raw sends, CLI subprocesses, a blocking seed-style server, and the accounting
-identities every test that drops, fails, forces or kills checks."""
+"""Helpers the tests share: a collecting handler, a relay member's inbox, raw sends, CLI
+subprocesses, a blocking seed-style server, and the accounting identities every test that drops,
+fails, forces or kills checks. What the benchmarks need too is in :mod:`support`."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import typer
-
+import support
+from support.summary import balanced, summary_counts
+from support.waiting import EVENT_TIMEOUT_S
 from udpchat import Message, StatsSnapshot
 
 LOOPBACK = "127.0.0.1"
-EVENT_TIMEOUT_S = 10.0
 STARTED: list[CliProcess] = []
 """Every CLI process a test started, for the fixture that kills what is left."""
 
@@ -84,23 +84,6 @@ class Inbox:
                 self._changed.clear()
                 await self._changed.wait()
         return self.texts
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float = EVENT_TIMEOUT_S) -> None:
-    """Yield to the event loop until ``predicate()`` holds: for state the loop itself changes."""
-
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(poll(), timeout_s)
-
-
-async def eventually_blocking(predicate: Callable[[], bool]) -> None:
-    """``eventually`` for a predicate that blocks (an HTTP request), run off the event loop."""
-    deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while not await asyncio.to_thread(predicate):
-        assert time.monotonic() < deadline, "timed out"
 
 
 READ_SYSCALL = {"x86_64": 0, "aarch64": 63}
@@ -227,61 +210,11 @@ class BlockingSeedServer:
         return self.received
 
 
-NOWHERE = ("127.0.0.9", 9)
-"""Where :func:`forge`'s socket is connected, so that it takes none of the claimed address's
-traffic: the kernel gives a datagram to a connected socket only from its peer."""
-
-
-def forge(claimed: tuple[str, int], target: tuple[str, int], text: str) -> None:
-    """One datagram to ``target`` whose source is ``claimed``, a bound port shared with
-    ``SO_REUSEPORT`` (so the socket at ``claimed`` must share it): a forged source, without
-    the privileges a raw socket needs."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(claimed)
-        sock.connect(NOWHERE)
-        sock.sendto(text.encode(), target)
-
-
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-def float_options(commands: typer.core.TyperGroup) -> list[tuple[str, str]]:
-    """(command, option) for every option of every command that takes a number with a
-    fraction, read from the command line itself (``typer.main.get_command(app)``), so that the
-    NaN checks leave none out."""
-    return [
-        (name, str(parameter.opts[0]))
-        for name, command in commands.commands.items()
-        for parameter in command.params
-        if isinstance(parameter, typer.core.TyperOption)
-        and parameter.type_descriptor.annotation is float
-    ]
-
-
-NUMBER_TOO_LARGE = "1" + "0" * 400
-"""A number the impairments' grammar can write and a float cannot hold: it reads as inf."""
-NUMBER_UNDERFLOWING = "0." + "0" * 320 + "1"
-"""A number that underflows to a subnormal (1e-321)."""
-IMPAIRMENTS_OUT_OF_RANGE = [
-    ("--rate", f"{NUMBER_UNDERFLOWING}/s"),
-    ("--rate", f"{NUMBER_UNDERFLOWING}B/s"),
-    ("--rate", f"{NUMBER_TOO_LARGE}/s"),
-    ("--rate", f"up:{NUMBER_TOO_LARGE}kB/s"),
-    ("--delay", f"{NUMBER_TOO_LARGE}ms"),
-    ("--jitter", f"{NUMBER_TOO_LARGE}s"),
-    ("--reorder-hold", f"{NUMBER_TOO_LARGE}us"),
-    ("--burst", NUMBER_TOO_LARGE),
-    ("--loss", NUMBER_TOO_LARGE),
-    ("--loss", f"{NUMBER_TOO_LARGE}%"),
-]
-"""``impair`` values its grammar accepts that overflow to infinity or underflow towards 0: the
-grammar writes no NaN, but a rate of 0.000...1/s made the proxy's timer overflow (a traceback)
-once traffic came."""
 
 
 def assert_balanced(stats: StatsSnapshot, sent: int | None = None) -> None:
@@ -292,39 +225,14 @@ def assert_balanced(stats: StatsSnapshot, sent: int | None = None) -> None:
         assert sent == stats.received + (stats.kernel_drops or 0), (sent, stats)
 
 
-def summary_counts(stderr: str) -> dict[str, int]:
-    """The numbers of the summary's own counts, by key (a reason's count under its own name,
-    the total under the counter's), from the ``udpchat: summary:`` line and the lines that
-    continue it up to the next group's label; a count the short summary leaves out at zero
-    (``dropped``, ``queued``) is 0."""
-    lines = stderr.splitlines()
-    (start,) = [index for index, line in enumerate(lines) if line.startswith("udpchat: summary:")]
-    text = " ".join(
-        line.removeprefix("udpchat: ") for line in lines[start:] if line.startswith("udpchat: ")
-    )
-    own = re.split(r" [a-z]+: ", text.removeprefix("summary: "))[0]
-    counts = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", own)}
-    return {"dropped": 0, "queued": 0, **counts}
-
-
-def holds_sighup(pid: int) -> bool:
-    """Whether the process catches SIGHUP: true once ``python -m udpchat`` holds stop signals
-    (Python itself leaves SIGHUP alone)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    (caught,) = re.findall(r"SigCgt:\s+([0-9a-f]+)", status)
-    return bool(int(caught, 16) & (1 << (signal.SIGHUP - 1)))
-
-
 def assert_summary_balanced(stderr: str, sent: int | None = None) -> dict[str, int]:
     """:func:`assert_balanced` on the summary a ``serve`` process printed; returns its counts."""
     counts = summary_counts(stderr)
-    assert counts["received"] == counts["handled"] + counts["dropped"] + counts["queued"], counts
-    if sent is not None:
-        assert sent == counts["received"] + counts.get("kernel_drops", 0), (sent, counts)
+    assert balanced(counts, sent), (sent, counts)
     return counts
 
 
-FLOOD_SCRIPT = Path(__file__).with_name("flood.py")
+FLOOD_SCRIPT = Path(support.__file__).with_name("flood.py")
 
 
 async def flood(port: int, size: int, count: int, seconds: float) -> int:

@@ -21,8 +21,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.helpers import LOOPBACK, eventually, eventually_blocking
-from tests.nats_servers import PLAIN_INFO, FakeNats, NatsNode, wait_for_subscriptions
+from support.nats_servers import PLAIN_INFO, FakeNats, NatsNode, wait_for_subscriptions
+from support.waiting import eventually
+from tests.helpers import LOOPBACK
 from udpchat.bus import (
     MAX_ENVELOPE_HEADER_BYTES,
     BusConfig,
@@ -192,7 +193,7 @@ async def test_nats_killed_and_restarted_counts_the_gap_and_resumes(
         baseline_heard = len(heard_b)
         nats_node.start()
         await eventually(lambda: bus_a.stats().reconnects == 1 == bus_b.stats().reconnects)
-        await eventually_blocking(lambda: nats_node.subscriptions() >= 2)
+        await eventually(lambda: nats_node.subscriptions() >= 2, blocking=True)
         bus_a.publish("192.0.2.1", "after")
         await eventually(lambda: ("192.0.2.1", "after") in heard_b[baseline_heard:])
         assert bus_a.stats().connected
@@ -356,7 +357,7 @@ async def test_a_failover_names_the_node_it_reconnected_to(
     caplog.set_level(logging.WARNING, logger="udpchat.bus")
     first, second = nats_cluster
     async with running_bus(first.url) as (bus, _):
-        await eventually_blocking(lambda: first.subscriptions() >= 1)
+        await eventually(lambda: first.subscriptions() >= 1, blocking=True)
         first.kill()
         await eventually(lambda: bus.stats().reconnects == 1)
     (back,) = [r.getMessage() for r in caplog.records if "is back" in r.getMessage()]

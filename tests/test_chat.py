@@ -17,15 +17,8 @@ from collections.abc import AsyncIterator, Callable
 import pexpect
 import pytest
 
-from tests.helpers import (
-    EVENT_TIMEOUT_S,
-    LOOPBACK,
-    CliProcess,
-    Inbox,
-    read_port,
-    start_cli,
-    start_cli_server,
-)
+from support.waiting import EVENT_TIMEOUT_S
+from tests.helpers import LOOPBACK, CliProcess, Inbox, read_port, start_cli, start_cli_server
 from udpchat import Client
 from udpchat import chat as chat_module
 from udpchat.wire import text_digest

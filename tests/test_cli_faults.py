@@ -17,12 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer._click.exceptions import UsageError
 
+from support.options import IMPAIRMENTS_OUT_OF_RANGE, float_options
 from tests.helpers import (
-    IMPAIRMENTS_OUT_OF_RANGE,
     LOOPBACK,
     CliProcess,
     assert_summary_balanced,
-    float_options,
     flood,
     free_udp_port,
     read_port,

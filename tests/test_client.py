@@ -7,11 +7,10 @@ import sys
 import pexpect
 import pytest
 
+from support.waiting import EVENT_TIMEOUT_S, eventually
 from tests.helpers import (
-    EVENT_TIMEOUT_S,
     LOOPBACK,
     BlockingSeedServer,
-    eventually,
     free_udp_port,
     start_cli,
     wait_until_reading_stdin,

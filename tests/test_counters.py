@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, assert_balanced, eventually, raw_send
+from support.waiting import EVENT_TIMEOUT_S, eventually
+from tests.helpers import LOOPBACK, assert_balanced, raw_send
 from udpchat import Server, ServerConfig
 from udpchat.admission import parse_network
 from udpchat.counters import (

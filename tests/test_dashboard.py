@@ -23,7 +23,8 @@ from typing import Protocol, TextIO, cast
 import pytest
 from rich.console import Console
 
-from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, start_cli
+from support.waiting import EVENT_TIMEOUT_S
+from tests.helpers import LOOPBACK, start_cli
 from udpchat.counters import BusStats, DeliveryTotals, RelayStats, SenderStats, StatsSnapshot
 from udpchat.dashboard import (
     NAME_MAX_CELLS,

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from support.waiting import EVENT_TIMEOUT_S
 from tests.helpers import (
-    EVENT_TIMEOUT_S,
     LOOPBACK,
     CliProcess,
     Collector,

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, eventually
+from support.waiting import EVENT_TIMEOUT_S, eventually
+from tests.helpers import LOOPBACK
 from udpchat import Server, ServerConfig
 from udpchat.echo import Echo
 from udpchat.handlers import Batch

@@ -10,12 +10,12 @@ import sys
 
 import pytest
 
+from support.waiting import eventually
 from tests.helpers import (
     LOOPBACK,
     Collector,
     assert_balanced,
     assert_summary_balanced,
-    eventually,
     raw_send,
     start_cli_server,
 )

@@ -12,8 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.flood import PAYLOADS
-from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, CliProcess, assert_summary_balanced, read_port
+from support.flood import PAYLOADS
+from support.waiting import EVENT_TIMEOUT_S
+from tests.helpers import LOOPBACK, CliProcess, assert_summary_balanced, read_port
 
 FLOOD_BYTES_PER_S = 5_000_000
 DATAGRAM_BYTES = 1000

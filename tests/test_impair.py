@@ -25,15 +25,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import (
-    LOOPBACK,
-    Collector,
-    Inbox,
-    eventually,
-    raw_send,
-    start_cli,
-    start_cli_server,
-)
+from support.waiting import eventually
+from tests.helpers import LOOPBACK, Collector, Inbox, raw_send, start_cli, start_cli_server
 from udpchat import Client, Server, ServerConfig
 from udpchat.accounting import REORDER_WINDOW, DeliveryAccounting, Verdict
 from udpchat.cli import main

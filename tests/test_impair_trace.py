@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LOOPBACK, eventually
+from support.waiting import eventually
+from tests.helpers import LOOPBACK
 from udpchat import Server, ServerConfig
 from udpchat.cli import main
 from udpchat.impair import ImpairProxy, proxy_config

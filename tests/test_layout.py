@@ -11,6 +11,7 @@ from pathlib import Path
 import udpchat
 
 PACKAGE = Path(udpchat.__file__).parent
+ROOT = PACKAGE.parent
 
 LAYERS = [
     {"counters", "wire", "libc", "logs", "pool", "settings", "sockets"},
@@ -48,6 +49,13 @@ view (``web``) sits below the server too, and its room members are UDP clients."
 ENTRY_POINTS = {"__init__", "__main__"}
 """The top package's entry points; a subpackage's ``__init__`` is a module like the others."""
 HEAVY = ("nats", "rich", "prometheus_client", "prompt_toolkit", "aiohttp")
+NEVER_IMPORTED_FROM = {
+    "tests": {"benchmarks"},
+    "benchmarks": {"tests"},
+    "support": {"tests", "benchmarks"},
+}
+"""One direction between the trees: what the tests and the benchmarks share is in support/,
+which imports neither; the benchmarks' own tests live in benchmarks/tests/."""
 MAX_CLI_FUNCTION_LINES = 60
 
 
@@ -148,3 +156,24 @@ def test_no_cli_function_runs_over_60_lines_but_for_its_options() -> None:
             if length > MAX_CLI_FUNCTION_LINES:
                 long.append(f"{node.name}: {length} lines")
     assert long == []
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level packages a file imports, anywhere in it (lazy imports included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+    return found
+
+
+def test_tests_and_benchmarks_share_only_support() -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for tree, forbidden in NEVER_IMPORTED_FROM.items()
+        for path in sorted((ROOT / tree).rglob("*.py"))
+        for name in sorted(top_level_imports(path) & forbidden)
+    ]
+    assert wrong == []

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from support.procfs import holds_sighup
+from support.waiting import EVENT_TIMEOUT_S, eventually
 from tests.helpers import (
-    EVENT_TIMEOUT_S,
     LOOPBACK,
     Collector,
     assert_balanced,
     assert_summary_balanced,
-    eventually,
-    holds_sighup,
     raw_send,
     read_port,
     start_cli,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks.memory import queued_datagram_bytes
+from support.memory import queued_datagram_bytes
 from udpchat.eventloop import run_coroutine
 from udpchat.server import ServerConfig
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, eventually, raw_send
+from support.waiting import EVENT_TIMEOUT_S, eventually
+from tests.helpers import LOOPBACK, raw_send
 from udpchat import Server, ServerConfig
 from udpchat.counters import ServerTally
 from udpchat.metrics import MetricsServer

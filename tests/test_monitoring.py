@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, eventually
+from support.waiting import EVENT_TIMEOUT_S, eventually
+from tests.helpers import LOOPBACK
 from tests.test_counters import every_group_filled, exposition, filled
 from tests.test_series import sender
 from udpchat import Server, ServerConfig

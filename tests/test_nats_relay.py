@@ -15,8 +15,9 @@ from functools import partial
 import nats
 import pytest
 
-from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK, eventually, start_cli, start_cli_server
-from tests.nats_servers import PLAIN_INFO, FakeNats, NatsNode, wait_for_subscriptions
+from support.nats_servers import PLAIN_INFO, FakeNats, NatsNode, wait_for_subscriptions
+from support.waiting import EVENT_TIMEOUT_S, eventually
+from tests.helpers import LOOPBACK, start_cli, start_cli_server
 from udpchat import Server, ServerConfig
 from udpchat.bus import ORIGIN_HEX_DIGITS, encode_envelope, redact_url, room_subject
 from udpchat.cli import main

@@ -17,8 +17,8 @@ import threading
 
 import pytest
 
+from support.waiting import EVENT_TIMEOUT_S
 from tests.helpers import (
-    EVENT_TIMEOUT_S,
     LOOPBACK,
     CliProcess,
     Collector,

@@ -7,7 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.helpers import EVENT_TIMEOUT_S, assert_balanced
+from support.waiting import EVENT_TIMEOUT_S
+from tests.helpers import assert_balanced
 from udpchat.counters import ServerTally, StatsSnapshot
 from udpchat.handlers import Batch
 from udpchat.pipeline import COALESCE_FROM, COALESCE_S, MAX_BATCH_BYTES, Dispatcher, coalesce_pause

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import LOOPBACK, eventually
+from support.waiting import eventually
+from tests.helpers import LOOPBACK
 from tests.test_record import User
 from udpchat import Server, ServerConfig
 from udpchat.cli import main

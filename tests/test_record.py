@@ -15,15 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import (
-    LOOPBACK,
-    eventually,
-    free_udp_port,
-    raw_send,
-    start_cli,
-    start_cli_server,
-    summary_counts,
-)
+from support.summary import summary_counts
+from support.waiting import eventually
+from tests.helpers import LOOPBACK, free_udp_port, raw_send, start_cli, start_cli_server
 from udpchat import Server, ServerConfig
 from udpchat.cli import main
 from udpchat.record import (

@@ -9,7 +9,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 
-from tests.helpers import LOOPBACK, eventually, forge
+from support.forgery import forge
+from support.waiting import eventually
+from tests.helpers import LOOPBACK
 from udpchat import Server, ServerConfig
 from udpchat.counters import RelayStats
 from udpchat.impair import ImpairProxy, ProxyConfig

@@ -14,14 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.helpers import (
-    EVENT_TIMEOUT_S,
-    LOOPBACK,
-    Collector,
-    Inbox,
-    eventually,
-    start_cli_server,
-)
+from support.waiting import EVENT_TIMEOUT_S, eventually
+from tests.helpers import LOOPBACK, Collector, Inbox, start_cli_server
 from udpchat import Client, Server, ServerConfig
 from udpchat.bus import ORIGIN_HEX_DIGITS, BusConfig, RoomBus, encode_envelope
 from udpchat.client import JoinError, JoinFailure, RoomEvent

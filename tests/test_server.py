@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.helpers import LOOPBACK, Collector, assert_balanced, eventually, raw_send
+from support.waiting import eventually
+from tests.helpers import LOOPBACK, Collector, assert_balanced, raw_send
 from udpchat import LinePrinter, Message, Server, ServerConfig
 
 

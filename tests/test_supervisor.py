@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from support.waiting import EVENT_TIMEOUT_S, eventually
 from tests.helpers import (
-    EVENT_TIMEOUT_S,
     LOOPBACK,
     CliProcess,
     assert_summary_balanced,
-    eventually,
     flood,
     read_port,
     start_cli,

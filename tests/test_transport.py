@@ -12,14 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import (
-    EVENT_TIMEOUT_S,
-    LOOPBACK,
-    Collector,
-    assert_balanced,
-    eventually,
-    raw_send,
-)
+from support.waiting import EVENT_TIMEOUT_S, eventually
+from tests.helpers import LOOPBACK, Collector, assert_balanced, raw_send
 from udpchat import DropReason, Server, ServerConfig, fastpath
 from udpchat.protocol import Receiver
 from udpchat.transport import BatchTransport

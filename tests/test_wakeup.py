@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.helpers import EVENT_TIMEOUT_S
+from support.waiting import EVENT_TIMEOUT_S
 from udpchat import wakeup
 from udpchat.wakeup import Wakeup
 

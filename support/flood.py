@@ -1,6 +1,6 @@
 """A bounded loopback flood from its own process.
 
-Usage: ``python tests/flood.py HOST PORT SIZE COUNT SECONDS [KIND]``, KIND one of ``seed``
+Usage: ``python support/flood.py HOST PORT SIZE COUNT SECONDS [KIND]``, KIND one of ``seed``
 (the default: seed text padded with ``x``), ``control`` (control bytes, the costliest to escape)
 or ``invalid`` (bytes that are not UTF-8).
 
