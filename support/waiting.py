@@ -1,5 +1,5 @@
 """Waiting for state with a deadline, never for time, and never by spinning: between two looks
-at the state, a short sleep that grows (1 ms, 2, 4 ... up to 50 ms), so that a waiter costs the
+at the state, a short sleep that grows (1 ms, 2, 4 ... up to 20 ms), so that a waiter costs the
 machine almost nothing when the state is slow to come (two busy loops may hold the cores) and
 sees it within a few milliseconds when it comes fast.
 
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 EVENT_TIMEOUT_S = 10.0
 """How long a test waits for state that should come within milliseconds, at most."""
 FIRST_PAUSE_S = 0.001
-MAX_PAUSE_S = 0.05
+MAX_PAUSE_S = 0.02
 
 
 def pauses(predicate: Callable[[], object], timeout_s: float, what: str | None) -> Iterator[float]:

@@ -17,16 +17,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.helpers import (
-    EVENT_TIMEOUT_S,
-    LOOPBACK,
-    Inbox,
-    eventually,
-    raw_send,
-    start_cli,
-    start_cli_server,
-)
-from tests.nats_servers import NatsNode
+from support.nats_servers import NatsNode
+from support.waiting import EVENT_TIMEOUT_S, eventually
+from tests.helpers import LOOPBACK, Inbox, raw_send, start_cli, start_cli_server
 from udpchat import Client, Server, ServerConfig
 from udpchat.counters import WebStats
 from udpchat.report import SENDER_COLUMNS, SortKey
