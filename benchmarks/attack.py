@@ -303,6 +303,8 @@ def bus_run(url: str, flooding: bool) -> dict[str, float]:
         "published": published,
         "shed": summary["bus"]["dropped"].get("over_budget", 0),
         "delivered": summary["bus"]["received"],
+        "lost": summary["bus"]["lost_in_transit"],
+        "pauses": summary["bus"]["pauses"],
         "printed": printed,
         "drops": summary["kernel_drops"] / (blasted + len(normal)) * 100,
         "rx_p99": samples[int(len(samples) * 0.99)] if samples else 0,
@@ -326,8 +328,9 @@ def bus(runs: int) -> None:
                 figures = bus_run(url, flooding)
                 results[flooding].append(figures)
                 print(f"  run {run + 1} {'flood' if flooding else 'quiet'}: published "
-                      f"{figures['published']:,.0f}, shed over_budget {figures['shed']:,.0f}, "
-                      f"delivered {figures['delivered']:,.0f}; normal lines "
+                      f"{figures['published']:,.0f}, shed over_budget {figures['shed']:,.0f} "
+                      f"({figures['pauses']:.0f} pauses), delivered {figures['delivered']:,.0f}, "
+                      f"lost in transit {figures['lost']:,.0f}; normal lines "
                       f"{figures['printed']:.0f}/{NORMAL_LINES}; UDP kernel drops "
                       f"{figures['drops']:.2f}%; unread bytes p99 {figures['rx_p99']:,.0f}, "
                       f"max {figures['rx_max']:,.0f}; CPU s: event loop {figures['loop_s']:.2f}, "

@@ -4,6 +4,7 @@ nodes; members on different servers see each other, and a NATS outage only pause
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import socket
@@ -289,6 +290,7 @@ async def test_a_tls_url_to_a_server_without_tls_exits_3_in_one_line_sending_not
 
 FLOOD = 3000
 BUDGET_PER_S = 300.0
+MAX_FLOOD_ROUNDS = 50
 
 
 async def test_a_flood_on_the_bus_is_shed_within_the_rooms_budget_and_counted(
@@ -329,3 +331,53 @@ async def test_a_flood_on_the_bus_is_shed_within_the_rooms_budget_and_counted(
         joined[0].send("ana: masih di sini")
         for other in joined[1:]:
             await other.until(lambda lines: "[127.0.0.2] ana: masih di sini" in lines)
+
+
+async def test_a_flood_beyond_the_budget_is_dropped_by_nats_while_the_bus_pauses(
+    nats_node: NatsNode,
+) -> None:
+    """Once the budget sheds one, the bus stops taking the room's messages for a tenth of a
+    second: NATS sends this server fewer than were published (its own count, connz), and what
+    it dropped is counted as shed when the next message shows the gap, so that every message
+    published is accounted for."""
+    config = ServerConfig(
+        host=LOOPBACK, port=0, relay=True, nats=(nats_node.url,), relay_budget_per_s=BUDGET_PER_S
+    )
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(Server(config))
+        await stack.enter_async_context(members((server.address, "127.0.0.2")))
+        publisher = await nats.connect(nats_node.url)
+        stack.push_async_callback(publisher.close)
+        sequence = 0
+
+        async def publish(count: int) -> None:
+            nonlocal sequence
+            for _ in range(count):
+                sequence += 1
+                envelope = encode_envelope("f" * ORIGIN_HEX_DIGITS, sequence, "192.0.2.9", b"x")
+                await publisher.publish(room_subject("lobby"), envelope)
+            await publisher.flush()
+
+        for _ in range(MAX_FLOOD_ROUNDS):  # a flood for as long as it takes to pause thrice
+            if bus_stats(server).pauses >= 3:
+                break
+            await publish(200)
+            await asyncio.sleep(0.01)
+
+        def accounted() -> bool:
+            stats = bus_stats(server)
+            return stats.received + sum(stats.dropped.values()) == sequence
+
+        for _ in range(MAX_FLOOD_ROUNDS):  # a last message shows what NATS dropped before it
+            await publish(1)
+            with contextlib.suppress(TimeoutError):
+                await eventually(accounted, timeout_s=0.5)
+                break
+        stats = bus_stats(server)
+        assert stats.pauses >= 3 and accounted(), (stats, sequence)
+        assert set(stats.dropped) == {"over_budget"} and stats.lost_in_transit == 0
+        (connection,) = [
+            each for each in nats_node.monitor("connz")["connections"]
+            if each.get("name") == "udpchat room lobby"
+        ]  # fmt: skip
+        assert connection["out_msgs"] < sequence  # NATS dropped some for this server

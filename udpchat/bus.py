@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # nats-py is imported when a bus starts, not with udpchat
     from nats.aio.client import Client as NatsClient
     from nats.aio.client import Server as NatsServer
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
 
 __all__ = [
     "BusConfig",
@@ -61,6 +62,9 @@ DEFAULT_INCOMING_LIMIT = 4096
 """Bus messages received and not yet delivered, at most: in nats-py's subscription (its
 slow-consumer limit), and again waiting for the delivery thread; beyond either they are
 dropped and counted."""
+PAUSE_S = 0.1
+"""How long the bus stops taking the room's messages once the budget has shed one: a flood
+beyond the budget is then dropped by NATS, not parsed by this server to be shed."""
 MAX_ORIGINS = 1024
 """Other servers whose sequence is followed to count what never arrived, at most."""
 RECONNECT_FIRST_WAIT_S = 0.1
@@ -271,6 +275,11 @@ class RoomBus:
         """The last sequence number this server published."""
         self._expected: collections.OrderedDict[str, int] = collections.OrderedDict()
         """The next sequence number due from each other server, the most recent last."""
+        self._subscription: Subscription | None = None
+        self._pause_task: asyncio.Future[None] | None = None
+        self._paused_past: set[str] = set()
+        """Origins heard before the last pause: their next jump is what NATS dropped for this
+        server while it paused (shed), not what was lost."""
         self._inbox: queue.Queue[Envelope | None] = queue.Queue(DEFAULT_INCOMING_LIMIT)
         self._delivery: threading.Thread | None = None
 
@@ -340,17 +349,41 @@ class RoomBus:
             pending_size=self.config.max_pending_bytes,
             **options,
         )
-        await client.subscribe(
+        self._subscription = await self._subscribe(client)
+        # nats-py writes a flush's PING ahead of what is still in its buffer, the SUB included:
+        # the first round trip makes sure the SUB is written, the second that the server has it.
+        await client.flush()
+        await client.flush()
+
+    async def _subscribe(self, client: NatsClient) -> Subscription:
+        return await client.subscribe(
             self._subject,
             cb=self._on_message,
             pending_msgs_limit=DEFAULT_INCOMING_LIMIT,
             pending_bytes_limit=DEFAULT_INCOMING_LIMIT
             * (MAX_ENVELOPE_HEADER_BYTES + self.config.max_text_bytes),
         )
-        # nats-py writes a flush's PING ahead of what is still in its buffer, the SUB included:
-        # the first round trip makes sure the SUB is written, the second that the server has it.
-        await client.flush()
-        await client.flush()
+
+    async def _pause(self) -> None:
+        """Stop taking the room's messages for :data:`PAUSE_S`, then take them again: the
+        budget is spent, so NATS drops them for this server, and they cost the event loop
+        nothing (parsing them to shed them would). What it dropped is counted when each
+        origin's next message shows the jump (:meth:`_follow`)."""
+        from nats.errors import Error  # noqa: PLC0415
+
+        client, subscription = self._client, self._subscription
+        try:
+            if client is None or subscription is None:
+                return
+            await subscription.unsubscribe()
+            self._tally.add("pauses")
+            await asyncio.sleep(PAUSE_S)
+            self._paused_past.update(self._expected)
+            self._subscription = await self._subscribe(client)
+        except (OSError, Error) as error:  # the connection closed: the bus is stopping
+            logger.debug("pausing the room's subscription: %s", describe(error))
+        finally:
+            self._pause_task = None
 
     def publish(self, ip: str, text: str) -> None:
         """Put a member's message on the bus, from any thread; never blocks."""
@@ -443,6 +476,8 @@ class RoomBus:
         self._follow(fields[1].decode("ascii"), int(fields[2]))
         if self._admit is not None and not self._admit():
             self._count_drop("over_budget")
+            if self._pause_task is None and self._subscription is not None:
+                self._pause_task = asyncio.ensure_future(self._pause())
             return
         envelope = open_envelope(sealed)
         if isinstance(envelope, str):
@@ -454,10 +489,15 @@ class RoomBus:
             self._count_drop("delivery_backlog_full")
 
     def _follow(self, origin: str, sequence: int) -> None:
-        """Count what an origin sent that never arrived: a jump in its sequence."""
+        """Count what an origin sent that never arrived: a jump in its sequence; shed, not
+        lost, across a pause (:meth:`_pause`)."""
         expected = self._expected.pop(origin, None)
         if expected is not None and sequence > expected:
-            self._tally.add("lost_in_transit", sequence - expected)
+            if origin in self._paused_past:
+                self._tally.add_reason("dropped", "over_budget", sequence - expected)
+            else:
+                self._tally.add("lost_in_transit", sequence - expected)
+        self._paused_past.discard(origin)
         self._expected[origin] = max(sequence + 1, expected or 0)
         if len(self._expected) > MAX_ORIGINS:
             self._expected.popitem(last=False)
@@ -534,9 +574,10 @@ class RoomBus:
             self._stopping = True
             leftover = list(self._backlog)
             self._backlog.clear()
-        if self._publisher is not None:
-            self._publisher.cancel()
-            await asyncio.gather(self._publisher, return_exceptions=True)
+        for task in (self._publisher, self._pause_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for envelope in leftover:
             await self._publish_one(client, envelope)
         from nats.errors import Error  # noqa: PLC0415

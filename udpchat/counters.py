@@ -640,6 +640,12 @@ class BusStats(Counts):
         brief=Brief.NONZERO,
     )
     own_echoes: int = total("This server's own messages back from NATS, ignored.", unit="messages")
+    pauses: int = total(
+        "Times the room's budget was spent and this server stopped taking the room's messages "
+        "for a tenth of a second: NATS dropped them for it meanwhile (counted as "
+        'dropped{reason="over_budget"} once the next message of each server shows the gap).',
+        unit="events",
+    )
     refused_insecure: int = total(
         "Connections to a tls:// server given up before anything was sent: it offered no TLS.",
         unit="connections",
