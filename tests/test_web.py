@@ -340,6 +340,9 @@ async def test_a_page_joins_as_a_member_of_its_own_and_posts_both_ways(
                 line = await next_of(page, "line")
             assert line["text"] == f"[{LOOPBACK}] ana: halo\\x1b[31m budi"
             assert web_stats(server).members == 1
+            # /who lists the page's member by its address and name, and the view's watch.
+            who = await ana.who()
+            assert f"{ip} budi" in who and f"{LOOPBACK} udpchat-web" in who and len(who) == 3
             await page.send_json({"type": "post", "text": "x" * 2000})
             assert (await next_of(page, "refused"))["reason"] == "too_long"
             await page.send_json({"type": "post", "text": "two\nlines"})

@@ -328,6 +328,7 @@ def web_options(page: str) -> dict[str, Any]:
 
 
 WEB = web_options("the page (senders, charts, the room)")
+IMPAIR_WEB = web_options("the link's page (what it injects, its settings and seed, live changes)")
 
 
 def web_config(context: typer.Context, settings: dict[str, Any]) -> WebConfig | None:
@@ -824,18 +825,40 @@ def serve_failed(error: LoopUnavailableError | OSError, config: ServerConfig) ->
     """What stopped ``serve`` from starting, or its output, as one line and its exit code."""
     if isinstance(error, LoopUnavailableError):
         fail(str(error), ExitCode.STARTUP_FAILURE)
-    if isinstance(error, MetricsStartError):
-        fix = listen_fix(error, "--metrics-port 0", "--metrics-host 127.0.0.1")
-        fail(f"{describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
-    if isinstance(error, WebStartError):
-        fix = listen_fix(error, "--web 0", "--web 0.0.0.0:PORT")
-        fail(f"{describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
+    side_server_failed(error)
     if isinstance(error, BusUnavailableError):
         fail(describe_error(error), ExitCode.STARTUP_FAILURE)
     if isinstance(error, RecordFileError):
         refuse_file(error, "--record")
     where = f"{config.host} port {config.port}"
     fix = listen_fix(error, "--port 0", "--host 0.0.0.0")
+    fail(f"cannot listen on {where}: {describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
+
+
+def side_server_failed(error: OSError) -> None:
+    """The metrics endpoint or the web view could not listen: one line with the fix, exit 3;
+    any other error returns."""
+    if isinstance(error, MetricsStartError):
+        fix = listen_fix(error, "--metrics-port 0", "--metrics-host 127.0.0.1")
+        fail(f"{describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
+    if isinstance(error, WebStartError):
+        fix = listen_fix(error, "--web 0", "--web 0.0.0.0:PORT")
+        fail(f"{describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
+
+
+def impair_failed(
+    error: LoopUnavailableError | OSError, config: ProxyConfig, pcap: Path | None
+) -> NoReturn:
+    """What stopped ``impair`` from starting, as one line and its exit code."""
+    if isinstance(error, RecordFileError):
+        refuse_file(error, "--pcap" if pcap is not None and error.path == pcap else "--record")
+    if isinstance(error, LoopUnavailableError):
+        fail(str(error), ExitCode.STARTUP_FAILURE)
+    side_server_failed(error)
+    if isinstance(error, TargetUnresolvedError):
+        fail(describe_error(error), ExitCode.STARTUP_FAILURE)
+    where = f"{config.listen_host} port {config.listen_port}"
+    fix = listen_fix(error, f"--listen {config.listen_host}:0", "--listen 0.0.0.0:PORT")
     fail(f"cannot listen on {where}: {describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
 
 
@@ -1457,7 +1480,7 @@ def shown(help: str, default: str | None) -> str:
 
 IMPAIR_ONLY = (
     "loop", "record", "record_interval_s", "record_clients", "record_max_bytes", "record_label",
-    "pcap", "pcap_max_bytes", "overwrite",
+    "pcap", "pcap_max_bytes", "overwrite", *WEB_OPTIONS,
 )  # fmt: skip
 """``impair`` options that are not :func:`proxy_config` arguments."""
 
@@ -1588,6 +1611,12 @@ def impair(
         ),
     ] = record_module.DEFAULT_MAX_BYTES,
     overwrite: Annotated[bool, force_option()] = False,
+    web: Annotated[str | None, IMPAIR_WEB["web"]] = None,
+    web_token: Annotated[str | None, IMPAIR_WEB["web_token"]] = None,
+    web_max_clients: Annotated[int, IMPAIR_WEB["web_max_clients"]] = DEFAULT_WEB_MAX_CLIENTS,
+    web_max_client_buffer_bytes: Annotated[
+        int, IMPAIR_WEB["web_max_client_buffer_bytes"]
+    ] = DEFAULT_MAX_CLIENT_BUFFER_BYTES,
     loop: LoopOption = LoopChoice.AUTO,
 ) -> None:
     """Forward UDP from --listen to --to and back, losing, delaying, reordering, duplicating
@@ -1600,27 +1629,17 @@ def impair(
         print("\n".join(profiles.profile_table()), flush=True)
         raise typer.Exit(ExitCode.OK)
     settings = {name: value for name, value in context.params.items() if name not in IMPAIR_ONLY}
+    web_settings = {name: context.params[name] for name in WEB_OPTIONS}
     recording = record_options(
         context, record, interval_s=record_interval_s, senders=record_clients,
         max_bytes=record_max_bytes, label=record_label, overwrite=overwrite,
     )  # fmt: skip
     capturing = record_options(context, pcap, max_bytes=pcap_max_bytes, overwrite=overwrite)
-    config = configure(context, proxy_config, **settings)
+    config = configure(context, proxy_config, **settings, web=web_config(context, web_settings))
     try:
         result = run_proxy(config, loop, record=recording, pcap=capturing)
-    except RecordFileError as error:
-        refuse_file(error, "--pcap" if pcap is not None and error.path == pcap else "--record")
-    except LoopUnavailableError as error:
-        fail(str(error), ExitCode.STARTUP_FAILURE)
-    except MetricsStartError as error:
-        fix = listen_fix(error, "--metrics-port 0", "--metrics-host 127.0.0.1")
-        fail(f"{describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
-    except TargetUnresolvedError as error:
-        fail(describe_error(error), ExitCode.STARTUP_FAILURE)
-    except OSError as error:
-        where = f"{config.listen_host} port {config.listen_port}"
-        fix = listen_fix(error, f"--listen {config.listen_host}:0", "--listen 0.0.0.0:PORT")
-        fail(f"cannot listen on {where}: {describe_error(error)}{fix}", ExitCode.STARTUP_FAILURE)
+    except (LoopUnavailableError, OSError) as error:
+        impair_failed(error, config, pcap)
     report(impair_summary(result.stats))
     if not result.drained:
         report("stopped before the link was empty: what it held is counted as queued")

@@ -848,7 +848,7 @@ class WebStats(Counts):
     )
     posts_refused: Mapping[str, int] = by_reason(
         "Page requests refused, by reason: malformed, invalid_username, too_long, "
-        "not_in_room, join_failed.",
+        "not_in_room, join_failed; bad_change (impair's PUT /api/impairment).",
         unit="requests",
         label="reason",
         brief=Brief.NONZERO,
@@ -1068,6 +1068,8 @@ class ImpairStats(Counts):
     """What ``--record`` wrote, where asked."""
     capture: CaptureStats | None = part()
     """What ``--pcap`` wrote, where asked."""
+    web: WebStats | None = part()
+    """The web view's refusals and drops (``impair --web``), where asked."""
 
 
 COUNT_GROUPS: tuple[type[Counts], ...] = (

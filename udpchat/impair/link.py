@@ -155,6 +155,17 @@ class Link(Generic[T]):
         :data:`MAX_RELEASED_WAITING`."""
         self._released_waiting = 0
 
+    def change(self, impairment: Impairment) -> int:
+        """Do ``impairment`` from the next datagram taken on; returns that datagram's number.
+        The seed's stream goes on where it was (it is not reseeded), so that the same seed,
+        datagrams and changes, each at the same datagram, give the same fates; what the link
+        holds already leaves as it was decided."""
+        self.impairment = impairment
+        self._transitions = impairment.burst_transitions
+        self._losing = self._losing and self._transitions is not None
+        self._measures = impairment.delay_s > 0 or impairment.rate is not None or impairment.reorder
+        return self.counts["received"] + 1
+
     @property
     def next_due(self) -> float | None:
         """When :meth:`release` will next have something to do; None when nothing is held."""

@@ -13,13 +13,23 @@ import logging
 import secrets
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from udpchat.counters import CaptureStats, ImpairStats
 from udpchat.eventloop import LoopChoice, periodically, run_coroutine
 from udpchat.impair.link import DIRECTION_COUNTERS, Link
-from udpchat.impair.spec import MAX_DELAY_S, READ_BATCH, Direction, ProxyConfig, describe
+from udpchat.impair.spec import (
+    MAX_DELAY_S,
+    READ_BATCH,
+    Direction,
+    Impairment,
+    ProxyConfig,
+    change_request,
+    changed,
+    describe,
+)
 from udpchat.impair.trace import Capture, Intervals, Tracer, wall_offset
 from udpchat.lifecycle import StartsAndStops
 from udpchat.logs import RateLimitedLog
@@ -46,7 +56,14 @@ from udpchat.sockets import (
 from udpchat.tuning import tune_for_throughput
 from udpchat.wakeup import Wakeup
 
+if TYPE_CHECKING:  # aiohttp only for a proxy that serves its page
+    from udpchat.web.impair_view import ImpairView
+
 logger = logging.getLogger("udpchat.impair")
+
+MAX_CHANGES_KEPT = 100
+"""Changes of the link's settings kept for ``GET /api/impairment`` and the page (the log and
+the record file have them all)."""
 status_logger = logging.getLogger("udpchat.status")
 
 
@@ -148,6 +165,9 @@ class ImpairProxy(StartsAndStops):
         self._wakeups: dict[Direction, Wakeup] = {}
         self._background = contextlib.AsyncExitStack()
         self._metrics: MetricsServer | None = None
+        self._web: ImpairView | None = None
+        self.changes: deque[dict[str, Any]] = deque(maxlen=MAX_CHANGES_KEPT)
+        """The latest changes of the settings while running, oldest first (:meth:`change`)."""
         self._should_exit = asyncio.Event()
         self._stopping = False
         self._emptied = asyncio.Event()
@@ -184,6 +204,11 @@ class ImpairProxy(StartsAndStops):
                     self.stats, config.metrics_host, config.metrics_port
                 )
                 self._background.push_async_callback(self._metrics.close)
+            if config.web is not None:
+                from udpchat.web.impair_view import start_impair_view  # noqa: PLC0415 - aiohttp
+
+                self._web = await start_impair_view(config.web, self)
+                self._background.push_async_callback(self._web.close)
             sweep_s = min(config.idle_timeout_s / 4, 1.0)
             await self._background.enter_async_context(periodically(sweep_s, self._expire_idle))
         except BaseException:
@@ -231,6 +256,48 @@ class ImpairProxy(StartsAndStops):
                 logger.info("impair: %s: %s", direction.value, describe(impairment))
         if self._metrics is not None:
             logger.info("impair: metrics on http://%s:%d/metrics", *self._metrics.address)
+        if self._web is not None:
+            logger.info("impair: web view on %s", self._web.url)
+
+    @property
+    def web_url(self) -> str | None:
+        """Where a browser opens the link's page (with its token); None without one."""
+        return None if self._web is None else self._web.url
+
+    @property
+    def impairments(self) -> dict[Direction, Impairment]:
+        """What each direction does now: the config's, or the latest change's."""
+        return {direction: self._link(direction).impairment for direction in Direction}
+
+    def change(self, request: dict[str, object]) -> dict[str, Any]:
+        """Set the knobs ``request`` names, as the options write them (``{"loss": "up:10%",
+        "delay": "20ms"}``), from the next datagram of each direction on; the others keep their
+        values. The seed's stream goes on (:meth:`Link.change`), so that the same seed, traffic
+        and changes give the same fates. Logged with the time, and recorded with ``--record``;
+        a wrong knob or value raises :class:`~udpchat.settings.ConfigError` naming it, and
+        changes nothing. Returns the change as recorded. On the proxy's loop."""
+        new = changed(self.impairments, change_request(request))
+        first = {
+            direction.value: self._link(direction).change(new[direction]) for direction in Direction
+        }
+        if new[Direction.UP].delays and not self._stamped_up and self._sock is not None:
+            self._stamped_up = stamp_arrivals(self._sock)
+        done = {
+            "type": "change",
+            "time": rfc3339(time.time()),
+            "request": request,
+            "from_datagram": first,
+            **{direction.value: describe(new[direction]) for direction in Direction},
+        }
+        self.changes.append(done)
+        logger.info(
+            "impair: changed at %s, from datagram %d up and %d down: up: %s; down: %s",
+            done["time"], first["up"], first["down"], done["up"] or "nothing",
+            done["down"] or "nothing",
+        )  # fmt: skip
+        if self._recorder is not None:
+            self._recorder.put({**done, "t_s": round(self._recorder.t_s(), 6)})
+        return done
 
     async def stop(self) -> bool:
         """Stop taking datagrams in, send what the links hold as it falls due (within
@@ -304,6 +371,7 @@ class ImpairProxy(StartsAndStops):
             endpoint=None if self._metrics is None else self._metrics.stats(),
             record=None if self._recorder is None else self._recorder.stats(),
             capture=None if self._capture is None else self._capture.writer.stats(),  # type: ignore[arg-type]
+            web=None if self._web is None else self._web.stats(),
         )
 
     # The event loop's side: read, let the link decide, send; wake up when the link says.

@@ -14,6 +14,7 @@ from typing import Any
 from udpchat.impair.profiles import with_profile
 from udpchat.settings import Bounds, ConfigError, check_bounds, setting
 from udpchat.sockets import MAX_PORT, MAX_RCVBUF, MAX_UDP_PAYLOAD
+from udpchat.web.config import WebConfig
 
 DEFAULT_LISTEN = ("127.0.0.1", 5003)
 DEFAULT_TARGET = ("127.0.0.1", 5002)
@@ -327,6 +328,57 @@ def impairments(
     return built
 
 
+def written(impairment: Impairment) -> dict[str, str]:
+    """Each knob that is not at its default, written as its option takes it (``10%``, ``0.02s``,
+    ``1000/s``): what :func:`impairments` reads back as ``impairment``."""
+    shown = {}
+    for each in fields(impairment):
+        value = getattr(impairment, each.name)
+        if value != each.default:
+            shown[each.name] = _WRITTEN[each.metadata["parse"]][1](value)
+    return shown
+
+
+def changed(
+    current: Mapping[Direction, Impairment], settings: Mapping[str, Sequence[str]]
+) -> dict[Direction, Impairment]:
+    """``current`` with the knobs ``settings`` names set as the options write them
+    (``{"loss": ["up:10%"]}``); the others keep their values. A wrong knob or value raises
+    :class:`~udpchat.settings.ConfigError` naming it, as the command line's option would."""
+    texts: dict[str, list[str]] = {}
+    for direction, impairment in current.items():
+        for name, value in written(impairment).items():
+            texts.setdefault(name, []).append(f"{direction.value}:{value}")
+    for name, values in settings.items():
+        texts.setdefault(name, []).extend(values)
+    return impairments(texts)
+
+
+OPTION_FIELDS = {_written_name(name): name for name in IMPAIRMENT_FIELDS}
+"""Each knob by the name its option has without the dashes (``delay``, ``reorder-hold``)."""
+
+
+def option_flag(setting: str) -> str:
+    """The option that sets a knob (``--delay``), for a message in the command line's words."""
+    return f"--{_written_name(setting)}"
+
+
+def change_request(document: Mapping[str, object]) -> dict[str, list[str]]:
+    """A change as ``PUT /api/impairment`` takes it, ``{"loss": "up:10%", "delay": "20ms"}``:
+    each knob by its option's name, its value as the option writes it (or a list of them, a
+    later one overriding an earlier one); as settings for :func:`changed`."""
+    settings = {}
+    for key, value in document.items():
+        name = OPTION_FIELDS.get(key)
+        if name is None:
+            raise ConfigError(key, f"is not a setting of the link ({', '.join(OPTION_FIELDS)})")
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not all(isinstance(each, str) for each in values):
+            raise ConfigError(name, "write it as the option takes it: a string, or a list of them")
+        settings[name] = values
+    return settings
+
+
 def _directions(prefix: str) -> tuple[Direction, ...]:
     if not prefix:
         return tuple(Direction)
@@ -385,6 +437,9 @@ class ProxyConfig:
     stats_interval_s: float | None = setting(None, minimum=0.1)
     metrics_port: int | None = setting(None, minimum=0, maximum=MAX_PORT)
     metrics_host: str = "127.0.0.1"
+    web: WebConfig | None = None
+    """Serve the link's page (:mod:`udpchat.web`): what it injects over time, its settings
+    and its seed, and changes to them (``PUT /api/impairment``); None: no page."""
 
     def __post_init__(self) -> None:
         check_bounds(self)

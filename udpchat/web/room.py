@@ -27,6 +27,8 @@ logger = logging.getLogger("udpchat.web")
 
 MAX_ROOM_LINES = 200
 """The room's latest lines kept for a page that opens late."""
+WATCH_NAME = "udpchat-web"
+"""The name the view's own member joins with: what ``/who`` lists it as."""
 
 Event = dict[str, Any]
 """A message to a page, as JSON."""
@@ -76,7 +78,7 @@ class RoomWatch:
         await self._client.open()
         while True:
             try:
-                await self._client.join_room(self._line, on_room=self._room)
+                await self._client.join_room(self._line, on_room=self._room, name=WATCH_NAME)
             except JoinError as error:
                 if self.state != "refused":
                     logger.warning("the web view's room watch cannot join: %s", error)
@@ -131,6 +133,7 @@ class PageMember:
                 lambda _: None,  # the watch shows the room's lines, this member's among them
                 on_room=member._room,
                 on_delivered=member._deliveries.confirmed,
+                name=name,
             )
         except JoinError as error:
             member._client.close()

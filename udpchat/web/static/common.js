@@ -82,6 +82,9 @@ const udpchat = (() => {
       }
       const now = times.length ? times[times.length - 1] : 0;
       this.plot.setData([times].concat(columns), false);
+      // What the chart shows now, for a test or a script to read without the canvas.
+      this.box.dataset.points = String(times.length);
+      this.box.dataset.last = JSON.stringify(columns.map((column) => column[column.length - 1]));
       this.plot.setScale("x", { min: now - windowS, max: now });
       if (Math.abs(this.plot.width - width) > 20) this.plot.setSize({ width, height: 180 });
     }
