@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers import LOOPBACK, eventually, raw_send, start_cli
+from support.waiting import eventually
+from tests.helpers import LOOPBACK, raw_send, start_cli
 from udpchat import Server, ServerConfig
 from udpchat.impair import Direction, Impairment, ImpairProxy, Link, ProxyConfig
 from udpchat.record import RecordOptions

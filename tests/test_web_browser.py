@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -30,7 +30,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.helpers import EVENT_TIMEOUT_S, LOOPBACK
+from support.waiting import EVENT_TIMEOUT_S, eventually_sync
+from tests.helpers import LOOPBACK
 from udpchat.report import SENDER_COLUMNS
 from udpchat.wire import COOKIE, JOIN, JOINED, relay_join_request
 
@@ -317,7 +318,7 @@ def test_changing_the_loss_on_the_links_page_changes_what_the_server_counts(
         expect(page.get_by_test_id("seed")).to_have_text("1")
         for counter in range(1, 6):
             through.sendto(f"lewat: pesan ke-{counter}".encode(), link.listen)
-        wait_for(lambda: (sender_row(served, "lewat") or {}).get("received") == "5")
+        eventually_sync(lambda: (sender_row(served, "lewat") or {}).get("received") == "5")
         page.get_by_test_id("knob-loss-up").fill("100%")
         page.get_by_test_id("apply").click()
         expect(page.get_by_test_id("changes")).to_contain_text("from datagram 6 up")
@@ -328,16 +329,9 @@ def test_changing_the_loss_on_the_links_page_changes_what_the_server_counts(
         page.get_by_test_id("apply").click()
         expect(page.get_by_test_id("changes")).to_contain_text("from datagram 11 up")
         through.sendto(b"lewat: pesan ke-11", link.listen)
-        wait_for(lambda: (sender_row(served, "lewat") or {}).get("received") == "6")
+        eventually_sync(lambda: (sender_row(served, "lewat") or {}).get("received") == "6")
         row = sender_row(served, "lewat")
         assert row is not None and row["lost"] == "5"  # counters 6 to 10 never arrived
     finally:
         context.close()
         through.close()
-
-
-def wait_for(predicate: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
