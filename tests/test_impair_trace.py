@@ -91,7 +91,7 @@ async def test_the_capture_and_the_record_agree_with_the_summary_exactly(tmp_pat
         config = proxy_config(
             f"{LOOPBACK}:0", to=f"{LOOPBACK}:{server.address[1]}", loss=["10%"],
             burst=["up:3"], duplicate=["5%"], reorder=["5%"], corrupt=["3%"], delay_s=["2ms"],
-            rate=["down:50/s"], rate_queue=["down:2"], reorder_hold_s=["50ms"], seed=11,
+            rate=["down:5/s"], rate_queue=["down:1"], reorder_hold_s=["50ms"], seed=11,
         )  # fmt: skip
         proxy = ImpairProxy(
             config,
