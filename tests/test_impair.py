@@ -40,6 +40,7 @@ from udpchat.impair import (
     RateLimit,
     RateUnit,
 )
+from udpchat.impair.link import DIRECTION_COUNTERS
 from udpchat.impair.proxy import read_batch
 from udpchat.impair.spec import (
     _WRITTEN,
@@ -566,9 +567,8 @@ def replay(
 
 
 def up_counts(stats: ImpairStats) -> dict[str, int]:
-    return {
-        declared.name: value["up"] for declared, value in stats.items() if isinstance(value, dict)
-    }
+    """What the link counted on the way up (what the sockets measured apart)."""
+    return {name: getattr(stats, name)["up"] for name in DIRECTION_COUNTERS}
 
 
 async def through_the_proxy(
@@ -617,6 +617,71 @@ async def test_reordering_the_server_counts_reordered_or_late_what_the_proxy_reo
             stats.reordered["up"]
         )
         assert sender.lost == 0
+
+
+FAST_STREAM = 30_000
+FAST_RATE_PER_S = 100_000
+
+
+def send_fast(sock: socket.socket, datagrams: list[bytes], rate_per_s: int) -> None:
+    """``datagrams`` from a connected socket, paced at ``rate_per_s`` in steps of 1 ms (a busy
+    machine sends slower, never faster)."""
+    step = max(1, rate_per_s // 1000)
+    started = time.monotonic()
+    for start in range(0, len(datagrams), step):
+        for data in datagrams[start : start + step]:
+            sock.send(data)
+        ahead = started + (start + step) / rate_per_s - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+async def test_what_the_kernel_dropped_at_the_proxy_is_counted_and_the_server_agrees() -> None:
+    """30,000 datagrams at 100,000 a second into a proxy with a tiny receive buffer and 10% loss
+    up: its kernel drops datagrams it never reads. Every datagram sent reaches the server or is
+    counted on the way (the proxy's dropped, its kernel drops, the server's kernel drops), and
+    the server's lost is that count, but for the tail it cannot see: nothing lost uncounted."""
+    async with through_proxy(Impairment(loss=0.1), rcvbuf=4096) as (server, proxy):
+        datagrams = stream(FAST_STREAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # one client
+            sock.connect(proxy.address)
+            sock.send(datagrams[0])  # alone, so no kernel drop: seed 7 lets it through
+            await eventually(lambda: server.stats().handled == 1)
+            await asyncio.to_thread(send_fast, sock, datagrams[1:], FAST_RATE_PER_S)
+
+        def settled() -> bool:
+            stats = proxy.stats()
+            reached = stats.received["up"] + stats.kernel_drops["up"] == FAST_STREAM
+            handled = server.stats().handled == stats.forwarded["up"]
+            return reached and stats.queued == 0 and handled
+
+        await eventually(settled)
+        stats, server_stats = proxy.stats(), server.stats()
+    (sender,) = server_stats.senders
+    assert stats.kernel_drops["up"] > 0, "a 4 KiB buffer at 100,000/s drops"
+    counted = stats.dropped["up"] + stats.kernel_drops["up"] + (server_stats.kernel_drops or 0)
+    assert sender.received + counted == FAST_STREAM
+    assert sender.lost == counted - (FAST_STREAM - sender.highest_counter)
+
+
+async def test_what_a_closed_port_refused_is_not_forwarded() -> None:
+    """Nothing listens where the proxy forwards (a server restarting): the kernel accepts each
+    send, then the port's refusal comes back and fails the next send or read. What was refused
+    is a send failure, not forwarded; before, half of it counted as forwarded."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        closed_port = probe.getsockname()[1]
+    config = ProxyConfig(listen_host=LOOPBACK, listen_port=0, target_port=closed_port, seed=7)
+    async with ImpairProxy(config) as proxy:
+        await send_stream(proxy, 200, chunk=20)
+
+        def all_refused() -> bool:
+            stats = proxy.stats()
+            return stats.send_failures["up"] == 200
+
+        await eventually(all_refused)
+        stats = proxy.stats()
+    assert (stats.received["up"], stats.forwarded["up"], stats.dropped["up"]) == (200, 0, 200)
 
 
 def rfc3550_jitter(transit_s: list[float]) -> float:
@@ -768,12 +833,14 @@ async def test_the_command_reports_live_and_at_exit_and_agrees_with_the_server()
     )
     assert b'udpchat_impair_datagrams_received_total{direction="up"} 200.0' in scraped
     assert b"udpchat_impair_datagrams_duplicated_total" in scraped
+    assert b'udpchat_impair_datagrams_kernel_dropped_total{direction="up"} 0.0' in scraped
     proxy.signal(signal.SIGINT)
     status, _, stderr = await proxy.finish()
     assert status == 0
     assert "Traceback" not in stderr
     (summary,) = [line for line in stderr.splitlines() if "impair summary" in line]
     assert summary.startswith("udpchat: impair summary: ")
+    assert " kernel_drops=0 " in summary
     proxy_counts = dict(re.findall(r" (\w+)=(\d+)", summary))
     server.signal(signal.SIGINT)
     _, _, server_stderr = await server.finish()

@@ -1022,6 +1022,14 @@ class ImpairStats(Counts):
         label=DIRECTION,
         metric="datagrams_send_failed",
     )
+    kernel_drops: Mapping[str, int] = by_reason(
+        "Datagrams the kernel dropped before the proxy could read them (its receive buffer "
+        "full): up, at the socket the clients send to; down, at the clients' sockets towards "
+        "the server. Never taken onto the link, so in no other count here.",
+        unit="datagrams",
+        label=DIRECTION,
+        metric="datagrams_kernel_dropped",
+    )
     duplicated: Mapping[str, int] = by_reason(
         "Datagrams sent twice (each counts once here and twice in forwarded).",
         unit="datagrams",

@@ -61,6 +61,7 @@ from udpchat.settings import ConfigError, check_bounds, check_host, setting
 from udpchat.sockets import (
     MAX_PORT,
     MAX_RCVBUF,
+    MAX_READS_AT_STOP,
     MAX_UDP_PAYLOAD,
     bind_udp_socket,
     is_loopback,
@@ -98,7 +99,6 @@ MAX_PROCESSES = 256
 MAX_PEERS = 1024
 DEFAULT_METRICS_HOST = "127.0.0.1"
 """Loopback by default: the metrics say who talks to the server, which is not for everyone."""
-MAX_READS_AT_STOP = 100_000
 DEFAULT_METRICS_SENDERS = 20
 MAX_METRICS_SENDERS = 1000
 

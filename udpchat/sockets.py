@@ -21,6 +21,9 @@ MAX_UDP_PAYLOAD = 65535
 """The most a UDP datagram carries: a read of this size never truncates."""
 MAX_RCVBUF = 2**31 - 1
 """The largest receive buffer a socket option can ask for: it takes a C int."""
+MAX_READS_AT_STOP = 100_000
+"""Datagrams read at a stop from what a socket's buffer still holds, at most, so that what
+reached it is counted rather than dropped at close; bounded, because a flood may still come."""
 PROC_UDP_TABLES = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
 _DROPS_COLUMN = 12
 _INODE_COLUMN = 9

@@ -37,10 +37,14 @@ MAX_RELEASED_WAITING = 64
 many as are still held, before it is compacted."""
 
 
+MEASURED_AT_THE_SOCKETS = ("kernel_drops",)
+"""Direction counters the proxy reads from its sockets, not the link: what never reached it."""
 DIRECTION_COUNTERS = tuple(
     declared.name
     for declared in declarations(ImpairStats)
-    if declared.kind is Kind.BY_REASON and declared.label == DIRECTION
+    if declared.kind is Kind.BY_REASON
+    and declared.label == DIRECTION
+    and declared.name not in MEASURED_AT_THE_SOCKETS
 )
 """The counters each :class:`Link` keeps for its direction, as declared in ImpairStats."""
 

@@ -14,6 +14,7 @@ import secrets
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -47,9 +48,11 @@ from udpchat.series import changes, flat, schema
 from udpchat.signals import stop_on_signals
 from udpchat.sockets import (
     ARRIVAL_ANCILLARY_BYTES,
+    MAX_READS_AT_STOP,
     MAX_UDP_PAYLOAD,
     arrival_time,
     bind_udp_socket,
+    kernel_drop_count,
     realtime_offset,
     stamp_arrivals,
 )
@@ -72,12 +75,17 @@ class TargetUnresolvedError(OSError):
 
 
 def read_batch(
-    sock: socket.socket, stamped: bool, now: float, source: object
+    sock: socket.socket,
+    stamped: bool,
+    now: float,
+    source: object,
+    refusals: list[int] | None = None,
 ) -> list[tuple[bytes, Any, float]]:
     """Up to :data:`READ_BATCH` datagrams waiting on ``sock``: each with its sender and when it
     arrived, the kernel's stamp where ``stamped`` (:func:`~udpchat.sockets.stamp_arrivals`;
     never after ``now``, nor more than :data:`MAX_DELAY_S` before), else ``now``. ``source``
-    names the socket in the debug log."""
+    names the socket in the debug log. On a connected socket, each "connection refused" read
+    is a datagram sent earlier that the other end refused: counted in ``refusals[0]``."""
     batch = []
     offset = realtime_offset() if stamped else 0.0
     oldest = now - MAX_DELAY_S  # older stamps (a clock step) leave at once all the same
@@ -94,6 +102,8 @@ def read_batch(
         except (BlockingIOError, InterruptedError):
             break
         except ConnectionRefusedError:  # the server's port refused an earlier datagram
+            if refusals is not None:
+                refusals[0] += 1
             continue
         except OSError as error:
             logger.debug("impair: reading from %s: %s", source, error)
@@ -155,6 +165,9 @@ class ImpairProxy(StartsAndStops):
         self._clients: dict[Any, _Client] = {}
         self._refused = 0
         self._expired = 0
+        self._gone_clients_drops = 0
+        """Kernel drops of the client sockets closed (expired): no longer in the live sum."""
+        self._kernel_drops_at_stop: dict[str, int] | None = None
         self._refusal_log = RateLimitedLog(logger, level=logging.WARNING)
         self._sock: socket.socket | None = None
         self._stamped_up = False
@@ -307,6 +320,7 @@ class ImpairProxy(StartsAndStops):
             return True
         self._should_exit.set()
         self._stopping = True
+        self._read_what_the_kernel_holds()
         self._loop.remove_reader(self._sock.fileno())
         for client in self._clients.values():
             self._loop.remove_reader(client.sock.fileno())
@@ -316,6 +330,7 @@ class ImpairProxy(StartsAndStops):
                 await self._emptied.wait()
         for wakeup in self._wakeups.values():
             wakeup.close()
+        self._kernel_drops_at_stop = self._kernel_drops()
         for client in self._clients.values():
             client.sock.close()
         self._clients.clear()
@@ -362,6 +377,7 @@ class ImpairProxy(StartsAndStops):
         }
         return ImpairStats(
             **by_direction,
+            kernel_drops=self._kernel_drops(),
             queued=up.queued + down.queued,
             jitter_up_us=round(up.jitter_s * 1e6),
             jitter_down_us=round(down.jitter_s * 1e6),
@@ -374,14 +390,28 @@ class ImpairProxy(StartsAndStops):
             web=None if self._web is None else self._web.stats(),
         )
 
+    def _kernel_drops(self) -> dict[str, int]:
+        """What the kernel dropped at the proxy's sockets, by direction (0 where the OS cannot
+        say: not Linux): up at the socket the clients send to, down at the clients' sockets
+        towards the server, those closed since included."""
+        if self._kernel_drops_at_stop is not None:
+            return self._kernel_drops_at_stop
+        up = 0 if self._sock is None else kernel_drop_count(self._sock) or 0
+        down = self._gone_clients_drops + sum(
+            kernel_drop_count(client.sock) or 0 for client in self._clients.values()
+        )
+        return {Direction.UP.value: up, Direction.DOWN.value: down}
+
     # The event loop's side: read, let the link decide, send; wake up when the link says.
 
-    def _read_clients(self) -> None:
+    def _read_clients(self) -> int:
+        """Take in what the clients sent; returns how many datagrams were read."""
         assert self._sock is not None
         now = time.monotonic()
         clients = self._clients
         batch = []
-        for data, address, arrived in read_batch(self._sock, self._stamped_up, now, "clients"):
+        read = read_batch(self._sock, self._stamped_up, now, "clients")
+        for data, address, arrived in read:
             client = clients.get(address)
             if client is None:
                 client = self._admit(address, now)
@@ -392,25 +422,46 @@ class ImpairProxy(StartsAndStops):
         if batch:
             self._send_up(self._up.take(batch, now))
             self._schedule(Direction.UP)
+        return len(read)
 
-    def _read_server(self, client: _Client) -> None:
+    def _read_server(self, client: _Client) -> int:
+        """Take in what the server sent ``client``; returns how many datagrams were read."""
         now = time.monotonic()
+        refusals = [0]
         batch = [
             (data, client, arrived)
-            for data, _, arrived in read_batch(client.sock, client.stamped, now, client)
+            for data, _, arrived in read_batch(client.sock, client.stamped, now, client, refusals)
         ]
+        if refusals[0]:
+            self._sent(self._up, 0, 0, refusals[0])
         if batch:
             self._send_down(self._down.take(batch, now))
             self._schedule(Direction.DOWN)
+        return len(batch)
+
+    def _read_what_the_kernel_holds(self) -> None:
+        """At the stop, what the sockets still hold is read in (at most
+        :data:`~udpchat.sockets.MAX_READS_AT_STOP` a socket), so that nothing that reached the
+        proxy vanishes uncounted at close: it goes through the links, and on within the drain
+        timeout, as the server reads its own at a stop."""
+        readers: list[Callable[[], int]] = [self._read_clients]
+        readers += [functools.partial(self._read_server, c) for c in self._clients.values()]
+        for read in readers:
+            taken = 0
+            while taken < MAX_READS_AT_STOP and (got := read()):
+                taken += got
 
     def _send_up(self, out: list[tuple[bytes, _Client]]) -> None:
-        failed = 0
+        failed = refused = 0
         for data, client in out:
             try:
                 client.send(data)
+            except ConnectionRefusedError:  # not sent; and the server refused an earlier one
+                failed += 1
+                refused += 1
             except OSError:
                 failed += 1
-        self._sent(self._up, len(out), failed)
+        self._sent(self._up, len(out), failed, refused)
 
     def _send_down(self, out: list[tuple[bytes, _Client]]) -> None:
         assert self._sock is not None
@@ -421,14 +472,18 @@ class ImpairProxy(StartsAndStops):
                 send(data, client.address)
             except OSError:
                 failed += 1
-        self._sent(self._down, len(out), failed)
+        self._sent(self._down, len(out), failed, 0)
 
     @staticmethod
-    def _sent(link: Link[_Client], count: int, failed: int) -> None:
+    def _sent(link: Link[_Client], count: int, failed: int, refused: int) -> None:
+        """``count`` sent, ``failed`` of them not (the OS said so at once), and ``refused``
+        sent earlier that the other end refused since (its "connection refused" came with a
+        later send or read): counted as sent then, moved from forwarded to send_failures now,
+        so that forwarded counts only what reached a listening socket."""
         counts = link.counts
-        counts["forwarded"] += count - failed
-        counts["send_failures"] += failed
-        counts["dropped"] += failed
+        counts["forwarded"] += count - failed - refused
+        counts["send_failures"] += failed + refused
+        counts["dropped"] += failed + refused
 
     def _admit(self, address: Any, now: float) -> _Client | None:
         """A new client's own socket towards the server; None (counted) when the table is
@@ -464,6 +519,7 @@ class ImpairProxy(StartsAndStops):
         for address, client in list(self._clients.items()):
             if client.last_heard < deadline:
                 self._loop.remove_reader(client.sock.fileno())
+                self._gone_clients_drops += kernel_drop_count(client.sock) or 0
                 client.sock.close()
                 del self._clients[address]
                 self._expired += 1
