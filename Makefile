@@ -9,7 +9,7 @@ MUTATION_STAMP := $(VENV)/.mutation-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 SERVE_ARGS ?=
 
-.PHONY: lab-figures serve test test-busy lint docs nats mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory bench-impair attack clean
+.PHONY: screenshots lab-figures serve test test-busy lint docs nats mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory bench-impair attack clean
 
 # The install compiles the fast path (udpchat/_fastpath.pyx): an edited .pyx installs again.
 $(SERVE_STAMP): pyproject.toml setup.py udpchat/_fastpath.pyx
@@ -131,3 +131,8 @@ clean:
 # round trips through a delayed link (about 20 s; ports 15002 and 15003 on loopback).
 lab-figures: $(STAMP)
 	bash tools/lab_figures.sh
+
+# Both web pages (serve --web, impair --web) as a person sees them, with traffic, a page's member
+# and a change of the link's loss, taken by headless Chromium into docs/images/ (about 20 s).
+screenshots: $(STAMP)
+	$(BIN)/python -m tools.screenshots

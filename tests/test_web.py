@@ -11,6 +11,7 @@ import re
 import socket
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,8 @@ from udpchat.web.config import WebAddressError, WebConfig, parse_web_address
 from udpchat.web.security import CONTENT_SECURITY_POLICY
 from udpchat.web.server_view import ServerView
 from udpchat.web.view import STATIC
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -496,3 +499,11 @@ async def test_a_web_port_in_use_is_a_one_line_start_up_failure() -> None:
         f"udpchat: cannot serve the web view on 127.0.0.1 port {port}: Address already in use; "
         "is another server on it? --web 0 picks a free port"
     )
+
+
+def test_the_docs_show_both_pages_as_make_screenshots_takes_them() -> None:
+    page = (ROOT / "docs/guide/web.md").read_text()
+    for name in ("web-serve.png", "web-impair.png"):
+        assert f"](../images/{name})" in page
+        assert (ROOT / "docs/images" / name).read_bytes().startswith(b"\x89PNG")
+    assert "python -m tools.screenshots" in (ROOT / "Makefile").read_text()

@@ -91,9 +91,13 @@ def sender_table(
 
 
 def totals(per_process: Sequence[StatsSnapshot]) -> dict[str, Any]:
-    """The header's lines: the summary's totals and a line per group (relay, nats, web...)."""
+    """The header's lines: the short summary's totals and a line per group (relay, nats,
+    web...), as a person reads them by default (``--verbose`` shows every counter)."""
     stats = add_up(per_process) if per_process else StatsSnapshot()
-    return {"counts": format_counts(stats), "groups": group_lines(stats)}
+    return {
+        "counts": format_counts(stats, verbose=False),
+        "groups": group_lines(stats, verbose=False),
+    }
 
 
 CHART_SENDERS = 10
