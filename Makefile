@@ -9,7 +9,7 @@ MUTATION_STAMP := $(VENV)/.mutation-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 SERVE_ARGS ?=
 
-.PHONY: screenshots lab-figures serve test test-busy lint docs nats mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory bench-impair attack clean
+.PHONY: screenshots bench-web lab-figures serve test test-busy lint docs nats mutation bench bench-full bench-saturation bench-cpu bench-micro bench-memory bench-impair attack clean
 
 # The install compiles the fast path (udpchat/_fastpath.pyx): an edited .pyx installs again.
 $(SERVE_STAMP): pyproject.toml setup.py udpchat/_fastpath.pyx
@@ -136,3 +136,8 @@ lab-figures: $(STAMP)
 # and a change of the link's loss, taken by headless Chromium into docs/images/ (about 20 s).
 screenshots: $(STAMP)
 	$(BIN)/python -m tools.screenshots
+
+# What serve --web costs with its page open in headless Chromium: the ceiling (the ladder, both
+# designs interleaved) and the CPU per message, each against the 5% the page may change them.
+bench-web: $(STAMP)
+	$(BIN)/python -m benchmarks.web $(BENCH_WEB_ARGS)

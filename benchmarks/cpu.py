@@ -24,6 +24,7 @@ from benchmarks.harness import (
     BLAST,
     PROTOTYPE,
     UDPCHAT,
+    Attach,
     Trial,
     build,
     generate,
@@ -46,9 +47,11 @@ def estimate_s(rounds: int = ROUNDS, messages: int = MESSAGES, rate: int = RATE)
     return rounds * len(DESIGNS) * (messages / rate + TRIAL_OVERHEAD_S)
 
 
-def measure(design: str, rate: int, messages: int, workdir: Path) -> tuple[float, Trial]:
-    """(CPU microseconds per message, the trial) for one design."""
-    with serving(design, workdir) as server:
+def measure(
+    design: str, rate: int, messages: int, workdir: Path, attach: Attach | None = None
+) -> tuple[float, Trial]:
+    """(CPU microseconds per message, the trial) for one design, with ``attach`` beside it."""
+    with serving(design, workdir, attach=attach) as server:
         before = process_cpu_s(server.pid)
         sent, achieved = generate(server.port, rate, messages / rate, USERS)
         deadline = time.monotonic() + WRITTEN_TIMEOUT_S

@@ -23,7 +23,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +50,7 @@ PROTOTYPE = "prototype: bare without the flush per batch"
 C_SINK = "C sink: recvmmsg, count only"
 QUIET = "udpchat serve --quiet"
 DASHBOARD = "udpchat serve --quiet --dashboard"
+WEB = "udpchat serve --web, a page open in headless Chromium"
 UDPCHAT_ARGS = ("-m", "udpchat", "serve", "--host", "127.0.0.1", "--port", "{port}", "-v")
 """``-v``: every counter in the summary and status lines, which the benchmarks read."""
 DESIGNS: dict[str, list[str]] = {
@@ -64,6 +65,7 @@ DESIGNS: dict[str, list[str]] = {
     C_SINK: [str(SINK), "{port}"],
     QUIET: [PYTHON, *UDPCHAT_ARGS, "--quiet"],
     DASHBOARD: [PYTHON, *UDPCHAT_ARGS, "--quiet", "--dashboard"],
+    WEB: [PYTHON, *UDPCHAT_ARGS, "--web", "127.0.0.1:0"],
 }
 ON_A_TERMINAL = (QUIET, DASHBOARD)
 """Designs whose stderr is a pseudo-terminal (where the view draws) and whose handled count
@@ -162,12 +164,20 @@ class RunningServer:
         return handled, stderr
 
 
+Attach = Callable[["RunningServer"], AbstractContextManager[object]]
+"""What a trial puts beside a ready server for as long as it runs (a browser on its page)."""
+
+
 @contextmanager
 def serving(
-    design: str, workdir: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None
+    design: str,
+    workdir: Path,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    attach: Attach | None = None,
 ) -> Iterator[RunningServer]:
-    """Start ``design`` on a free loopback port and wait for its banner; kill it on the way
-    out if :meth:`RunningServer.stop` was not called."""
+    """Start ``design`` on a free loopback port and wait for its banner, with ``attach``
+    entered beside it; kill it on the way out if :meth:`RunningServer.stop` was not called."""
     port = free_port()
     output = workdir / f"out-{port}.log"
     errors = workdir / f"err-{port}.log"
@@ -185,7 +195,8 @@ def serving(
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{design} did not start: {server.stderr_so_far()[-2000:]}")
             time.sleep(0.02)
-        yield server
+        with (attach or (lambda _: nullcontext()))(server):
+            yield server
     finally:
         if process.poll() is None:
             process.kill()
@@ -264,8 +275,9 @@ def run_trial(
     extra_args: Sequence[str] = (),
     every_second: Callable[[RunningServer], None] | None = None,
     env: dict[str, str] | None = None,
+    attach: Attach | None = None,
 ) -> Trial:
-    with serving(design, workdir, extra_args, env) as server:
+    with serving(design, workdir, extra_args, env, attach) as server:
         tick = None if every_second is None else (lambda: every_second(server))
         sent, achieved = generate(server.port, rate, duration_s, users, tick)
         time.sleep(GRACE_S)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.harness import GENERATOR_SHORTFALL, Trial, run_trial
+from benchmarks.harness import GENERATOR_SHORTFALL, Attach, Trial, run_trial
 
 MAX_LOSS = 0.001
 START_RATE = 100_000
@@ -172,9 +172,11 @@ def climb_all(
     workdir: Path,
     progress: Progress,
     decide_early: bool = False,
+    attach: dict[str, Attach] | None = None,
 ) -> None:
     """Every design's climb at once: a round is one trial of each design still climbing at its
-    own rate, up to ``trials`` rounds per step."""
+    own rate, up to ``trials`` rounds per step; ``attach`` puts something beside a design's
+    server in each of its trials (a browser on its page)."""
     while running := [climb for climb in climbs if not climb.done]:
         at_rate: dict[str, list[Trial]] = {climb.design: [] for climb in running}
         for _ in range(trials):
@@ -182,7 +184,14 @@ def climb_all(
                 done = at_rate[climb.design]
                 if decide_early and settled(done, trials):
                     continue
-                trial = run_trial(climb.design, climb.rate, duration_s, users, workdir)
+                trial = run_trial(
+                    climb.design,
+                    climb.rate,
+                    duration_s,
+                    users,
+                    workdir,
+                    attach=(attach or {}).get(climb.design),
+                )
                 done.append(trial)
                 verdict = "pass" if trial.loss < MAX_LOSS else "FAIL"
                 progress(trial, f"  {verdict}")
