@@ -447,7 +447,7 @@ async def test_the_view_mounts_in_an_applications_own_aiohttp_app(
 async def test_serve_web_prints_its_url_and_serves_the_supervisors_totals(
     session: aiohttp.ClientSession,
 ) -> None:
-    cli, port = await start_cli_server("--processes", "2", "--web", "127.0.0.1:0", "-q")
+    cli, port = await start_cli_server("--processes", "2", "--web", "0", "-q")  # loopback
     line = await cli.read_stderr_until("web view on")
     match = re.search(r"web view on (http://127\.0\.0\.1:\d+/)$", line)
     assert match, line
