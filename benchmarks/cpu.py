@@ -17,6 +17,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.harness import (
@@ -64,18 +65,26 @@ def measure(
     return (after - before) / max(written, 1) * 1e6, trial
 
 
-def run(
+Costs = dict[str, list[float]]
+"""Per design, one figure per round, in the designs' order."""
+
+
+def interleaved(
+    designs: Sequence[str],
     workdir: Path,
     progress: Progress,
     rounds: int = ROUNDS,
     messages: int = MESSAGES,
     rate: int = RATE,
-) -> None:
-    per_message: dict[str, list[float]] = {design: [] for design in DESIGNS}
-    losses: dict[str, list[float]] = {design: [] for design in DESIGNS}
+    attach: dict[str, Attach] | None = None,
+) -> tuple[Costs, Costs]:
+    """(CPU microseconds per message, loss) of each design, round by round, the designs taking
+    turns in each round; ``attach`` puts something beside a design's server."""
+    per_message: Costs = {design: [] for design in designs}
+    losses: Costs = {design: [] for design in designs}
     for _ in range(rounds):
-        for design in DESIGNS:
-            cost_us, trial = measure(design, rate, messages, workdir)
+        for design in designs:
+            cost_us, trial = measure(design, rate, messages, workdir, (attach or {}).get(design))
             per_message[design].append(cost_us)
             losses[design].append(trial.loss)
             progress(trial, f"  CPU {cost_us:.2f} us/message")
@@ -92,12 +101,27 @@ def run(
             f"| {design} | {statistics.median(costs):.2f} | "
             f"{min(costs):.2f}-{max(costs):.2f} | {each} | {lost} |"
         )
+    return per_message, losses
+
+
+def ratios(per_message: Costs, design: str, peer: str) -> str:
+    """``design``'s CPU per message over ``peer``'s: the median of the rounds' ratios, with
+    their range."""
+    each = [a / b for a, b in zip(per_message[design], per_message[peer], strict=True)]
+    spread = f"{min(each):.3f}-{max(each):.3f}"
+    return f"{statistics.median(each):.3f} median of the rounds' ratios ({spread})"
+
+
+def run(
+    workdir: Path,
+    progress: Progress,
+    rounds: int = ROUNDS,
+    messages: int = MESSAGES,
+    rate: int = RATE,
+) -> None:
+    per_message, _ = interleaved(DESIGNS, workdir, progress, rounds, messages, rate)
     for peer, called in ((PROTOTYPE, "prototype"), (BARE, "bare")):
-        ratios = [u / p for u, p in zip(per_message[UDPCHAT], per_message[peer], strict=True)]
-        print(
-            f"\nudpchat / {called}, CPU per message: {statistics.median(ratios):.2f}x median of "
-            f"the rounds' ratios ({min(ratios):.2f}-{max(ratios):.2f}x)"
-        )
+        print(f"\nudpchat / {called}, CPU per message: {ratios(per_message, UDPCHAT, peer)}")
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -86,30 +85,13 @@ def ceilings(
 
 
 def cpu_per_message(browser: Browser, rounds: int, workdir: Path) -> None:
-    costs: dict[str, list[float]] = {UDPCHAT: [], WEB: []}
-    opener = page_opener(browser)
-    progress = Progress()
-    for _ in range(rounds):
-        for design, each in costs.items():
-            cost_us, trial = cpu.measure(
-                design, CPU_RATE, CPU_MESSAGES, workdir, opener if design == WEB else None
-            )
-            each.append(cost_us)
-            progress(trial, f"  CPU {cost_us:.2f} us/message")
+    per_message, _ = cpu.interleaved(
+        (UDPCHAT, WEB), workdir, Progress(), rounds, CPU_MESSAGES, CPU_RATE,
+        attach={WEB: page_opener(browser)},
+    )  # fmt: skip
     print(
-        f"\nCPU per message at {CPU_RATE:,}/s, {CPU_MESSAGES:,} messages, {rounds} interleaved "
-        "rounds:\n"
-    )
-    print("| design | us/message median | min-max | rounds |")
-    print("|---|---:|---:|---|")
-    for design, each in costs.items():
-        rounds_text = ", ".join(f"{cost:.2f}" for cost in each)
-        spread = f"{min(each):.2f}-{max(each):.2f}"
-        print(f"| {design} | {statistics.median(each):.2f} | {spread} | {rounds_text} |")
-    ratios = [web / alone for web, alone in zip(costs[WEB], costs[UDPCHAT], strict=True)]
-    print(
-        f"\nwith the page / without, CPU per message: {statistics.median(ratios):.3f} median of "
-        f"the rounds' ratios ({min(ratios):.3f}-{max(ratios):.3f}; promise: within {PROMISE:.0%})"
+        f"\nwith the page / without, CPU per message: {cpu.ratios(per_message, WEB, UDPCHAT)}; "
+        f"promise: within {PROMISE:.0%}"
     )
 
 
