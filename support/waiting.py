@@ -3,14 +3,16 @@ at the state, a short sleep that grows (1 ms, 2, 4 ... up to 20 ms), so that a w
 machine almost nothing when the state is slow to come (two busy loops may hold the cores) and
 sees it within a few milliseconds when it comes fast.
 
-:func:`eventually` waits on the event loop (with ``blocking=True`` for a predicate that blocks,
-such as an HTTP request, run off the loop); :func:`eventually_sync` waits in plain code (a
-thread, a test without a loop). Both raise :class:`TimeoutError` naming the predicate.
+:func:`eventually` waits on the event loop (for a coroutine function too, and with
+``blocking=True`` for a predicate that blocks, such as an HTTP request, run off the loop);
+:func:`eventually_sync` waits in plain code (a thread, a test without a loop). Both raise
+:class:`TimeoutError` naming the predicate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable, Iterator
 
@@ -40,10 +42,12 @@ async def eventually(
     blocking: bool = False,
     what: str | None = None,
 ) -> None:
-    """Return once ``predicate()`` is true, looking again after each pause; ``blocking`` runs
-    it in a thread, for a predicate that blocks (the loop keeps running meanwhile)."""
+    """Return once ``predicate()`` is true, looking again after each pause. A predicate may be
+    a coroutine function (an HTTP request on the loop); ``blocking`` runs it in a thread, for a
+    predicate that blocks (the loop keeps running meanwhile)."""
     for pause in pauses(predicate, timeout_s, what):
-        if await asyncio.to_thread(predicate) if blocking else predicate():
+        held = await asyncio.to_thread(predicate) if blocking else predicate()
+        if await held if inspect.isawaitable(held) else held:
             return
         await asyncio.sleep(pause)
 

@@ -18,9 +18,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from support.waiting import eventually_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 SHELL_LANGUAGES = frozenset({"bash", "sh", "shell", "zsh", "shell-session", "sh-session"})
@@ -342,15 +343,18 @@ class PageRunner:
         process = self.spawn(command, output)
         self.background.append((command, process, output))
         wanted = ready_line(command.expected)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while wanted is not None and time.monotonic() < deadline:
+        if wanted is None:
+            return ""
+
+        def ready() -> bool:
             lines = normalised(output.read_text(encoding="utf-8", errors="replace"))
-            if any(pattern(wanted).fullmatch(line) for line in lines):
-                return ""
-            if process.poll() is not None:
-                return "exited before it was ready"
-            time.sleep(0.02)
-        return "" if wanted is None else f"not ready within {READY_TIMEOUT_S:.0f} s"
+            return any(pattern(wanted).fullmatch(line) for line in lines)
+
+        try:
+            eventually_sync(lambda: ready() or process.poll() is not None, READY_TIMEOUT_S)
+        except TimeoutError:
+            return f"not ready within {READY_TIMEOUT_S:.0f} s"
+        return "" if ready() else "exited before it was ready"
 
     def await_ctrl_c(self, command: Command, output: Path) -> str:
         """Waits until the command printed what the page shows before its ``^C``, if it shows
@@ -358,12 +362,16 @@ class PageRunner:
         expected = before_ctrl_c(command.expected)
         if expected is None:
             return ""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if matches(expected, normalised(output.read_text(encoding="utf-8", errors="replace"))):
-                return ""
-            time.sleep(0.02)
-        return f"never printed what the page shows before ^C, within {READY_TIMEOUT_S:.0f} s"
+        try:
+            eventually_sync(
+                lambda: matches(
+                    expected, normalised(output.read_text(encoding="utf-8", errors="replace"))
+                ),
+                READY_TIMEOUT_S,
+            )
+        except TimeoutError:
+            return f"never printed what the page shows before ^C, within {READY_TIMEOUT_S:.0f} s"
+        return ""
 
     def stop(self) -> None:
         """Stops the background commands once each printed what the page shows before its

@@ -12,14 +12,13 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import support
 from support.summary import balanced, summary_counts
-from support.waiting import EVENT_TIMEOUT_S
+from support.waiting import EVENT_TIMEOUT_S, eventually_sync
 from udpchat import Message, StatsSnapshot
 
 LOOPBACK = "127.0.0.1"
@@ -95,10 +94,10 @@ def wait_until_reading_stdin(pid: int) -> None:
     signal that arrives after a prompt is printed but before the ``read`` begins is only noted
     by CPython, and the ``read`` then blocks with the signal unanswered."""
     expected = f"{READ_SYSCALL[platform.machine()]} 0x0 "
-    deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while not Path(f"/proc/{pid}/syscall").read_text().startswith(expected):
-        assert time.monotonic() < deadline, f"process {pid} never read its stdin"
-        time.sleep(0.005)
+    eventually_sync(
+        lambda: Path(f"/proc/{pid}/syscall").read_text().startswith(expected),
+        what=f"process {pid} reads its stdin",
+    )
 
 
 def raw_send(address: tuple[str, int], *payloads: bytes) -> None:

@@ -286,18 +286,18 @@ def test_record_batch_agrees_with_the_reference_model(
     """The batch path settles a sender's next counter inline (compiled, or its Python twin):
     any batching gives the model's verdicts and figures, and None for what is not seed text."""
     accounting = DeliveryAccounting()
-    accounting_module.account_next = ACCOUNT_NEXT[implementation]  # type: ignore[attr-defined]
     verdicts: list[Verdict | None] = []
     position, sizes = 0, iter(batch_sizes * (len(arrivals) + 1))
-    while position < len(arrivals):
-        chunk = arrivals[position : position + next(sizes)]
-        addresses = [key[0] for key, _ in chunk] + [("127.0.0.1", 1)]
-        seeds: list[tuple[bytes, int] | None] = [(key[1], counter) for key, counter in chunk]
-        got = accounting.record_batch(addresses, [*seeds, None], float(position))
-        assert got[-1] is None  # not seed text
-        verdicts.extend(got[:-1])
-        position += len(chunk)
-    accounting_module.account_next = fastpath.account_next  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as patch:  # a fixture's would outlive each example
+        patch.setattr(accounting_module, "account_next", ACCOUNT_NEXT[implementation])
+        while position < len(arrivals):
+            chunk = arrivals[position : position + next(sizes)]
+            addresses = [key[0] for key, _ in chunk] + [("127.0.0.1", 1)]
+            seeds: list[tuple[bytes, int] | None] = [(key[1], counter) for key, counter in chunk]
+            got = accounting.record_batch(addresses, [*seeds, None], float(position))
+            assert got[-1] is None  # not seed text
+            verdicts.extend(got[:-1])
+            position += len(chunk)
     expected_verdicts, expected = reference(arrivals)
     assert verdicts == expected_verdicts
     assert figures(accounting) == expected
@@ -632,7 +632,9 @@ def test_halving_a_row_halves_every_counter_and_no_other(counts: list[int], at: 
         assert row == expected
 
 
-def test_a_new_identity_costs_one_digest_and_one_draw_whatever_the_table() -> None:
+def test_a_new_identity_costs_one_digest_and_one_draw_whatever_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The slow path an attacker picks at will: with the table full, each new identity takes
     one digest (its admission) and one draw (its tie-break), never one per sender weighed at
     an eviction; a pass over the table weighs each sender by what it holds."""
@@ -651,8 +653,8 @@ def test_a_new_identity_costs_one_digest_and_one_draw_whatever_the_table() -> No
         draws += 1
         return draw()
 
-    sketch._slots = counted_slots  # type: ignore[method-assign]
-    accounting._random.random = counted_draw  # type: ignore[method-assign]
+    monkeypatch.setattr(sketch, "_slots", counted_slots)
+    monkeypatch.setattr(accounting._random, "random", counted_draw)
     for port in range(1000):  # ten tables' worth: 90 evictions of 10
         accounting.record((("10.0.0.1", port), b"forged"), 1, float(port))
     assert accounting.totals().evicted == 900

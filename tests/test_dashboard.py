@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from typing import Protocol, TextIO, cast
 import pytest
 from rich.console import Console
 
-from support.waiting import EVENT_TIMEOUT_S
+from support.waiting import EVENT_TIMEOUT_S, eventually_sync
 from tests.helpers import LOOPBACK, start_cli
 from udpchat.counters import BusStats, DeliveryTotals, RelayStats, SenderStats, StatsSnapshot
 from udpchat.dashboard import (
@@ -333,23 +332,36 @@ class Pane:
     ) -> list[str]:
         """The lines the pane shows (a wrapped row is two) once ``condition`` holds for them, or
         at the deadline, for the caller's asserts to say what is wrong."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        lines: list[str] = []
+
+        def shown() -> bool:
+            nonlocal lines
             lines = self._run("capture-pane", "-p").splitlines()
-            if condition(lines) or time.monotonic() > deadline:
-                return lines
-            time.sleep(0.05)  # a polling period, not a guess: the deadline decides
+            return condition(lines)
+
+        with contextlib.suppress(TimeoutError):
+            eventually_sync(shown, timeout_s)
+        return lines
 
     def wait_for(self, pattern: str, timeout_s: float = EVENT_TIMEOUT_S) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        screen, match = "", None
+
+        def found() -> bool:
+            nonlocal screen, match
             screen = self.screen()
             match = re.search(pattern, screen, re.MULTILINE)
-            if match:
-                return match
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{pattern!r} not on the screen:\n{screen}")
-            time.sleep(0.05)  # a polling period, not a guess: the deadline decides
+            return match is not None
+
+        try:
+            eventually_sync(found, timeout_s)
+        except TimeoutError:
+            raise AssertionError(f"{pattern!r} not on the screen:\n{screen}") from None
+        assert match is not None
+        return match
+
+    def serving_port(self) -> int:
+        """The port in the dashboard's header, once the header shows."""
+        return int(self.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
 
     def interrupt(self) -> None:
         """Ctrl-C, then wait for the command to exit with status 0."""
@@ -418,7 +430,7 @@ def test_three_senders_live_then_ctrl_c_restores_the_terminal(
     pane_factory: Callable[[str], Pane],
 ) -> None:
     pane = pane_factory(serve_command("--dashboard"))
-    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    port = pane.serving_port()
     with three_senders() as sockets:
         send_messages(port, sockets, range(1, 4))
         for username in sockets:
@@ -440,7 +452,7 @@ def test_with_stdout_redirected_the_lines_go_to_the_file_and_the_view_to_stderr(
 ) -> None:
     log = tmp_path / "messages.log"
     pane = pane_factory(f"{serve_command('--dashboard')} > {shlex.quote(str(log))}")
-    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    port = pane.serving_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(b"user1: pesan ke-1", (LOOPBACK, port))
         pane.wait_for(row("user1", 1))
@@ -483,7 +495,7 @@ def test_the_view_narrows_by_columns_never_by_names_at_40_60_80_and_120_columns(
     pane_factory: PaneFactory,
 ) -> None:
     pane = pane_factory(serve_command("--dashboard", "--quiet", "--relay"), width=120, height=20)
-    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    port = pane.serving_port()
     with three_senders() as sockets:
         send_messages(port, sockets, range(1, 7))
         for width, optional in WIDTHS.items():
@@ -524,7 +536,7 @@ async def test_without_a_terminal_the_dashboard_is_refused() -> None:
 
 def test_quiet_hides_the_message_lines_under_the_view(pane_factory: Callable[[str], Pane]) -> None:
     pane = pane_factory(serve_command("--dashboard", "--quiet"))
-    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    port = pane.serving_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(b"user1: pesan ke-1", (LOOPBACK, port))
         pane.wait_for(row("user1", 1))
@@ -615,7 +627,7 @@ def test_hostile_names_in_a_real_terminal_keep_each_row_on_one_line(
 ) -> None:
     """A pane of 100 by 30 full of rows, three captures: a row that wraps pushes the header off."""
     pane = pane_factory(serve_command("--dashboard", "--quiet"), width=100, height=30)
-    port = int(pane.wait_for(r"^udpchat 127\.0\.0\.1:(\d+) ").group(1))
+    port = pane.serving_port()
     names = [f"{name}{index:02d}" for index in range(4) for name in LIVE_HOSTILE_NAMES]
     with contextlib.ExitStack() as stack:
         sockets = [

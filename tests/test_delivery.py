@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from support.waiting import EVENT_TIMEOUT_S
+from support.waiting import eventually
 from tests.helpers import (
     LOOPBACK,
     CliProcess,
@@ -46,8 +46,7 @@ def send_counters(address: tuple[str, int], username: str, counters: list[int]) 
     return port
 
 
-async def test_snapshot_and_verdicts_from_a_misbehaving_sender() -> None:
-    collector = Collector()
+async def test_snapshot_and_verdicts_from_a_misbehaving_sender(collector: Collector) -> None:
     async with Server(ServerConfig(host=LOOPBACK, port=0), collector) as server:
         alice_port = send_counters(server.address, "alice", ALICE_COUNTERS)
         bob_port = send_counters(server.address, "bob", [1, 2, 3, 4, 5, 1, 2])  # a restart
@@ -68,13 +67,13 @@ async def test_snapshot_and_verdicts_from_a_misbehaving_sender() -> None:
     assert stats.latency.count == stats.handled == 15
 
 
-async def test_unparsed_text_has_no_verdict_and_no_sender() -> None:
-    collector = Collector()
-    async with Server(ServerConfig(host=LOOPBACK, port=0), collector) as server:
-        raw_send(server.address, b"just chatting")
-        (message,) = await collector.wait_for(1)
-        assert message.verdict is None
-        assert server.stats().delivery.senders == 0
+async def test_unparsed_text_has_no_verdict_and_no_sender(
+    running_server: Server, collector: Collector
+) -> None:
+    raw_send(running_server.address, b"just chatting")
+    (message,) = await collector.wait_for(1)
+    assert message.verdict is None
+    assert running_server.stats().delivery.senders == 0
 
 
 @contextlib.contextmanager
@@ -226,15 +225,9 @@ async def test_prometheus_metrics_over_http() -> None:
     for _ in ALICE_COUNTERS:
         await cli.read_stdout_line()
 
-    async def scraped_once_counted() -> dict[str, float]:
-        # A batch is counted just after its lines are written: wait for that state.
-        while True:
-            samples = await asyncio.to_thread(scrape, url)
-            if samples["udpchat_messages_handled_total"] >= 8:
-                return samples
-            await asyncio.sleep(0.01)
-
-    samples = await asyncio.wait_for(scraped_once_counted(), EVENT_TIMEOUT_S)
+    # A batch is counted just after its lines are written: wait for that state.
+    await eventually(lambda: scrape(url)["udpchat_messages_handled_total"] >= 8, blocking=True)
+    samples = await asyncio.to_thread(scrape, url)
     assert samples["udpchat_messages_handled_total"] == 8
     assert samples["udpchat_messages_lost"] == 2
     assert samples["udpchat_duplicates_total"] == 1

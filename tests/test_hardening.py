@@ -152,9 +152,8 @@ async def test_failing_handler_is_logged_once_counted_and_the_server_goes_on(
     assert "cannot handle boom 1" in errors[0]
 
 
-async def test_allow_list_refuses_other_sources() -> None:
+async def test_allow_list_refuses_other_sources(collector: Collector) -> None:
     config = ServerConfig(host=LOOPBACK, port=0, allow=(parse_network("127.0.0.2/32"),))
-    collector = Collector()
     async with Server(config, collector) as server:
         raw_send(server.address, b"stranger: pesan ke-1")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as trusted:

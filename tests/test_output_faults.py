@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from support.waiting import EVENT_TIMEOUT_S
+from support.waiting import EVENT_TIMEOUT_S, eventually
 from tests.helpers import (
     LOOPBACK,
     CliProcess,
@@ -212,12 +212,7 @@ async def test_counts_are_final_once_the_server_has_stopped() -> None:
 
     async with Server(ServerConfig(host=LOOPBACK, port=0), handler) as server:
         raw_send(server.address, *SEED)
-
-        async def all_received() -> None:
-            while server.stats().received < len(SEED):
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(all_received(), EVENT_TIMEOUT_S)
+        await eventually(lambda: server.stats().received == len(SEED))
     stats = server.stats()
     assert stats.handled == len(handled) == len(SEED)
     assert stats.queue_depth == 0

@@ -4,10 +4,9 @@ the datagram, what breaks inside is counted as ``internal_error``, and every mom
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
-from support.waiting import EVENT_TIMEOUT_S
+from support.waiting import EVENT_TIMEOUT_S, eventually_sync
 from tests.helpers import assert_balanced
 from udpchat.counters import ServerTally, StatsSnapshot
 from udpchat.handlers import Batch
@@ -56,10 +55,7 @@ def wait_for_handled(tally: ServerTally, count: int) -> None:
 
 def wait_for(tally: ServerTally, done: Callable[[StatsSnapshot], bool]) -> None:
     """Until the tally's snapshot is ``done``, with a deadline."""
-    deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while not done(tally.snapshot()):
-        assert time.monotonic() < deadline, tally.snapshot()
-        time.sleep(0.001)
+    eventually_sync(lambda: done(tally.snapshot()), what=f"{done.__qualname__}: {tally.snapshot()}")
 
 
 def test_what_does_not_fit_the_queue_is_counted_as_queue_full_to_the_datagram() -> None:

@@ -387,7 +387,7 @@ def test_a_non_member_never_draws_more_bytes_than_it_sends(texts: list[str]) -> 
     assert accounted + cookies + texts.count(LEAVE) == len(texts)  # each one answered or counted
 
 
-async def test_join_errors_say_why() -> None:
+async def test_join_errors_say_why(collector: Collector) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
         closed.bind((LOOPBACK, 0))
         closed_port = closed.getsockname()[1]
@@ -396,7 +396,6 @@ async def test_join_errors_say_why() -> None:
             await nobody.join_room(Inbox())
     assert refused.value.reason is JoinFailure.NOT_LISTENING
 
-    collector = Collector()
     async with (
         Server(ServerConfig(host=LOOPBACK, port=0), collector) as plain,
         Client(*plain.address) as client,

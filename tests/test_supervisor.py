@@ -68,9 +68,7 @@ def scrape_handled(url: str) -> float:
 
 
 async def wait_for_handled(url: str, count: int) -> None:
-    async with asyncio.timeout(EVENT_TIMEOUT_S):
-        while await asyncio.to_thread(scrape_handled, url) < count:
-            await asyncio.sleep(0.05)  # the children report every half second
+    await eventually(lambda: scrape_handled(url) >= count, blocking=True)
 
 
 async def test_a_dead_child_is_noticed_and_the_summary_keeps_its_counts() -> None:
@@ -248,9 +246,7 @@ def proc_status(pid: int, field: str) -> str:
 
 async def until_proc_status(pid: int, field: str, holds: Callable[[str], bool]) -> None:
     """Poll a process's status (state the kernel changes, not the loop) until it holds."""
-    async with asyncio.timeout(EVENT_TIMEOUT_S):
-        while not holds(proc_status(pid, field)):
-            await asyncio.sleep(0.005)
+    await eventually(lambda: holds(proc_status(pid, field)))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

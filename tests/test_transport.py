@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from support.waiting import EVENT_TIMEOUT_S, eventually
+from support.waiting import EVENT_TIMEOUT_S, eventually, eventually_sync
 from tests.helpers import LOOPBACK, Collector, assert_balanced, raw_send
 from udpchat import DropReason, Server, ServerConfig, fastpath
 from udpchat.protocol import Receiver
@@ -51,11 +50,13 @@ def read_until(
     datagrams: list[tuple[bytes, Any]] = []
     refused: list[tuple[int, Any]] = []
     counts: list[int] = []
-    deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while sum(counts) < count:
-        assert time.monotonic() < deadline, "the datagrams did not all arrive"
+
+    def all_came() -> bool:
         if got := batch_reader.read(datagrams, refused):
             counts.append(got)
+        return sum(counts) >= count
+
+    eventually_sync(all_came, what=f"{count} datagrams arrive")
     assert batch_reader.read(datagrams, refused) == 0
     return datagrams, refused, counts
 
@@ -134,12 +135,14 @@ def test_a_socket_error_is_raised_then_reading_goes_on() -> None:
         sock.connect(gone)
         sock.send(b"nobody is there")
         batch_reader = reader(sock, 64, 4)
-        deadline = time.monotonic() + EVENT_TIMEOUT_S
+
+        def refused() -> bool:
+            batch_reader.read([], [])  # raises once the ICMP error came
+            return False
+
         with pytest.raises(ConnectionRefusedError):
             # The ICMP error comes in a softirq, which a busy machine may run after send returns.
-            while time.monotonic() < deadline:
-                batch_reader.read([], [])
-                time.sleep(0.001)
+            eventually_sync(refused)
         assert batch_reader.read([], []) == 0
 
 
@@ -200,10 +203,9 @@ async def test_the_transport_reads_sends_and_closes() -> None:
     assert sock.fileno() == -1
 
 
-async def test_the_server_reads_in_batches_and_everything_adds_up() -> None:
+async def test_the_server_reads_in_batches_and_everything_adds_up(collector: Collector) -> None:
     """Through the batch reader: seed text is handled, an empty and an oversize datagram are
     dropped for their reasons, and ``received == handled + dropped + queued``."""
-    collector = Collector()
     config = ServerConfig(host=LOOPBACK, port=0, max_datagram_size=64)
     async with Server(config, collector) as server:
         assert isinstance(server.protocol, Receiver)
@@ -220,10 +222,9 @@ async def test_the_server_reads_in_batches_and_everything_adds_up() -> None:
     assert_balanced(stats, len(payloads) + 2)
 
 
-async def test_an_app_composes_the_protocol_on_a_socket_of_its_own() -> None:
+async def test_an_app_composes_the_protocol_on_a_socket_of_its_own(collector: Collector) -> None:
     """The server's ``DatagramProtocol`` takes datagrams an app reads elsewhere, one at a time
     (``datagram_received``), and counts them with the rest."""
-    collector = Collector()
     loop = asyncio.get_running_loop()
     async with Server(ServerConfig(host=LOOPBACK, port=0), collector) as server:
 

@@ -458,9 +458,10 @@ async def test_serve_web_prints_its_url_and_serves_the_supervisors_totals(
             document: dict[str, Any] = await response.json()
             return document
 
-    async with asyncio.timeout(EVENT_TIMEOUT_S):
-        while (await state())["table"]["senders"] < 20:
-            await asyncio.sleep(0.1)
+    async def every_sender_shown() -> bool:
+        return bool((await state())["table"]["senders"] == 20)
+
+    await eventually(every_sender_shown)
     table = (await state())["table"]
     assert table["processes"] == 2
     assert {row["process"] for row in table["rows"]} <= {1, 2}
