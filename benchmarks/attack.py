@@ -33,6 +33,9 @@ Scenarios (``--only NAME`` runs one):
 - ``impairdrops``: a flood at 100,000 and 150,000 a second through ``udpchat impair`` (1% loss
   up) to a server: every datagram sent is received by the server or counted on the way (the
   proxy's dropped and kernel drops, the server's kernel drops), and the server's lost agrees.
+- ``ratelimit``: ``--rate-limit``'s per-source table under churn (300,000 new sources against
+  its 65,536) against steady sources, in-process: its cost per datagram on the loop, and the
+  factor between the two.
 - ``nan``: NaN and both infinities in every option that takes a fraction, of every command,
   and ``impair`` values that overflow or underflow: each refused at once, one line, exit 2.
 """
@@ -756,6 +759,40 @@ def impair_drops(runs: int) -> None:
           f"{'HELD' if held == total else 'BROKEN'}")  # fmt: skip
 
 
+CHURN_SOURCES = 300_000
+"""New source addresses in ``ratelimit``'s churn: issue #27's forged sources."""
+
+
+def admission_cost_us(sources: list[str], table: int) -> float:
+    """Microseconds per datagram of the rate limiter's check (``serve --rate-limit 100``, its
+    default table), the datagrams from ``sources`` in turn, 1 us apart."""
+    from udpchat.admission import RateLimiter  # noqa: PLC0415
+
+    limiter = RateLimiter(100.0, max_sources=table)
+    allow = limiter.allow
+    started = time.perf_counter()
+    for index, source in enumerate(sources):
+        allow(source, index * 1e-6)
+    return (time.perf_counter() - started) / len(sources) * 1e6
+
+
+def rate_limit_churn(runs: int) -> None:
+    """The per-source table's cost on the loop under churn (every datagram a new source, the
+    table full) against 100 steady sources, interleaved."""
+    from udpchat.admission import DEFAULT_MAX_SOURCES  # noqa: PLC0415
+
+    churn = [f"127.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}" for n in range(CHURN_SOURCES)]
+    steady = [churn[n % 100] for n in range(CHURN_SOURCES)]
+    costs: dict[str, list[float]] = {"steady": [], "churn": []}
+    for _ in range(max(runs, 5)):
+        costs["steady"].append(admission_cost_us(steady, DEFAULT_MAX_SOURCES))
+        costs["churn"].append(admission_cost_us(churn, DEFAULT_MAX_SOURCES))
+    factor = statistics.median(costs["churn"]) / statistics.median(costs["steady"])
+    print(f"ratelimit: per datagram, steady sources {spread(costs['steady'], ' us', 2)}; "
+          f"{CHURN_SOURCES:,} new sources against a table of {DEFAULT_MAX_SOURCES:,} "
+          f"{spread(costs['churn'], ' us', 2)}: {factor:.1f}x")  # fmt: skip
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "forged": lambda args: forged(args.runs),
     "bus": lambda args: bus(args.runs),
@@ -767,6 +804,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], None]] = {
     "loop": lambda args: loop(args.runs),
     "slowpath": lambda args: slow_path(args.runs),
     "impairdrops": lambda args: impair_drops(args.runs),
+    "ratelimit": lambda args: rate_limit_churn(args.runs),
     "nan": lambda args: nan_options(),
 }
 

@@ -7,6 +7,7 @@ import io
 import logging
 import socket
 import sys
+from collections.abc import Hashable, Iterator
 
 import pytest
 
@@ -21,7 +22,7 @@ from tests.helpers import (
 )
 from udpchat import LinePrinter, Message, Server, ServerConfig
 from udpchat import server as server_module
-from udpchat.admission import parse_network
+from udpchat.admission import RateLimiter, parse_network
 from udpchat.counters import StatsSnapshot
 from udpchat.sockets import kernel_drop_count, proc_drop_count
 
@@ -164,6 +165,30 @@ async def test_allow_list_refuses_other_sources(collector: Collector) -> None:
     stats = server.stats()
     assert stats.dropped["not_allowed"] == 1
     assert_balanced(stats)
+
+
+class WalkCountingDict(dict[Hashable, list[float]]):
+    """A dict that counts the walks over its keys."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[Hashable]:
+        WalkCountingDict.walks += 1
+        return super().__iter__()
+
+
+def test_the_rate_limiters_eviction_never_walks_its_table() -> None:
+    """Under churn (every datagram a new source, the table full) the oldest source goes in
+    constant time. Taking the dict's first key instead walks the slots its earlier deletions
+    left: with 65,536 sources, 68-75x a steady source's check (make attack, ratelimit), the
+    17-20% kernel drops of issue #27 at 50,000 forged sources a second."""
+    limiter = RateLimiter(100.0, max_sources=100)
+    limiter._buckets = WalkCountingDict()
+    sources = [f"10.0.{n >> 8}.{n & 255}" for n in range(1000)]
+    for now, source in enumerate(sources):
+        assert limiter.allow(source, float(now))
+    assert (limiter.sources, WalkCountingDict.walks) == (100, 0)
+    assert set(limiter._buckets) == set(sources[-100:])  # the oldest went first
 
 
 async def test_rate_limit_per_source() -> None:
