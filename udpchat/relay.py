@@ -55,6 +55,7 @@ from udpchat.wire import (
     KEEPALIVE,
     LEAVE,
     MAX_HEADER_BYTES,
+    MIN_JOIN_REQUEST_BYTES,
     MIN_WHO_REQUEST_BYTES,
     ROOM_FULL,
     WHO,
@@ -541,7 +542,9 @@ class Relay:
                     self._answer(ROOM_FULL.encode(), peer)
                 return
         answer = f"{COOKIE} {self._cookies.issue(peer)}".encode()
-        if request_size < len(answer):
+        # The size the docs state and the clients pad to: the answer (51 bytes now) stays
+        # smaller until its time needs 14 digits.
+        if request_size < max(MIN_JOIN_REQUEST_BYTES, len(answer)):
             self._tally.add("ignored_joins")
             return
         self._answer(answer, peer)
