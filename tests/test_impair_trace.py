@@ -110,7 +110,9 @@ async def test_the_capture_and_the_record_agree_with_the_summary_exactly(tmp_pat
                         stats.received.get("up") == len(sent)
                         and stats.queued == 0
                         and echoed is not None
-                        and stats.received.get("down") == echoed.echoed
+                        # an echo the client's socket had no room for is the kernel's drop
+                        and stats.received.get("down", 0) + stats.kernel_drops.get("down", 0)
+                        == echoed.echoed
                         and server.stats().received == stats.forwarded.get("up")
                     )
 
