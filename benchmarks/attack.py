@@ -639,11 +639,13 @@ def slow_path(runs: int) -> None:
 NAN_TARGET_ARGS = {
     "serve": ["--host", LOOPBACK, "--port", "0", "--quiet"],
     "send": ["--host", LOOPBACK, "--port", "{port}", "--username", "nan", "--count", "100"],
+    "chat": ["--host", LOOPBACK, "--port", "{port}", "--username", "nan"],
     "load": ["--host", LOOPBACK, "--port", "{port}", "--count", "1000", "--no-progress"],
     "impair": ["--listen", f"{LOOPBACK}:0", "--to", f"{LOOPBACK}:{{port}}"],
 }
 """What each command needs besides the value under test so that, were the value taken, it
-would stay on loopback and end by itself (a command missing here fails the scenario)."""
+would stay on loopback and end by itself (a command missing here fails the scenario: a new
+command with an option that takes a fraction must be added)."""
 REFUSAL_TIMEOUT_S = 15.0
 
 
@@ -685,7 +687,12 @@ def refused_at_once(command: str, option: str, value: str, port: str) -> bool:
     argv = [PYTHON, "-m", "udpchat", command, *base, option, value]
     try:
         done = subprocess.run(
-            argv, check=False, capture_output=True, text=True, timeout=REFUSAL_TIMEOUT_S
+            argv,
+            check=False,
+            stdin=subprocess.DEVNULL,  # chat reads its lines there: none, so it would leave
+            capture_output=True,
+            text=True,
+            timeout=REFUSAL_TIMEOUT_S,
         )
         outcome = f"exit {done.returncode}"
         lines = done.stderr.splitlines()
