@@ -159,3 +159,21 @@ def test_capture_and_record_files_are_refused_as_any_record_file(
     assert "--record: " in capsys.readouterr().err
     assert existing.read_bytes() == b"keep"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["exists"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["--pcap", "-"], "--pcap: cannot be '-'"),
+        (["--pcap", "x.pcapng", "--pcap-max-bytes", "10"], "--pcap-max-bytes: must be at least"),
+        (["--pcap-max-bytes", "10"], "--pcap-max-bytes: must be at least"),
+        (["--record-max-bytes", "10"], "--record-max-bytes: must be at least"),
+    ],
+)
+def test_a_capture_option_out_of_range_is_named_as_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], named: str
+) -> None:
+    arguments = [str(tmp_path / a) if a.endswith(".pcapng") else a for a in arguments]
+    assert main(["impair", "--listen", f"{LOOPBACK}:0", *arguments]) == 2
+    assert named in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

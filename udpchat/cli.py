@@ -392,15 +392,19 @@ RecordMaxBytesOption = Annotated[
 
 
 def record_options(
-    context: typer.Context, path: Path | None, **values: Any
+    context: typer.Context, path: Path | None, file_option: str = "record", **values: Any
 ) -> RecordOptions | None:
-    """The ``--record`` options as a :class:`RecordOptions`; None without ``--record``. A value
-    out of range is a usage error naming its option, with ``--record`` or without."""
+    """The ``--record`` options (``--pcap``'s with ``file_option`` ``pcap``) as a
+    :class:`RecordOptions`; None without the file. A value out of range is a usage error
+    naming its option, with the file or without."""
     try:
         check_values(RecordOptions, values)
         return None if path is None else RecordOptions(path=path, **values)
     except ConfigError as error:
-        fail(error.describe(lambda name: option_name(context, setting_of(name))), ExitCode.USAGE)
+        fail(
+            error.describe(lambda name: option_name(context, setting_of(name, file_option))),
+            ExitCode.USAGE,
+        )
 
 
 def open_record(options: RecordOptions | None, option: str = "--record") -> BinaryIO | None:
@@ -1634,7 +1638,7 @@ def impair(
         context, record, interval_s=record_interval_s, senders=record_clients,
         max_bytes=record_max_bytes, label=record_label, overwrite=overwrite,
     )  # fmt: skip
-    capturing = record_options(context, pcap, max_bytes=pcap_max_bytes, overwrite=overwrite)
+    capturing = record_options(context, pcap, "pcap", max_bytes=pcap_max_bytes, overwrite=overwrite)
     config = configure(context, proxy_config, **settings, web=web_config(context, web_settings))
     try:
         result = run_proxy(config, loop, record=recording, pcap=capturing)

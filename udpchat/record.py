@@ -420,10 +420,11 @@ class RecordOptions:
         return self.path
 
 
-def setting_of(option: str) -> str:
+def setting_of(option: str, file_option: str = "record") -> str:
     """The name a command's config gives a :class:`RecordOptions` field: ``interval_s`` is
-    ``record_interval_s``, so that an error names the right option."""
-    return {"path": "record", "overwrite": "overwrite"}.get(option, f"record_{option}")
+    ``record_interval_s`` (``pcap_max_bytes`` for ``impair --pcap``'s, ``file_option``
+    ``pcap``), so that an error names the right option."""
+    return {"path": file_option, "overwrite": "overwrite"}.get(option, f"{file_option}_{option}")
 
 
 def header(kind: str, options: RecordOptions, config: Any, **more: Any) -> Record:
