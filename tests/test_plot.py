@@ -23,6 +23,7 @@ from udpchat.cli import main
 from udpchat.plot import (
     Cdf,
     PlotName,
+    RecordFormatError,
     Run,
     compare,
     default_plots,
@@ -206,6 +207,16 @@ async def test_a_recorded_server_run_plots(tmp_path: Path) -> None:
     assert total_loss_runs(run) == {2: 1}
 
 
+SERVE = b'{"type": "header", "schema": 1, "kind": "serve"}\n'
+SEND = b'{"type": "header", "schema": 1, "kind": "send"}\n'
+
+
+def interval(**fields: Any) -> bytes:
+    """A serve interval line, with ``fields`` in place of a valid one's."""
+    record = {"type": "interval", "t_s": 1, "elapsed_s": 1, "senders": [], "rest": rest()}
+    return (json.dumps({**record, "loss_runs": {}, **fields}) + "\n").encode()
+
+
 @pytest.mark.parametrize(
     ("content", "line", "why"),
     [
@@ -217,6 +228,15 @@ async def test_a_recorded_server_run_plots(tmp_path: Path) -> None:
         (b'{"type": "header", "schema": 1}\n{"type": "inter', 2, "truncated"),
         (b'{"type": "header", "schema": 1}\n[1]\n', 2, "not a udpchat record (no type)"),
         (b'{"type": "header", "schema": 1}\n{"type": "interval"}\n', 2, "without t_s"),
+        (b"hello", 1, "not JSON: not a udpchat record"),
+        (SERVE + b'{"type": "interval", "t_s": NaN, "elapsed_s": 1}\n', 2, "without t_s"),
+        (SERVE + b'{"type": "interval", "t_s": 1, "elapsed_s": 1}\n', 2, "senders"),
+        (SERVE + interval(senders=[{"x": 1}]), 2, "senders"),
+        (SERVE + interval(senders=[{**row("ana", 1, 0, 0.0), "jitter_s": "x"}]), 2, "senders"),
+        (SERVE + interval(rest={"received": 1}), 2, "rest"),
+        (SERVE + interval(loss_runs={"x": "y"}), 2, "loss_runs"),
+        (SERVE + interval(loss_runs={"0": 1}), 2, "loss_runs"),
+        (SEND + b'{"type": "interval", "t_s": 1, "elapsed_s": 1, "rtt_ms": ["a"]}\n', 2, "rtt_ms"),
     ],
 )
 def test_a_file_plot_cannot_read_is_one_line_naming_it_and_the_line(
@@ -264,3 +284,54 @@ def test_without_matplotlib_plot_names_the_extra_and_exits_3(
         "udpchat: udpchat plot needs matplotlib: pip install 'udpchat[plot]'"
     ]
     assert not out.exists()
+
+
+def test_a_line_is_read_no_further_than_its_bound(tmp_path: Path) -> None:
+    """A file with no end of line (here an endless one) is refused at the bound, not read
+    into memory whole."""
+    with pytest.raises(RecordFormatError, match=r"/dev/zero, line 1: a line longer than"):
+        load_run(Path("/dev/zero"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "intervals", "plot", "why"),
+    [
+        ("serve", [{"t_s": 1.0, "elapsed_s": 1.0, "senders": [], "rest": rest(), "loss_runs": {}}],
+         "timeseries", "timeseries: no messages in"),
+        ("send", [{"t_s": 1.0, "elapsed_s": 1.0}], "rtt-cdf",
+         "rtt-cdf: no round trips (recorded by 'send --rtt --record') in"),
+        ("send", [{"t_s": 1.0, "elapsed_s": 1.0, "rtt_ms": []}], "rtt-cdf",
+         "rtt-cdf: no round trips (recorded by 'send --rtt --record') in"),
+    ],
+)  # fmt: skip
+def test_a_run_with_nothing_to_draw_is_said_not_drawn_empty(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    intervals: list[dict[str, Any]],
+    plot: str,
+    why: str,
+) -> None:
+    """An idle server's run, ``send --record`` without ``--rtt``: by default no figure (one
+    line, exit 2), and a figure asked for says why it is not drawn, rather than an empty
+    figure, a warning, or a traceback."""
+    path = write(tmp_path / "idle.jsonl", kind, "idle", intervals)
+    out = tmp_path / "x.png"
+    assert main(["plot", str(path), "-o", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "udpchat plot: no figure has data in these runs"
+    ]
+    assert main(["plot", str(path), "--plot", plot, "-o", str(out)]) == 2
+    (said,) = capsys.readouterr().err.splitlines()
+    assert said.startswith(f"udpchat plot: {why} {path}"), said
+    assert not out.exists()
+
+
+def test_the_default_figures_are_those_the_runs_have_data_for(runs: dict[str, Path]) -> None:
+    steady, bursty, rtt = (load_run(runs[name]) for name in ("steady", "bursty", "rtt"))
+    idle = Run(steady.path, "serve", "idle", {}, [{**steady.intervals[0], "senders": []}])
+    idle.intervals[0]["rest"] = rest()
+    assert default_plots([steady, idle]) == default_plots([steady])
+    assert PlotName.COMPARE not in default_plots([steady, idle])
+    no_rtt = Run(rtt.path, "send", "no rtt", {}, [{"t_s": 1.0, "elapsed_s": 1.0}])
+    assert default_plots([no_rtt, bursty]) == default_plots([bursty])

@@ -77,10 +77,13 @@ class Run:
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Each line's record, with its line number; a line that is not one is refused."""
+    """Each line's record, with its line number; a line that is not one is refused. A line is
+    read no further than :data:`MAX_LINE_BYTES`, so that a file with no end of line (a foreign
+    one, ``/dev/zero``) is refused without being read into memory whole."""
     with path.open("rb") as file:
         number = 0
-        for number, raw in enumerate(file, 1):
+        while raw := file.readline(MAX_LINE_BYTES + 1):
+            number += 1
             yield number, _record(path, number, raw)
         if number == 0:
             raise RecordFormatError(path, 1, "the file is empty: no header")
@@ -92,7 +95,7 @@ def _record(path: Path, number: int, raw: bytes) -> dict[str, Any]:
     try:
         record = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        if not raw.endswith(b"\n"):
+        if not raw.endswith(b"\n") and (number > 1 or raw.startswith(b"{")):
             raise RecordFormatError(path, number, "truncated: the last line is cut off") from None
         if number == 1 and raw.startswith(b"t_s,"):
             raise RecordFormatError(
@@ -120,17 +123,84 @@ def load_run(path: Path) -> Run:
     run = Run(path, str(head.get("kind", "")), str(head.get("label") or path.stem), head)
     for number, record in records:
         if record["type"] == "interval":
-            _check_interval(path, number, record)
+            problem = interval_problem(run.kind, record)
+            if problem:
+                raise RecordFormatError(path, number, problem)
             run.intervals.append(record)
         elif record["type"] == "event":
             run.events.append(record)
     return run
 
 
-def _check_interval(path: Path, number: int, record: dict[str, Any]) -> None:
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite number: JSON as Python reads it takes NaN and Infinity too."""
+    return (_is_count(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+ROW_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "received": _is_count,
+    "lost": _is_count,
+    "duplicates": _is_count,
+    "jitter_s": _is_number,
+}
+"""What the figures read of a sender's row in an interval (and of the rest's)."""
+SENDER_FIELDS = {**ROW_FIELDS, "sender": _is_text, "username": _is_text}
+
+
+def _is_row(value: Any, fields: dict[str, Callable[[Any], bool]]) -> bool:
+    return isinstance(value, dict) and all(check(value.get(key)) for key, check in fields.items())
+
+
+def _is_loss_runs(value: Any) -> bool:
+    """``{"length": runs}``: lengths from 1, counts from 0."""
+    return isinstance(value, dict) and all(
+        key.isdigit() and int(key) >= 1 and _is_count(count) and count >= 0
+        for key, count in value.items()
+    )
+
+
+def _serve_problem(record: dict[str, Any]) -> str | None:
+    senders = record.get("senders")
+    if not isinstance(senders, list) or not all(_is_row(row, SENDER_FIELDS) for row in senders):
+        return "an interval whose senders are not a list of sender rows"
+    if not _is_row(record.get("rest"), ROW_FIELDS):
+        return "an interval whose rest is not a sender row"
+    if not _is_loss_runs(record.get("loss_runs")):
+        return "an interval whose loss_runs are not counts by length"
+    return None
+
+
+def _send_problem(record: dict[str, Any]) -> str | None:
+    samples = record.get("rtt_ms", [])
+    if not isinstance(samples, list) or not all(_is_number(ms) for ms in samples):
+        return "an interval whose rtt_ms are not a list of numbers"
+    return None
+
+
+INTERVAL_PROBLEMS: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    "serve": _serve_problem,
+    "send": _send_problem,
+}
+"""What each kind of run's intervals must hold for its figures (the layout
+docs/guide/record.md describes); the other kinds' intervals are drawn from by none."""
+
+
+def interval_problem(kind: str, record: dict[str, Any]) -> str | None:
+    """Why an interval record of a ``kind`` run cannot be drawn from, or None: so that a
+    foreign or damaged file is refused naming its line, never a traceback while drawing."""
     for key in ("t_s", "elapsed_s"):
-        if not isinstance(record.get(key), int | float):
-            raise RecordFormatError(path, number, f"an interval without {key}")
+        if not _is_number(record.get(key)):
+            return f"an interval without {key}"
+    check = INTERVAL_PROBLEMS.get(kind)
+    return None if check is None else check(record)
 
 
 NEEDS: dict[PlotName, str] = {
@@ -143,11 +213,37 @@ NEEDS: dict[PlotName, str] = {
 """The kind of run each figure draws from."""
 
 
+def has_messages(run: Run) -> bool:
+    """A listed sender sent in some interval: a server's figures have something to draw."""
+    return any(row["received"] for interval in run.intervals for row in interval["senders"])
+
+
+def has_round_trips(run: Run) -> bool:
+    return any(interval.get("rtt_ms") for interval in run.intervals)
+
+
+DATA: dict[PlotName, tuple[Callable[[Run], bool], str]] = {
+    PlotName.TIMESERIES: (has_messages, "messages"),
+    PlotName.LOSS_RUNS: (has_messages, "messages"),
+    PlotName.JITTER_CDF: (has_messages, "messages"),
+    PlotName.RTT_CDF: (has_round_trips, "round trips (recorded by 'send --rtt --record')"),
+    PlotName.COMPARE: (has_messages, "messages"),
+}
+"""What a run must hold for each figure to draw it, and what a refusal says it lacks: an idle
+server's run or ``send --record`` without ``--rtt`` draws no empty figure."""
+
+
 def runs_for(plot: PlotName, runs: Sequence[Run]) -> list[Run]:
-    """The runs ``plot`` draws; :class:`NothingToPlotError` when there are none."""
-    chosen = [run for run in runs if run.kind == NEEDS[plot]]
-    if not chosen:
+    """The runs ``plot`` draws (of its kind, with data for it); :class:`NothingToPlotError`
+    when there are none."""
+    of_kind = [run for run in runs if run.kind == NEEDS[plot]]
+    if not of_kind:
         raise NothingToPlotError(f"{plot.value} needs a file from '{NEEDS[plot]} --record'")
+    has_data, lacking = DATA[plot]
+    chosen = [run for run in of_kind if has_data(run)]
+    if not chosen:
+        names = ", ".join(str(run.path) for run in of_kind)
+        raise NothingToPlotError(f"{plot.value}: no {lacking} in {names}")
     return chosen
 
 
@@ -235,7 +331,7 @@ def jitter_cdf(run: Run) -> Cdf:
 
 def rtt_cdf(run: Run) -> Cdf:
     """Every round trip the run recorded, in ms."""
-    return _cdf(run.label, [ms for interval in run.intervals for ms in interval["rtt_ms"]])
+    return _cdf(run.label, [ms for interval in run.intervals for ms in interval.get("rtt_ms", [])])
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,15 +366,13 @@ def compare(run: Run) -> RunLoss:
 def default_plots(runs: Sequence[Run]) -> list[PlotName]:
     """What the runs given have data for: a server's figures, round trips, and with several
     servers' runs their comparison."""
-    kinds = [run.kind for run in runs]
-    plots = []
-    if "serve" in kinds:
-        plots += [PlotName.TIMESERIES, PlotName.LOSS_RUNS, PlotName.JITTER_CDF]
-    if "send" in kinds:
-        plots.append(PlotName.RTT_CDF)
-    if kinds.count("serve") > 1:
-        plots.append(PlotName.COMPARE)
-    return plots
+    drawn = {plot: [run for run in runs if run.kind == NEEDS[plot] and DATA[plot][0](run)]
+             for plot in PlotName}  # fmt: skip
+    return [
+        plot
+        for plot, chosen in drawn.items()
+        if len(chosen) > (1 if plot is PlotName.COMPARE else 0)
+    ]
 
 
 def output_paths(out: Path, plots: Sequence[PlotName]) -> list[Path]:
