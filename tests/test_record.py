@@ -25,6 +25,7 @@ from udpchat.record import (
     END_RESERVE_BYTES,
     RecordFormat,
     RecordWriter,
+    csv_rows,
     jsonl,
 )
 
@@ -127,6 +128,28 @@ async def test_csv_has_a_row_per_sender_and_interval(tmp_path: Path) -> None:
     assert [(r["sender"], r["received"]) for r in rests] == [("1", "1")]
     assert senders[0]["loss_percent"] == "33.333"
     assert {row["event"] for row in rows if row["row"] == "event"} == {"sender_first"}
+
+
+def test_a_username_a_spreadsheet_would_run_as_a_formula_is_written_as_text() -> None:
+    """A username comes from any datagram: in a CSV cell, '=HYPERLINK(...)' would be a formula
+    to the spreadsheet that opens it (CSV injection), so a cell starting with = + - or @
+    gets a ' before it, as OWASP advises."""
+    names = ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "ana"]
+    rows = [
+        {"sender": "10.0.0.1:9", "username": name, "received": 1, "lost": 0, "duplicates": 0,
+         "reordered": 0, "late": 0, "jitter_s": 0.0, "loss_runs": {}}
+        for name in names
+    ]  # fmt: skip
+    interval = {
+        "type": "interval", "t_s": 1.0, "time": "now", "senders": rows,
+        "rest": {**rows[0], "senders": 0},
+    }  # fmt: skip
+    event = {"type": "event", "t_s": 1.0, "event": "sender_first", "sender": "10.0.0.1:9"}
+    text = (csv_rows(interval) + csv_rows({**event, "username": names[0]})).decode()
+    written = list(csv.DictReader([",".join(CSV_COLUMNS), *text.splitlines()]))
+    assert [row["username"] for row in written] == [*(f"'{name}" for name in names[:-1]), "ana",
+                                                   f"'{names[0]}"]  # fmt: skip
+    assert {row["sender"] for row in written} == {"10.0.0.1:9"}
 
 
 def test_a_full_file_stops_recording_within_its_bound_and_says_why(tmp_path: Path) -> None:

@@ -202,7 +202,21 @@ CSV_COLUMNS = (
 (``row`` = rest, ``sender`` = how many), one per event (``row`` = event)."""
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (OWASP, CSV injection)."""
+
+
+def _as_text(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula, with a ``'`` before it: usernames come
+    from any datagram (``=HYPERLINK(...)``)."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def _csv_rows(record: Record) -> list[dict[str, Any]]:
+    return [{key: _as_text(value) for key, value in row.items()} for row in _csv_cells(record)]
+
+
+def _csv_cells(record: Record) -> list[dict[str, Any]]:
     kind = record["type"]
     if kind == "event":
         return [{**record, "row": "event"}]
