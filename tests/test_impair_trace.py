@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -19,10 +20,11 @@ from tests.helpers import LOOPBACK
 from udpchat import Server, ServerConfig
 from udpchat.cli import main
 from udpchat.impair import ImpairProxy, proxy_config
+from udpchat.impair.link import Link
 from udpchat.impair.profiles import PROFILES, profile_table
-from udpchat.impair.spec import Direction
-from udpchat.impair.trace import corrupted_byte, drop_comment
-from udpchat.record import RecordOptions
+from udpchat.impair.spec import Direction, Impairment
+from udpchat.impair.trace import Capture, Tracer, corrupted_byte, drop_comment
+from udpchat.record import RecordOptions, RecordWriter
 from udpchat.settings import ConfigError
 
 FATE_COMMENTS = {
@@ -177,3 +179,64 @@ def test_a_capture_option_out_of_range_is_named_as_given(
     assert main(["impair", "--listen", f"{LOOPBACK}:0", *arguments]) == 2
     assert named in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+class Packets:
+    """The capture's writer, as the tracer sees it: keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, object]] = []
+
+    def put(self, record: dict[str, object]) -> bool:
+        self.records.append(record)
+        return True
+
+
+CLIENT = ("127.0.0.1", 40000)
+SERVER = ("127.0.0.1", 5002)
+
+
+def tracer(packets: Packets, *, bursty: bool = False) -> Tracer[tuple[str, int]]:
+    capture = Capture(cast(RecordWriter, packets), wall_offset_s=0.0)
+    return Tracer(
+        Direction.UP, lambda tag: (tag, SERVER), lambda tag: tag,
+        bursty=bursty, intervals=None, capture=capture,
+    )  # fmt: skip
+
+
+def test_the_capture_is_in_time_order_whatever_was_dropped_or_delayed() -> None:
+    """Each packet at the time the link was done with it (sent on, or dropped as it was
+    read): a capture in the order of its times, as Wireshark expects one (a dropped one at its
+    arrival, before those delayed ahead of it, made the times go back)."""
+    packets = Packets()
+    link: Link[tuple[str, int]] = Link(
+        Impairment(loss=0.3, delay_s=0.01, jitter_s=0.005), 5, Direction.UP,
+        observer=tracer(packets),
+    )  # fmt: skip
+    for index in range(200):
+        arrived = index * 0.002
+        link.take([(b"ana: pesan ke-%d" % (index + 1), CLIENT, arrived)], arrived + 0.001)
+        link.release(arrived + 0.0015)
+    link.release(1.0)
+    times = [cast(float, record["time_s"]) for record in packets.records]
+    assert len(times) == 200 and any("lost" in str(r["comment"]) for r in packets.records)
+    assert times == sorted(times)
+
+
+def test_a_reordered_packet_is_said_to_follow_one_that_was_sent() -> None:
+    """``reordered: sent after #M`` names the packet its client sent last, never one the link
+    dropped in between."""
+    packets = Packets()
+    trace = tracer(packets)
+    for number in (1, 2, 3):
+        trace.taken(number, b"ana: pesan ke-%d" % number, CLIENT, 0.0)
+    trace.sent(2, b"ana: pesan ke-2", CLIENT, False, 0.1)  # frame 1, overtaking 1
+    trace.dropped(3, "dropped_loss", 0.2)  # frame 2
+    trace.reordered(1)
+    trace.sent(1, b"ana: pesan ke-1", CLIENT, False, 0.3)  # frame 3
+    assert [record["comment"] for record in packets.records] == [
+        "delayed 100.0 ms",
+        "lost (loss)",
+        "reordered: sent after #1; delayed 300.0 ms",
+    ]
+    assert [record["time_s"] for record in packets.records] == [0.1, 0.2, 0.3]

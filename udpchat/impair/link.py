@@ -60,8 +60,9 @@ class Observer(Protocol[T_contra]):
 
     def taken(self, number: int, data: bytes, tag: T_contra, arrived: float) -> None: ...
 
-    def dropped(self, number: int, reason: str) -> None:
-        """Never sent: ``reason`` is the counter it went to (``dropped_loss``, ...)."""
+    def dropped(self, number: int, reason: str, now: float) -> None:
+        """Never sent: ``reason`` is the counter it went to (``dropped_loss``, ...); ``now``
+        is when the link dropped it (as it took it in)."""
 
     def reordered(self, number: int) -> None:
         """Held back, and overtaken: it leaves after later datagrams of its client."""
@@ -197,7 +198,7 @@ class Link(Generic[T]):
             if observer is not None:
                 observer.taken(number, data, tag, arrived)
             if loses and self._lost():
-                self._drop("dropped_loss", number)
+                self._drop("dropped_loss", number, now)
                 continue
             self._forward(self._fate(data), tag, arrived, now, out, number)
         return out
@@ -243,12 +244,12 @@ class Link(Generic[T]):
         data, corrupted, copies, held, delay = fate
         ready = self._through_rate_limit(len(data), arrived, now)
         if ready is None:
-            self._drop("dropped_rate", number)
+            self._drop("dropped_rate", number, now)
             return
         due = max(ready + delay, self._last_due)
         waits = held or due > now or bool(self._line)  # else it leaves at once: no room
         if waits and not self._reserve(copies, len(data)):
-            self._drop("dropped_full", number)
+            self._drop("dropped_full", number, now)
             return
         self._commit(ready, corrupted, copies)
         if held:
@@ -312,11 +313,11 @@ class Link(Generic[T]):
             self.jitter_s += (abs(transit_s - self._last_transit) - self.jitter_s) * JITTER_GAIN
         self._last_transit, self._last_sampled = transit_s, now
 
-    def _drop(self, reason: str, number: int) -> None:
+    def _drop(self, reason: str, number: int, now: float) -> None:
         self.counts[reason] += 1
         self.counts["dropped"] += 1
         if self.observer is not None:
-            self.observer.dropped(number, reason)
+            self.observer.dropped(number, reason, now)
 
     def _through_rate_limit(self, size: int, arrived: float, now: float) -> float | None:
         """When a datagram taken now would be through the rate limit (without one: when it

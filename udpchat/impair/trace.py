@@ -123,9 +123,11 @@ class Capture:
         self._last_frame: dict[tuple[Direction, str], int] = {}
 
     def packet(
-        self, direction: Direction, flight: _Flight, at_s: float, comment: str
+        self, direction: Direction, flight: _Flight, at_s: float, comment: str, sent: bool = True
     ) -> int | None:
-        """Queue a packet (the datagram as its sender sent it); its frame number, or None."""
+        """Queue a packet (the datagram as its sender sent it) at ``at_s``, when the link was
+        done with it, so that the capture's times never go back; its frame number, or None.
+        Only a packet ``sent`` on is one a reordered datagram can be sent after."""
         record: Record = {
             "type": "packet",
             "time_s": at_s + self._wall_offset_s,
@@ -138,9 +140,10 @@ class Capture:
         if not self.writer.put(record):
             return None
         self.frames += 1
-        if len(self._last_frame) >= MAX_REMEMBERED_CLIENTS:
-            self._last_frame.clear()
-        self._last_frame[(direction, flight.client)] = self.frames
+        if sent:
+            if len(self._last_frame) >= MAX_REMEMBERED_CLIENTS:
+                self._last_frame.clear()
+            self._last_frame[(direction, flight.client)] = self.frames
         return self.frames
 
     def last_frame(self, direction: Direction, client: str) -> int | None:
@@ -188,14 +191,14 @@ class Tracer(Generic[T]):
         if row is not None:
             row.received += 1
 
-    def dropped(self, number: int, reason: str) -> None:
+    def dropped(self, number: int, reason: str, now: float) -> None:
         flight = self._flights.pop(number)
         row = self._row(flight)
         if row is not None:
             row.fates[DROP_FATES[reason]] += 1
         if self._capture is not None:
             comment = drop_comment(reason, self._bursty)
-            self._capture.packet(self.direction, flight, flight.arrived, comment)
+            self._capture.packet(self.direction, flight, now, comment, sent=False)
 
     def reordered(self, number: int) -> None:
         self._flights[number].reordered = True
