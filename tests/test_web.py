@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,6 +26,7 @@ from support.waiting import EVENT_TIMEOUT_S, eventually
 from tests.helpers import LOOPBACK, Inbox, raw_send, start_cli, start_cli_server
 from udpchat import Client, Server, ServerConfig
 from udpchat.counters import WebStats
+from udpchat.record import config_json
 from udpchat.report import SENDER_COLUMNS, SortKey
 from udpchat.web.config import WebAddressError, WebConfig, parse_web_address
 from udpchat.web.security import CONTENT_SECURITY_POLICY
@@ -62,6 +66,22 @@ def test_a_view_beyond_loopback_always_has_a_token_and_loopback_needs_none() -> 
     assert WebConfig(host="0.0.0.0").secured().token != generated  # random each time
     given = "a-token-of-my-own-choosing"
     assert WebConfig(host="0.0.0.0", token=given).secured().token == given
+
+
+async def test_the_token_stays_out_of_the_record_file_and_the_configs_repr(tmp_path: Path) -> None:
+    """A record file is shared (a lab report, a bug report); the token opens the page."""
+    token = "a-token-of-my-own-choosing"
+    web = WebConfig(token=token)
+    config = ServerConfig(
+        host=LOOPBACK, port=0, web=web, output_format=None, record=tmp_path / "run.jsonl"
+    )
+    async with Server(config):
+        pass
+    header = json.loads((tmp_path / "run.jsonl").read_text().splitlines()[0])
+    assert header["config"]["web"]["token"] == "***"
+    assert token not in (tmp_path / "run.jsonl").read_text()
+    assert token not in repr(config)
+    assert config_json(ServerConfig())["web"] is None
 
 
 @pytest.mark.parametrize("token", ["short", "has space in it ok", "a" * 129, "ünïcödé-tokens-here"])
@@ -130,6 +150,15 @@ async def test_the_page_has_no_inline_script_and_a_policy_that_forbids_it(
         async with session.get(f"{url}static/server.js") as response:
             assert response.status == 200
             assert response.headers["Content-Security-Policy"] == policy
+        for path, status, headers in [
+            ("nothing", 404, {}),
+            ("ws", 400, {}),  # not an upgrade
+            ("api/state", 403, {"Host": "evil.example"}),
+        ]:  # every answer, errors and refusals too
+            async with session.get(f"{url}{path}", headers=headers) as response:
+                assert response.status == status
+                assert response.headers["Content-Security-Policy"] == policy
+                assert response.headers["X-Content-Type-Options"] == "nosniff"
     directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
     assert directives["script-src"] == "'self'"  # no 'unsafe-inline', no 'unsafe-eval'
     assert directives["default-src"] == "'none'"
@@ -186,6 +215,36 @@ async def test_a_view_beyond_loopback_refuses_everything_without_its_token(
         assert web_stats(server).refused == {"token": 5}
 
 
+def malformed_request(address: tuple[str, int], request: bytes) -> bytes:
+    """What the view answers to bytes that are not HTTP a parser takes."""
+    with socket.create_connection(address, timeout=EVENT_TIMEOUT_S) as sock:
+        sock.sendall(request)
+        return sock.recv(4096)
+
+
+async def test_malformed_requests_are_counted_and_logged_in_one_line_at_most(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Anyone who reaches the port, token or not, can send them: no traceback per request
+    (aiohttp's own log), but a count and a rate-limited line."""
+    caplog.set_level(logging.DEBUG)
+    requests = [
+        b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n",
+        b"\x16\x03\x01 not http at all\r\n\r\n",  # a TLS hello, say
+    ]
+    async with web_server() as (server, _):
+        for request in requests * 2:
+            answer = await asyncio.to_thread(malformed_request, server.web_address, request)
+            assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]
+        assert web_stats(server).refused == {"bad_request": 6}
+    assert not [record for record in caplog.records if record.exc_info]
+    logged = [
+        record.getMessage() for record in caplog.records if "malformed" in record.getMessage()
+    ]
+    assert len(logged) == 1 and "\n" not in logged[0], logged
+
+
 async def test_a_websocket_from_a_page_of_another_origin_is_refused(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -217,6 +276,28 @@ async def test_pages_beyond_the_bound_are_refused_and_counted(
         await eventually(lambda: web_stats(server).clients == 0)
         async with session.ws_connect(f"{url}ws") as again:  # room again once they left
             assert (await again.receive_json())["type"] == "hello"
+
+
+async def test_a_server_with_pages_open_stops_within_its_drain_timeout_and_half_a_second(
+    session: aiohttp.ClientSession,
+) -> None:
+    """SECURITY.md's bound on a stop holds with pages open: the view closes them as it stops,
+    rather than wait for them to leave (aiohttp would wait a second, then cancel them)."""
+    config = ServerConfig(host=LOOPBACK, port=0, relay=True, web=WebConfig(), drain_timeout_s=0.5)
+    server = Server(config)
+    await server.start()
+    url = server.web_url
+    assert url is not None
+    pages = [await session.ws_connect(f"{url}ws") for _ in range(2)]
+    assert (await join(pages[0], "budi"))["type"] == "member"
+    started = time.monotonic()
+    await server.stop()
+    stop_s = time.monotonic() - started
+    for page in pages:
+        async for _ in page:  # what was sent before the stop, then the end
+            pass
+    assert stop_s <= 1.0, f"stopped in {stop_s:.2f} s with two pages open"
+    assert web_stats(server).clients == 0
 
 
 async def stalled_page(address: tuple[str, int]) -> socket.socket:

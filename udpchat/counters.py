@@ -832,7 +832,8 @@ class WebStats(Counts):
     refused: Mapping[str, int] = by_reason(
         "Requests refused, by reason: token (missing or wrong), host (a loopback view asked "
         "under a foreign name: DNS rebinding), origin (a WebSocket or change from another "
-        "site), full (--web-max-clients pages connected already).",
+        "site), full (--web-max-clients pages connected already), bad_request (not HTTP that "
+        "the server could parse).",
         unit="requests",
         label="reason",
         metric="requests_refused",

@@ -48,7 +48,7 @@ from udpchat.series import (
     schema,
     sender_schema,
 )
-from udpchat.settings import ConfigError, check_bounds, setting
+from udpchat.settings import SECRET_SHOWN, ConfigError, check_bounds, setting
 
 logger = logging.getLogger("udpchat.record")
 
@@ -153,10 +153,12 @@ def rfc3339(epoch_s: float) -> str:
 
 def config_json(config: Any) -> dict[str, Any]:
     """A config dataclass as JSON values (paths and networks as text), for a header; a URL's
-    credentials are left out."""
+    credentials and a secret setting's value are left out."""
     values: dict[str, Any] = {}
     for each in dataclasses.fields(config):
-        values[each.name] = _plain(getattr(config, each.name))
+        value = getattr(config, each.name)
+        hidden = each.metadata.get("secret") and value is not None
+        values[each.name] = SECRET_SHOWN if hidden else _plain(value)
     return values
 
 

@@ -60,6 +60,17 @@ def setting(default: Any, *, minimum: float | None = None, maximum: float | None
     return field(default=default, metadata={"bounds": Bounds(minimum, maximum)})
 
 
+SECRET_SHOWN = "***"
+"""What a record or a log shows of a secret setting (:func:`secret`) that is set."""
+
+
+def secret() -> Any:
+    """A config field that holds a secret (a token): off by default, left out of the config's
+    repr, and written as :data:`SECRET_SHOWN` wherever a config is written down (a record's
+    header), so that a shared record or log does not open what it guards."""
+    return field(default=None, repr=False, metadata={"secret": True})
+
+
 def bounds_of(config: type[Any], name: str) -> Bounds:
     """The range a config dataclass declares for its field ``name``: for the CLI's options,
     so that the two cannot disagree."""

@@ -12,7 +12,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from udpchat.settings import ConfigError, check_bounds, setting
+from udpchat.settings import ConfigError, check_bounds, secret, setting
 from udpchat.sockets import MAX_PORT
 
 DEFAULT_WEB_HOST = "127.0.0.1"
@@ -75,7 +75,7 @@ class WebConfig:
     host: str = DEFAULT_WEB_HOST
     port: int = setting(0, minimum=0, maximum=MAX_PORT)
     """TCP port; 0 picks a free one (the URL is logged)."""
-    token: str | None = None
+    token: str | None = secret()
     """What a visitor must present (in the URL, then a cookie, or ``Authorization: Bearer``).
     Bound beyond loopback, a view always has one: generated when not given (:meth:`secured`)."""
     max_clients: int = setting(DEFAULT_MAX_CLIENTS, minimum=1, maximum=MAX_CLIENTS)

@@ -11,6 +11,10 @@
 - **Headers**: a Content-Security-Policy that allows scripts and styles only from the view's
   own files (the page has no inline script), no framing, no referrer (the token stays here).
 
+- **Malformed requests**: what aiohttp cannot parse (a bad request line, a header past its
+  bound, a TLS hello) gets its 400 from aiohttp, counted here and logged in one line at most
+  every 10 s (:class:`ProtocolLog`), never a traceback per request.
+
 Every refusal is counted in :class:`~udpchat.counters.WebStats` and logged rate-limited.
 """
 
@@ -19,13 +23,16 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from udpchat.counters import Tally, WebStats
 from udpchat.logs import RateLimitedLog
 from udpchat.web.config import WebConfig, is_loopback
+from udpchat.wire import sanitize
 
 logger = logging.getLogger("udpchat.web")
 
@@ -156,3 +163,27 @@ class Guard:
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
         """An ``on_response_prepare`` hook: the security headers on every answer."""
         response.headers.update(SECURITY_HEADERS)
+
+
+class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log for one view (``AppRunner(logger=...)``): a request it could not
+    parse, which anyone who reaches the port can send, is counted as ``refused`` by reason
+    ``bad_request`` and logged in one line, rate-limited; anything else (a bug of ours) goes to
+    aiohttp's log as it would."""
+
+    def __init__(self, tally: Tally[WebStats]) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"))
+        self._tally = tally
+        self._malformed_log = RateLimitedLog(logger, level=logging.WARNING)
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if not isinstance(error, HttpProcessingError):
+            super().log(level, msg, *args, **kwargs)
+            return
+        self._tally.add_reason("refused", "bad_request")
+        source = f" from {args[0]}" if args else ""  # aiohttp's "... from %s", the peer
+        self._malformed_log.record(
+            f"web: refused a malformed request{source} (bad_request): "
+            f"{sanitize(' '.join(error.message.split()))}"
+        )

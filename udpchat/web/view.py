@@ -25,7 +25,7 @@ from udpchat.counters import Tally, WebStats
 from udpchat.logs import RateLimitedLog
 from udpchat.web.config import WebConfig, WebStartError
 from udpchat.web.pages import WRITER_LIMIT_BYTES, Page, Pages, bound_send_buffer
-from udpchat.web.security import Guard
+from udpchat.web.security import Guard, ProtocolLog
 
 logger = logging.getLogger("udpchat.web")
 
@@ -96,8 +96,17 @@ class View:
         app.router.add_get("/ws", self._socket)
         app.router.add_static("/static/", STATIC, follow_symlinks=False)
         self.add_routes(app.router)
+        app.on_shutdown.append(self._close_pages)
         app.cleanup_ctx.append(self._running)
         return app
+
+    async def _close_pages(self, app: web.Application) -> None:
+        """Cut every page as the view stops, before aiohttp waits for their handlers to end
+        (a second, then it cancels them): a stop stays within the drain timeout."""
+        for page in list(self.pages):
+            page.abort()
+            self.pages.close(page)
+            self.on_close(page)
 
     async def _running(self, app: web.Application) -> AsyncIterator[None]:
         tasks = [asyncio.ensure_future(work) for work in self.background()]
@@ -106,10 +115,6 @@ class View:
         finally:
             for task in tasks:
                 task.cancel()
-            for page in list(self.pages):
-                page.abort()
-                self.pages.close(page)
-                self.on_close(page)
             self.on_stop()
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
@@ -161,7 +166,11 @@ class View:
     async def start(self) -> None:
         """Listen on the config's address; :class:`WebStartError` says why not."""
         runner = web.AppRunner(
-            self.application(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+            self.application(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            logger=ProtocolLog(self.tally),
         )
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port)
