@@ -131,6 +131,16 @@ def test_each_value_applies_to_both_directions_unless_prefixed() -> None:
     assert built[Direction.DOWN] == Impairment(loss=0.01)
 
 
+def test_off_sets_a_knob_back_to_its_default_in_one_direction_or_both() -> None:
+    """The word for a knob that is off by default (--burst, --rate): a live change (impair
+    --web) can take it back, and the command line can take back a profile's."""
+    built = impairments(
+        {"rate": ["1000/s", "up:off"], "loss": ["10%", "off"], "reorder_distance": ["3", "off"]}
+    )
+    assert built[Direction.UP] == Impairment()
+    assert built[Direction.DOWN] == Impairment(rate=RateLimit(1000.0))
+
+
 @pytest.mark.parametrize(
     ("settings_", "field"),
     [

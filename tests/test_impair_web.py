@@ -20,6 +20,7 @@ from support.waiting import eventually
 from tests.helpers import LOOPBACK, raw_send, start_cli
 from udpchat import Server, ServerConfig
 from udpchat.impair import Direction, Impairment, ImpairProxy, Link, ProxyConfig
+from udpchat.impair.spec import RateLimit
 from udpchat.record import RecordOptions
 from udpchat.web.config import WebConfig
 
@@ -109,6 +110,19 @@ async def test_put_changes_the_loss_the_server_counts_and_get_says_so(
     (change,) = [line for line in lines if line.get("type") == "change"]
     assert change["request"] == {"loss": "up:100%", "delay": ["down:20ms"]}
     assert change["from_datagram"] == {"up": 11, "down": 1} and change["t_s"] >= 0
+
+
+async def test_a_knob_that_is_off_by_default_is_switched_off_with_null_or_off() -> None:
+    async with proxied() as (_, proxy, url), aiohttp.ClientSession() as session:
+        on = {"loss": "10%", "burst": "4", "rate": "1000/s"}
+        assert (await put(session, url, on))[0] == 200
+        code, answer = await put(session, url, {"burst": None, "rate": "down:off"})
+        assert code == 200, answer
+        assert answer["up"] == {"loss": "10%", "rate": "1000/s"}
+        assert answer["down"] == {"loss": "10%"}
+        assert proxy.impairments[Direction.UP] == Impairment(loss=0.1, rate=RateLimit(1000.0))
+        code, answer = await put(session, url, {"loss": "off"})
+        assert code == 200 and answer["described"]["down"] == ""
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from playwright.sync_api import (
 from support.waiting import EVENT_TIMEOUT_S, eventually_sync
 from tests.helpers import LOOPBACK
 from udpchat.report import SENDER_COLUMNS
-from udpchat.wire import COOKIE, JOIN, JOINED, relay_join_request
+from udpchat.wire import COOKIE, JOIN, JOINED, parse_members, relay_join_request, who_request
 
 CHROMIUM = "/usr/bin/chromium"
 """Debian's ``chromium`` package (``.ci/run`` installs it when missing)."""
@@ -229,8 +229,8 @@ class Member:
         self.sock.settimeout(EVENT_TIMEOUT_S)
         self.sock.connect(address)
         self.sock.send(relay_join_request().encode())
-        cookie = self._answer(COOKIE)
-        self.sock.send(f"{JOIN} {cookie} ana".encode())
+        self.cookie = self._answer(COOKIE)
+        self.sock.send(f"{JOIN} {self.cookie} ana".encode())
         self._answer(JOINED)
 
     def _answer(self, command: str) -> str:
@@ -238,6 +238,13 @@ class Member:
             text = self.sock.recv(2048).decode()
             if text.startswith(f"{command} "):
                 return text.split(" ", 1)[1]
+
+    def who(self) -> list[str]:
+        """The room's members (one page: the module's room is small), ``ip name`` each."""
+        self.sock.send(who_request(self.cookie, 1).encode())
+        while (answer := parse_members(self.sock.recv(2048).decode())) is None:
+            pass
+        return answer[2]
 
     def line(self, containing: str) -> str:
         while True:
@@ -263,6 +270,11 @@ def test_a_line_posted_in_the_browser_reaches_a_udp_member_and_the_reverse(
         member.sock.send(f"ana: {HOSTILE} halo dari UDP".encode())
         line = f"[{LOOPBACK}] ana: {HOSTILE} halo dari UDP"
         expect(page.get_by_test_id("room")).to_contain_text(line)
+        # The page's member is one of the room's, by the address its page was told.
+        joined = re.search(
+            r"joined as budi from (\S+):\d+", page.get_by_test_id("notices").inner_text()
+        )
+        assert joined and f"{joined[1]} budi" in member.who()
         assert page.locator("img").count() == 0
         assert seen.dialogs == [] and seen.errors == []
     finally:
@@ -325,7 +337,7 @@ def test_changing_the_loss_on_the_links_page_changes_what_the_server_counts(
         expect(page.get_by_test_id("knob-loss-up")).to_have_value("100%")
         for counter in range(6, 11):  # lost on the way, by the page's change
             through.sendto(f"lewat: pesan ke-{counter}".encode(), link.listen)
-        page.get_by_test_id("knob-loss-up").fill("0%")
+        page.get_by_test_id("knob-loss-up").fill("")  # an empty field turns the loss off
         page.get_by_test_id("apply").click()
         expect(page.get_by_test_id("changes")).to_contain_text("from datagram 11 up")
         through.sendto(b"lewat: pesan ke-11", link.listen)

@@ -298,21 +298,38 @@ _WRITTEN: dict[Callable[[str], Any], tuple[str, Callable[[Any], str]]] = {
 """Each way of writing a value: its metavar, and a value written so that it parses back."""
 
 
+OFF = "off"
+"""The value that sets a knob back to its default: off for the knobs that do something
+(``--rate off``, ``up:off``), the default for the others (``--reorder-distance off`` is 1).
+What takes back a knob that is off by default, such as ``--burst`` or ``--rate``, in a change
+(``PUT /api/impairment``) or over a profile."""
+
+
+def _value(name: str, written: str) -> Any:
+    """Field ``name``'s value as ``written``: :data:`OFF`, or its parser's reading."""
+    for each in fields(Impairment):
+        if each.name == name:
+            if written.strip() == OFF:
+                return each.default
+            return each.metadata["parse"](written)
+    raise KeyError(name)
+
+
 def impairments(
     settings: Mapping[str, Sequence[str]],
 ) -> dict[Direction, Impairment]:
     """Each direction's :class:`Impairment` from values as written on the command line:
     ``{"loss": ["10%", "down:1%"]}`` is 10% up and 1% down. A value applies to both
     directions unless it starts with ``up:`` or ``down:``; a later value overrides an earlier
-    one. Raises :class:`~udpchat.settings.ConfigError` naming the field."""
+    one, and :data:`OFF` sets the knob back to its default. Raises
+    :class:`~udpchat.settings.ConfigError` naming the field."""
     values: dict[Direction, dict[str, Any]] = {direction: {} for direction in Direction}
-    parsers = {each.name: each.metadata["parse"] for each in fields(Impairment)}
     for name, texts in settings.items():
         for text in texts:
             where, _, written = text.rpartition(":") if text[:1].isalpha() else ("", "", text)
             try:
                 directions = _directions(where)
-                value = parsers[name](written)
+                value = _value(name, written)
             except ValueError as error:
                 raise ConfigError(name, str(error)) from None
             for direction in directions:
@@ -366,15 +383,18 @@ def option_flag(setting: str) -> str:
 def change_request(document: Mapping[str, object]) -> dict[str, list[str]]:
     """A change as ``PUT /api/impairment`` takes it, ``{"loss": "up:10%", "delay": "20ms"}``:
     each knob by its option's name, its value as the option writes it (or a list of them, a
-    later one overriding an earlier one); as settings for :func:`changed`."""
+    later one overriding an earlier one; ``null`` is :data:`OFF` both ways); as settings for
+    :func:`changed`."""
     settings = {}
     for key, value in document.items():
         name = OPTION_FIELDS.get(key)
         if name is None:
             raise ConfigError(key, f"is not a setting of the link ({', '.join(OPTION_FIELDS)})")
-        values = [value] if isinstance(value, str) else value
+        values = [OFF if value is None else value] if isinstance(value, str | None) else value
         if not isinstance(values, list) or not all(isinstance(each, str) for each in values):
-            raise ConfigError(name, "write it as the option takes it: a string, or a list of them")
+            raise ConfigError(
+                name, "write it as the option takes it: a string, a list of them, or null (off)"
+            )
         settings[name] = values
     return settings
 

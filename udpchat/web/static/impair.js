@@ -51,8 +51,8 @@
       const knob = input.dataset.knob;
       const was = (state.current[input.dataset.direction] || {})[knob] || "";
       const now = input.value.trim();
-      if (now && now !== was) {
-        (request[knob] = request[knob] || []).push(`${input.dataset.direction}:${now}`);
+      if (now !== was) {  // a cleared field turns its knob off (back to its default)
+        (request[knob] = request[knob] || []).push(`${input.dataset.direction}:${now || "off"}`);
       }
     });
     return request;
