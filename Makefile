@@ -90,12 +90,13 @@ bench: $(STAMP)
 # The same ladder with 3 trials per rate, each user count climbed from the start, with
 # --processes 2; then overload, the dashboard's cost, the saturation benchmark (with py-spy,
 # installed by the bench extra), the CPU per message, the per-stage micro-benchmark,
-# handler latency, and all of bench-impair. It prints its estimate first.
+# handler latency, all of bench-impair and all of bench-web. It prints its estimate first (of
+# the ladder's part).
 bench-full: $(BENCH_STAMP)
 	$(RESULTS) bench-full "$(BIN)/python -m benchmarks.run --full $(BENCH_ARGS)" \
 		"$(BIN)/python -m benchmarks.overload --full" \
 		"$(BIN)/python -m benchmarks.micro" "$(BIN)/python -m benchmarks.latency" \
-		"$(BIN)/python -m benchmarks.impair"
+		"$(BIN)/python -m benchmarks.impair" "$(BIN)/python -m benchmarks.web"
 
 # Second by second at udpchat's first failed rate (found by a quick ladder, or BENCH_ARGS=
 # --rate N), side by side with the baseline: CPU per thread, batches, jobs, queue, drops, and
