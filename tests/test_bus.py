@@ -18,7 +18,7 @@ from typing import Any
 import nats
 import nkeys
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from support.nats_servers import PLAIN_INFO, FakeNats, NatsNode, wait_for_subscriptions
@@ -272,9 +272,16 @@ ips = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
 
 
 @given(ip=ips, sequence=st.integers(1, 10**19), text=st.text(max_size=64))
+@example(ip="192.0.2.1", sequence=1, text="/quit")
 def test_envelope_round_trip(ip: str, sequence: int, text: str) -> None:
+    """A text that reads as a command is refused: no server relays one, so that none reaches
+    a member from the bus either."""
     data = text.encode()
-    expected = Envelope("0123456789abcdef", sequence, ip, text) if len(data) <= 100 else "oversize"
+    expected: Envelope | str = Envelope("0123456789abcdef", sequence, ip, text)
+    if len(data) > 100:
+        expected = "oversize"
+    elif text.startswith("/"):
+        expected = "malformed"
     envelope = encode_envelope("0123456789abcdef", sequence, ip, data)
     assert decode_envelope(envelope, 100) == expected
 

@@ -321,8 +321,8 @@ async def test_commands_stay_local_and_only_lines_for_the_room_reach_it() -> Non
     unknown ``/word`` is refused with a hint; ``//`` sends one slash; nothing after ``/quit``
     is read."""
     typed = (
-        "halo\n/help\n/who\n/zap x\n//shrug\n/nick ana\n/nick bad: name\n/who\nlagi\n/quit\n"
-        "sesudah\n"
+        "halo\n/help\n/who\n/zap x\n//shrug\n/nick ana\n/nick bad: name\n/nick /quit\n/who\n"
+        "lagi\n/quit\nsesudah\n"
     )
     async with relay_server() as (_, port):
         budi, inbox = await joined_member(port)
@@ -346,6 +346,10 @@ async def test_commands_stay_local_and_only_lines_for_the_room_reach_it() -> Non
     )
     assert any(line.startswith("udpchat: joined the room") and "as ana;" in line for line in said)
     assert any(line.startswith("udpchat: /nick: 'bad: name' cannot be a name") for line in said)
+    assert (
+        "udpchat: /nick: '/quit' cannot be a name: it starts with '/', which starts a command"
+        in said
+    )
     members = [line for line in said if line.startswith("udpchat: in the room")]
     assert members == [  # budi joined without a name, as an older client does
         f"udpchat: in the room (2): [{LOOPBACK}], citra [{LOOPBACK}]",

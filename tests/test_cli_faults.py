@@ -68,6 +68,10 @@ from udpchat.settings import host_problem
         (["impair", "--max-clients", "0"], "udpchat impair: --max-clients: must be 1 to 65536, "
          "not 0"),
         (["send", "--username", "bad: name"], "udpchat send: invalid username"),
+        (["send", "--username", "/help"], "udpchat send: invalid username '/help': it starts "
+         "with '/', which starts a command"),
+        (["chat", "--username", "/quit"], "udpchat chat: invalid username '/quit': it starts "
+         "with '/', which starts a command"),
         (["nosuch"], "udpchat: No such command 'nosuch'"),
         (["sned"], "udpchat: No such command 'sned'. Did you mean 'send'?"),
         (["serve", "--dashbord"], "udpchat serve: no such option --dashbord; did you mean "

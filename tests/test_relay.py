@@ -45,6 +45,7 @@ from udpchat.wire import (
     ROOM_FULL,
     WHO,
     WHO_REQUEST_BYTES,
+    is_command,
     parse_members,
     relay_join_request,
     text_digest,
@@ -347,15 +348,81 @@ def test_keepalive_with_its_own_cookie_keeps_a_member_past_the_peer_timeout() ->
     assert printed == []
 
 
-def test_keepalive_with_another_address_cookie_does_not_keep_it() -> None:
+def test_keepalive_with_another_address_cookie_neither_keeps_a_member_nor_puts_it_out() -> None:
+    """A wrong cookie from a member's address is a forgery (the member has its own): not
+    answered, lest ``/expired`` make the member's client leave and rejoin."""
     relay, outbox, clock, _ = offline_relay()
     join(relay, outbox, PEER)
     forger = ("127.0.0.1", 40001)
     forged = CookieJar(b"secret", clock).issue(forger)
     clock.now += 1
+    sent = len(outbox.sent)
     relay(datagram(PEER, f"{KEEPALIVE} {forged}"))
-    assert outbox.to(PEER)[-1] == EXPIRED.encode()
+    assert len(outbox.sent) == sent
     assert relay.stats().keepalives == 0
+    assert relay.stats().commands_refused == {"bad_cookie": 1}
+    clock.now += 1.5  # past the peer timeout since the join: the forgery kept nobody
+    assert relay.room.members() == []
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        LEAVE,
+        f"{LEAVE} 1000000.{'0' * 32}",
+        f"{KEEPALIVE} 1000000.{'0' * 32}",
+        who_request(f"1000000.{'0' * 32}", 1),
+    ],
+)
+def test_a_forged_word_from_a_member_address_does_not_put_it_out(forged: str) -> None:
+    """Only the cookie the member joined with makes it leave; a forger who knows the member's
+    address but never saw its cookie cannot remove it, nor make the room tell it it is out."""
+    relay, outbox, _, printed = offline_relay()
+    cookie = join(relay, outbox, PEER)
+    sent = len(outbox.sent)
+    relay(datagram(PEER, forged))
+    assert relay.room.members() == [PEER]
+    assert len(outbox.sent) == sent
+    assert relay.stats().commands_refused == {"bad_cookie": 1}
+    relay(datagram(PEER, f"{LEAVE} {cookie}"))
+    assert relay.room.members() == []
+    assert relay.stats().leaves == 1
+    assert printed == []
+
+
+def test_no_word_that_starts_with_a_slash_is_relayed_as_a_text() -> None:
+    """A member's ``/word`` that the room does not know (an older client's, one typed in
+    ``nc``) reaches no member and gets no ``/ok``; the server's console still shows it. From an
+    address that is not a member, it draws ``/expired`` like a text."""
+    relay, outbox, _, printed = offline_relay()
+    join(relay, outbox, PEER)
+    other = ("127.0.0.1", 40002)
+    join(relay, outbox, other)
+    sent = len(outbox.sent)
+    for text in ["/quit", "/who", "/leave now", "/keepalive", "/me waves", "//shrug", "/"]:
+        relay(datagram(PEER, text))
+    assert len(outbox.sent) == sent
+    assert relay.stats().commands_refused == {"unknown": 4, "bad_cookie": 3}
+    assert [message.text for message in printed][-3:] == ["/me waves", "//shrug", "/"]
+    relay(datagram(PEER, "ana: /quit"))  # what chat sends for '//quit': a text, relayed
+    assert outbox.to(other)[-1] == f"[{PEER[0]}] ana: /quit".encode()
+    stranger = ("127.0.0.9", 40009)
+    relay(datagram(stranger, "/me waves"))
+    assert outbox.to(stranger) == [EXPIRED.encode()]
+
+
+@given(st.lists(st.text(max_size=40), max_size=20))
+def test_what_reaches_a_member_never_reads_as_a_command(texts: list[str]) -> None:
+    relay, outbox, _, _ = offline_relay()
+    join(relay, outbox, PEER)
+    other = ("127.0.0.1", 40002)
+    join(relay, outbox, other)
+    for text in texts:
+        relay(datagram(PEER, text))
+    for data in outbox.to(other)[2:]:  # after its /cookie and /joined
+        line = data.decode()
+        ip, _, text = line.partition("] ")
+        assert ip == f"[{PEER[0]}" and not is_command(text)
 
 
 def test_an_expired_member_is_told_so_and_can_rejoin() -> None:
@@ -367,10 +434,10 @@ def test_an_expired_member_is_told_so_and_can_rejoin() -> None:
     relay(datagram(PEER, "ana: masih di sini?"))
     assert outbox.to(PEER)[-1] == EXPIRED.encode()
     assert [message.text for message in printed] == ["ana: masih di sini?"]
-    join(relay, outbox, PEER)
+    cookie = join(relay, outbox, PEER)
     assert relay.room.members() == [PEER]
     assert relay.stats().expired_notices == 2
-    relay(datagram(PEER, LEAVE))
+    relay(datagram(PEER, f"{LEAVE} {cookie}"))
     assert relay.room.members() == []
 
 
@@ -385,7 +452,7 @@ def test_a_non_member_never_draws_more_bytes_than_it_sends(texts: list[str]) -> 
     cookies = sum(data.startswith(COOKIE.encode()) for data in outbox.to(PEER))
     accounted = stats.expired_notices + stats.unanswered_non_members + stats.ignored_joins
     accounted += sum(stats.unanswered.values()) + stats.malformed_joins
-    assert accounted + cookies + texts.count(LEAVE) == len(texts)  # each one answered or counted
+    assert accounted + cookies == len(texts)  # each one answered or counted
 
 
 async def test_join_errors_say_why(collector: Collector) -> None:
@@ -842,7 +909,7 @@ def test_who_from_an_address_that_is_not_a_member_draws_at_most_expired() -> Non
     relay(datagram(stranger, who_request(cookie, 1)))  # another address's cookie
     relay(datagram(stranger, who_request("1.abc", 1)))
     assert outbox.to(stranger) == [EXPIRED.encode()] * 2
-    relay(datagram(PEER, LEAVE))
+    relay(datagram(PEER, f"{LEAVE} {cookie}"))
     relay(datagram(PEER, who_request(cookie, 1)))  # its own cookie, but it left
     assert outbox.to(PEER)[-1] == EXPIRED.encode()
     assert relay.stats().who_pages == 0

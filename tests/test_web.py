@@ -431,10 +431,19 @@ async def test_a_page_joins_as_a_member_of_its_own_and_posts_both_ways(
             assert (await next_of(page, "refused"))["reason"] == "too_long"
             await page.send_json({"type": "post", "text": "two\nlines"})
             assert (await next_of(page, "refused"))["reason"] == "malformed"
+            # A /word is never a text for the room; // sends one slash, as in chat.
+            await page.send_json({"type": "post", "text": "/quit"})
+            refused = await next_of(page, "refused")
+            assert refused["reason"] == "command" and "// sends" in refused["text"]
+            await page.send_json({"type": "post", "text": "//shrug"})
+            assert (await next_of(page, "sent"))["text"] == "budi: /shrug"
+            assert (await inbox.wait_for(2))[1] == f"[{ip}] budi: /shrug"
         await eventually(lambda: len(server.relay.room.members()) == 2)  # type: ignore[union-attr]
         stats = web_stats(server)
-        assert stats.posts == 1
-        assert stats.posts_refused == {"invalid_username": 1, "too_long": 1, "malformed": 1}
+        assert stats.posts == 2
+        assert stats.posts_refused == {
+            "invalid_username": 1, "too_long": 1, "malformed": 1, "command": 1,
+        }  # fmt: skip
 
 
 async def test_a_page_member_is_rate_limited_like_any_member(

@@ -167,7 +167,7 @@ def shows_nothing(char: str) -> bool:
 def reference_is_valid_username(name: str) -> bool:
     """The rule from the character categories and names: no control, format, surrogate,
     private-use, unassigned or separator character except the ASCII space, which may not end
-    the name, and nothing that shows nothing."""
+    the name, nothing that shows nothing, and no slash first (it would read as a command)."""
     printable = all(char == " " or unicodedata.category(char)[0] not in "CZ" for char in name)
     return (
         0 < len(name) <= MAX_USERNAME_LENGTH
@@ -176,6 +176,7 @@ def reference_is_valid_username(name: str) -> bool:
         and not name.startswith(" ")
         and not name.endswith(" ")
         and ": " not in name
+        and not name.startswith("/")
     )
 
 
@@ -251,6 +252,8 @@ def test_split_seed_takes_ascii_names_and_counters_up_to_the_largest() -> None:
         ("ana\x1b", "it contains U+001B, a control, format or separator character"),
         ("ana\u3164", "it contains U+3164, a character that shows nothing"),
         ("ana: budi", "it contains ': ', which ends a name in the seed's format"),
+        ("/quit", "it starts with '/', which starts a command"),
+        ("Budi/Santoso", None),
         ("Budi Santoso", None),
     ],
 )

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from udpchat.counters import BusStats, Tally
 from udpchat.logs import RateLimitedLog
 from udpchat.sockets import is_address
+from udpchat.wire import is_command
 
 if TYPE_CHECKING:  # nats-py is imported when a bus starts, not with udpchat
     from nats.aio.client import Client as NatsClient
@@ -182,6 +183,8 @@ def open_envelope(sealed: Sealed) -> Envelope | str:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
+        return "malformed"
+    if is_command(text):  # no server relays one: it would reach members as a command
         return "malformed"
     return Envelope(fields[1].decode("ascii"), int(fields[2]), ip, text)
 

@@ -21,6 +21,7 @@ from udpchat.client import Client, RoomEvent
 from udpchat.wire import (
     RESENT_MARK,
     USERNAME_SEPARATOR,
+    is_command,
     sanitize,
     text_digest,
     username_problem,
@@ -213,6 +214,14 @@ ESCAPE = "//"
 """A line that starts with ``//`` is sent with one ``/`` less: ``//shrug`` says ``/shrug``."""
 
 
+def text_of(line: str) -> str | None:
+    """What a typed line says to the room: the line itself, or with :data:`ESCAPE` one ``/``
+    less; None when it is a command (``/word``), which is never sent as a text."""
+    if line.startswith(ESCAPE):
+        return line[1:]
+    return None if is_command(line) else line
+
+
 class Conversation:
     """What each typed line does: a command (``/help``), a line for the room, or (empty) the
     lines not delivered sent again. Counts what the person did, for the summary."""
@@ -242,12 +251,11 @@ class Conversation:
 
     async def take(self, line: str) -> bool:
         """Do what ``line`` says; False when it says to leave."""
-        if line.startswith(ESCAPE):
-            self.say(line[1:])
-        elif line.startswith("/"):
+        text = text_of(line)
+        if text is None:
             return await self.command(*line.partition(" ")[::2])
-        elif line.strip():
-            self.say(line)
+        if text.strip():
+            self.say(text)
         else:
             self.resend()
         return True

@@ -29,6 +29,7 @@ from udpchat.wire import (
     ROOM_FULL,
     decode,
     format_message,
+    is_command,
     parse_members,
     relay_join_request,
     who_request,
@@ -283,7 +284,7 @@ class Client:
 
         def receive(data: bytes) -> None:
             text, _ = decode(data)
-            if not text.startswith("/"):
+            if not is_command(text):
                 if self.in_room:
                     on_text(text)
             elif text.startswith(f"{DELIVERED} "):
@@ -425,7 +426,7 @@ class Client:
             self._membership.cancel()
             self._membership = None
         if self._transport is not None and self.in_room:
-            self.send(LEAVE)
+            self.send(f"{LEAVE} {self._cookie}")
         self.in_room = False
 
     async def send_every(

@@ -573,6 +573,18 @@ class RelayStats(Counts):
         "Keepalives from members, with their own cookie: each kept a member in the room.",
         unit="datagrams",
     )
+    leaves: int = total(
+        "Members that left with /leave and the cookie they joined with.", unit="members"
+    )
+    commands_refused: Mapping[str, int] = by_reason(
+        "Members' room words not taken, by reason: bad_cookie (a /keepalive, /who or /leave "
+        "from a member's address without the cookie it joined with: a forgery, not answered, "
+        "so that it cannot put the member out), unknown (a /word the room does not know: "
+        "never relayed as a text).",
+        unit="datagrams",
+        label="reason",
+        brief=Brief.NONZERO,
+    )
     expired_notices: int = total(
         "/expired answers to a keepalive or text from an address that is not a member.",
         unit="datagrams",
@@ -848,8 +860,9 @@ class WebStats(Counts):
         "Lines posted to the room from browser pages.", unit="messages", brief=Brief.NONZERO
     )
     posts_refused: Mapping[str, int] = by_reason(
-        "Page requests refused, by reason: malformed, invalid_username, too_long, "
-        "not_in_room, join_failed; bad_change (impair's PUT /api/impairment).",
+        "Page requests refused, by reason: malformed, invalid_username, too_long, command "
+        "(a /word, never sent as a text), not_in_room, join_failed; bad_change (impair's PUT "
+        "/api/impairment).",
         unit="requests",
         label="reason",
         brief=Brief.NONZERO,

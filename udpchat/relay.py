@@ -11,14 +11,17 @@ header of at most :data:`udpchat.wire.MAX_HEADER_BYTES`, and the member gets ``/
 (12 bytes) back, so that its client knows the room took it. Each incoming datagram causes at
 most ``max_peers`` outgoing ones.
 
-A member stays with ``/keepalive COOKIE`` (the cookie it joined with, so that only an address
-that once received the cookie can stay). It may ask for the member list with ``/who COOKIE
-PAGE`` (its cookie again, and one of its texts' tokens): the answer, a page of ``/members``, is
-never larger than the request, and a request from an address that is not a member draws at
-most ``/expired``, as a text does. An address that is not a member, because it expired or
-the server restarted, gets ``/expired`` in answer to its keepalive or text, so that its client
-can rejoin; a full room answers a valid cookie with ``/full``. Each of these answers is smaller
-than what it answers, and none is sent in answer to a datagram smaller than itself.
+A member stays with ``/keepalive COOKIE`` and leaves with ``/leave COOKIE`` (the cookie it
+joined with, so that only an address that once received the cookie can stay, or put itself
+out: a word with a wrong cookie from a member's address is a forgery, counted and not
+answered, lest it tell the member it is out). No ``/word`` is ever relayed as a text. It may
+ask for the member list with ``/who COOKIE PAGE`` (its cookie again, and one of its texts'
+tokens): the answer, a page of ``/members``, is never larger than the request, and a request
+from an address that is not a member draws at most ``/expired``, as a text does. An address
+that is not a member, because it expired or the server restarted, gets ``/expired`` in answer
+to its keepalive or text, so that its client can rejoin; a full room answers a valid cookie
+with ``/full``. Each of these answers is smaller than what it answers, and none is sent in
+answer to a datagram smaller than itself.
 
 No answer is ever sent to a datagram that is itself an answer (:data:`udpchat.wire.ANSWERS`) or
 that claims the relay's own address, so that one forged datagram cannot start two relays, or a
@@ -59,6 +62,7 @@ from udpchat.wire import (
     MIN_WHO_REQUEST_BYTES,
     ROOM_FULL,
     WHO,
+    is_command,
     is_valid_username,
     members_pages,
     text_digest,
@@ -260,10 +264,18 @@ class Room:
             member.last_heard = now
             return True
 
-    def leave(self, peer: Address) -> None:
+    def leave(self, peer: Address) -> bool:
+        """``peer`` out of the room; False when it was not in it."""
         with self._lock:
-            if self._members.pop(peer, None) is not None:
-                self._everyone = tuple(self._members)
+            if self._members.pop(peer, None) is None:
+                return False
+            self._everyone = tuple(self._members)
+            return True
+
+    def is_member(self, peer: Address) -> bool:
+        with self._lock:
+            self._expire(self._clock())
+            return peer in self._members
 
     def audience(self) -> tuple[Address, ...]:
         """The members now, as the same tuple until the membership changes."""
@@ -424,30 +436,59 @@ class Relay:
                 self._inner(message)
         elif command == JOIN:
             self._join(peer, argument.strip(), message.size)
-        elif text == LEAVE:
-            self.room.leave(peer)
+        elif command == LEAVE:
+            self._leave(peer, argument)
         elif command == KEEPALIVE:
             self._keepalive(peer, argument, message.size)
         elif command == WHO:
             self._who(peer, argument, message.size)
         else:
-            if not self._forward(message):
+            if is_command(text):
+                self._unknown_command(peer, message.size)
+            elif not self._forward(message):
                 self._tell_not_a_member(peer, message.size)
             if self._inner is not None:
                 self._inner(message)
 
     def _keepalive(self, peer: Address, cookie: str, request_size: int) -> None:
-        if self._cookies.is_genuine(peer, cookie) and self.room.refresh(peer):
+        if not self._cookies.is_genuine(peer, cookie):
+            self._not_genuine(peer, request_size)
+        elif self.room.refresh(peer):
             self._tally.add("keepalives")
-            return
-        self._tell_not_a_member(peer, request_size)
+        else:
+            self._tell_not_a_member(peer, request_size)
+
+    def _leave(self, peer: Address, cookie: str) -> None:
+        """``/leave COOKIE``: only the cookie the member joined with puts it out of the room."""
+        if not self._cookies.is_genuine(peer, cookie.strip()):
+            self._not_genuine(peer, 0)  # a member leaving needs no answer, nor does a forger
+        elif self.room.leave(peer):
+            self._tally.add("leaves")
+
+    def _not_genuine(self, peer: Address, request_size: int) -> None:
+        """A word whose cookie was not issued to ``peer``: from a member's address, a forgery
+        (the member has its own cookie), counted and not answered, so that it cannot make the
+        room tell the member it is out; from elsewhere, ``/expired`` (a restarted server's
+        member holds an old cookie)."""
+        if self.room.is_member(peer):
+            self._tally.add_reason("commands_refused", "bad_cookie")
+        else:
+            self._tell_not_a_member(peer, request_size)
+
+    def _unknown_command(self, peer: Address, request_size: int) -> None:
+        """A ``/word`` the room does not know: never relayed, so that nothing that reads as a
+        command reaches the members; a member's is counted, anyone else is told it is out."""
+        if self.room.is_member(peer):
+            self._tally.add_reason("commands_refused", "unknown")
+        else:
+            self._tell_not_a_member(peer, request_size)
 
     def _who(self, peer: Address, argument: str, request_size: int) -> None:
         """A page of the member list, to a member only (its cookie proves its address), within
         its rate, and never larger than the request: a forged ``/who`` amplifies nothing."""
         cookie, _, rest = argument.partition(" ")
         if not self._cookies.is_genuine(peer, cookie):
-            self._tell_not_a_member(peer, request_size)
+            self._not_genuine(peer, request_size)
             return
         if request_size < MIN_WHO_REQUEST_BYTES:
             self._tally.add_reason("who_refused", "too_small")

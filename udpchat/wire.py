@@ -65,6 +65,9 @@ class TextProblem(enum.Enum):
 
 USERNAME_SEPARATOR = ": "
 """What ends the username in every text a client sends, so no name may contain it."""
+COMMAND_PREFIX = "/"
+"""What starts a word to the room (``/join``) or to ``chat`` (``/who``), never a member's text:
+so no name may start with it either, and the room relays no text that does."""
 
 INVISIBLE_CHARACTERS = frozenset(
     map(
@@ -95,15 +98,28 @@ def username_problem(username: str) -> str | None:
     Any printable Unicode of 1 to :data:`MAX_USERNAME_LENGTH` characters, spaces inside: the
     seed prints whatever name it gets. Control and format characters (bidi overrides) are
     refused because they change how a line displays, invisible ones
-    (:data:`INVISIBLE_CHARACTERS`) because they make one name pass for another, and ``: ``
-    because it ends the name.
+    (:data:`INVISIBLE_CHARACTERS`) because they make one name pass for another, ``: ``
+    because it ends the name, and a leading ``/`` because every text would start like a
+    command (:func:`is_command`).
     """
     if not username:
         return "it is empty"
     if len(username) > MAX_USERNAME_LENGTH:
         return f"it has {len(username)} characters, more than {MAX_USERNAME_LENGTH}"
+    return _edge_problem(username) or _character_problem(username)
+
+
+def _edge_problem(username: str) -> str | None:
+    """What is wrong with how a non-empty name starts or ends, if anything."""
     if username != username.strip():
         return "it starts or ends with a space"
+    if is_command(username):
+        return f"it starts with '{COMMAND_PREFIX}', which starts a command"
+    return None
+
+
+def _character_problem(username: str) -> str | None:
+    """The first character, or pair of them, that a name may not contain, if any."""
     hidden = next(
         (char for char in username if char in INVISIBLE_CHARACTERS or not char.isprintable()),
         None,
@@ -120,9 +136,15 @@ def username_problem(username: str) -> str | None:
     return None
 
 
+def is_command(text: str) -> bool:
+    """Whether ``text`` is a command (``/word``), to a client or to the room, not a text for
+    the other members."""
+    return text.startswith(COMMAND_PREFIX)
+
+
 def is_valid_username(username: str) -> bool:
-    """1-32 printable, visible characters, no ``: ``, no space at either end:
-    :func:`username_problem`."""
+    """1-32 printable, visible characters, no ``: ``, no space at either end, no ``/``
+    first: :func:`username_problem`."""
     return username_problem(username) is None
 
 
@@ -234,6 +256,8 @@ JOIN = "/join"
 COOKIE = "/cookie"
 JOINED = "/joined"
 LEAVE = "/leave"
+"""``/leave COOKIE``: a member leaves; the cookie it joined with proves the address, so that a
+forged ``/leave`` cannot put a member out of the room."""
 COOKIE_MAC_HEX_DIGITS = 32
 MIN_JOIN_REQUEST_BYTES = len(f"{COOKIE} {2**40}.{'0' * COOKIE_MAC_HEX_DIGITS}")
 """A cookie request must be at least as large as any cookie answer: no amplification."""

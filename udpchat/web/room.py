@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from udpchat.chat import Conversation, Deliveries
+from udpchat.chat import ESCAPE, Conversation, Deliveries, text_of
 from udpchat.client import REJOIN_INTERVAL_S, Client, JoinError, RoomEvent
 from udpchat.wire import USERNAME_SEPARATOR, clean_username, sanitize, sender_address
 
@@ -145,20 +145,29 @@ class PageMember:
         return sender_address(*self._client.local_address)
 
     def post(self, line: str) -> None:
-        """Send ``line`` to the room as ``USERNAME: line``; :class:`PostRefusedError` when it is
-        more than one line or longer than the server takes."""
+        """Send ``line`` to the room as ``USERNAME: line`` (``//`` sends one ``/`` less, as in
+        ``chat``); :class:`PostRefusedError` when it is more than one line, longer than the
+        server takes, or a ``/word``: the page's commands are its buttons, and a command is
+        never sent to the room as a text."""
         if "\n" in line or "\r" in line:
             raise PostRefusedError("malformed", "one line at a time")
+        text = text_of(line)
+        if text is None:
+            raise PostRefusedError(
+                "command",
+                f"{sanitize(line.partition(' ')[0])} is not sent: the page takes no commands; "
+                f"{ESCAPE} sends a line that starts with /",
+            )
         try:
-            size = len(f"{self.username}{USERNAME_SEPARATOR}{line}".encode())
+            size = len(f"{self.username}{USERNAME_SEPARATOR}{text}".encode())
         except UnicodeEncodeError:  # a lone surrogate, which JSON can carry and UTF-8 cannot
             raise PostRefusedError("malformed", "not valid Unicode text") from None
         if size > self._max_text_bytes:
             raise PostRefusedError(
                 "too_long", f"{size} bytes with the name; the server takes {self._max_text_bytes}"
             )
-        if line.strip():
-            self._conversation.say(line)
+        if text.strip():
+            self._conversation.say(text)
 
     def _delivered(self, text: str) -> None:
         self._tell({"type": "sent", "text": sanitize(text)})
