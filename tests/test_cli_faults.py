@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -283,6 +284,29 @@ async def test_stuck_output_drains_within_the_timeout_then_exits_0() -> None:
     assert "a worker was still stuck in its handler or output" in stderr
     assert "forced" not in stderr  # one signal: a drain cut short by its timeout, not forced
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("output_format", ["text", "json"])
+async def test_ctrl_c_on_a_pipe_whose_reader_stops_too_ends_cleanly(output_format: str) -> None:
+    """Ctrl-C on ``serve --format json | jq`` stops both: the lines ``jq`` no longer reads are
+    counted as output_failed, and the stop is no error (exit 0, no 'stopped by an error'). The
+    pipe is full when the signal comes, so that the write that breaks comes after it."""
+    server, port, unread = await start_server_with_unread_stdout(
+        "--format", output_format, "--drain-timeout", "60", "--queue-size", "1000"
+    )
+    sent = await flood(port, size=1000, count=5000, seconds=5.0)
+    server.signal(signal.SIGINT)
+    await server.read_stderr_until("stopping")
+    os.close(unread)  # the reader stops with the same Ctrl-C
+    status, _, stderr = await server.finish(timeout_s=30)
+    assert status == 0, stderr
+    assert "stopped by an error" not in stderr and "Traceback" not in stderr
+    counts = (
+        json.loads(stderr.splitlines()[-1])["summary"]["dropped"]
+        if output_format == "json"
+        else assert_summary_balanced(stderr, sent=sent)
+    )
+    assert counts["output_failed"] > 0
 
 
 async def test_second_signal_forces_exit() -> None:

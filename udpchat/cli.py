@@ -898,11 +898,11 @@ def finish(result: ServeResult, *, as_json: bool = False, verbose: bool = False)
         report("forced stop: queued messages were abandoned (counted as queued)")
         exit_now(ExitCode.FORCED)
     code = ExitCode.OK
-    if result.error is not None:
+    if isinstance(result.error, OutputError):
+        silence_stdout()
+    if result.error is not None and not stopped_with_its_reader(result):
         report(f"stopped by an error: {describe_error(result.error)}")
         code = ExitCode.FAILURE
-        if isinstance(result.error, OutputError):
-            silence_stdout()
     if result.died:
         report(
             "a process that died sent no final report: its senders may be missing from the "
@@ -912,6 +912,14 @@ def finish(result: ServeResult, *, as_json: bool = False, verbose: bool = False)
     if not result.drained:
         exit_now(code)
     raise typer.Exit(code)
+
+
+def stopped_with_its_reader(result: ServeResult) -> bool:
+    """Whether the output broke (``EPIPE``) with a stop signal: Ctrl-C on ``serve | jq`` stops
+    ``jq`` too, and the lines it could no longer read are counted (``output_failed``) in the
+    summary, not an error."""
+    error = result.error
+    return result.signalled and isinstance(error, OutputError) and error.errno == errno.EPIPE
 
 
 class StdoutError(OutputError):

@@ -104,9 +104,12 @@ def _escaped_line(ip: str, text: str) -> bytes:
 
 
 def output_failure(error: BaseException) -> OutputError:
-    """The :class:`OutputError` for a failed write, in the OS's own words (``Broken pipe``)."""
+    """The :class:`OutputError` for a failed write, in the OS's own words (``Broken pipe``),
+    with the OS's error number, so that a reader gone away (``EPIPE``) can be told apart."""
     reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-    return OutputError(f"cannot write messages: {reason}")
+    failure = OutputError(f"cannot write messages: {reason}")
+    failure.errno = error.errno if isinstance(error, OSError) else None
+    return failure
 
 
 class LinePrinter:

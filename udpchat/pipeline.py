@@ -267,7 +267,7 @@ class Dispatcher:
                 errors = self._handler.handle_batch(batch)
             except OSError as error:  # OutputError, or a batch handler's stream's own error
                 self._tally.add_dropped(DropReason.OUTPUT_FAILED, len(batch))
-                self._output_error_log.record(f"output failed, {len(batch)} messages lost", error)
+                self._output_error_log.record(f"output failed, {len(batch)} messages lost: {error}")
                 if self._on_output_error is not None:
                     self._on_output_error(error)
                 return

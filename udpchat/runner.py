@@ -80,4 +80,6 @@ async def serve_until_signalled(
             service.fail(error)
         result = await service.serve_until_stopped()
     # A second signal only forced anything if it cut the drain short.
-    return dataclasses.replace(result, forced=stop.forced and not result.drained)
+    return dataclasses.replace(
+        result, forced=stop.forced and not result.drained, signalled=stop.requested.is_set()
+    )

@@ -332,6 +332,8 @@ class ServeResult:
     """With several processes, how each child that died on its own ended."""
     forced: bool = False
     """A second stop signal cut the drain short."""
+    signalled: bool = False
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) came while serving."""
 
 
 class Service(Protocol):
