@@ -624,8 +624,9 @@ def serve(
         bool,
         typer.Option(
             "--echo",
-            help="Answer each datagram with itself, for 'udpchat send --rtt' (never larger; "
-            "off by default: a server that answers can be aimed at a forged source).",
+            help="Answer each message with itself, once, for 'udpchat send --rtt' (never "
+            "larger, never an answer; off by default: a server that answers can be aimed at a "
+            "forged source).",
         ),
     ] = False,
     echo_rate_per_s: Annotated[

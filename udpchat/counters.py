@@ -723,6 +723,18 @@ class EchoStats(Counts):
         unit="datagrams",
         brief=Brief.NONZERO,
     )
+    repeated: int = total(
+        "Messages not answered: their sender's counter was answered already (or is further "
+        "back than the window), as an answer coming back would be: no answer is answered.",
+        unit="datagrams",
+        brief=Brief.NONZERO,
+    )
+    not_seed: int = total(
+        "Datagrams not answered: not a message in the seed's format, so nothing tells them "
+        "from an answer.",
+        unit="datagrams",
+        brief=Brief.NONZERO,
+    )
     send_failures: int = total(
         "Answers the OS would not send (socket buffer full, unreachable).",
         unit="datagrams",
@@ -731,6 +743,10 @@ class EchoStats(Counts):
     sources_evicted: int = total(
         "Per-source rate buckets dropped to bound the table; the source starts again full.",
         unit="sources",
+    )
+    answered_evicted: int = total(
+        "Senders whose answered counters were forgotten to bound that table (--max-sources).",
+        unit="senders",
     )
 
 

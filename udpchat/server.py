@@ -20,7 +20,7 @@ from udpchat.accounting import DEFAULT_MAX_SENDERS, SENDER_BYTES
 from udpchat.admission import DEFAULT_MAX_SOURCES, SOURCE_BYTES, Admission, IPNetwork
 from udpchat.bus import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_ROOM, BusConfig, room_subject
 from udpchat.counters import ServerTally, StatsSnapshot
-from udpchat.echo import DEFAULT_ECHO_RATE_PER_S, Echo
+from udpchat.echo import ANSWERED_SENDER_BYTES, DEFAULT_ECHO_RATE_PER_S, Echo
 from udpchat.eventloop import periodically
 from udpchat.fanout import FanOut
 from udpchat.handlers import BatchHandler, Handler
@@ -206,7 +206,7 @@ class ServerConfig:
     nats_connect_timeout_s: float = setting(DEFAULT_CONNECT_TIMEOUT_S, minimum=0.1, maximum=60)
     """How long ``start()`` waits for NATS before it fails."""
     echo: bool = False
-    """Answer each accepted datagram with itself (:mod:`udpchat.echo`), for round-trip times."""
+    """Answer each message with itself, once (:mod:`udpchat.echo`), for round-trip times."""
     echo_rate_per_s: float = setting(DEFAULT_ECHO_RATE_PER_S, minimum=0.01)
     """Answers a second per source address (bursts of twice that); the rest are counted."""
     record: Path | None = None
@@ -300,7 +300,8 @@ class ServerConfig:
         ``max_datagram_size``, each with its sender's address, larger on an IPv6 or dual-stack
         socket), the per-sender accounting, the output being formatted by each worker (and the
         batch the event loop is filling), and the admission tables where the config asks for an
-        allow-list or a rate limit, and the relay's table of answered addresses. (The batch
+        allow-list or a rate limit, the relay's table of answered addresses, and ``--echo``'s
+        rate table and answered senders. (The batch
         reader's buffers do not grow: at most a batch and a table of 256 addresses, in the base.)
         """
         overhead = (
@@ -316,6 +317,7 @@ class ServerConfig:
             + (self.workers + 1) * OUTPUT_EXPANSION * batch_bytes
             + (self.max_sources * SOURCE_BYTES if self.admission() is not None else 0)
             + (self.max_sources * ANSWER_SOURCE_BYTES if self.relay else 0)
+            + (self.max_sources * (SOURCE_BYTES + ANSWERED_SENDER_BYTES) if self.echo else 0)
         )
 
 
