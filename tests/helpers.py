@@ -12,14 +12,15 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import support
 from support.summary import balanced, summary_counts
 from support.waiting import EVENT_TIMEOUT_S, eventually_sync
-from udpchat import Message, StatsSnapshot
+from udpchat import Message, Server, ServerConfig, StatsSnapshot
 
 LOOPBACK = "127.0.0.1"
 STARTED: list[CliProcess] = []
@@ -262,3 +263,14 @@ async def start_server_with_unread_stdout(*args: str) -> tuple[CliProcess, int, 
     os.close(write_end)
     server = CliProcess(process)
     return server, await read_port(server), read_end
+
+
+@asynccontextmanager
+async def forgeable_servers(
+    count: int, *, relay: bool = False, echo: bool = False
+) -> AsyncIterator[list[Server]]:
+    """``count`` relays or echo servers on loopback ports another socket may share, so that
+    :func:`support.forgery.forge` can claim them."""
+    config = ServerConfig(host=LOOPBACK, port=0, reuse_port=True, relay=relay, echo=echo)
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(Server(config)) for _ in range(count)]

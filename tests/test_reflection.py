@@ -4,14 +4,11 @@ on loopback; the forger shares the claimed address's port (``SO_REUSEPORT``) to 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-
 import pytest
 
 from support.forgery import forge
 from support.waiting import eventually
-from tests.helpers import LOOPBACK
+from tests.helpers import LOOPBACK, forgeable_servers
 from udpchat import Server, ServerConfig
 from udpchat.counters import RelayStats
 from udpchat.impair import ImpairProxy, ProxyConfig
@@ -31,21 +28,13 @@ def received(server: Server) -> int:
     return server.stats(include_senders=False).received
 
 
-@asynccontextmanager
-async def relays(count: int) -> AsyncIterator[list[Server]]:
-    """``count`` relays on loopback ports another socket may share (for the forger)."""
-    config = ServerConfig(host=LOOPBACK, port=0, relay=True, reuse_port=True)
-    async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(Server(config)) for _ in range(count)]
-
-
 def answered_nothing(server: Server) -> bool:
     return relay_stats(server).bytes_out == 0
 
 
 @pytest.mark.parametrize("text", FORGED)
 async def test_two_relays_one_forged_datagram_one_answer_at_most(text: str) -> None:
-    async with relays(2) as (first, second):
+    async with forgeable_servers(2, relay=True) as (first, second):
         forge(second.address, first.address, text)
         if text == EXPIRED:  # an answer: never answered
             await eventually(lambda: relay_stats(first).unanswered.get("answer") == 1)
@@ -58,7 +47,7 @@ async def test_two_relays_one_forged_datagram_one_answer_at_most(text: str) -> N
 
 @pytest.mark.parametrize("text", FORGED)
 async def test_a_relay_never_answers_its_own_address(text: str) -> None:
-    async with relays(1) as (relay,):
+    async with forgeable_servers(1, relay=True) as (relay,):
         forge(relay.address, relay.address, text)
         await eventually(lambda: relay_stats(relay).unanswered.get("own_address") == 1)
         assert answered_nothing(relay) and received(relay) == 1
@@ -68,7 +57,7 @@ async def test_a_relay_never_answers_its_own_address(text: str) -> None:
 async def test_a_relay_behind_impair_and_another_relay_do_not_loop(text: str) -> None:
     """The proxy forwards the forged datagram to the first relay and its answer back to the
     address it claimed, the second relay's, whose answer would go back through the proxy."""
-    async with relays(2) as (behind, other):
+    async with forgeable_servers(2, relay=True) as (behind, other):
         config = ProxyConfig(listen_host=LOOPBACK, listen_port=0, target_port=behind.address[1])
         async with ImpairProxy(config) as proxy:
             forge(other.address, proxy.address, text)
