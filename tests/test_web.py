@@ -31,7 +31,7 @@ from udpchat.report import SENDER_COLUMNS, SortKey
 from udpchat.web.config import WebAddressError, WebConfig, parse_web_address
 from udpchat.web.security import CONTENT_SECURITY_POLICY
 from udpchat.web.server_view import ServerView
-from udpchat.web.view import STATIC
+from udpchat.web.view import MAX_PAGE_MESSAGE_BYTES, STATIC
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,6 +159,7 @@ async def test_the_page_has_no_inline_script_and_a_policy_that_forbids_it(
                 assert response.status == status
                 assert response.headers["Content-Security-Policy"] == policy
                 assert response.headers["X-Content-Type-Options"] == "nosniff"
+                assert response.headers["Referrer-Policy"] == "no-referrer"  # the token stays
     directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
     assert directives["script-src"] == "'self'"  # no 'unsafe-inline', no 'unsafe-eval'
     assert directives["default-src"] == "'none'"
@@ -253,13 +254,21 @@ async def test_a_websocket_from_a_page_of_another_origin_is_refused(
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(ws_url, origin="http://evil.example")
         assert refused.value.status == 403
-        with pytest.raises(aiohttp.WSServerHandshakeError):
-            await session.ws_connect(ws_url, origin=url.rstrip("/").replace("127.0.0.1", "x"))
+        port = server.web_address[1]
+        foreign = [
+            f"http://x:{port}",  # another name for the host
+            f"http://127.0.0.1:{port + 1}",  # another port of this host: another origin
+            "null",  # a sandboxed frame, a file:// page, a data: URL
+            f"ws://127.0.0.1:{port}",  # no page has this origin
+        ]
+        for origin in foreign:
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await session.ws_connect(ws_url, origin=origin)
         async with session.ws_connect(ws_url, origin=url.rstrip("/")) as page:
             assert (await page.receive_json())["type"] == "hello"
         async with session.ws_connect(ws_url) as page:  # a script, not a browser: no Origin
             assert (await page.receive_json())["type"] == "hello"
-        assert web_stats(server).refused == {"origin": 2}
+        assert web_stats(server).refused == {"origin": 1 + len(foreign)}
 
 
 async def test_pages_beyond_the_bound_are_refused_and_counted(
@@ -298,6 +307,21 @@ async def test_a_server_with_pages_open_stops_within_its_drain_timeout_and_half_
             pass
     assert stop_s <= 1.0, f"stopped in {stop_s:.2f} s with two pages open"
     assert web_stats(server).clients == 0
+
+
+async def test_what_no_page_sends_is_refused_and_counted(session: aiohttp.ClientSession) -> None:
+    """A binary frame and a frame past the bound are no page's: counted as malformed, as
+    text that is not JSON is; the one past the bound also closes the page (aiohttp's 1009)."""
+    async with web_server() as (server, url):
+        async with session.ws_connect(f"{url}ws") as page:
+            await page.send_str("not json")
+            assert (await next_of(page, "refused"))["reason"] == "malformed"
+            await page.send_bytes(b'{"type": "join"}')
+            await page.send_str("x" * (MAX_PAGE_MESSAGE_BYTES + 1))
+            async for _ in page:  # its updates, then the close
+                pass
+            assert page.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+        assert web_stats(server).posts_refused == {"malformed": 3}
 
 
 async def stalled_page(address: tuple[str, int]) -> socket.socket:
@@ -567,6 +591,10 @@ async def test_serve_web_prints_its_url_and_serves_the_supervisors_totals(
         (["--web", "nonsense"], "--web: 'nonsense' is not [HOST:]PORT"),
         (["--web", "0", "--web-token", "short"], "--web-token: must be 16 to 128"),
         (["--web", "0", "--web-max-clients", "0"], "--web-max-clients: must be 1 to 1024"),
+        (  # the view's members join from the server's machine: refused, the room is unusable
+            ["--relay", "--allow", "10.0.0.0/8", "--web", "0"],
+            "--allow: must hold 127.0.0.1, the web view's address towards the server",
+        ),
     ],
 )
 async def test_wrong_web_options_are_usage_errors_naming_the_option(

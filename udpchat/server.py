@@ -73,7 +73,7 @@ from udpchat.sockets import (
 )
 from udpchat.transport import batch_transport
 from udpchat.web import start_web
-from udpchat.web.config import WebConfig
+from udpchat.web.config import WebConfig, member_target
 
 if TYPE_CHECKING:  # aiohttp is imported only by a server that serves the web view
     from udpchat.web.server_view import ServerView
@@ -242,6 +242,7 @@ class ServerConfig:
             )
         if self.echo and self.relay:
             raise ConfigError("echo", "cannot be used with {relay}: the room answers its members")
+        self._check_web_members_allowed()
         self.record_options()
         try:
             room_subject(self.room)
@@ -251,6 +252,24 @@ class ServerConfig:
             self.bus_config()
         except ValueError as error:
             raise ConfigError("nats", str(error)) from None
+
+    def _check_web_members_allowed(self) -> None:
+        """The web view's members (its watch, each page's) join the room from this machine's
+        address towards the server: an ``allow`` list without it would leave the page's room
+        empty, with nothing to say why."""
+        if self.web is None or not self.relay or not self.allow:
+            return
+        own = member_target((self.host, self.port))[0]
+        try:
+            address = ipaddress.ip_address(own)
+        except ValueError:
+            return  # a name, resolved when the view's members open their sockets
+        if not any(address in network for network in self.allow):
+            raise ConfigError(
+                "allow",
+                f"must hold {own}, the web view's address towards the server: the view's "
+                "members join the room from there",
+            )
 
     def bus_config(self) -> BusConfig | None:
         """The room's NATS attachment this config asks for; None without ``nats``."""

@@ -33,6 +33,17 @@ TOKEN_BYTES = 24
 """Random bytes in a generated token (32 characters in URL-safe base64)."""
 
 
+def member_target(address: tuple[str, int]) -> tuple[str, int]:
+    """Where a member on this machine sends: the server's own address, or loopback when the
+    server listens on every address."""
+    host, port = address[0], address[1]
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1", port
+    if host == "::":
+        return "::1", port
+    return host, port
+
+
 class WebStartError(OSError):
     """A view could not listen on its address (the message says which, and why)."""
 

@@ -34,17 +34,6 @@ Event = dict[str, Any]
 """A message to a page, as JSON."""
 
 
-def member_target(address: tuple[str, int]) -> tuple[str, int]:
-    """Where a member on this machine sends: the server's own address, or loopback when the
-    server listens on every address."""
-    host, port = address[0], address[1]
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1", port
-    if host == "::":
-        return "::1", port
-    return host, port
-
-
 class PostRefusedError(ValueError):
     """A page's join or line that cannot go to the room; :attr:`reason` is its counter's."""
 

@@ -24,9 +24,9 @@ from udpchat.counters import StatsSnapshot, add_up
 from udpchat.report import idle_after_s
 from udpchat.series import Sampler
 from udpchat.web import feed
-from udpchat.web.config import WebConfig
+from udpchat.web.config import WebConfig, member_target
 from udpchat.web.pages import Page
-from udpchat.web.room import PageMember, PostRefusedError, RoomWatch, member_target
+from udpchat.web.room import PageMember, PostRefusedError, RoomWatch
 from udpchat.web.view import MalformedRequestError, View
 from udpchat.wire import sender_address
 

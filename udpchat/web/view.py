@@ -142,7 +142,11 @@ class View:
             async for frame in socket:
                 if frame.type is WSMsgType.TEXT:
                     await self._request(page, frame.data)
-                elif frame.type is WSMsgType.ERROR:
+                    continue
+                # A binary frame, or one past MAX_PAGE_MESSAGE_BYTES (an ERROR that aiohttp
+                # has answered by closing with 1009): no page of ours sends either.
+                self.tally.add_reason("posts_refused", "malformed")
+                if frame.type is WSMsgType.ERROR:
                     break
         finally:
             self.pages.close(page)
