@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
@@ -407,6 +408,44 @@ async def test_each_update_carries_a_chart_point_from_the_sampler_and_late_pages
     received = sum(p["groups"]["rates"]["received"] for p in hello["points"])
     assert received > 0  # the interval that had ana's messages, in the history
     assert [chart["key"] for chart in hello["charts"]] == list(point)
+
+
+async def test_a_page_that_opens_late_costs_no_encoding_of_the_history(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history is encoded once, point by point, as it is taken: a page that opens (or
+    reconnects) fifteen minutes into a class would otherwise have megabytes of it encoded on
+    the server's event loop (about 50 ms for ten senders)."""
+    fast = WebConfig(update_interval_s=0.02, history_s=10)
+    async with web_server(fast) as (server, url):
+        view = server._web  # how much history it keeps
+        assert view is not None
+        counter = 0
+
+        async def two_seconds_of_history() -> bool:  # ten senders in every point, as in a class
+            nonlocal counter
+            counter += 1
+            raw_send(server.address, *(f"u{n}: pesan ke-{counter}".encode() for n in range(10)))
+            return len(view.history) >= 100
+
+        await eventually(two_seconds_of_history)
+        encoded: list[int] = []
+        dumps = json.dumps
+
+        def counted(value: Any, **options: Any) -> str:
+            text = dumps(value, **options)
+            if threading.current_thread() is threading.main_thread():  # the event loop's
+                encoded.append(len(text))
+            return text
+
+        monkeypatch.setattr(json, "dumps", counted)
+        async with session.ws_connect(f"{url}ws", max_msg_size=0) as page:
+            hello = await page.receive_json()
+            encoded_for_the_page = sum(encoded)  # on the loop: the hello, and any update
+        history = sum(map(len, view.history))
+        assert len(hello["points"]) >= 100
+        assert len(hello["points"][-1]["groups"]["jitter"]) == 10
+        assert encoded_for_the_page < history / 2, (encoded, history)
 
 
 async def join(page: aiohttp.ClientWebSocketResponse, username: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -91,9 +90,6 @@ class ImpairView(View):
     def __init__(self, config: WebConfig, proxy: Impaired) -> None:
         super().__init__(config)
         self._proxy = proxy
-        self._points: deque[dict[str, Any]] = deque(
-            maxlen=math.ceil(self.config.history_s / self.config.update_interval_s)
-        )
 
     def state(self) -> dict[str, Any]:
         """The settings (each knob by its option's name, as the option writes its value, per
@@ -129,7 +125,6 @@ class ImpairView(View):
                 for direction in Direction
             ],
             "history_s": self.config.history_s,
-            "points": list(self._points),
             "state": self.state(),
         }
 
@@ -140,7 +135,7 @@ class ImpairView(View):
             current, now = self._proxy.stats(), time.monotonic()
             point = chart_point(previous, current, max(now - since, 1e-9), time.time())
             previous, since = current, now
-            self._points.append(point)
+            self.keep(json.dumps(point))
             if len(self.pages):
                 self.pages.broadcast({"type": "update", "point": point})
 

@@ -11,10 +11,9 @@ it shows added up, each sender with its process.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import math
 import time
-from collections import deque
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
@@ -76,9 +75,6 @@ class ServerView(View):
         self._started_s = time.monotonic()
         first = service.per_process()
         self._sampler = Sampler(add_up(first), top_senders=feed.CHART_SENDERS, max_events=0)
-        self._points: deque[dict[str, Any]] = deque(
-            maxlen=math.ceil(self.config.history_s / self.config.update_interval_s)
-        )
 
     def _update(self, per_process: Sequence[StatsSnapshot]) -> dict[str, Any]:
         """The sender table and the totals now."""
@@ -89,22 +85,25 @@ class ServerView(View):
             "point": None,
         }
 
-    def _sample(self, per_process: Sequence[StatsSnapshot], pages: bool) -> dict[str, Any] | None:
-        """The interval's chart point, kept for pages that open later, and the update for the
-        pages open now; None when there are none (ranking senders takes a while)."""
+    def _sample(self, per_process: Sequence[StatsSnapshot], pages: bool) -> tuple[str, str | None]:
+        """The interval's chart point, and the update for the pages open now (None when there
+        are none: ranking senders takes a while), both encoded. Off the loop."""
         interval = self._sampler.sample(add_up(per_process), time.monotonic() - self._started_s)
         point = feed.chart_point(interval, time.time())
-        self._points.append(point)
-        return {**self._update(per_process), "point": point} if pages else None
+        update = json.dumps({**self._update(per_process), "point": point}) if pages else None
+        return json.dumps(point), update
 
     async def _sample_forever(self) -> None:
         """Every update interval: a chart point (kept while no page is open, so that one that
-        opens later sees the last minutes), and the update to every page, built off the loop
-        and encoded once."""
+        opens later sees the last minutes), and the update to every page, built and encoded
+        off the loop, once for all of them."""
         while True:
             await asyncio.sleep(self.config.update_interval_s)
             per_process = self._service.per_process()
-            update = await asyncio.to_thread(self._sample, per_process, bool(len(self.pages)))
+            point, update = await asyncio.to_thread(
+                self._sample, per_process, bool(len(self.pages))
+            )
+            self.keep(point)
             if update is not None:
                 self.pages.broadcast(update)
 
@@ -127,7 +126,6 @@ class ServerView(View):
             "update_interval_s": self.config.update_interval_s,
             "history_s": self.config.history_s,
             "charts": feed.CHARTS,
-            "points": list(self._points),
             "update": self._update(self._service.per_process()),
         }
 

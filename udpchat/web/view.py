@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,11 +56,17 @@ class View:
         self.pages = Pages(self.config.max_clients, self.config.max_client_buffer_bytes, self.tally)
         self._runner: web.AppRunner | None = None
         self._refusal_log = RateLimitedLog(logger, level=logging.WARNING)
+        self.history: deque[str] = deque(
+            maxlen=math.ceil(self.config.history_s / self.config.update_interval_s)
+        )
+        """The chart points kept for a page that opens late, each encoded once as it is taken
+        (:meth:`keep`): the hello carries them without encoding them again."""
 
     # What a view says and does; subclasses fill these in.
 
     def hello(self) -> dict[str, Any]:
-        """The first message to a page: what it needs to lay itself out."""
+        """The first message to a page: what it needs to lay itself out (the view adds the
+        ``points`` of its :attr:`history`)."""
         return {"type": "hello"}
 
     async def on_message(self, page: Page, message: dict[str, Any]) -> None:
@@ -82,6 +90,17 @@ class View:
         return 0
 
     # The machinery.
+
+    def keep(self, point: str) -> None:
+        """Keep a chart point, encoded as JSON (once, off the loop where it is large), for the
+        pages that open later."""
+        self.history.append(point)
+
+    def _hello_text(self) -> str:
+        """:meth:`hello` with the history spliced in as it was encoded: a page that opens
+        late costs the loop the hello's own encoding only, not the minutes of points."""
+        text = json.dumps(self.hello())
+        return f'{text[:-1]}, "points": [{", ".join(self.history)}]}}'
 
     def stats(self) -> WebStats:
         return self.tally.snapshot(clients=len(self.pages), members=self.members())
@@ -137,7 +156,7 @@ class View:
         bound_send_buffer(request, self.config.max_client_buffer_bytes)
         await socket.prepare(request)
         page = self.pages.open(socket, request)
-        self.pages.send(page, self.hello())
+        self.pages.send(page, self._hello_text())
         try:
             async for frame in socket:
                 if frame.type is WSMsgType.TEXT:
