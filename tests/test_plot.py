@@ -265,6 +265,12 @@ def test_outputs_are_refused_as_record_files_are(
     assert "--size: must be WIDTHxHEIGHT, each 200 to 8000, not '10x10'" in capsys.readouterr().err
     assert main(["plot", str(runs["rtt"]), "--plot", "timeseries", "-o", str(existing)]) == 2
     assert "timeseries needs a file from 'serve --record'" in capsys.readouterr().err
+    several = tmp_path / "several.png"
+    (tmp_path / "several-loss-runs.png").write_bytes(b"keep")
+    arguments = ["plot", str(runs["steady"]), "--plot", "timeseries", "--plot", "loss-runs"]
+    assert main([*arguments, "-o", str(several)]) == 2
+    assert "several-loss-runs.png exists; --force overwrites it" in capsys.readouterr().err
+    assert not (tmp_path / "several-timeseries.png").exists()  # none written, not the first
 
 
 def test_without_matplotlib_plot_names_the_extra_and_exits_3(

@@ -528,14 +528,16 @@ def plot_runs(
     for plot in chosen:
         runs_for(plot, runs)
     _pyplot()  # before any output is opened: without matplotlib, nothing is written
-    written = []
-    for plot, path in zip(chosen, output_paths(out, chosen), strict=True):
-        stream = open_new(path, overwrite)
-        try:
-            with stream:
-                draw(plot, runs, stream, path.suffix, size, top)
-        except BaseException:
+    paths = output_paths(out, chosen)
+    streams: list[BinaryIO] = []
+    try:  # every output opened before any is drawn: one refused, none written
+        for path in paths:
+            streams.append(open_new(path, overwrite))
+        for plot, path, stream in zip(chosen, paths, streams, strict=True):
+            draw(plot, runs, stream, path.suffix, size, top)
+            stream.close()
+    except BaseException:
+        for stream, path in zip(streams, paths, strict=False):
             discard(stream, path)
-            raise
-        written.append(path)
-    return written
+        raise
+    return paths
