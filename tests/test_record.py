@@ -23,6 +23,7 @@ from udpchat.cli import main
 from udpchat.record import (
     CSV_COLUMNS,
     END_RESERVE_BYTES,
+    MAX_LABEL_LENGTH,
     RecordFormat,
     RecordWriter,
     csv_rows,
@@ -234,6 +235,20 @@ def test_a_record_file_that_cannot_be_right_is_refused_in_one_line(
     assert lines[0].startswith(f"{prefix}--record"), lines
     assert existing.read_text() == "keep me"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["exists"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["serve", "--port", "0"], ["send", "--username", "a", "--count", "1"],
+     ["chat", "--username", "a"], ["impair", "--listen", f"{LOOPBACK}:0"]],
+)  # fmt: skip
+def test_a_label_too_long_is_refused_with_record_or_without(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """As every record option: a wrong value is said at once, not when --record is added."""
+    assert main([*command, "--record-label", "x" * (MAX_LABEL_LENGTH + 1)]) == 2
+    (said,) = capsys.readouterr().err.splitlines()
+    assert f"--record-label: must be at most {MAX_LABEL_LENGTH} characters" in said, said
 
 
 async def test_a_full_disk_never_stops_the_server() -> None:

@@ -84,7 +84,7 @@ from udpchat.report import SortKey, client_summary, impair_summary, json_summary
 from udpchat.rtt import RoundTrips
 from udpchat.runner import run
 from udpchat.server import ServerConfig, ServeResult, Service
-from udpchat.settings import ConfigError, bounds_of, check_values
+from udpchat.settings import ConfigError, bounds_of
 from udpchat.signals import SignalStop, hold_stop_signals, release_stop_signals
 from udpchat.web.config import (
     DEFAULT_MAX_CLIENT_BUFFER_BYTES,
@@ -398,13 +398,13 @@ def record_options(
     :class:`RecordOptions`; None without the file. A value out of range is a usage error
     naming its option, with the file or without."""
     try:
-        check_values(RecordOptions, values)
-        return None if path is None else RecordOptions(path=path, **values)
+        options = RecordOptions(path=path, **values)
     except ConfigError as error:
         fail(
             error.describe(lambda name: option_name(context, setting_of(name, file_option))),
             ExitCode.USAGE,
         )
+    return None if path is None else options
 
 
 def open_record(options: RecordOptions | None, option: str = "--record") -> BinaryIO | None:

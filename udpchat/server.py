@@ -286,11 +286,9 @@ class ServerConfig:
         )
 
     def record_options(self) -> RecordOptions | None:
-        """What ``record`` asks for; None without it."""
-        if self.record is None:
-            return None
+        """What ``record`` asks for; None without it (its options checked all the same)."""
         try:
-            return RecordOptions(
+            options = RecordOptions(
                 path=self.record,
                 format=self.record_format,
                 interval_s=self.record_interval_s,
@@ -302,6 +300,7 @@ class ServerConfig:
             )
         except ConfigError as error:  # said in this config's names
             raise ConfigError(setting_of(error.setting), error.problem) from None
+        return None if self.record is None else options
 
     def admission(self) -> Admission | None:
         """The allow-list and rate limiter this config asks for; None when it asks for neither."""
