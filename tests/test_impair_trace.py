@@ -48,6 +48,10 @@ def test_every_profile_is_a_valid_link_and_options_beside_it_override_it() -> No
     assert config.up.jitter_s == 0.01  # the profile's, where nothing overrides it
     with pytest.raises(ConfigError, match="profile: must be one of lan, wifi, 3g"):
         proxy_config(profile="dialup")
+    with pytest.raises(ConfigError, match=r"burst: .* \(or write off: no bursts\)"):
+        proxy_config(profile="wifi", loss=["0"])  # the profile's bursts need its loss
+    config = proxy_config(profile="wifi", loss=["0"], burst=["off"])
+    assert (config.up.loss, config.up.burst, config.up.delay_s) == (0.0, None, 0.005)
 
 
 def test_profile_list_shows_each_profile_its_options_and_its_source(

@@ -241,7 +241,9 @@ class Impairment:
             )
         if self.burst is not None:
             if not 0 < self.loss < 1:
-                raise ConfigError("burst", "needs {loss} above 0% and below 100%")
+                raise ConfigError(
+                    "burst", "needs {loss} above 0% and below 100% (or write off: no bursts)"
+                )
             if self.burst < self.loss / (1 - self.loss):
                 raise ConfigError(
                     "burst",
