@@ -287,7 +287,7 @@ def test_without_matplotlib_plot_names_the_extra_and_exits_3(
     )
     assert result.returncode == 3
     assert result.stderr.splitlines() == [
-        "udpchat: udpchat plot needs matplotlib: pip install 'udpchat[plot]'"
+        "udpchat: plot needs matplotlib: pip install 'udpchat[plot]'"
     ]
     assert not out.exists()
 

@@ -471,7 +471,7 @@ def _pyplot() -> Any:
         import matplotlib  # noqa: PLC0415 - the optional extra, only to draw
     except ImportError:
         raise PlotUnavailableError(
-            f"udpchat plot needs matplotlib: pip install 'udpchat[{EXTRA}]'"
+            f"plot needs matplotlib: pip install 'udpchat[{EXTRA}]'"
         ) from None
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.hashsalt"] = "udpchat"
