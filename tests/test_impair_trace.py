@@ -16,7 +16,7 @@ from typing import cast
 import pytest
 
 from support.waiting import eventually
-from tests.helpers import LOOPBACK
+from tests.helpers import LOOPBACK, free_udp_port
 from udpchat import Server, ServerConfig
 from udpchat.cli import main
 from udpchat.impair import ImpairProxy, proxy_config
@@ -24,7 +24,8 @@ from udpchat.impair.link import Link
 from udpchat.impair.profiles import PROFILES, profile_table
 from udpchat.impair.spec import Direction, Impairment
 from udpchat.impair.trace import Capture, Tracer, corrupted_byte, drop_comment
-from udpchat.record import RecordOptions, RecordWriter
+from udpchat.record import MIN_MAX_BYTES, RecordOptions, RecordWriter
+from udpchat.report import impair_report, impair_summary
 from udpchat.settings import ConfigError
 
 FATE_COMMENTS = {
@@ -244,3 +245,24 @@ def test_a_reordered_packet_is_said_to_follow_one_that_was_sent() -> None:
         "reordered: sent after #1; delayed 300.0 ms",
     ]
     assert [record["time_s"] for record in packets.records] == [0.1, 0.2, 0.3]
+
+
+async def test_a_capture_at_its_bound_says_so_beside_the_summary(tmp_path: Path) -> None:
+    """A capture that stopped at --pcap-max-bytes holds fewer packets than the summary
+    counts: the proxy's report says so on a line of its own, after the summary."""
+    pcap = tmp_path / "bounded.pcapng"
+    config = proxy_config(f"{LOOPBACK}:0", to=f"{LOOPBACK}:{free_udp_port()}")
+    proxy = ImpairProxy(config, pcap=RecordOptions(pcap, max_bytes=MIN_MAX_BYTES))
+    async with proxy:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for sent in range(100, 1001, 100):  # a hundred at a time: within the buffer
+                for counter in range(sent - 99, sent + 1):
+                    client.sendto(b"ana: pesan ke-%d" % counter, proxy.address)
+                await eventually(lambda: proxy.stats().received.get("up") == sent)  # noqa: B023
+    stats = proxy.stats()
+    assert stats.capture is not None and stats.capture.not_written.get("max_bytes")
+    summary, *more = impair_report(stats)
+    assert summary == impair_summary(stats)
+    skipped = stats.capture.not_written["max_bytes"]
+    assert more == [f"pcap: not_written={skipped} (max_bytes={skipped})"]
+    assert pcap.stat().st_size <= MIN_MAX_BYTES

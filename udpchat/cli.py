@@ -80,7 +80,7 @@ from udpchat.relay import (
     DEFAULT_RELAY_BUDGET_PER_S,
     DEFAULT_TEXT_RATE_PER_S,
 )
-from udpchat.report import SortKey, client_summary, impair_summary, json_summary, summary_lines
+from udpchat.report import SortKey, client_summary, impair_report, json_summary, summary_lines
 from udpchat.rtt import RoundTrips
 from udpchat.runner import run
 from udpchat.server import ServerConfig, ServeResult, Service
@@ -1653,6 +1653,7 @@ def impair(
         result = run_proxy(config, loop, record=recording, pcap=capturing)
     except (LoopUnavailableError, OSError) as error:
         impair_failed(error, config, pcap)
-    report(impair_summary(result.stats))
+    for line in impair_report(result.stats):
+        report(line)
     if not result.drained:
         report("stopped before the link was empty: what it held is counted as queued")

@@ -78,11 +78,11 @@ def format_counts(stats: StatsSnapshot, *, verbose: bool = True) -> str:
     return " ".join([*pairs(stats, verbose=verbose), *pairs(stats.delivery, verbose=verbose)])
 
 
-def group_lines(stats: StatsSnapshot, *, verbose: bool = True) -> list[str]:
-    """One ``group: key=value ...`` line per group besides delivery (relay, nats, ...) that
-    has something to show."""
+def group_lines(stats: Counts, *, verbose: bool = True) -> list[str]:
+    """One ``group: key=value ...`` line per group besides delivery (relay, nats, ...; the
+    proxy's record and pcap) that has something to show."""
     lines = []
-    for group in stats.groups():
+    for group in (value for _, value in stats.items() if isinstance(value, Counts)):
         shown = pairs(group, verbose=verbose)
         if group.text_prefix and shown:
             lines.append(f"{group.text_prefix}: {' '.join(shown)}")
@@ -248,6 +248,12 @@ def client_summary(stats: ClientStats, *, verbose: bool = False) -> str:
 def impair_summary(stats: ImpairStats) -> str:
     """What ``udpchat impair`` reports at exit: every declared counter, on one line."""
     return f"impair summary: {' '.join(pairs(stats))}"
+
+
+def impair_report(stats: ImpairStats) -> list[str]:
+    """The summary, then what its files could not hold (``pcap: not_written=9 (max_bytes=9)``):
+    a capture that stopped at its bound holds fewer packets than the summary counts."""
+    return [impair_summary(stats), *group_lines(stats, verbose=False)]
 
 
 def impair_status(stats: ImpairStats, rate_per_s: float) -> str:
