@@ -115,10 +115,10 @@ bench-micro: $(STAMP)
 bench-memory: $(STAMP)
 	$(BIN)/python -m benchmarks.memory
 
-# The attacks of issue #19 where the parts meet, replayed with real processes: what held, with
+# The attacks of issues #19 and #27 where the parts meet, replayed with real processes: what held, with
 # figures (a few minutes; each also has a fast test, named in SECURITY.md).
 attack: $(STAMP)
-	$(BIN)/python -m benchmarks.attack $(ATTACK_ARGS)
+	$(RESULTS) attack "$(BIN)/python -m benchmarks.attack $(ATTACK_ARGS)"
 
 # udpchat impair beside the server alone: throughput with loss and duplication, delay precision,
 # peak RSS against the bound SECURITY.md states (trials interleaved, medians and spreads).
