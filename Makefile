@@ -118,7 +118,7 @@ bench-micro: $(STAMP)
 
 # Peak RSS under the worst traffic for memory, against the bound SECURITY.md states.
 bench-memory: $(STAMP)
-	$(BIN)/python -m benchmarks.memory
+	$(RESULTS) bench-memory "$(BIN)/python -m benchmarks.memory"
 
 # The attacks of issues #19 and #27 where the parts meet, replayed with real processes: what held, with
 # figures (a few minutes; each also has a fast test, named in SECURITY.md).
