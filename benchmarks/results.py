@@ -50,7 +50,9 @@ def git(*args: str) -> str:
 def commit() -> str:
     """The commit measured, and whether the tree differed from it."""
     head = git("rev-parse", "--short=12", "HEAD") or "unknown (not a git checkout)"
-    changed = git("status", "--porcelain", "--untracked-files=no")
+    changed = git(  # this file's own sections, written by an earlier target, do not count
+        "status", "--porcelain", "--untracked-files=no", "--", ":(top)", f":(exclude){RESULTS.name}"
+    )
     return f"{head} (with uncommitted changes)" if changed else head
 
 

@@ -73,3 +73,35 @@ def test_tables_stay_tables_and_the_rest_is_text(tmp_path: Path) -> None:
     text = results.read_text()
     assert "```text\nplan: two designs\n```\n" in text
     assert "\n| a | 1 |\n|---|---|\n| b | 2 |\n" in text
+
+
+def test_the_commit_is_marked_changed_by_code_not_by_an_earlier_section(tmp_path: Path) -> None:
+    """``make attack`` then ``make bench-memory``: the second measures the same commit, though
+    the first left its section in the tree."""
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "__init__.py").write_text("")
+    (tmp_path / "benchmarks" / "results.py").write_text(
+        (ROOT / "benchmarks/results.py").read_text()
+    )
+    (tmp_path / "benchmarks" / "RESULTS.md").write_text("# Benchmark results\n")
+    (tmp_path / "code.py").write_text("")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+
+    def commit_line() -> str:
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.results", "attack", "true"],
+            cwd=tmp_path, capture_output=True, check=True,
+        )  # fmt: skip
+        text = (tmp_path / "benchmarks" / "RESULTS.md").read_text()
+        return re.findall(r"- commit: (.*)", text)[0]
+
+    assert "uncommitted" not in commit_line()
+    assert "uncommitted" not in commit_line()  # the section it wrote is in the tree now
+    (tmp_path / "code.py").write_text("changed = True\n")
+    assert commit_line().endswith("(with uncommitted changes)")
