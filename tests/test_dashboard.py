@@ -27,6 +27,7 @@ from tests.helpers import LOOPBACK, start_cli
 from udpchat.counters import BusStats, DeliveryTotals, RelayStats, SenderStats, StatsSnapshot
 from udpchat.dashboard import (
     NAME_MAX_CELLS,
+    NAME_MIN_CELLS,
     Dashboard,
     DashboardSettings,
     NoTerminalError,
@@ -602,6 +603,22 @@ def test_every_row_is_one_terminal_line_with_its_figures_whole_whatever_the_name
     assert len(rows) == len(senders)
     for row in rows:
         assert re.search(r" 98 +2 +2\.00% +4\.200 +1s ago$", row), row
+
+
+@pytest.mark.parametrize("width", [26, 32, 40])
+def test_a_narrow_view_cuts_names_to_their_stated_minimum_and_keeps_the_figures_whole(
+    width: int,
+) -> None:
+    names = [f"{prefix}-{'x' * 30}" for prefix in ("user1", "user2", "user3")]
+    senders = [sender(name, 40001 + n, received=98, lost=2) for n, name in enumerate(names)]
+    lines = text_of(render(Sample((snapshot(*senders),), NOW_S), None, SETTINGS), width=width)
+    rows = [line for line in lines if line.startswith("user") and " 98 " in line]
+    assert len(rows) == 3, lines
+    for name, row in zip(names, rows, strict=True):
+        cell, figures = re.fullmatch(r"(\S+) +(98 .*)", row).groups()  # type: ignore[union-attr]
+        assert terminal_cells(cell) >= NAME_MIN_CELLS
+        assert cell.removesuffix("\u2026") == name[: terminal_cells(cell) - 1]
+        assert re.fullmatch(r"98 +(2 +)?2\.00%.*", figures), row  # lost gives way first
 
 
 def test_names_a_terminal_measures_differently_are_escaped_and_long_ones_cut() -> None:
