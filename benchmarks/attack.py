@@ -727,7 +727,7 @@ def impaired_flood(rate: int) -> tuple[int, dict[str, int], str]:
     proxy_port = free_port()
     proxy = subprocess.Popen(
         [PYTHON, "-m", "udpchat", "impair", "--listen", f"{LOOPBACK}:{proxy_port}",
-         "--to", f"{LOOPBACK}:{server_port}", "--loss", "up:1%", "--seed", "7"],
+         "--to", f"{LOOPBACK}:{server_port}", "--loss", "up:1%", "--seed", "7", "--verbose"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert proxy.stderr is not None

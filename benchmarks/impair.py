@@ -148,9 +148,10 @@ def through_proxy(rate: int, duration_s: float, workdir: Path) -> Trial:
     server, port = serve(workdir)
     listen = free_port()
     proxy = Running(
-        ["impair", "--listen", f"{LOOPBACK}:{listen}", "--to", f"{LOOPBACK}:{port}", *IMPAIRMENT],
+        ["impair", "--listen", f"{LOOPBACK}:{listen}", "--to", f"{LOOPBACK}:{port}", "--verbose",
+         *IMPAIRMENT],
         workdir,
-    )
+    )  # fmt: skip
     try:
         proxy.wait_for("listening on")
         cpu_before = proxy.cpu_s()
@@ -351,7 +352,7 @@ def memory(trials: int, workdir: Path) -> None:
         listen = free_port()
         proxy = Running(
             ["impair", "--listen", f"{LOOPBACK}:{listen}", "--to", f"{LOOPBACK}:{port}",
-             "--delay", "up:2s", "--delay", "down:30s", "--stats-interval", "0.5"],
+             "--delay", "up:2s", "--delay", "down:30s", "--stats-interval", "0.5", "--verbose"],
             workdir,
         )  # fmt: skip
         try:

@@ -112,8 +112,8 @@ def views(counts_type: type[Counts]) -> tuple[Counts, str, str, str, dict[str, A
         return (
             counts,
             exposition(counts),
-            impair_summary(counts),
-            impair_status(counts, 0.0),
+            "\n".join(impair_summary(counts, verbose=True)),
+            impair_status(counts, 0.0, verbose=True),
             None,
         )
     snapshot = every_group_filled()

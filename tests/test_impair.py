@@ -30,7 +30,7 @@ from tests.helpers import LOOPBACK, Collector, Inbox, raw_send, start_cli, start
 from udpchat import Client, Server, ServerConfig
 from udpchat.accounting import REORDER_WINDOW, DeliveryAccounting, Verdict
 from udpchat.cli import main
-from udpchat.counters import DeliveryTotals, ImpairStats, SenderStats, declarations
+from udpchat.counters import DeliveryTotals, ImpairStats, Kind, SenderStats, declarations
 from udpchat.impair import (
     Direction,
     Impairment,
@@ -53,6 +53,7 @@ from udpchat.impair.spec import (
     parse_share,
     split_host_port,
 )
+from udpchat.report import SUMMARY_LINES, SUMMARY_WIDTH
 from udpchat.settings import ConfigError
 from udpchat.sockets import SO_TIMESTAMPNS, stamp_arrivals
 from udpchat.wire import format_message
@@ -848,17 +849,32 @@ async def test_the_command_reports_live_and_at_exit_and_agrees_with_the_server()
     status, _, stderr = await proxy.finish()
     assert status == 0
     assert "Traceback" not in stderr
-    (summary,) = [line for line in stderr.splitlines() if "impair summary" in line]
-    assert summary.startswith("udpchat: impair summary: ")
-    assert " kernel_drops=0 " in summary
+    summary = stderr[stderr.index("udpchat: impair summary: ") :]
+    lines = summary.splitlines()
+    assert len(lines) <= SUMMARY_LINES
+    assert max(map(len, lines)) <= SUMMARY_WIDTH
     proxy_counts = dict(re.findall(r" (\w+)=(\d+)", summary))
+    assert proxy_counts["kernel_drops"] == "0"  # shown, zero included
+    assert "reordered" not in proxy_counts  # shown only when not zero
+    assert "clients_expired" not in proxy_counts  # with --verbose only
     server.signal(signal.SIGINT)
     _, _, server_stderr = await server.finish()
     (server_summary,) = [line for line in server_stderr.splitlines() if "summary:" in line]
     server_counts = dict(re.findall(r" (\w+)=(\d+)", server_summary))
     assert server_counts["lost"] == proxy_counts["dropped"] != "0"
     assert server_counts["duplicates"] == proxy_counts["duplicated"] != "0"
-    assert proxy_counts["reordered"] == "0"
+
+
+async def test_verbose_shows_every_counter_on_one_line() -> None:
+    proxy = await start_cli("impair", "--listen", f"{LOOPBACK}:0", "--verbose")
+    await proxy.read_stderr_until("listening on")
+    proxy.signal(signal.SIGINT)
+    status, _, stderr = await proxy.finish()
+    assert status == 0
+    (summary,) = [line for line in stderr.splitlines() if "impair summary" in line]
+    shown = re.findall(r" (\w+)=", summary)
+    counters = [each.key for each in declarations(ImpairStats) if each.kind is not Kind.PART]
+    assert shown == counters
 
 
 async def test_a_port_in_use_is_one_line_and_exit_3() -> None:

@@ -171,6 +171,11 @@ def command(short_help: str, *pairs: tuple[str, str]) -> Callable[[Callable[...,
     return app.command(short_help=short_help, cls=PanelledCommand, epilog=examples(*pairs))
 
 
+def verbose_option(help: str) -> Any:
+    """``--verbose``/``-v``: every counter, where by default a person's short form shows."""
+    return typer.Option("--verbose", "-v", help=help, rich_help_panel=Panel.OUTPUT)
+
+
 LoopOption = Annotated[
     LoopChoice,
     typer.Option("--loop", help="Event loop: auto takes uvloop where installed."),
@@ -580,12 +585,9 @@ def serve(
     ] = None,
     verbose: Annotated[
         bool,
-        typer.Option(
-            "--verbose",
-            "-v",
-            help="Every counter in the summary and status lines (not only what a person reads), "
-            "and the sender table up to 50 rows.",
-            rich_help_panel=Panel.OUTPUT,
+        verbose_option(
+            "Every counter in the summary and status lines (not only what a "
+            "person reads), and the sender table up to 50 rows."
         ),
     ] = False,
     metrics_port: Annotated[
@@ -1570,6 +1572,12 @@ def impair(
             "--stats-interval",
         ),
     ] = None,
+    verbose: Annotated[
+        bool,
+        verbose_option(
+            "Every counter in the summary and status lines, not only what a person reads."
+        ),
+    ] = False,
     metrics_port: Annotated[
         int | None,
         bounded(ProxyConfig, "metrics_port", "Serve Prometheus metrics on this TCP port (0: any)."),
@@ -1653,7 +1661,7 @@ def impair(
         result = run_proxy(config, loop, record=recording, pcap=capturing)
     except (LoopUnavailableError, OSError) as error:
         impair_failed(error, config, pcap)
-    for line in impair_report(result.stats):
+    for line in impair_report(result.stats, verbose=config.verbose):
         report(line)
     if not result.drained:
         report("stopped before the link was empty: what it held is counted as queued")

@@ -1015,42 +1015,49 @@ class ImpairStats(Counts):
         unit="datagrams",
         label=DIRECTION,
         metric="datagrams_received",
+        brief=Brief.ALWAYS,
     )
     forwarded: Mapping[str, int] = by_reason(
         "Datagrams sent on, copies included.",
         unit="datagrams",
         label=DIRECTION,
         metric="datagrams_forwarded",
+        brief=Brief.ALWAYS,
     )
     dropped: Mapping[str, int] = by_reason(
         "Datagrams not sent on, for any reason: the sum of the four below.",
         unit="datagrams",
         label=DIRECTION,
         metric="datagrams_dropped",
+        brief=Brief.ALWAYS,
     )
     dropped_loss: Mapping[str, int] = by_reason(
         "Datagrams dropped by the random or burst loss.",
         unit="datagrams",
         label=DIRECTION,
         metric="datagrams_lost",
+        brief=Brief.NONZERO,
     )
     dropped_rate: Mapping[str, int] = by_reason(
         "Datagrams tail-dropped because the rate limit's queue was full.",
         unit="datagrams",
         label=DIRECTION,
         metric="datagrams_rate_dropped",
+        brief=Brief.NONZERO,
     )
     dropped_full: Mapping[str, int] = by_reason(
         "Datagrams dropped because the link held its bound of queued bytes already.",
         unit="datagrams",
         label=DIRECTION,
         metric="datagrams_queue_full",
+        brief=Brief.NONZERO,
     )
     send_failures: Mapping[str, int] = by_reason(
         "Datagrams the OS would not send (socket buffer full, nothing listening, client gone).",
         unit="datagrams",
         label=DIRECTION,
         metric="datagrams_send_failed",
+        brief=Brief.NONZERO,
     )
     kernel_drops: Mapping[str, int] = by_reason(
         "Datagrams the kernel dropped before the proxy could read them (its receive buffer "
@@ -1059,38 +1066,46 @@ class ImpairStats(Counts):
         unit="datagrams",
         label=DIRECTION,
         metric="datagrams_kernel_dropped",
+        brief=Brief.ALWAYS,
     )
     duplicated: Mapping[str, int] = by_reason(
         "Datagrams sent twice (each counts once here and twice in forwarded).",
         unit="datagrams",
         label=DIRECTION,
         metric="datagrams_duplicated",
+        brief=Brief.NONZERO,
     )
     reordered: Mapping[str, int] = by_reason(
         "Datagrams sent after at least one later datagram of the same client.",
         unit="datagrams",
         label=DIRECTION,
         metric="datagrams_reordered",
+        brief=Brief.NONZERO,
     )
     corrupted: Mapping[str, int] = by_reason(
         "Datagrams sent with one byte flipped.",
         unit="datagrams",
         label=DIRECTION,
         metric="datagrams_corrupted",
+        brief=Brief.NONZERO,
     )
     queued: int = level(
         "Datagrams held now, both directions: waiting for their delay, the rate limit or the "
         "datagrams that are to overtake them.",
         unit="datagrams",
         metric="datagrams_queued",
+        brief=Brief.NONZERO,
     )
     jitter_up_us: int = level(
         "RFC 3550 jitter of the up link's transit (rate limit out to sent, as sent): what it "
         "applied, as a receiver would measure it.",
         unit="microseconds",
+        brief=Brief.NONZERO,
     )
     jitter_down_us: int = level(
-        "RFC 3550 jitter of the down link's transit, as for jitter_up_us.", unit="microseconds"
+        "RFC 3550 jitter of the down link's transit, as for jitter_up_us.",
+        unit="microseconds",
+        brief=Brief.NONZERO,
     )
     clients: int = level(
         "Clients with a socket of their own towards the server now.", unit="clients"
@@ -1098,6 +1113,7 @@ class ImpairStats(Counts):
     clients_refused: int = total(
         "Datagrams from new clients refused because the client table was full.",
         unit="datagrams",
+        brief=Brief.NONZERO,
     )
     clients_expired: int = total("Clients forgotten after their idle timeout.", unit="clients")
     endpoint: EndpointStats | None = part()

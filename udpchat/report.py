@@ -245,21 +245,26 @@ def client_summary(stats: ClientStats, *, verbose: bool = False) -> str:
     return f"summary: {' '.join(pairs(stats, verbose=verbose)) or 'nothing sent'}"
 
 
-def impair_summary(stats: ImpairStats) -> str:
-    """What ``udpchat impair`` reports at exit: every declared counter, on one line."""
-    return f"impair summary: {' '.join(pairs(stats))}"
+def impair_summary(stats: ImpairStats, *, verbose: bool = False) -> list[str]:
+    """What ``udpchat impair`` reports at exit: by default the counts a person reads (what the
+    link carried, dropped and did, the kernel's drops), in at most :data:`SUMMARY_LINES` lines
+    of :data:`SUMMARY_WIDTH` columns; with ``verbose`` every declared counter, on one line."""
+    if verbose:
+        return [f"impair summary: {' '.join(pairs(stats))}"]
+    segments = [["impair summary:", *pairs(stats, verbose=False)]]
+    return pack(segments, SUMMARY_WIDTH - len(LINE_PREFIX), SUMMARY_LINES)
 
 
-def impair_report(stats: ImpairStats) -> list[str]:
+def impair_report(stats: ImpairStats, *, verbose: bool = False) -> list[str]:
     """The summary, then what its files could not hold (``pcap: not_written=9 (max_bytes=9)``):
     a capture that stopped at its bound holds fewer packets than the summary counts."""
-    return [impair_summary(stats), *group_lines(stats, verbose=False)]
+    return [*impair_summary(stats, verbose=verbose), *group_lines(stats, verbose=verbose)]
 
 
-def impair_status(stats: ImpairStats, rate_per_s: float) -> str:
+def impair_status(stats: ImpairStats, rate_per_s: float, *, verbose: bool = False) -> str:
     """The proxy's periodic status line: datagrams forwarded a second since the previous one,
-    then the totals."""
-    return f"impair status: rate={rate_per_s:.0f}/s {' '.join(pairs(stats))}"
+    then the totals (those a person reads, unless ``verbose``)."""
+    return f"impair status: rate={rate_per_s:.0f}/s {' '.join(pairs(stats, verbose=verbose))}"
 
 
 DEFAULT_IDLE_AFTER_S = 10.0

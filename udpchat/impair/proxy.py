@@ -359,7 +359,10 @@ class ImpairProxy(StartsAndStops):
 
         def log_status() -> None:
             stats = self.stats()
-            status_logger.info("%s", impair_status(stats, rate(sum(stats.forwarded.values()))))
+            forwarded_per_s = rate(sum(stats.forwarded.values()))
+            status_logger.info(
+                "%s", impair_status(stats, forwarded_per_s, verbose=self.config.verbose)
+            )
 
         try:
             async with periodically(self.config.stats_interval_s, log_status):

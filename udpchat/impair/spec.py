@@ -457,6 +457,8 @@ class ProxyConfig:
     rcvbuf: int | None = setting(DEFAULT_RCVBUF, minimum=1, maximum=MAX_RCVBUF)
     """Receive buffer to ask for on the listening socket; None keeps the OS default."""
     stats_interval_s: float | None = setting(None, minimum=0.1)
+    verbose: bool = False
+    """Status lines (and the CLI's summary) with every counter; else what a person reads."""
     metrics_port: int | None = setting(None, minimum=0, maximum=MAX_PORT)
     metrics_host: str = "127.0.0.1"
     web: WebConfig | None = None
