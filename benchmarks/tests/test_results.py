@@ -99,7 +99,9 @@ def test_the_commit_is_marked_changed_by_code_not_by_an_earlier_section(tmp_path
             cwd=tmp_path, capture_output=True, check=True,
         )  # fmt: skip
         text = (tmp_path / "benchmarks" / "RESULTS.md").read_text()
-        return re.findall(r"- commit: (.*)", text)[0]
+        found = re.search(r"- commit: (.*)", text)
+        assert found is not None
+        return found[1]
 
     assert "uncommitted" not in commit_line()
     assert "uncommitted" not in commit_line()  # the section it wrote is in the tree now
