@@ -146,4 +146,4 @@ screenshots: $(STAMP)
 # What serve --web costs with its page open in headless Chromium: the ceiling (the ladder, both
 # designs interleaved) and the CPU per message, each against the 5% the page may change them.
 bench-web: $(STAMP)
-	$(BIN)/python -m benchmarks.web $(BENCH_WEB_ARGS)
+	$(RESULTS) bench-web "$(BIN)/python -m benchmarks.web $(BENCH_WEB_ARGS)"

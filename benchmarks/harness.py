@@ -51,6 +51,7 @@ C_SINK = "C sink: recvmmsg, count only"
 QUIET = "udpchat serve --quiet"
 DASHBOARD = "udpchat serve --quiet --dashboard"
 WEB = "udpchat serve --web, a page open in headless Chromium"
+WEB_FEED = "udpchat serve --web, its feed read by a client that draws nothing"
 UDPCHAT_ARGS = ("-m", "udpchat", "serve", "--host", "127.0.0.1", "--port", "{port}", "-v")
 """``-v``: every counter in the summary and status lines, which the benchmarks read."""
 DESIGNS: dict[str, list[str]] = {
@@ -66,6 +67,7 @@ DESIGNS: dict[str, list[str]] = {
     QUIET: [PYTHON, *UDPCHAT_ARGS, "--quiet"],
     DASHBOARD: [PYTHON, *UDPCHAT_ARGS, "--quiet", "--dashboard"],
     WEB: [PYTHON, *UDPCHAT_ARGS, "--web", "127.0.0.1:0"],
+    WEB_FEED: [PYTHON, *UDPCHAT_ARGS, "--web", "127.0.0.1:0"],
 }
 ON_A_TERMINAL = (QUIET, DASHBOARD)
 """Designs whose stderr is a pseudo-terminal (where the view draws) and whose handled count

@@ -26,8 +26,8 @@ RESULTS = Path(__file__).parent / "RESULTS.md"
 TITLE = "# Benchmark results\n"
 PREAMBLE = (
     "Written by `python -m benchmarks.results` at the end of each `make bench`, "
-    "`make bench-full`, `make bench-impair`, `make bench-saturation`, `make bench-memory` and "
-    "`make attack` (each keeps its own section, the latest run); "
+    "`make bench-full`, `make bench-impair`, `make bench-saturation`, `make bench-memory`, "
+    "`make bench-web` and `make attack` (each keeps its own section, the latest run); "
     "do not edit by hand. Compare ratios within one run, not rates across runs: on a shared "
     "machine the rates move with the other work.\n"
 )
