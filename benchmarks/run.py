@@ -181,22 +181,22 @@ def describe_ceiling(climb: Climb) -> tuple[str, str, str]:
     return passed, failed, result.spread()
 
 
-def ratio(udpchat: Climb, bare: Climb) -> str:
-    """udpchat's ceiling over a peer's, read only when both are bracketed: the passes' ratio,
-    with the range the two brackets allow."""
-    if not udpchat.bracketed:
-        reason = "udpchat's ceiling not bracketed"
-        if bare.bracketed and udpchat.passed is not None and bare.failed is not None:
-            return f"≥ {udpchat.passed / bare.failed:.2f}x ({reason})"
+def ratio(first: Climb, second: Climb) -> str:
+    """The first design's ceiling over the second's, read only when both are bracketed: the
+    passes' ratio, with the range the two brackets allow; otherwise the bound the brackets give."""
+    if not first.bracketed:
+        reason = "the first ceiling not bracketed"
+        if second.bracketed and first.passed is not None and second.failed is not None:
+            return f"≥ {first.passed / second.failed:.2f}x ({reason})"
         return f"none ({reason})"
-    assert udpchat.passed is not None and udpchat.failed is not None
-    if not bare.bracketed:
-        if bare.passed is None:
-            return "none (the peer passed no rate)"
-        return f"≤ {udpchat.failed / bare.passed:.2f}x (the peer's ceiling not bracketed)"
-    assert bare.passed is not None and bare.failed is not None
-    low, high = udpchat.passed / bare.failed, udpchat.failed / bare.passed
-    return f"{udpchat.passed / bare.passed:.2f}x (bracket allows {low:.2f}-{high:.2f}x)"
+    assert first.passed is not None and first.failed is not None
+    if not second.bracketed:
+        if second.passed is None:
+            return "none (the second design passed no rate)"
+        return f"≤ {first.failed / second.passed:.2f}x (the second ceiling not bracketed)"
+    assert second.passed is not None and second.failed is not None
+    low, high = first.passed / second.failed, first.failed / second.passed
+    return f"{first.passed / second.passed:.2f}x (bracket allows {low:.2f}-{high:.2f}x)"
 
 
 def print_ladder(users: int, climbs: list[Climb], trials: int, sink: list[Trial]) -> None:

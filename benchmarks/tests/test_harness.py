@@ -34,7 +34,7 @@ def test_bench_runs_end_to_end_at_a_small_rate() -> None:
     assert len(progress) == 5  # the sink, then two trials of each design, each on its line
     assert "3 users, 2 trials per rate" in out
     assert re.search(r"\| udpchat serve \| 500/s \| not reached: 500/s is --max-rate \|", out)
-    assert "ceiling / ceiling: none (udpchat's ceiling not bracketed)" in out
+    assert "ceiling / ceiling: none (the first ceiling not bracketed)" in out
     assert "generator flat out → C sink" in out
 
 

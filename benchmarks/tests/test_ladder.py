@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from benchmarks.harness import Trial
 from benchmarks.ladder import MAX_LOSS, STEP, Climb, Result
+from benchmarks.run import ratio
 
 
 def trial(rate: int, ceiling: int, generator_ceiling: int) -> Trial:
@@ -50,3 +51,39 @@ def test_a_climb_the_generator_cannot_feed_stops_and_says_so(bisect: bool) -> No
     assert climb.stopped_by == "generator"
     assert climb.failed is None
     assert climb.passed is not None and climb.passed <= 180_000
+
+
+def bracket(passed: int | None, failed: int | None) -> Climb:
+    return Climb("design", 100_000, 1.5, passed=passed, failed=failed)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "reading"),
+    [
+        (bracket(200_000, 210_000), bracket(100_000, 105_000), "2.00x (bracket allows 1.90-2.10x)"),
+        (
+            bracket(200_000, None),
+            bracket(100_000, 105_000),
+            "≥ 1.90x (the first ceiling not bracketed)",
+        ),
+        (
+            bracket(None, 100_000),
+            bracket(100_000, 105_000),
+            "none (the first ceiling not bracketed)",
+        ),
+        (
+            bracket(200_000, 210_000),
+            bracket(100_000, None),
+            "≤ 2.10x (the second ceiling not bracketed)",
+        ),
+        (
+            bracket(200_000, 210_000),
+            bracket(None, 5_000),
+            "none (the second design passed no rate)",
+        ),
+    ],
+)
+def test_a_ratio_reads_only_what_both_brackets_allow(
+    first: Climb, second: Climb, reading: str
+) -> None:
+    assert ratio(first, second) == reading
