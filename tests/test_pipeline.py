@@ -10,7 +10,15 @@ from support.waiting import EVENT_TIMEOUT_S, eventually_sync
 from tests.helpers import assert_balanced
 from udpchat.counters import ServerTally, StatsSnapshot
 from udpchat.handlers import Batch
-from udpchat.pipeline import COALESCE_FROM, COALESCE_S, MAX_BATCH_BYTES, Dispatcher, coalesce_pause
+from udpchat.pipeline import (
+    COALESCE_FROM,
+    COALESCE_S,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_DATAGRAMS,
+    Dispatcher,
+    batch_limit,
+    coalesce_pause,
+)
 
 ADDRESS = ("127.0.0.1", 40000)
 
@@ -154,3 +162,9 @@ def test_a_batch_handlers_failures_are_handler_errors_and_its_raise_fails_them_a
     stats = tally.snapshot()
     assert (stats.handled, stats.handler_errors) == (5, 3)
     assert_balanced(stats)
+
+
+def test_a_batch_holds_at_most_what_one_recvmmsg_takes_however_small_the_datagrams() -> None:
+    assert batch_limit(1) == MAX_BATCH_DATAGRAMS
+    assert batch_limit(1024) == MAX_BATCH_BYTES // 1024
+    assert batch_limit(10 * MAX_BATCH_BYTES) == 1

@@ -39,6 +39,10 @@ switching."""
 MAX_BATCH_BYTES = 128 * 1024
 """Datagram bytes in one batch, at most (a batch holds at least one datagram): what one worker
 formats and writes at once, so pending output per worker stays bounded whatever the rate."""
+MAX_BATCH_DATAGRAMS = 1024
+"""Datagrams in one batch, at most, however small ``--max-size`` is: the most one ``recvmmsg``
+takes (the kernel's ``UIO_MAXIOV``), and the batch reader keeps about 200 bytes of headers per
+datagram whatever its size, so at ``--max-size 1`` it stays near 200 KiB, not 27 MiB."""
 COALESCE_S = 0.0005
 """A job woken this soon after it went idle, for a batch of :data:`COALESCE_FROM` or more,
 waits this long before it takes the batch, so that the datagrams read meanwhile join it rather
@@ -69,8 +73,9 @@ def coalesce_pause(idle_s: float, waiting: int) -> float:
 
 
 def batch_limit(max_datagram_size: int) -> int:
-    """Datagrams in one batch, at most: :data:`MAX_BATCH_BYTES` worth, and at least one."""
-    return max(1, MAX_BATCH_BYTES // max_datagram_size)
+    """Datagrams in one batch, at most: :data:`MAX_BATCH_BYTES` worth, at least one and at most
+    :data:`MAX_BATCH_DATAGRAMS`."""
+    return max(1, min(MAX_BATCH_DATAGRAMS, MAX_BATCH_BYTES // max_datagram_size))
 
 
 def parse(batch: Batch, ipv6_socket: bool) -> None:

@@ -122,7 +122,9 @@ class Receiver(asyncio.DatagramProtocol):
             refusal = self._refusal(size, addr)
             assert refusal is not None, "only a datagram outside the size bounds is refused"
             self._refuse(refusal, size, addr)
-        if self._admission is not None:
+        if self._admission is not None and not self._dispatcher.full:
+            # a full queue drops them all before admission, as datagram_received does: no
+            # sender spends rate-limit tokens on datagrams never delivered
             datagrams = [entry for entry in datagrams if self._admitted(entry)]
         if datagrams:
             self.dispatch()  # what datagram_received took before, if anything, goes first
