@@ -8,6 +8,7 @@ import logging
 import socket
 import sys
 from collections.abc import Hashable, Iterator
+from typing import Any
 
 import pytest
 
@@ -20,10 +21,11 @@ from tests.helpers import (
     raw_send,
     start_cli_server,
 )
-from udpchat import LinePrinter, Message, Server, ServerConfig
+from udpchat import DropReason, LinePrinter, Message, Server, ServerConfig
 from udpchat import server as server_module
-from udpchat.admission import RateLimiter, parse_network
-from udpchat.counters import StatsSnapshot
+from udpchat.admission import Admission, RateLimiter, parse_network
+from udpchat.counters import ServerTally, StatsSnapshot
+from udpchat.protocol import DropNotices, Receiver
 from udpchat.sockets import kernel_drop_count, proc_drop_count
 
 
@@ -222,6 +224,56 @@ async def test_queue_full_drops_are_counted_and_memory_is_not_used() -> None:
     assert stats.handled == 5
     assert stats.dropped["queue_full"] == 15
     assert_balanced(stats, sent=20)
+
+
+class FullQueue:
+    """A dispatcher whose queue is full until ``full`` is cleared: it takes what it is given
+    only then, and counts the rest as ``queue_full`` through the tally, as the real one does."""
+
+    max_batch = 128
+
+    def __init__(self, tally: ServerTally) -> None:
+        self.tally = tally
+        self.full = True
+
+    def submit(self, datagrams: list[Any], _at: float) -> None:
+        self.tally.take_in(len(datagrams), 0 if self.full else len(datagrams), new_batch=True)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_a_full_queue_drops_before_the_rate_limit_spends_a_token(batched: bool) -> None:
+    """Both entry points (one datagram a call, and the batch reader's) count alike: what a full
+    queue drops spends no sender's tokens, so the sender's next messages within its rate are
+    taken once the queue has room."""
+    tally = ServerTally()
+    queue = FullQueue(tally)
+    admission = Admission((), 10.0, 10.0, 100, lambda: 0.0)  # a burst of 10, the clock frozen
+    notices = DropNotices(max_datagram_size=64, queue_size=1, rate_limit_per_s=10.0)
+    receiver = Receiver(
+        queue,  # type: ignore[arg-type]
+        tally,
+        max_datagram_size=64,
+        admission=admission,
+        notices=notices,
+    )
+
+    def receive(datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+        if batched:
+            receiver.datagrams_received(datagrams)
+        else:
+            for data, addr in datagrams:
+                receiver.datagram_received(data, addr)
+            receiver.dispatch()
+
+    receive([(b"budi: pesan ke-1", ("127.0.0.2", 5001))])  # finds the queue full
+    receive([(b"ana: pesan ke-%d" % n, (LOOPBACK, 5000)) for n in range(1, 6)])
+    queue.full = False
+    receive([(b"ana: pesan ke-%d" % n, (LOOPBACK, 5000)) for n in range(6, 16)])
+    snapshot = tally.snapshot()
+    assert {reason: n for reason, n in snapshot.dropped.items() if n} == {
+        DropReason.QUEUE_FULL.value: 6
+    }
+    assert snapshot.queue_depth == 10
 
 
 async def test_kernel_drops_reconcile_what_was_sent() -> None:

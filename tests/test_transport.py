@@ -14,9 +14,7 @@ import pytest
 from support.waiting import EVENT_TIMEOUT_S, eventually, eventually_sync
 from tests.helpers import LOOPBACK, Collector, assert_balanced, raw_send
 from udpchat import DropReason, Server, ServerConfig, fastpath
-from udpchat.admission import Admission
-from udpchat.counters import ServerTally
-from udpchat.protocol import DropNotices, Receiver
+from udpchat.protocol import Receiver
 from udpchat.transport import BatchTransport
 
 pytestmark = pytest.mark.skipif(
@@ -246,50 +244,3 @@ async def test_an_app_composes_the_protocol_on_a_socket_of_its_own(collector: Co
     assert sorted(message.username or "" for message in collector.messages) == ["ana", "budi"]
     assert stats.dropped[DropReason.EMPTY.value] == 1
     assert_balanced(stats)
-
-
-class FullQueue:
-    """A dispatcher whose queue is full until ``full`` is cleared: it takes what it is given
-    only then, and counts the rest as ``queue_full`` through the tally, as the real one does."""
-
-    max_batch = 128
-
-    def __init__(self, tally: ServerTally) -> None:
-        self.tally = tally
-        self.full = True
-
-    def submit(self, datagrams: list[Any], _at: float) -> None:
-        self.tally.take_in(len(datagrams), 0 if self.full else len(datagrams), new_batch=True)
-
-
-@pytest.mark.parametrize("batched", [False, True])
-async def test_a_full_queue_drops_before_the_rate_limit_spends_a_token(batched: bool) -> None:
-    """Both entry points count alike: datagrams a full queue drops spend no sender's tokens, so
-    the sender's next messages within its rate are taken once the queue has room."""
-    tally = ServerTally()
-    queue = FullQueue(tally)
-    admission = Admission((), 10.0, 10.0, 100, lambda: 0.0)  # a burst of 10, the clock frozen
-    notices = DropNotices(max_datagram_size=64, queue_size=1, rate_limit_per_s=10.0)
-    receiver = Receiver(
-        queue,  # type: ignore[arg-type]
-        tally,
-        max_datagram_size=64,
-        admission=admission,
-        notices=notices,
-    )
-    sender = (LOOPBACK, 5000)
-    receiver._shedding = receiver._slow_checks = True  # as _submit leaves it on a full queue
-    for counters, full in ((range(1, 6), True), (range(6, 16), False)):
-        queue.full = full
-        datagrams = [(b"ana: pesan ke-%d" % n, sender) for n in counters]
-        if batched:
-            receiver.datagrams_received(datagrams)
-        else:
-            for data, addr in datagrams:
-                receiver.datagram_received(data, addr)
-            receiver.dispatch()
-    snapshot = tally.snapshot()
-    assert {reason: n for reason, n in snapshot.dropped.items() if n} == {
-        DropReason.QUEUE_FULL.value: 5
-    }
-    assert snapshot.queue_depth == 10

@@ -42,7 +42,7 @@ formats and writes at once, so pending output per worker stays bounded whatever 
 MAX_BATCH_DATAGRAMS = 1024
 """Datagrams in one batch, at most, however small ``--max-size`` is: the most one ``recvmmsg``
 takes (the kernel's ``UIO_MAXIOV``), and the batch reader keeps about 200 bytes of headers per
-datagram whatever its size, so at ``--max-size 1`` it stays near 200 KiB, not 27 MiB."""
+datagram whatever its size, so at ``--max-size 1`` it allocates about 200 KiB, not 27 MiB."""
 COALESCE_S = 0.0005
 """A job woken this soon after it went idle, for a batch of :data:`COALESCE_FROM` or more,
 waits this long before it takes the batch, so that the datagrams read meanwhile join it rather
