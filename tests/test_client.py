@@ -30,6 +30,30 @@ async def test_client_sends_seed_messages_to_a_blocking_server() -> None:
     assert received == [text.encode() for text in sent]
 
 
+async def test_a_round_trips_clock_starts_before_its_datagram_goes_out() -> None:
+    server = BlockingSeedServer(expected=3)
+    events: list[tuple[str, str]] = []
+    async with Client(*server.address) as client:
+        send = client.send
+
+        def logged_send(text: str) -> None:
+            events.append(("send", text))
+            send(text)
+
+        client.send = logged_send  # type: ignore[method-assign]
+        await client.send_every(
+            "bob",
+            interval_s=0.01,
+            count=3,
+            on_sending=lambda text: events.append(("sending", text)),
+            on_sent=lambda text: events.append(("sent", text)),
+        )
+    await server.join()
+    assert events == [
+        (event, f"bob: pesan ke-{n}") for n in range(1, 4) for event in ("sending", "send", "sent")
+    ]
+
+
 async def test_single_send_is_one_plain_datagram() -> None:
     server = BlockingSeedServer(expected=1)
     async with Client(*server.address) as client:

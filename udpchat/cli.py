@@ -1159,14 +1159,13 @@ async def send_until_stopped(
     recording: ClientRecording | None = None,
 ) -> None:
     stop = SignalStop()
-    on_sent: Callable[[str], None] = print_sent
+    on_sending: Callable[[str], None] | None = None
     if round_trips is not None:
         rtt = round_trips
         client.listen(lambda data: rtt.received(data, time.monotonic()))
 
-        def on_sent(text: str) -> None:
-            rtt.sent(text, time.monotonic())  # before the print, which may wait for a pipe
-            print_sent(text)
+        def on_sending(text: str) -> None:
+            rtt.sent(text, time.monotonic())
 
     with stop.installed():
         async with client:
@@ -1179,7 +1178,11 @@ async def send_until_stopped(
                 await client.join_room(print_received, on_room=lambda _, detail: report(detail))
             await until_stopped(
                 client.send_every(
-                    username, interval_s=config.interval_s, count=config.count, on_sent=on_sent
+                    username,
+                    interval_s=config.interval_s,
+                    count=config.count,
+                    on_sending=on_sending,
+                    on_sent=print_sent,
                 ),
                 stop,
             )

@@ -435,9 +435,14 @@ class Client:
         *,
         interval_s: float = DEFAULT_INTERVAL_S,
         count: int | None = None,
+        on_sending: Callable[[str], None] | None = None,
         on_sent: Callable[[str], None] | None = None,
     ) -> int:
         """Send ``username: pesan ke-N`` for N = 1, 2, ... every ``interval_s``; returns how many.
+        ``on_sending`` is called with each text just before it goes out (a round trip's clock
+        starts there: a sender paused after the send would otherwise start it late, and an
+        answer that came meanwhile would read as a round trip shorter than the link's),
+        ``on_sent`` just after.
 
         Send times are fixed on a grid from the start, so the time spent sending does not add
         up to drift. After a stall longer than one interval the grid restarts instead of bursting.
@@ -448,6 +453,8 @@ class Client:
         while count is None or counter < count:
             counter += 1
             text = format_message(username, counter)
+            if on_sending is not None:
+                on_sending(text)
             self.send(text)
             self.messages += 1
             if on_sent is not None:
